@@ -1,0 +1,28 @@
+// Shared helpers for every dfengine kernel file.
+//
+// Conventions used across kernels/:
+//  * Entry points are `extern "C"` and named `op_dtype` (e.g. `gemm_ref_f16`), so the
+//    Rust side can load them by a stable, unmangled name.
+//  * Sizes and strides are `int` when a tensor dimension can never pass 2^31 elements in
+//    a 12 GB budget, and `long long` for flat element offsets.
+//  * Reductions run in a fixed order (no atomics on floats) so two runs give the same bits.
+#pragma once
+#include <cuda_fp16.h>
+
+#define DF_DEVICE __device__ __forceinline__
+
+DF_DEVICE float df_sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
+
+// Sum of `v` over a block of `blockDim.x` threads (a power of two, at most 1024), in a
+// fixed tree order. Every thread gets the total. `scratch` holds blockDim.x floats.
+DF_DEVICE float df_block_sum(float v, float* scratch) {
+    scratch[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) scratch[threadIdx.x] += scratch[threadIdx.x + s];
+        __syncthreads();
+    }
+    float total = scratch[0];
+    __syncthreads();
+    return total;
+}

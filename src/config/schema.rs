@@ -1,0 +1,211 @@
+//! The typed shape of a dfengine config file: one struct per TOML table.
+//!
+//! Every field has a default, so a config file names only what it changes. Unknown keys
+//! are rejected (`deny_unknown_fields`); ranges are checked in `validate.rs`.
+
+use serde::{Deserialize, Serialize};
+
+use super::bytesize::VramBudget;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub dataloader: DataloaderConfig,
+    pub train: TrainConfig,
+    pub gpu: GpuConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backbone {
+    ResnetTiny,
+    Resnet18,
+    Resnet34,
+    Resnet50,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub backbone: Backbone,
+    /// Side of the square crop the backbone sees, in pixels.
+    pub input_size: u32,
+    /// A torchvision-named safetensors file to start from; empty: random initialisation.
+    pub pretrained: String,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { backbone: Backbone::Resnet18, input_size: 224, pretrained: String::new() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetLayout {
+    /// Detect the layout from the files under `root`.
+    Auto,
+    /// FaceForensics++ (`original_sequences/`, `manipulated_sequences/`).
+    Faceforensics,
+    /// Celeb-DF v2 (`Celeb-real/`, `YouTube-real/`, `Celeb-synthesis/`).
+    CelebDf,
+    /// DFDC (`dfdc_train_part_*/metadata.json`).
+    Dfdc,
+    /// A CSV manifest `path,label[,split][,group]`.
+    Csv,
+    /// One folder of extracted frame images per video.
+    Frames,
+    /// Synthetic clips generated in memory: no files needed (the quick demo).
+    Synthetic,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub root: String,
+    pub layout: DatasetLayout,
+    /// Frames sampled per clip (the T of B×T).
+    pub max_frames: u32,
+    /// Side of the square frames kept after cropping (and stored in the cache), in pixels.
+    pub frame_size: u32,
+    /// Minimum variance of the Laplacian for a frame to count as sharp; 0 keeps every frame.
+    pub quality_threshold: f64,
+    pub enable_cache: bool,
+    pub cache_dir: String,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            root: "data".into(),
+            layout: DatasetLayout::Auto,
+            max_frames: 16,
+            frame_size: 256,
+            quality_threshold: 0.0,
+            enable_cache: false,
+            cache_dir: "cache/frames".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataloaderConfig {
+    /// Clips per micro-batch.
+    pub batch_size: u32,
+    pub num_workers: u32,
+    /// Batches each worker prepares ahead.
+    pub prefetch_factor: u32,
+    pub persistent_workers: bool,
+    /// Stage batches in page-locked host memory for asynchronous upload.
+    pub pin_memory: bool,
+}
+
+impl Default for DataloaderConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 12,
+            num_workers: 4,
+            prefetch_factor: 2,
+            persistent_workers: true,
+            pin_memory: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    Adamw,
+    Sgd,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: u32,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub optimizer: OptimizerKind,
+    /// f16 compute with fp32 master weights and dynamic loss scaling (GPU only).
+    pub mixed_precision: bool,
+    /// Micro-batches whose gradients are summed before one optimizer step.
+    pub accumulation_steps: u32,
+    pub seed: u64,
+    pub out_dir: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 20,
+            lr: 1e-4,
+            weight_decay: 1e-4,
+            optimizer: OptimizerKind::Adamw,
+            mixed_precision: true,
+            accumulation_steps: 1,
+            seed: 42,
+            out_dir: "runs/default".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreprocessDevice {
+    Gpu,
+    Cpu,
+    /// GPU while there is room for it, CPU under GPU memory pressure.
+    Auto,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuConfig {
+    /// CUDA device ordinal.
+    pub device: u32,
+    pub preprocess: PreprocessDevice,
+    /// Hard cap on the device memory the pool may hold: "auto" (the card's total times
+    /// gpu_threshold) or a size such as "12GiB", "11.5GB", "9000MiB".
+    pub vram_budget: VramBudget,
+    pub memory_management: MemoryManagementConfig,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        Self {
+            device: 0,
+            preprocess: PreprocessDevice::Auto,
+            vram_budget: VramBudget::Auto,
+            memory_management: MemoryManagementConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryManagementConfig {
+    /// Fraction of the card's memory (all processes) above which the governor acts.
+    pub gpu_threshold: f64,
+    /// Fraction of host memory above which the governor acts.
+    pub cpu_threshold: f64,
+    /// Seconds between memory checks by the monitor thread.
+    pub auto_cleanup_interval: f64,
+    pub enable_monitoring: bool,
+    /// Steps between forced cleanups; 0 never forces one.
+    pub force_cleanup_every: u32,
+}
+
+impl Default for MemoryManagementConfig {
+    fn default() -> Self {
+        Self {
+            gpu_threshold: 0.85,
+            cpu_threshold: 0.80,
+            auto_cleanup_interval: 30.0,
+            enable_monitoring: true,
+            force_cleanup_every: 0,
+        }
+    }
+}

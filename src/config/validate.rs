@@ -1,0 +1,91 @@
+//! Range checks that types alone cannot express. Each names its dotted key so that
+//! the loader can say which file or override set the bad value.
+
+use toml::Value;
+
+use super::schema::{Config, DatasetLayout};
+
+#[derive(Debug)]
+pub struct Violation {
+    pub key: &'static str,
+    /// The offending value when it did not come from the user's input (a default that
+    /// conflicts with another key); the loader shows the user's own value otherwise.
+    pub value: Option<Value>,
+    pub problem: String,
+}
+
+fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), Violation> {
+    if value < min {
+        return Err(Violation { key, value: Some(Value::Integer(value as i64)), problem: format!("must be ≥ {min}") });
+    }
+    Ok(())
+}
+
+fn fraction(key: &'static str, value: f64) -> Result<(), Violation> {
+    if !(value > 0.0 && value <= 1.0) {
+        return Err(Violation { key, value: Some(Value::Float(value)), problem: "must be in (0, 1]".into() });
+    }
+    Ok(())
+}
+
+fn positive(key: &'static str, value: f64) -> Result<(), Violation> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(Violation { key, value: Some(Value::Float(value)), problem: "must be a finite number > 0".into() });
+    }
+    Ok(())
+}
+
+fn non_negative(key: &'static str, value: f64) -> Result<(), Violation> {
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(Violation { key, value: Some(Value::Float(value)), problem: "must be a finite number ≥ 0".into() });
+    }
+    Ok(())
+}
+
+fn non_empty(key: &'static str, value: &str, what: &str) -> Result<(), Violation> {
+    if value.trim().is_empty() {
+        return Err(Violation { key, value: Some(Value::String(value.into())), problem: format!("must name {what}") });
+    }
+    Ok(())
+}
+
+/// Returns the first violation, in the order the tables appear in a config file.
+pub fn validate(c: &Config) -> Result<(), Violation> {
+    let m = &c.model;
+    at_least("model.input_size", m.input_size.into(), 16)?;
+    if m.input_size > c.data.frame_size {
+        return Err(Violation {
+            key: "model.input_size",
+            value: Some(Value::Integer(m.input_size.into())),
+            problem: format!("must be ≤ [data] frame_size = {} (the crop is taken from the frame)", c.data.frame_size),
+        });
+    }
+
+    let d = &c.data;
+    if d.layout != DatasetLayout::Synthetic {
+        non_empty("data.root", &d.root, "the dataset folder")?;
+    }
+    at_least("data.max_frames", d.max_frames.into(), 1)?;
+    at_least("data.frame_size", d.frame_size.into(), 16)?;
+    non_negative("data.quality_threshold", d.quality_threshold)?;
+    if d.enable_cache {
+        non_empty("data.cache_dir", &d.cache_dir, "a folder when enable_cache = true")?;
+    }
+
+    let l = &c.dataloader;
+    at_least("dataloader.batch_size", l.batch_size.into(), 1)?;
+    at_least("dataloader.prefetch_factor", l.prefetch_factor.into(), 1)?;
+
+    let t = &c.train;
+    at_least("train.epochs", t.epochs.into(), 1)?;
+    positive("train.lr", t.lr)?;
+    non_negative("train.weight_decay", t.weight_decay)?;
+    at_least("train.accumulation_steps", t.accumulation_steps.into(), 1)?;
+    non_empty("train.out_dir", &t.out_dir, "the run folder")?;
+
+    let g = &c.gpu.memory_management;
+    fraction("gpu.memory_management.gpu_threshold", g.gpu_threshold)?;
+    fraction("gpu.memory_management.cpu_threshold", g.cpu_threshold)?;
+    positive("gpu.memory_management.auto_cleanup_interval", g.auto_cleanup_interval)?;
+    Ok(())
+}

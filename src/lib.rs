@@ -1,0 +1,6 @@
+//! dfengine: a training engine for deepfake video detection on hand-written CUDA
+//! kernels, inside a fixed VRAM budget.
+
+pub mod backend;
+pub mod config;
+pub mod kernels;

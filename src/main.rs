@@ -1,0 +1,248 @@
+//! The `dfengine` command line: one function per subcommand.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use argh::FromArgs;
+use dfengine::backend::cuda::{GpuProbe, probe};
+use dfengine::config::{self, ConfigError, Override, ResolvedConfig};
+
+/// dfengine: train deepfake video detectors on your own CUDA kernels, inside a VRAM budget.
+#[derive(FromArgs)]
+struct Cli {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Train(TrainArgs),
+    Profile(ProfileArgs),
+    Synth(SynthArgs),
+    Prepare(PrepareArgs),
+    Eval(EvalArgs),
+    Predict(PredictArgs),
+}
+
+fn parse_override(text: &str) -> Result<Override, String> {
+    text.parse().map_err(|e: ConfigError| e.to_string())
+}
+
+/// Train a detector from a config file.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "train")]
+struct TrainArgs {
+    /// the config file (e.g. configs/memory_optimized.toml)
+    #[argh(positional)]
+    config: PathBuf,
+    /// override one value, e.g. --set dataloader.batch_size=8 (repeatable)
+    #[argh(option, long = "set", from_str_fn(parse_override))]
+    overrides: Vec<Override>,
+    /// the pool's hard cap on device memory, e.g. 12GiB (same as --set gpu.vram_budget=...)
+    #[argh(option)]
+    vram_budget: Option<String>,
+    /// print the resolved config, each value with its source, and exit
+    #[argh(switch)]
+    dry_run: bool,
+}
+
+/// Report GPU and host memory, pool statistics, suggestions and kernel throughput.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "profile")]
+struct ProfileArgs {
+    /// the config to profile (the defaults when omitted)
+    #[argh(positional)]
+    config: Option<PathBuf>,
+    /// override one value, e.g. --set dataloader.batch_size=8 (repeatable)
+    #[argh(option, long = "set", from_str_fn(parse_override))]
+    overrides: Vec<Override>,
+}
+
+/// Write labelled synthetic face videos in the FaceForensics++ layout.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "synth")]
+struct SynthArgs {
+    /// the folder to create
+    #[argh(positional)]
+    out_dir: PathBuf,
+    /// how many videos (half real, half fake)
+    #[argh(option, default = "200")]
+    videos: u32,
+}
+
+/// Index a dataset and fill the frame cache; --list only counts videos per split.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "prepare")]
+struct PrepareArgs {
+    /// the config naming the dataset
+    #[argh(positional)]
+    config: PathBuf,
+    /// print the detected layout and the videos per split, decode nothing
+    #[argh(switch)]
+    list: bool,
+    /// machine-readable output
+    #[argh(switch)]
+    json: bool,
+}
+
+/// Evaluate a checkpoint on the test split (clip AUC, frame AUC, ACC, EER, log loss).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "eval")]
+struct EvalArgs {
+    /// the config naming the dataset and model
+    #[argh(positional)]
+    config: PathBuf,
+    /// the checkpoint (.safetensors)
+    #[argh(option)]
+    checkpoint: PathBuf,
+}
+
+/// Score video files with a trained checkpoint: probability of fake per clip.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "predict")]
+struct PredictArgs {
+    /// the checkpoint (.safetensors)
+    #[argh(option)]
+    checkpoint: PathBuf,
+    /// the videos to score
+    #[argh(positional)]
+    videos: Vec<PathBuf>,
+}
+
+/// How a command failed, which decides the exit code: 2 for input the user must fix
+/// (a bad config, a bad flag), 1 for everything else.
+enum Failure {
+    Input(String),
+    Runtime(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Input(e.to_string())
+    }
+}
+
+fn not_built(what: &str, issue_area: &str) -> Result<(), Failure> {
+    Err(Failure::Runtime(anyhow::anyhow!("`dfengine {what}` is not built yet ({issue_area}); nothing was done")))
+}
+
+fn load_config(file: Option<&Path>, overrides: &[Override]) -> Result<ResolvedConfig, Failure> {
+    Ok(config::load(file, overrides)?)
+}
+
+fn train(args: TrainArgs) -> Result<(), Failure> {
+    let mut overrides = args.overrides;
+    if let Some(budget) = &args.vram_budget {
+        overrides.push(parse_override(&format!("gpu.vram_budget={budget}")).map_err(Failure::Input)?);
+    }
+    let resolved = load_config(Some(&args.config), &overrides)?;
+    if args.dry_run {
+        println!("# dfengine train --dry-run: resolved config from {}", args.config.display());
+        println!("# backend: {}", backend_line(&probe()));
+        print!("{}", resolved.annotated_toml());
+        return Ok(());
+    }
+    not_built("train", "the trainer lands with the end-to-end training work; --dry-run checks a config")
+}
+
+fn backend_line(probe: &GpuProbe) -> String {
+    match probe {
+        GpuProbe::Ready(gpus) => {
+            format!("cuda ({})", gpus.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+        }
+        GpuProbe::Unavailable(reason) => format!("cpu ({reason})"),
+    }
+}
+
+fn profile(args: ProfileArgs) -> Result<(), Failure> {
+    load_config(args.config.as_deref(), &args.overrides)?;
+    not_built("profile", "the memory pool, governor and monitor come first")
+}
+
+fn synth(args: SynthArgs) -> Result<(), Failure> {
+    if args.videos < 2 {
+        return Err(Failure::Input(format!("--videos {}: must be ≥ 2 (half real, half fake)", args.videos)));
+    }
+    if args.out_dir.is_file() {
+        return Err(Failure::Input(format!("{}: is a file, expected a folder to create", args.out_dir.display())));
+    }
+    not_built("synth", "synthetic videos land with the video data work")
+}
+
+fn prepare(args: PrepareArgs) -> Result<(), Failure> {
+    load_config(Some(&args.config), &[])?;
+    let mode = match (args.list, args.json) {
+        (true, true) => "prepare --list --json",
+        (true, false) => "prepare --list",
+        (false, _) => "prepare",
+    };
+    not_built(mode, "dataset indexing and the frame cache land with the video data work")
+}
+
+/// A path the user named that must be an existing file.
+fn require_file(path: &Path, what: &str) -> Result<(), Failure> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(Failure::Input(format!("{}: no such {what} file", path.display())))
+    }
+}
+
+fn eval(args: EvalArgs) -> Result<(), Failure> {
+    load_config(Some(&args.config), &[])?;
+    require_file(&args.checkpoint, "checkpoint")?;
+    not_built("eval", "evaluation lands with the end-to-end training work")
+}
+
+fn predict(args: PredictArgs) -> Result<(), Failure> {
+    require_file(&args.checkpoint, "checkpoint")?;
+    if args.videos.is_empty() {
+        return Err(Failure::Input("predict: name at least one video file".to_string()));
+    }
+    for video in &args.videos {
+        require_file(video, "video")?;
+    }
+    not_built("predict", "prediction lands with the end-to-end training work")
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let name = Path::new(&argv[0]).file_name().and_then(|n| n.to_str()).unwrap_or("dfengine");
+    let rest: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+    let cli = match Cli::from_args(&[name], &rest) {
+        Ok(cli) => cli,
+        Err(early) => {
+            return match early.status {
+                Ok(()) => {
+                    print!("{}", early.output);
+                    ExitCode::SUCCESS
+                }
+                Err(()) => {
+                    eprint!("{}", early.output);
+                    eprintln!("Run `{name} --help` for usage.");
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Train(a) => train(a),
+        Command::Profile(a) => profile(a),
+        Command::Synth(a) => synth(a),
+        Command::Prepare(a) => prepare(a),
+        Command::Eval(a) => eval(a),
+        Command::Predict(a) => predict(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Input(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
