@@ -64,7 +64,8 @@ fn find_nvcc(root: &Path) -> Option<PathBuf> {
     let candidates = [
         env::var_os("NVCC").map(PathBuf::from),
         env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("bin/nvcc")),
-        env::var_os("PATH").and_then(|paths| env::split_paths(&paths).map(|p| p.join("nvcc")).find(|p| p.is_file())),
+        env::var_os("PATH")
+            .and_then(|paths| env::split_paths(&paths).map(|p| p.join("nvcc")).find(|p| p.is_file())),
         Some(root.join(TOOLCHAIN_NVCC)),
     ];
     candidates.into_iter().flatten().find(|p| p.is_file())
@@ -141,7 +142,11 @@ fn generate(sources: &[PathBuf], ptx_dir: &Path, compiled: bool, arch: &str, ver
         code += &format!("            KernelModule::{} => {body},\n", variant(stem));
     }
     code += "        }\n    }\n}\n\n";
-    code += &format!("/// The virtual architecture the PTX was generated for.\npub const PTX_ARCH: &str = {arch:?};\n");
-    code += &format!("/// The nvcc that built the PTX; empty when none was found.\npub const NVCC_VERSION: &str = {version:?};\n");
+    code += &format!(
+        "/// The virtual architecture the PTX was generated for.\npub const PTX_ARCH: &str = {arch:?};\n"
+    );
+    code += &format!(
+        "/// The nvcc that built the PTX; empty when none was found.\npub const NVCC_VERSION: &str = {version:?};\n"
+    );
     code
 }

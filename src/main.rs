@@ -124,7 +124,9 @@ impl From<ConfigError> for Failure {
 }
 
 fn not_built(what: &str, issue_area: &str) -> Result<(), Failure> {
-    Err(Failure::Runtime(anyhow::anyhow!("`dfengine {what}` is not built yet ({issue_area}); nothing was done")))
+    Err(Failure::Runtime(anyhow::anyhow!(
+        "`dfengine {what}` is not built yet ({issue_area}); nothing was done"
+    )))
 }
 
 fn load_config(file: Option<&Path>, overrides: &[Override]) -> Result<ResolvedConfig, Failure> {
@@ -165,7 +167,10 @@ fn synth(args: SynthArgs) -> Result<(), Failure> {
         return Err(Failure::Input(format!("--videos {}: must be ≥ 2 (half real, half fake)", args.videos)));
     }
     if args.out_dir.is_file() {
-        return Err(Failure::Input(format!("{}: is a file, expected a folder to create", args.out_dir.display())));
+        return Err(Failure::Input(format!(
+            "{}: is a file, expected a folder to create",
+            args.out_dir.display()
+        )));
     }
     not_built("synth", "synthetic videos land with the video data work")
 }

@@ -127,9 +127,9 @@ pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<ResolvedConfi
     let origin_of = |dotted: &str| -> String {
         // An error inside a table with no leaf of its own (an unknown table) is reported
         // against whatever set something beneath it.
-        let source = origins.get(dotted).or_else(|| {
-            origins.iter().find(|(k, _)| k.starts_with(&format!("{dotted}."))).map(|(_, s)| s)
-        });
+        let source = origins
+            .get(dotted)
+            .or_else(|| origins.iter().find(|(k, _)| k.starts_with(&format!("{dotted}."))).map(|(_, s)| s));
         match source {
             Some(Source::Override(text)) => format!("--set {text}"),
             Some(Source::File(path)) => path.display().to_string(),
@@ -146,7 +146,7 @@ pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<ResolvedConfi
     validate(&config).map_err(|v| {
         let path: Vec<String> = v.key.split('.').map(str::to_string).collect();
         ConfigError::Invalid {
-            origin: origin_of(&v.key),
+            origin: origin_of(v.key),
             location: location(&path, lookup(&merged, &path).or(v.value.as_ref())),
             problem: v.problem,
         }

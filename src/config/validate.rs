@@ -16,7 +16,11 @@ pub struct Violation {
 
 fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), Violation> {
     if value < min {
-        return Err(Violation { key, value: Some(Value::Integer(value as i64)), problem: format!("must be ≥ {min}") });
+        return Err(Violation {
+            key,
+            value: Some(Value::Integer(value as i64)),
+            problem: format!("must be ≥ {min}"),
+        });
     }
     Ok(())
 }
@@ -30,21 +34,33 @@ fn fraction(key: &'static str, value: f64) -> Result<(), Violation> {
 
 fn positive(key: &'static str, value: f64) -> Result<(), Violation> {
     if !(value.is_finite() && value > 0.0) {
-        return Err(Violation { key, value: Some(Value::Float(value)), problem: "must be a finite number > 0".into() });
+        return Err(Violation {
+            key,
+            value: Some(Value::Float(value)),
+            problem: "must be a finite number > 0".into(),
+        });
     }
     Ok(())
 }
 
 fn non_negative(key: &'static str, value: f64) -> Result<(), Violation> {
     if !(value.is_finite() && value >= 0.0) {
-        return Err(Violation { key, value: Some(Value::Float(value)), problem: "must be a finite number ≥ 0".into() });
+        return Err(Violation {
+            key,
+            value: Some(Value::Float(value)),
+            problem: "must be a finite number ≥ 0".into(),
+        });
     }
     Ok(())
 }
 
 fn non_empty(key: &'static str, value: &str, what: &str) -> Result<(), Violation> {
     if value.trim().is_empty() {
-        return Err(Violation { key, value: Some(Value::String(value.into())), problem: format!("must name {what}") });
+        return Err(Violation {
+            key,
+            value: Some(Value::String(value.into())),
+            problem: format!("must name {what}"),
+        });
     }
     Ok(())
 }
@@ -57,7 +73,10 @@ pub fn validate(c: &Config) -> Result<(), Violation> {
         return Err(Violation {
             key: "model.input_size",
             value: Some(Value::Integer(m.input_size.into())),
-            problem: format!("must be ≤ [data] frame_size = {} (the crop is taken from the frame)", c.data.frame_size),
+            problem: format!(
+                "must be ≤ [data] frame_size = {} (the crop is taken from the frame)",
+                c.data.frame_size
+            ),
         });
     }
 

@@ -18,7 +18,13 @@ pub struct GpuInfo {
 impl fmt::Display for GpuInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (major, minor) = self.compute_capability;
-        write!(f, "cuda:{} {} (sm_{major}{minor}, {})", self.ordinal, self.name, format_bytes(self.total_bytes))
+        write!(
+            f,
+            "cuda:{} {} (sm_{major}{minor}, {})",
+            self.ordinal,
+            self.name,
+            format_bytes(self.total_bytes)
+        )
     }
 }
 
