@@ -1,0 +1,144 @@
+//! Batch norm on the CPU, over an NHWC tensor seen as `[M, C]` (M = N·H·W).
+//!
+//! Statistics are accumulated in f64 over fixed row chunks and the chunk sums added in
+//! order: deterministic whatever the thread count, and exact enough that the f32
+//! variance of a large batch does not drift from PyTorch's. Variance is two-pass (mean
+//! first), which stays accurate when |mean| ≫ std.
+
+use rayon::prelude::*;
+
+use crate::backend::params::BatchNormParams;
+
+/// Rows per partial sum.
+const ROWS_PER_CHUNK: usize = 256;
+
+/// Per-channel sums of `f(flat index, channel)` over M rows of C channels.
+fn channel_sums(m: usize, c: usize, f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
+    let partials: Vec<Vec<f64>> = (0..m.div_ceil(ROWS_PER_CHUNK))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut acc = vec![0.0f64; c];
+            for row in chunk * ROWS_PER_CHUNK..((chunk + 1) * ROWS_PER_CHUNK).min(m) {
+                for (ch, a) in acc.iter_mut().enumerate() {
+                    *a += f(row * c + ch, ch);
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0.0f64; c];
+    for p in &partials {
+        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+    }
+    total
+}
+
+/// Training-mode forward: normalises with the batch statistics, writes `y`, returns the
+/// saved `(mean, invstd)` for backward, and updates the running statistics (the running
+/// variance with the unbiased batch variance, as PyTorch does).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_fwd_train(
+    x: &[f32],
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    params: &BatchNormParams,
+    y: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let m = x.len() / c;
+    let mean: Vec<f64> = channel_sums(m, c, |i, _| x[i] as f64).into_iter().map(|s| s / m as f64).collect();
+    let var: Vec<f64> = channel_sums(m, c, |i, ch| (x[i] as f64 - mean[ch]).powi(2))
+        .into_iter()
+        .map(|s| s / m as f64)
+        .collect();
+    let invstd: Vec<f32> = var.iter().map(|&v| (1.0 / (v + params.eps as f64).sqrt()) as f32).collect();
+    let mean32: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+    let mom = params.momentum as f64;
+    let unbias = if m > 1 { m as f64 / (m - 1) as f64 } else { 1.0 };
+    for ch in 0..c {
+        running_mean[ch] = ((1.0 - mom) * running_mean[ch] as f64 + mom * mean[ch]) as f32;
+        running_var[ch] = ((1.0 - mom) * running_var[ch] as f64 + mom * var[ch] * unbias) as f32;
+    }
+    normalise(x, c, &mean32, &invstd, gamma, beta, params.relu, y);
+    (mean32, invstd)
+}
+
+/// Eval-mode forward with the running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_fwd_eval(
+    x: &[f32],
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &[f32],
+    running_var: &[f32],
+    params: &BatchNormParams,
+    y: &mut [f32],
+) {
+    let invstd: Vec<f32> = running_var.iter().map(|&v| 1.0 / (v + params.eps).sqrt()).collect();
+    normalise(x, c, running_mean, &invstd, gamma, beta, params.relu, y);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn normalise(
+    x: &[f32],
+    c: usize,
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    relu: bool,
+    y: &mut [f32],
+) {
+    y.par_chunks_mut(ROWS_PER_CHUNK * c).zip(x.par_chunks(ROWS_PER_CHUNK * c)).for_each(|(yc, xc)| {
+        for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
+            for ch in 0..c {
+                let v = (xr[ch] - mean[ch]) * invstd[ch] * gamma[ch] + beta[ch];
+                yr[ch] = if relu { v.max(0.0) } else { v };
+            }
+        }
+    });
+}
+
+/// Backward of the training-mode forward. `y` is the forward output, needed only when
+/// the ReLU was fused (it masks `dy`). Writes `dx`, returns `(dgamma, dbeta)`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_bwd(
+    dy: &[f32],
+    x: &[f32],
+    c: usize,
+    gamma: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    relu_y: Option<&[f32]>,
+    dx: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let m = x.len() / c;
+    // The gradient reaching the normalisation: dy, zeroed where the fused ReLU clipped.
+    let masked: Vec<f32>;
+    let g: &[f32] = match relu_y {
+        Some(y) => {
+            masked = dy.par_iter().zip(y.par_iter()).map(|(&d, &v)| if v > 0.0 { d } else { 0.0 }).collect();
+            &masked
+        }
+        None => dy,
+    };
+    let dbeta = channel_sums(m, c, |i, _| g[i] as f64);
+    let dgamma = channel_sums(m, c, |i, ch| g[i] as f64 * ((x[i] - mean[ch]) * invstd[ch]) as f64);
+    let (db32, dg32): (Vec<f32>, Vec<f32>) =
+        dbeta.iter().zip(&dgamma).map(|(&b, &g)| ((b / m as f64) as f32, (g / m as f64) as f32)).unzip();
+    dx.par_chunks_mut(ROWS_PER_CHUNK * c)
+        .zip(g.par_chunks(ROWS_PER_CHUNK * c))
+        .zip(x.par_chunks(ROWS_PER_CHUNK * c))
+        .for_each(|((dxc, gc), xc)| {
+            for ((dr, gr), xr) in dxc.chunks_exact_mut(c).zip(gc.chunks_exact(c)).zip(xc.chunks_exact(c)) {
+                for ch in 0..c {
+                    let xhat = (xr[ch] - mean[ch]) * invstd[ch];
+                    dr[ch] = gamma[ch] * invstd[ch] * (gr[ch] - db32[ch] - xhat * dg32[ch]);
+                }
+            }
+        });
+    (dgamma.iter().map(|&v| v as f32).collect(), dbeta.iter().map(|&v| v as f32).collect())
+}

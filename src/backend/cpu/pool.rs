@@ -1,0 +1,75 @@
+//! Pooling on the CPU: max pool (ResNet's 3×3 stride-2 stem pool), global average pool
+//! over H×W, and the mean over the T frames of a clip. NHWC throughout.
+
+use rayon::prelude::*;
+
+use crate::backend::params::Pool2dGeom;
+
+/// The input cell that wins output (p, q, ch) of image `x_n`: the first maximum in
+/// window scan order (PyTorch's tie rule). Padded cells never win.
+fn argmax(g: &Pool2dGeom, x_n: &[f32], p: usize, q: usize, ch: usize) -> usize {
+    let mut best = (usize::MAX, f32::NEG_INFINITY);
+    for r in 0..g.window {
+        let h = (p * g.stride + r) as isize - g.pad as isize;
+        if h < 0 || h >= g.h as isize {
+            continue;
+        }
+        for s in 0..g.window {
+            let w = (q * g.stride + s) as isize - g.pad as isize;
+            if w < 0 || w >= g.w as isize {
+                continue;
+            }
+            let at = (h as usize * g.w + w as usize) * g.c + ch;
+            // NaN wins, as in PyTorch, so that it propagates instead of vanishing.
+            if best.0 == usize::MAX || x_n[at] > best.1 || x_n[at].is_nan() {
+                best = (at, x_n[at]);
+            }
+        }
+    }
+    best.0
+}
+
+pub fn max_pool2d_fwd(g: &Pool2dGeom, x: &[f32], y: &mut [f32]) {
+    let (hwc, pqc) = (g.h * g.w * g.c, g.p * g.q * g.c);
+    y.par_chunks_mut(pqc).zip(x.par_chunks(hwc)).for_each(|(y_n, x_n)| {
+        for (i, out) in y_n.iter_mut().enumerate() {
+            let (p, q, ch) = (i / (g.q * g.c), (i / g.c) % g.q, i % g.c);
+            *out = x_n[argmax(g, x_n, p, q, ch)];
+        }
+    });
+}
+
+/// Routes each output gradient to the input cell that won the forward window.
+pub fn max_pool2d_bwd(g: &Pool2dGeom, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (hwc, pqc) = (g.h * g.w * g.c, g.p * g.q * g.c);
+    dx.par_chunks_mut(hwc).zip(x.par_chunks(hwc)).zip(dy.par_chunks(pqc)).for_each(|((dx_n, x_n), dy_n)| {
+        dx_n.fill(0.0);
+        for (i, &d) in dy_n.iter().enumerate() {
+            let (p, q, ch) = (i / (g.q * g.c), (i / g.c) % g.q, i % g.c);
+            dx_n[argmax(g, x_n, p, q, ch)] += d;
+        }
+    });
+}
+
+/// Mean over the `group` consecutive rows of each block of `x` [N·group, C] → y [N, C].
+/// Global average pool is `group = H·W`; the temporal mean over a clip is `group = T`.
+pub fn mean_rows(x: &[f32], group: usize, c: usize, y: &mut [f32]) {
+    let inv = 1.0 / group as f64;
+    y.par_chunks_mut(c).zip(x.par_chunks(group * c)).for_each(|(y_n, x_n)| {
+        let mut acc = vec![0.0f64; c];
+        for row in x_n.chunks_exact(c) {
+            acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+        }
+        y_n.iter_mut().zip(&acc).for_each(|(o, &a)| *o = (a * inv) as f32);
+    });
+}
+
+/// Backward of `mean_rows`: each of the `group` rows gets dy / group.
+pub fn mean_rows_bwd(dy: &[f32], group: usize, c: usize, dx: &mut [f32]) {
+    let inv = 1.0 / group as f32;
+    dx.par_chunks_mut(group * c).zip(dy.par_chunks(c)).for_each(|(dx_n, dy_n)| {
+        for row in dx_n.chunks_exact_mut(c) {
+            row.iter_mut().zip(dy_n).for_each(|(o, &d)| *o = d * inv);
+        }
+    });
+}

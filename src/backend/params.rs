@@ -1,0 +1,144 @@
+//! Geometry and hyper-parameters of the ops, shared by every backend.
+
+use super::error::{OpError, shape_err};
+
+/// A 2-D convolution of `x` [N, H, W, C] with `w` [K, R, S, C] into `y` [N, P, Q, K].
+/// Dilation 1, groups 1, no bias (ResNet convolutions feed batch norm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeom {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub k: usize,
+    pub r: usize,
+    pub s: usize,
+    pub stride: [usize; 2],
+    pub pad: [usize; 2],
+    pub p: usize,
+    pub q: usize,
+}
+
+impl Conv2dGeom {
+    pub fn new(x: [usize; 4], w: [usize; 4], stride: [usize; 2], pad: [usize; 2]) -> Result<Self, OpError> {
+        let [n, h, wd, c] = x;
+        let [k, r, s, wc] = w;
+        if wc != c {
+            return Err(shape_err("conv2d", format!("input has {c} channels, weight expects {wc}")));
+        }
+        if stride.contains(&0) || r == 0 || s == 0 {
+            return Err(shape_err("conv2d", format!("window {r}×{s} stride {stride:?}: all must be ≥ 1")));
+        }
+        if h + 2 * pad[0] < r || wd + 2 * pad[1] < s {
+            return Err(shape_err(
+                "conv2d",
+                format!("window {r}×{s} larger than padded input {h}×{wd} pad {pad:?}"),
+            ));
+        }
+        let p = (h + 2 * pad[0] - r) / stride[0] + 1;
+        let q = (wd + 2 * pad[1] - s) / stride[1] + 1;
+        Ok(Conv2dGeom { n, h, w: wd, c, k, r, s, stride, pad, p, q })
+    }
+    pub fn x_dims(&self) -> [usize; 4] {
+        [self.n, self.h, self.w, self.c]
+    }
+    pub fn w_dims(&self) -> [usize; 4] {
+        [self.k, self.r, self.s, self.c]
+    }
+    pub fn y_dims(&self) -> [usize; 4] {
+        [self.n, self.p, self.q, self.k]
+    }
+    /// Multiply-adds of the forward pass (each of dgrad and wgrad costs the same).
+    pub fn macs(&self) -> u64 {
+        (self.n * self.p * self.q * self.k) as u64 * (self.r * self.s * self.c) as u64
+    }
+}
+
+/// A 2-D pooling window over `x` [N, H, W, C] giving [N, P, Q, C]; padded cells never win.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2dGeom {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub window: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub p: usize,
+    pub q: usize,
+}
+
+impl Pool2dGeom {
+    pub fn new(x: [usize; 4], window: usize, stride: usize, pad: usize) -> Result<Self, OpError> {
+        let [n, h, w, c] = x;
+        if window == 0 || stride == 0 || pad >= window || h + 2 * pad < window || w + 2 * pad < window {
+            return Err(shape_err(
+                "max_pool2d",
+                format!("window {window} stride {stride} pad {pad} does not fit input {h}×{w}"),
+            ));
+        }
+        let p = (h + 2 * pad - window) / stride + 1;
+        let q = (w + 2 * pad - window) / stride + 1;
+        Ok(Pool2dGeom { n, h, w, c, window, stride, pad, p, q })
+    }
+    pub fn y_dims(&self) -> [usize; 4] {
+        [self.n, self.p, self.q, self.c]
+    }
+}
+
+/// Batch norm over the channels of an NHWC tensor seen as [M, C].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNormParams {
+    pub eps: f32,
+    /// Weight of the new batch statistic in the running average (PyTorch's momentum).
+    pub momentum: f32,
+    /// Apply ReLU to the output (and mask the gradient by it in backward).
+    pub relu: bool,
+}
+
+impl Default for BatchNormParams {
+    fn default() -> Self {
+        BatchNormParams { eps: 1e-5, momentum: 0.1, relu: false }
+    }
+}
+
+/// Binary cross-entropy with logits, averaged over the batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BceParams {
+    /// Weight of the positive (fake) term, as PyTorch's `pos_weight`.
+    pub pos_weight: f32,
+    /// Targets become `y·(1−ε) + ε/2`.
+    pub label_smoothing: f32,
+}
+
+impl Default for BceParams {
+    fn default() -> Self {
+        BceParams { pos_weight: 1.0, label_smoothing: 0.0 }
+    }
+}
+
+/// AdamW with decoupled weight decay, as `torch.optim.AdamW`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamWParams {
+    fn default() -> Self {
+        AdamWParams { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2 }
+    }
+}
+
+/// SGD with momentum (dampening 0) and optional Nesterov, L2 weight decay added to the
+/// gradient, as `torch.optim.SGD`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdParams {
+    pub lr: f32,
+    pub momentum: f32,
+    pub nesterov: bool,
+    pub weight_decay: f32,
+}
