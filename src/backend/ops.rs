@@ -16,6 +16,13 @@ pub struct BnSaved<T> {
     pub invstd: T,
 }
 
+/// A training-mode batch-norm forward: the output and what backward needs.
+#[derive(Debug, Clone)]
+pub struct BnForward<T> {
+    pub y: T,
+    pub saved: BnSaved<T>,
+}
+
 /// The gradients of a linear layer.
 #[derive(Debug, Clone)]
 pub struct LinearGrads<T> {
@@ -108,7 +115,7 @@ pub trait Backend: Sync {
         running_mean: &mut Tensor<Self::Storage>,
         running_var: &mut Tensor<Self::Storage>,
         params: &BatchNormParams,
-    ) -> Result<(Tensor<Self::Storage>, BnSaved<Tensor<Self::Storage>>), OpError>;
+    ) -> Result<BnForward<Tensor<Self::Storage>>, OpError>;
     fn batch_norm_fwd_eval(
         &self,
         x: &Tensor<Self::Storage>,

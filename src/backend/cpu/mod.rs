@@ -13,7 +13,7 @@ pub mod optim;
 pub mod pool;
 
 use super::error::{OpError, shape_err};
-use super::ops::{Backend, BnGrads, BnSaved, LinearGrads};
+use super::ops::{Backend, BnForward, BnGrads, BnSaved, LinearGrads};
 use super::params::{AdamWParams, BatchNormParams, BceParams, Conv2dGeom, Pool2dGeom, SgdParams};
 use crate::tensor::{Shape, Tensor};
 use gemm::MatRef;
@@ -224,7 +224,7 @@ impl Backend for CpuBackend {
         running_mean: &mut CpuTensor,
         running_var: &mut CpuTensor,
         params: &BatchNormParams,
-    ) -> Result<(CpuTensor, BnSaved<CpuTensor>), OpError> {
+    ) -> Result<BnForward<CpuTensor>, OpError> {
         let (_, c) = rows_channels("batch_norm", x)?;
         for (name, t) in [
             ("gamma", gamma),
@@ -245,7 +245,7 @@ impl Backend for CpuBackend {
             params,
             y.storage_mut(),
         );
-        Ok((y, BnSaved { mean: new([c], mean), invstd: new([c], invstd) }))
+        Ok(BnForward { y, saved: BnSaved { mean: new([c], mean), invstd: new([c], invstd) } })
     }
 
     fn batch_norm_fwd_eval(
