@@ -1,0 +1,157 @@
+//! conv2d: the CPU reference against the direct definition (forward), the adjoint
+//! identities that tie forward, dgrad and wgrad together exactly, and finite
+//! differences (backward).
+
+mod common;
+
+use common::{Rng, assert_close, check_gradient, cpu, dot, randn_tensor};
+use dfengine::backend::ops::Backend;
+use dfengine::tensor::Shape;
+
+/// (N, H, W, C, K, R×S, stride, pad): odd sizes, stride 2 on odd inputs, 1×1 and 7×7
+/// windows, C = 3, pad 0/1/3, a 1×1 stride-1 case (the GEMM path), and N = 9 (wgrad
+/// splits the batch into chunks that 9 does not fill evenly).
+const CASES: &[(usize, usize, usize, usize, usize, usize, [usize; 2], [usize; 2])] = &[
+    (2, 7, 5, 5, 6, 3, [1, 1], [1, 1]),
+    (1, 11, 11, 3, 4, 7, [2, 2], [3, 3]),
+    (2, 9, 9, 4, 8, 1, [2, 2], [0, 0]),
+    (2, 6, 6, 8, 8, 1, [1, 1], [0, 0]),
+    (1, 8, 7, 3, 5, 3, [2, 2], [1, 1]),
+    (3, 5, 5, 2, 3, 3, [1, 1], [0, 0]),
+    (9, 4, 5, 3, 2, 3, [2, 1], [1, 0]),
+    (1, 1, 1, 7, 3, 1, [1, 1], [0, 0]),
+];
+
+/// The definition: y[n,p,q,k] = Σ_{r,s,c} x[n, p·sh − ph + r, q·sw − pw + s, c] · w[k,r,s,c].
+fn conv_definition(
+    x: &[f32],
+    xd: [usize; 4],
+    w: &[f32],
+    wd: [usize; 4],
+    st: [usize; 2],
+    pd: [usize; 2],
+) -> Vec<f32> {
+    let [n, h, wi, c] = xd;
+    let [k, r, s, _] = wd;
+    let p = (h + 2 * pd[0] - r) / st[0] + 1;
+    let q = (wi + 2 * pd[1] - s) / st[1] + 1;
+    let mut y = vec![0.0f32; n * p * q * k];
+    for ni in 0..n {
+        for pi in 0..p {
+            for qi in 0..q {
+                for ki in 0..k {
+                    let mut acc = 0.0f64;
+                    for ri in 0..r {
+                        for si in 0..s {
+                            let hh = (pi * st[0] + ri) as isize - pd[0] as isize;
+                            let ww = (qi * st[1] + si) as isize - pd[1] as isize;
+                            if hh < 0 || ww < 0 || hh >= h as isize || ww >= wi as isize {
+                                continue;
+                            }
+                            for ci in 0..c {
+                                let xv = x[((ni * h + hh as usize) * wi + ww as usize) * c + ci];
+                                let wv = w[((ki * r + ri) * s + si) * c + ci];
+                                acc += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    y[((ni * p + pi) * q + qi) * k + ki] = acc as f32;
+                }
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn conv2d_fwd_matches_definition() {
+    let b = cpu();
+    let mut rng = Rng::new(1);
+    for &(n, h, w, c, k, rs, stride, pad) in CASES {
+        let x = randn_tensor(&mut rng, [n, h, w, c], 1.0);
+        let wt = randn_tensor(&mut rng, [k, rs, rs, c], 1.0);
+        let y = b.conv2d_fwd(&x, &wt, stride, pad).unwrap();
+        let want = conv_definition(x.storage(), [n, h, w, c], wt.storage(), [k, rs, rs, c], stride, pad);
+        // f32 sums of at most 7·7·3 products of O(1) terms against an f64 sum.
+        assert_close(
+            &format!("conv2d_fwd {:?}", (n, h, w, c, k, rs, stride, pad)),
+            y.storage(),
+            &want,
+            1e-5,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn conv2d_dgrad_and_wgrad_are_adjoints_of_forward() {
+    // conv is bilinear, so ⟨conv(x, w), dy⟩ = ⟨x, dgrad(dy, w)⟩ = ⟨w, wgrad(x, dy)⟩ holds
+    // exactly up to rounding: a tight check of every index in both backward ops.
+    let b = cpu();
+    let mut rng = Rng::new(2);
+    for &(n, h, w, c, k, rs, stride, pad) in CASES {
+        let x = randn_tensor(&mut rng, [n, h, w, c], 1.0);
+        let wt = randn_tensor(&mut rng, [k, rs, rs, c], 1.0);
+        let y = b.conv2d_fwd(&x, &wt, stride, pad).unwrap();
+        let dy = randn_tensor(&mut rng, y.shape().clone(), 1.0);
+        let dx = b.conv2d_dgrad(&dy, &wt, [n, h, w, c], stride, pad).unwrap();
+        let dw = b.conv2d_wgrad(&x, &dy, [k, rs, rs, c], stride, pad).unwrap();
+        assert_eq!(dx.dims(), x.dims());
+        assert_eq!(dw.dims(), wt.dims());
+        let lhs = dot(y.storage(), dy.storage());
+        let via_dx = dot(x.storage(), dx.storage());
+        let via_dw = dot(wt.storage(), dw.storage());
+        let tol = 1e-4 * lhs.abs().max(1.0);
+        let case = (n, h, w, c, k, rs, stride, pad);
+        assert!((lhs - via_dx).abs() < tol, "{case:?}: ⟨y,dy⟩ {lhs} vs ⟨x,dx⟩ {via_dx}");
+        assert!((lhs - via_dw).abs() < tol, "{case:?}: ⟨y,dy⟩ {lhs} vs ⟨w,dw⟩ {via_dw}");
+    }
+}
+
+#[test]
+fn conv2d_dgrad_matches_finite_differences() {
+    let b = cpu();
+    let mut rng = Rng::new(3);
+    for &(n, h, w, c, k, rs, stride, pad) in &CASES[..5] {
+        let x = randn_tensor(&mut rng, [n, h, w, c], 1.0);
+        let wt = randn_tensor(&mut rng, [k, rs, rs, c], 1.0);
+        let y = b.conv2d_fwd(&x, &wt, stride, pad).unwrap();
+        let r = randn_tensor(&mut rng, y.shape().clone(), 1.0);
+        let dx = b.conv2d_dgrad(&r, &wt, [n, h, w, c], stride, pad).unwrap();
+        let loss = |xs: &[f32]| {
+            let xt = b.tensor(Shape::from([n, h, w, c]), xs).unwrap();
+            dot(b.conv2d_fwd(&xt, &wt, stride, pad).unwrap().storage(), r.storage())
+        };
+        check_gradient("conv2d_dgrad", x.storage(), dx.storage(), loss, 1e-2, 1e-2, 48);
+    }
+}
+
+#[test]
+fn conv2d_wgrad_matches_finite_differences() {
+    let b = cpu();
+    let mut rng = Rng::new(4);
+    for &(n, h, w, c, k, rs, stride, pad) in &CASES[..5] {
+        let x = randn_tensor(&mut rng, [n, h, w, c], 1.0);
+        let wt = randn_tensor(&mut rng, [k, rs, rs, c], 1.0);
+        let y = b.conv2d_fwd(&x, &wt, stride, pad).unwrap();
+        let r = randn_tensor(&mut rng, y.shape().clone(), 1.0);
+        let dw = b.conv2d_wgrad(&x, &r, [k, rs, rs, c], stride, pad).unwrap();
+        let loss = |ws: &[f32]| {
+            let wt = b.tensor(Shape::from([k, rs, rs, c]), ws).unwrap();
+            dot(b.conv2d_fwd(&x, &wt, stride, pad).unwrap().storage(), r.storage())
+        };
+        check_gradient("conv2d_wgrad", wt.storage(), dw.storage(), loss, 1e-2, 1e-2, 48);
+    }
+}
+
+#[test]
+fn conv2d_rejects_mismatched_shapes_with_context() {
+    let b = cpu();
+    let mut rng = Rng::new(5);
+    let x = randn_tensor(&mut rng, [1, 5, 5, 3], 1.0);
+    let w = randn_tensor(&mut rng, [4, 3, 3, 2], 1.0);
+    let err = b.conv2d_fwd(&x, &w, [1, 1], [1, 1]).unwrap_err().to_string();
+    assert!(err.contains("conv2d") && err.contains("3 channels") && err.contains("expects 2"), "{err}");
+    let w = randn_tensor(&mut rng, [4, 7, 7, 3], 1.0);
+    assert!(b.conv2d_fwd(&x, &w, [1, 1], [0, 0]).is_err(), "a 7×7 window cannot fit a 5×5 unpadded input");
+}
