@@ -80,7 +80,7 @@ pub fn check_gradient(
     what: &str,
     x: &[f32],
     analytic: &[f32],
-    f: impl Fn(&[f32]) -> f64,
+    mut f: impl FnMut(&[f32]) -> f64,
     eps: f32,
     tol: f32,
     samples: usize,

@@ -244,9 +244,9 @@ impl<B: Backend> TinyResNet<B> {
         TinyResNet { stem, block, fc_w, fc_b, frames, moments: Vec::new(), step: 0 }
     }
 
-    /// One AdamW step on frames `x` [B·T, H, W, 3] with clip labels `y` [B, 1]; returns
-    /// the loss before the step.
-    pub fn train_step(&mut self, b: &B, x: &T<B>, y: &T<B>, hp: &AdamWParams) -> Result<f32, OpError> {
+    /// The loss on frames `x` [B·T, H, W, 3] with clip labels `y` [B, 1], and the
+    /// gradient of every trainable tensor, in `trainable()` order.
+    pub fn loss_and_grads(&mut self, b: &B, x: &T<B>, y: &T<B>) -> Result<(f32, Vec<T<B>>), OpError> {
         let (h0, c0) = self.stem.forward(b, x)?;
         let h1 = b.max_pool2d_fwd(&h0, 3, 2, 1)?;
         let (h2, c2) = self.block.forward(b, &h1)?;
@@ -268,19 +268,33 @@ impl<B: Backend> TinyResNet<B> {
         grads.extend(gblock.list().into_iter().cloned());
         grads.push(fc.dw);
         grads.push(fc.db);
+        Ok((loss, grads))
+    }
+
+    /// Every trainable tensor: stem (conv, γ, β), block, then fc weight and bias.
+    pub fn trainable(&mut self) -> Vec<&mut T<B>> {
         let mut params: Vec<&mut T<B>> = self.stem.trainable().into_iter().collect();
         params.extend(self.block.trainable());
         params.push(&mut self.fc_w);
         params.push(&mut self.fc_b);
+        params
+    }
+
+    /// One AdamW step; returns the loss before the step.
+    pub fn train_step(&mut self, b: &B, x: &T<B>, y: &T<B>, hp: &AdamWParams) -> Result<f32, OpError> {
+        let (loss, grads) = self.loss_and_grads(b, x, y)?;
         if self.moments.is_empty() {
             for g in &grads {
                 self.moments.push((b.zeros(g.shape().clone())?, b.zeros(g.shape().clone())?));
             }
         }
         self.step += 1;
-        for ((p, g), (m, v)) in params.into_iter().zip(&grads).zip(&mut self.moments) {
-            b.adamw_step(p, g, m, v, hp, self.step)?;
+        let step = self.step;
+        let mut moments = std::mem::take(&mut self.moments);
+        for ((p, g), (m, v)) in self.trainable().into_iter().zip(&grads).zip(&mut moments) {
+            b.adamw_step(p, g, m, v, hp, step)?;
         }
+        self.moments = moments;
         Ok(loss)
     }
 }
