@@ -8,10 +8,12 @@ use common::{Rng, assert_close, check_gradient, cpu, dot, randn_tensor};
 use dfengine::backend::ops::Backend;
 use dfengine::tensor::Shape;
 
+type ConvCase = (usize, usize, usize, usize, usize, usize, [usize; 2], [usize; 2]);
+
 /// (N, H, W, C, K, R×S, stride, pad): odd sizes, stride 2 on odd inputs, 1×1 and 7×7
 /// windows, C = 3, pad 0/1/3, a 1×1 stride-1 case (the GEMM path), and N = 9 (wgrad
 /// splits the batch into chunks that 9 does not fill evenly).
-const CASES: &[(usize, usize, usize, usize, usize, usize, [usize; 2], [usize; 2])] = &[
+const CASES: &[ConvCase] = &[
     (2, 7, 5, 5, 6, 3, [1, 1], [1, 1]),
     (1, 11, 11, 3, 4, 7, [2, 2], [3, 3]),
     (2, 9, 9, 4, 8, 1, [2, 2], [0, 0]),

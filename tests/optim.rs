@@ -44,7 +44,7 @@ fn sgd_matches_definition_with_and_without_nesterov() {
         let mut p = randn_tensor(&mut rng, [11], 1.0);
         let mut buf = b.zeros(Shape::from([11])).unwrap();
         let mut want_p: Vec<f32> = p.storage().clone();
-        let mut want_buf = vec![0.0f32; 11];
+        let mut want_buf = [0.0f32; 11];
         for step in 0..3 {
             let g = randn_tensor(&mut rng, [11], 1.0);
             b.sgd_step(&mut p, &g, &mut buf, &hp, step == 0).unwrap();

@@ -54,7 +54,11 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
         .iter()
         .zip(want)
         .enumerate()
-        .filter(|(_, (g, w))| !((*g - *w).abs() <= atol + rtol * w.abs()))
+        .filter(|(_, (g, w))| {
+            // Written so that a NaN on either side counts as a mismatch.
+            let within = (*g - *w).abs() <= atol + rtol * w.abs();
+            !within
+        })
         .map(|(i, (g, w))| (i, *g, *w))
         .collect();
     if !bad.is_empty() {
