@@ -4,4 +4,5 @@
 pub mod backend;
 pub mod config;
 pub mod kernels;
+pub mod memory;
 pub mod tensor;
