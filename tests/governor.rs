@@ -1,0 +1,136 @@
+//! The governor fed a scripted memory source: pressure rises, holds and falls; the
+//! actions come one level at a time with their figures, step back after the calm period,
+//! and the effective batch never changes.
+
+use dfengine::memory::governor::{Action, BatchPlan, Governor, GovernorConfig, ShrinkError};
+use dfengine::memory::sample::{DeviceMemory, HostMemory, MemorySample};
+
+const GIB: u64 = 1 << 30;
+
+fn sample(gpu_frac: Option<f64>, host_frac: f64) -> MemorySample {
+    MemorySample {
+        t: 0.0,
+        gpu: gpu_frac.map(|f| DeviceMemory {
+            used: (f * 12.0 * GIB as f64) as u64,
+            total: 12 * GIB,
+            utilisation: None,
+        }),
+        host: HostMemory { used: (host_frac * 32.0 * GIB as f64) as u64, total: 32 * GIB, process_rss: GIB },
+    }
+}
+
+fn config() -> GovernorConfig {
+    GovernorConfig {
+        gpu_threshold: 0.85,
+        cpu_threshold: 0.80,
+        calm_steps: 3,
+        force_cleanup_every: 0,
+        effective_batch: 12,
+        micro_batch: 6,
+    }
+}
+
+/// Runs `script` (one sample per step) and returns every action in order.
+fn run(g: &mut Governor, script: &[MemorySample], first_step: u64) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for (i, s) in script.iter().enumerate() {
+        for d in g.observe(first_step + i as u64, s) {
+            actions.push(d.action);
+        }
+        let plan = g.plan();
+        assert_eq!(plan.micro_batch * plan.accumulation, 12, "effective batch changed: {plan:?}");
+    }
+    actions
+}
+
+fn plan(micro_batch: u32, accumulation: u32) -> BatchPlan {
+    BatchPlan { micro_batch, accumulation }
+}
+
+#[test]
+fn gpu_pressure_escalates_one_level_at_a_time_and_steps_back() {
+    let mut g = Governor::new(config());
+    assert_eq!(g.plan(), plan(6, 2));
+    let hot = sample(Some(0.95), 0.3);
+    let actions = run(&mut g, &[hot; 7], 1);
+    assert_eq!(
+        actions,
+        [
+            Action::TrimPool,
+            Action::ClearCaches,
+            Action::PreprocessOnCpu,
+            Action::ShrinkMicroBatch(plan(3, 4)),
+            // Half of 3, rounded down to a divisor of 12.
+            Action::ShrinkMicroBatch(plan(1, 12)),
+        ],
+        "hot steps 6 and 7 have nothing left to shrink"
+    );
+    let reason = &g.log()[0].reason;
+    assert!(
+        reason.contains("GPU") && reason.contains("11.40 GiB/12.00 GiB (95%)") && reason.contains("> 85%"),
+        "{reason}"
+    );
+
+    // At the threshold but not below it by the hysteresis margin: not calm, no change.
+    let warm = sample(Some(0.83), 0.3);
+    assert!(run(&mut g, &[warm; 6], 10).is_empty());
+
+    let calm = sample(Some(0.50), 0.3);
+    let actions = run(&mut g, &[calm; 15], 20);
+    assert_eq!(
+        actions,
+        [Action::GrowMicroBatch(plan(3, 4)), Action::GrowMicroBatch(plan(6, 2)), Action::PreprocessOnGpu]
+    );
+    assert_eq!(g.level(), 0, "15 calm steps step back all 5 levels");
+    assert_eq!(g.plan(), plan(6, 2));
+}
+
+#[test]
+fn host_pressure_reduces_prefetch_instead_of_moving_preprocessing() {
+    let mut g = Governor::new(config());
+    let hot = sample(Some(0.3), 0.9);
+    let actions = run(&mut g, &[hot, hot, hot], 1);
+    assert_eq!(actions, [Action::TrimPool, Action::ClearCaches, Action::ReducePrefetch]);
+    assert!(g.log()[2].reason.contains("host"), "{}", g.log()[2].reason);
+    let actions = run(&mut g, &[sample(Some(0.3), 0.3); 9], 10);
+    assert_eq!(actions, [Action::RestorePrefetch]);
+    assert_eq!(g.level(), 0);
+}
+
+#[test]
+fn without_a_gpu_only_host_memory_counts() {
+    let mut g = Governor::new(config());
+    assert!(run(&mut g, &[sample(None, 0.5); 5], 1).is_empty());
+    assert_eq!(run(&mut g, &[sample(None, 0.95)], 6), [Action::TrimPool]);
+}
+
+#[test]
+fn out_of_memory_shrinks_down_to_one_then_refuses() {
+    let mut g = Governor::new(config());
+    assert_eq!(g.on_out_of_memory(5, "requested 1 GiB").unwrap(), plan(3, 4));
+    assert_eq!(g.on_out_of_memory(5, "requested 1 GiB").unwrap(), plan(1, 12));
+    assert_eq!(g.on_out_of_memory(5, "requested 1 GiB"), Err(ShrinkError::AtMinimum));
+    assert!(g.log().iter().all(|d| d.reason.contains("out of memory: requested 1 GiB")));
+    // Calm afterwards grows back through the same plans.
+    let actions = run(&mut g, &[sample(Some(0.2), 0.2); 6], 6);
+    assert_eq!(actions, [Action::GrowMicroBatch(plan(3, 4)), Action::GrowMicroBatch(plan(6, 2))]);
+}
+
+#[test]
+fn forced_cleanup_runs_on_schedule_when_nothing_else_happened() {
+    let mut g = Governor::new(GovernorConfig { force_cleanup_every: 4, ..config() });
+    let calm = sample(Some(0.2), 0.2);
+    let decisions: Vec<(u64, Action)> =
+        (1..=9).flat_map(|step| g.observe(step, &calm)).map(|d| (d.step, d.action)).collect();
+    assert_eq!(
+        decisions,
+        [(4, Action::TrimPool), (4, Action::ClearCaches), (8, Action::TrimPool), (8, Action::ClearCaches)]
+    );
+    assert!(g.log()[0].reason.contains("forced every 4 steps"));
+}
+
+#[test]
+fn a_micro_batch_that_does_not_divide_the_effective_batch_is_rounded_down() {
+    let g = Governor::new(GovernorConfig { effective_batch: 12, micro_batch: 5, ..config() });
+    assert_eq!(g.plan(), plan(4, 3));
+}
