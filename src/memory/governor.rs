@@ -8,6 +8,7 @@
 //!   4. a smaller micro-batch with more accumulation steps — repeated while pressure lasts,
 //!      down to micro-batch 1. The effective batch (micro × accumulation) never changes:
 //!      micro-batches are always divisors of it.
+//!
 //! After `calm_steps` consecutive calm observations (below threshold − `HYSTERESIS`) it
 //! steps back one level, undoing the most recent lasting change. Every action is logged
 //! with the figures that caused it. The trainer asks `plan()` once per step.
