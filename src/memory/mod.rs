@@ -3,6 +3,7 @@
 
 pub mod backing;
 pub mod governor;
+pub mod monitor;
 pub mod pool;
 pub mod sample;
 
