@@ -5,4 +5,5 @@ pub mod backend;
 pub mod config;
 pub mod kernels;
 pub mod memory;
+pub mod model;
 pub mod tensor;
