@@ -57,6 +57,9 @@ struct ProfileArgs {
     /// override one value, e.g. --set dataloader.batch_size=8 (repeatable)
     #[argh(option, long = "set", from_str_fn(parse_override))]
     overrides: Vec<Override>,
+    /// machine-readable output
+    #[argh(switch)]
+    json: bool,
 }
 
 /// Write labelled synthetic face videos in the FaceForensics++ layout.
@@ -158,8 +161,16 @@ fn backend_line(probe: &GpuProbe) -> String {
 }
 
 fn profile(args: ProfileArgs) -> Result<(), Failure> {
-    load_config(args.config.as_deref(), &args.overrides)?;
-    not_built("profile", "the memory pool, governor and monitor come first")
+    let resolved = load_config(args.config.as_deref(), &args.overrides)?;
+    let report = dfengine::memory::report::profile(&resolved.config);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?);
+    } else {
+        let source = args.config.as_deref().map_or("the defaults".to_string(), |p| p.display().to_string());
+        println!("dfengine profile: {source}\n");
+        print!("{}", report.render());
+    }
+    Ok(())
 }
 
 fn synth(args: SynthArgs) -> Result<(), Failure> {

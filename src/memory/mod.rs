@@ -4,7 +4,9 @@
 pub mod backing;
 pub mod governor;
 pub mod monitor;
+pub mod plan;
 pub mod pool;
+pub mod report;
 pub mod sample;
 
 pub use backing::{Backing, BackingError, EventId, HostBacking, StreamId};

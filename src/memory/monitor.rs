@@ -55,6 +55,17 @@ impl SystemSource {
         }
     }
 
+    /// The driver's version as NVML reports it.
+    #[cfg(feature = "cuda")]
+    pub fn driver_version(&self) -> Option<String> {
+        self.nvml.as_ref().and_then(|(nvml, _)| nvml.sys_driver_version().ok())
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    pub fn driver_version(&self) -> Option<String> {
+        None
+    }
+
     #[cfg(feature = "cuda")]
     fn gpu(&self) -> Option<DeviceMemory> {
         let (nvml, ordinal) = self.nvml.as_ref()?;

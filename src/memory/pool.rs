@@ -80,7 +80,7 @@ pub struct Allocation {
 }
 
 /// Counters with PyTorch's names where the meaning is the same.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct PoolStats {
     pub allocated_bytes: usize,
     pub peak_allocated_bytes: usize,

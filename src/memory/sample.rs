@@ -3,7 +3,7 @@
 
 use crate::config::format_bytes;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct DeviceMemory {
     pub used: u64,
     pub total: u64,
@@ -11,7 +11,7 @@ pub struct DeviceMemory {
     pub utilisation: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct HostMemory {
     /// Total minus what the OS could give a new allocation (MemAvailable).
     pub used: u64,
@@ -20,7 +20,7 @@ pub struct HostMemory {
     pub process_rss: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct MemorySample {
     /// Seconds since monitoring started.
     pub t: f64,

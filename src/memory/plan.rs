@@ -1,0 +1,141 @@
+//! The planned memory footprint of a training step, before anything runs: weights,
+//! gradients, optimizer state, the activations backward needs, inputs and the largest
+//! transient workspace, summed from the model's layer list.
+//!
+//! Counted per frame (every frame of every clip goes through the backbone): for each
+//! convolution its output and its batch-norm output (both kept for backward), for each
+//! residual block its post-add output, the stem's max-pool output, and the input itself.
+
+use crate::config::{Config, OptimizerKind, format_bytes};
+use crate::model::arch::{ResNetSpec, conv_layers};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Footprint {
+    /// fp32 master weights (+ an f16 compute copy under mixed precision), BN buffers.
+    pub weights: u64,
+    pub gradients: u64,
+    pub optimizer: u64,
+    pub activations: u64,
+    pub inputs: u64,
+    pub workspace: u64,
+}
+
+impl Footprint {
+    pub fn total(&self) -> u64 {
+        self.weights + self.gradients + self.optimizer + self.activations + self.inputs + self.workspace
+    }
+
+    /// "weights 46.8 MiB + gradients ... = total".
+    pub fn describe(&self) -> String {
+        format!(
+            "weights {} + gradients {} + optimizer {} + activations {} + inputs {} + workspace {} = {}",
+            format_bytes(self.weights),
+            format_bytes(self.gradients),
+            format_bytes(self.optimizer),
+            format_bytes(self.activations),
+            format_bytes(self.inputs),
+            format_bytes(self.workspace),
+            format_bytes(self.total())
+        )
+    }
+}
+
+/// Sizes of the model behind `config`, independent of the batch.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSize {
+    pub params: u64,
+    /// Activation elements kept for backward, per frame.
+    pub saved_per_frame: u64,
+    /// The largest tensor of one frame anywhere in the network.
+    pub largest_per_frame: u64,
+}
+
+pub fn model_size(config: &Config) -> ModelSize {
+    let spec = ResNetSpec::of(config.model.backbone);
+    let side = config.model.input_size as usize;
+    let layers = conv_layers(&spec, side);
+    let mut params = (spec.feature_channels() + 1) as u64;
+    let mut saved = 0u64;
+    let mut largest = (3 * side * side) as u64;
+    for l in &layers {
+        params += (l.params() + 2 * l.cout) as u64;
+        let out = l.out_elems() as u64;
+        saved += 2 * out + if l.block_end { out } else { 0 };
+        largest = largest.max(out).max((l.cin * l.h_in * l.w_in) as u64);
+    }
+    let stem = layers[0];
+    let pooled = |x: usize| (x + 2 - 3) / 2 + 1;
+    saved += (stem.cout * pooled(stem.h_out()) * pooled(stem.w_out())) as u64;
+    ModelSize { params, saved_per_frame: saved, largest_per_frame: largest }
+}
+
+/// The footprint of one micro-batch of `clips` clips of `frames` frames. `mixed` counts
+/// f16 activations and an f16 weight copy (the GPU path); otherwise everything is f32.
+pub fn plan_step(config: &Config, clips: u64, frames: u64, mixed: bool) -> Footprint {
+    let m = model_size(config);
+    let act = if mixed { 2 } else { 4 };
+    let n = clips * frames;
+    let side = config.model.input_size as u64;
+    let raw_frame = 3 * (config.data.frame_size as u64).pow(2);
+    let state_per_param = match config.train.optimizer {
+        OptimizerKind::Adamw => 8,
+        OptimizerKind::Sgd => 4,
+    };
+    Footprint {
+        weights: m.params * if mixed { 6 } else { 4 },
+        gradients: m.params * 4,
+        optimizer: m.params * state_per_param,
+        activations: n * m.saved_per_frame * act,
+        // The normalised input tensor and the u8 frames it was made from.
+        inputs: n * (3 * side * side * act + raw_frame),
+        // Backward holds a layer's output gradient and input gradient at once.
+        workspace: 2 * n * m.largest_per_frame * act,
+    }
+}
+
+/// The largest value in `1..=limit` for which `fits` holds, assuming it is monotone.
+pub fn largest_fitting(limit: u64, fits: impl Fn(u64) -> bool) -> Option<u64> {
+    if !fits(1) {
+        return None;
+    }
+    let (mut lo, mut hi) = (1, limit.max(1));
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid) { lo = mid } else { hi = mid - 1 }
+    }
+    Some(lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Backbone;
+
+    #[test]
+    fn resnet18_weights_and_optimizer_match_its_parameter_count() {
+        let mut c = Config::default();
+        c.model.backbone = Backbone::Resnet18;
+        let m = model_size(&c);
+        // torchvision's 11,689,512 with a 1000-way head; here the head has one output.
+        assert_eq!(m.params, 11_689_512 - 512 * 999 - 999);
+        let f = plan_step(&c, 1, 1, true);
+        assert_eq!((f.weights, f.gradients, f.optimizer), (m.params * 6, m.params * 4, m.params * 8));
+    }
+
+    #[test]
+    fn activations_scale_with_clips_and_frames() {
+        let c = Config::default();
+        let one = plan_step(&c, 1, 1, true);
+        let many = plan_step(&c, 6, 16, true);
+        assert_eq!(many.activations, 96 * one.activations);
+        assert_eq!(many.weights, one.weights);
+        assert_eq!(plan_step(&c, 1, 1, false).activations, 2 * one.activations);
+    }
+
+    #[test]
+    fn largest_fitting_finds_the_boundary() {
+        assert_eq!(largest_fitting(100, |x| x * x <= 50), Some(7));
+        assert_eq!(largest_fitting(100, |_| false), None);
+        assert_eq!(largest_fitting(5, |_| true), Some(5));
+    }
+}
