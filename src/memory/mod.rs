@@ -3,6 +3,7 @@
 
 pub mod backing;
 pub mod governor;
+pub mod manager;
 pub mod monitor;
 pub mod plan;
 pub mod pool;
