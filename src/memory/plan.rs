@@ -6,6 +6,8 @@
 //! convolution its output and its batch-norm output (both kept for backward), for each
 //! residual block its post-add output, the stem's max-pool output, and the input itself.
 
+use super::backing::Backing;
+use super::pool::{Allocation, Pool, PoolError};
 use crate::config::{Config, OptimizerKind, format_bytes};
 use crate::model::arch::{ResNetSpec, conv_layers};
 
@@ -91,6 +93,74 @@ pub fn plan_step(config: &Config, clips: u64, frames: u64, mixed: bool) -> Footp
         // Backward holds a layer's output gradient and input gradient at once.
         workspace: 2 * n * m.largest_per_frame * act,
     }
+}
+
+/// One allocation event of a training step, in the order the step makes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepEvent {
+    Alloc(usize),
+    /// Frees the n-th allocation of the step.
+    Free(usize),
+}
+
+/// The allocations a step of `frames` frames makes, in order: the input, then per
+/// convolution its output and batch-norm output (kept for backward); backward walks the
+/// layers in reverse with an output-gradient and input-gradient pair live at each, freeing
+/// the layer's saved tensors as it goes.
+pub fn step_events(config: &Config, frames: u64, mixed: bool) -> Vec<StepEvent> {
+    let act = if mixed { 2 } else { 4 };
+    let side = config.model.input_size as u64;
+    let raw = 3 * (config.data.frame_size as u64).pow(2);
+    let layers = conv_layers(&ResNetSpec::of(config.model.backbone), side as usize);
+    let mut events = vec![StepEvent::Alloc((frames * (3 * side * side * act + raw)) as usize)];
+    let mut saved = Vec::new();
+    for l in &layers {
+        let out = (l.out_elems() as u64 * frames * act) as usize;
+        for _ in 0..2 {
+            saved.push(events.len());
+            events.push(StepEvent::Alloc(out));
+        }
+    }
+    for l in layers.iter().rev() {
+        let grad = events.len();
+        events.push(StepEvent::Alloc((l.out_elems() as u64 * frames * act) as usize));
+        let dx = events.len();
+        events.push(StepEvent::Alloc(((l.cin * l.h_in * l.w_in) as u64 * frames * act) as usize));
+        events.extend([StepEvent::Free(grad), StepEvent::Free(dx)]);
+        for _ in 0..2 {
+            events.extend(saved.pop().map(StepEvent::Free));
+        }
+    }
+    events.push(StepEvent::Free(0));
+    events
+}
+
+/// Runs `events` against `pool` on stream 0. On failure everything the step allocated is
+/// freed again (as the trainer does before retrying with a smaller micro-batch).
+pub fn replay<B: Backing>(pool: &mut Pool<B>, events: &[StepEvent]) -> Result<(), PoolError> {
+    let mut live: Vec<Option<Allocation>> = Vec::with_capacity(events.len());
+    let mut result = Ok(());
+    for e in events {
+        match *e {
+            StepEvent::Alloc(bytes) => match pool.alloc(bytes, 0) {
+                Ok(a) => live.push(Some(a)),
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            },
+            StepEvent::Free(i) => {
+                live.push(None);
+                if let Some(a) = live[i].take() {
+                    pool.free(a)?;
+                }
+            }
+        }
+    }
+    for a in live.into_iter().flatten() {
+        pool.free(a)?;
+    }
+    result
 }
 
 /// The largest value in `1..=limit` for which `fits` holds, assuming it is monotone.

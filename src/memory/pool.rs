@@ -429,11 +429,18 @@ impl<B: Backing> Pool<B> {
             .sum()
     }
 
+    /// Maps the unmapped granules under [off, off + size), one driver call per run.
     fn map_range(&mut self, off: usize, size: usize) -> Result<(), PoolError> {
-        for i in self.granule_span(off, size) {
-            if !self.mapped[i] {
-                self.map_granules(i, 1)?;
+        let span = self.granule_span(off, size);
+        let mut i = span.start;
+        while i < span.end {
+            if self.mapped[i] {
+                i += 1;
+                continue;
             }
+            let run = (i..span.end).take_while(|&j| !self.mapped[j]).count();
+            self.map_granules(i, run)?;
+            i += run;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::backing::HostBacking;
 use super::monitor::SystemSource;
-use super::plan::{Footprint, largest_fitting, plan_step};
+use super::plan::{Footprint, largest_fitting, plan_step, replay, step_events};
 use super::pool::{Pool, PoolError, PoolStats};
 use super::sample::{HostMemory, usage};
 use crate::backend::cpu::CpuBackend;
@@ -92,60 +92,37 @@ fn budget_of(config: &Config, gpu: Option<&GpuInfo>) -> (u64, String) {
     }
 }
 
-/// Allocates a planned step's tensors through a pool twice, as a training loop would,
-/// on host memory (nothing is touched, so nothing is committed).
+/// Allocates the weights, gradients and optimizer state once, then a planned step's
+/// tensors twice through a pool, as a training loop would, on host memory (nothing is
+/// touched, so nothing is committed).
 fn rehearse(config: &Config, footprint: &Footprint, budget: u64, frames: u64, mixed: bool) -> Rehearsal {
     let granule = 2 << 20;
-    let pool = HostBacking::reserve(budget as usize, granule).map(|b| Pool::new(b, budget as usize));
-    let mut pool = match pool {
-        Ok(p) => p,
-        Err(e) => {
-            return Rehearsal {
-                stats: PoolStats::default(),
-                maps_in_second_step: 0,
-                failure: Some(e.to_string()),
-            };
-        }
+    let failed =
+        |e: String| Rehearsal { stats: PoolStats::default(), maps_in_second_step: 0, failure: Some(e) };
+    let mut pool = match HostBacking::reserve(budget as usize, granule) {
+        Ok(b) => Pool::new(b, budget as usize),
+        Err(e) => return failed(e.to_string()),
     };
-    let act = if mixed { 2 } else { 4 };
-    let spec = ResNetSpec::of(config.model.backbone);
-    let layers = conv_layers(&spec, config.model.input_size as usize);
-    let step = |pool: &mut Pool<HostBacking>| -> Result<(), PoolError> {
-        let mut persistent = Vec::new();
-        for bytes in [footprint.weights, footprint.gradients, footprint.optimizer] {
-            persistent.push(pool.alloc(bytes as usize, 0)?);
-        }
-        let mut saved = vec![pool.alloc(footprint.inputs as usize, 0)?];
-        for l in &layers {
-            // conv output and batch-norm output are kept for backward.
-            let out = (l.out_elems() as u64 * frames * act) as usize;
-            saved.push(pool.alloc(out, 0)?);
-            saved.push(pool.alloc(out, 0)?);
-        }
-        // Backward walks the layers in reverse, freeing what it no longer needs while a
-        // gradient pair is live at each layer.
-        for l in layers.iter().rev() {
-            let grad = pool.alloc((l.out_elems() as u64 * frames * act) as usize, 0)?;
-            let dx = pool.alloc(((l.cin * l.h_in * l.w_in) as u64 * frames * act) as usize, 0)?;
-            pool.free(grad)?;
-            pool.free(dx)?;
-            for a in saved.drain(saved.len().saturating_sub(2)..) {
-                pool.free(a)?;
+    let events = step_events(config, frames, mixed);
+    let mut persistent = Vec::new();
+    let mut result: Result<(), PoolError> = Ok(());
+    for bytes in [footprint.weights, footprint.gradients, footprint.optimizer] {
+        match pool.alloc(bytes as usize, 0) {
+            Ok(a) => persistent.push(a),
+            Err(e) => {
+                result = Err(e);
+                break;
             }
         }
-        for a in saved.into_iter().chain(persistent) {
-            pool.free(a)?;
-        }
-        Ok(())
-    };
-    let first = step(&mut pool);
-    let maps_before = pool.stats().num_device_alloc;
-    let result = first.and_then(|_| step(&mut pool));
-    Rehearsal {
-        maps_in_second_step: pool.stats().num_device_alloc - maps_before,
-        stats: pool.stats(),
-        failure: result.err().map(|e| e.to_string()),
     }
+    let mut maps_in_second_step = 0;
+    if result.is_ok() {
+        result = replay(&mut pool, &events);
+        let maps_before = pool.stats().num_device_alloc;
+        result = result.and_then(|_| replay(&mut pool, &events));
+        maps_in_second_step = pool.stats().num_device_alloc - maps_before;
+    }
+    Rehearsal { maps_in_second_step, stats: pool.stats(), failure: result.err().map(|e| e.to_string()) }
 }
 
 /// Frames in the CPU conv measurement: enough for the per-image parallelism to show.
