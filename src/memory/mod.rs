@@ -2,6 +2,8 @@
 //! readings of GPU and host memory, and the governor that acts on them.
 
 pub mod backing;
+#[cfg(feature = "cuda")]
+pub mod cuda_backing;
 pub mod governor;
 pub mod manager;
 pub mod monitor;
