@@ -60,6 +60,12 @@ struct ProfileArgs {
     /// machine-readable output
     #[argh(switch)]
     json: bool,
+    /// draw the memory timeline of the run folder ([train] out_dir, or --run) into this SVG
+    #[argh(option)]
+    plot: Option<PathBuf>,
+    /// the run folder to plot (default: the config's [train] out_dir)
+    #[argh(option)]
+    run: Option<PathBuf>,
 }
 
 /// Write labelled synthetic face videos in the FaceForensics++ layout.
@@ -162,6 +168,17 @@ fn backend_line(probe: &GpuProbe) -> String {
 
 fn profile(args: ProfileArgs) -> Result<(), Failure> {
     let resolved = load_config(args.config.as_deref(), &args.overrides)?;
+    if let Some(svg) = &args.plot {
+        let run = args.run.clone().unwrap_or_else(|| PathBuf::from(&resolved.config.train.out_dir));
+        return match dfengine::memory::plot::plot_run(&run, svg) {
+            Ok(()) => {
+                println!("wrote {} from the run folder {}", svg.display(), run.display());
+                Ok(())
+            }
+            Err(e @ dfengine::memory::plot::PlotError::Input { .. }) => Err(Failure::Input(e.to_string())),
+            Err(e) => Err(Failure::Runtime(e.into())),
+        };
+    }
     let report = dfengine::memory::report::profile(&resolved.config);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?);

@@ -50,7 +50,7 @@ fn cache_clears_run_the_registered_callbacks() {
     });
     let mut actions = Vec::new();
     for step in 1..=5 {
-        let (decisions, plan) = m.step_boundary(step);
+        let (decisions, plan) = m.step_boundary(step, None);
         actions.extend(decisions.into_iter().map(|d| d.action));
         assert_eq!(
             plan.micro_batch * plan.accumulation,
@@ -76,8 +76,13 @@ fn monitoring_writes_memory_csv_in_the_run_folder() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = demo_config(true);
     let mut m = MemoryManager::start(&cfg, Box::new(Script(vec![0.3], 0)), Some(dir.path())).unwrap();
-    m.step_boundary(1);
-    m.step_boundary(2);
+    let pool = dfengine::memory::PoolStats {
+        reserved_bytes: 4 << 20,
+        allocated_bytes: 3 << 20,
+        ..Default::default()
+    };
+    m.step_boundary(1, Some(&pool));
+    m.step_boundary(2, Some(&pool));
     assert_eq!(
         m.suggestions(),
         ["memory stayed under both thresholds: there is room for a larger batch_size"]
@@ -85,4 +90,13 @@ fn monitoring_writes_memory_csv_in_the_run_folder() {
     drop(m);
     let csv = std::fs::read_to_string(dir.path().join("memory.csv")).unwrap();
     assert!(csv.lines().count() >= 4, "header, the first sample and two step samples:\n{csv}");
+    let steps = std::fs::read_to_string(dir.path().join("steps.csv")).unwrap();
+    let rows: Vec<&str> = steps.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[1].ends_with(",2,4194304,3145728"), "{steps}");
+    assert!(
+        std::fs::read_to_string(dir.path().join("governor.csv"))
+            .unwrap()
+            .starts_with("t_s,step,action,reason")
+    );
 }

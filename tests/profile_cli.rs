@@ -82,3 +82,71 @@ fn profile_rejects_a_bad_config_with_exit_2() {
     let out = dfengine(&["profile", &config("quick_demo.toml"), "--set", "data.max_frames=0"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A run folder as a training run leaves it: the manager's CSVs over a few steps with
+/// rising GPU use, so that the governor acts.
+fn recorded_run(dir: &Path) {
+    use dfengine::memory::PoolStats;
+    use dfengine::memory::manager::MemoryManager;
+    use dfengine::memory::monitor::MemorySource;
+    use dfengine::memory::sample::{DeviceMemory, HostMemory, MemorySample};
+
+    struct Rising(u64);
+    impl MemorySource for Rising {
+        fn sample(&mut self, t: f64) -> MemorySample {
+            self.0 += 1;
+            MemorySample {
+                t,
+                gpu: Some(DeviceMemory { used: (8 + self.0) << 30, total: 12 << 30, utilisation: Some(90) }),
+                host: HostMemory { used: 4 << 30, total: 32 << 30, process_rss: 1 << 30 },
+            }
+        }
+    }
+    let cfg = dfengine::config::load(Some(Path::new(&config("memory_optimized.toml"))), &[]).unwrap().config;
+    let mut m = MemoryManager::start(&cfg, Box::new(Rising(0)), Some(dir)).unwrap();
+    for step in 1..=4u64 {
+        let pool = PoolStats {
+            reserved_bytes: (step as usize) << 30,
+            allocated_bytes: (step as usize) << 29,
+            ..Default::default()
+        };
+        m.step_boundary(step, Some(&pool));
+    }
+}
+
+#[test]
+fn plot_draws_the_timeline_of_a_run_folder() {
+    let run = tempfile::tempdir().unwrap();
+    recorded_run(run.path());
+    let svg = run.path().join("timeline.svg");
+    let out = dfengine(&[
+        "profile",
+        &config("memory_optimized.toml"),
+        "--plot",
+        svg.to_str().unwrap(),
+        "--run",
+        run.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg"));
+    for label in ["GPU used, all processes (NVML)", "pool reserved", "pool allocated", "process RSS (host)"] {
+        assert!(text.contains(label), "legend lacks {label}");
+    }
+    assert!(
+        text.contains("step 1: trim the pool") && text.contains("step 2: clear caches"),
+        "governor actions not marked"
+    );
+    assert!(text.matches("<polyline").count() >= 4, "expected a line per series");
+}
+
+#[test]
+fn plot_of_a_folder_without_a_run_names_the_missing_file() {
+    let empty = tempfile::tempdir().unwrap();
+    let svg = empty.path().join("x.svg");
+    let out =
+        dfengine(&["profile", "--plot", svg.to_str().unwrap(), "--run", empty.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("memory.csv: cannot read"), "{err}");
+}

@@ -2,11 +2,14 @@
 //! monitor and the governor, runs cleanup callbacks when the governor clears caches, and
 //! prints a summary when dropped.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::governor::{Action, BatchPlan, Decision, Governor, GovernorConfig};
 use super::monitor::{MemorySource, Monitor};
+use super::pool::PoolStats;
 use super::sample::{MemorySample, usage};
 use crate::config::{Config, format_bytes};
 
@@ -35,7 +38,13 @@ pub struct MemoryManager {
     stats: MemoryStats,
     gpu_threshold: f64,
     cpu_threshold: f64,
+    started: Instant,
+    /// `steps.csv` and `governor.csv` in the run folder.
+    records: Option<(BufWriter<File>, BufWriter<File>)>,
 }
+
+pub const STEPS_CSV_HEADER: &str = "t_s,step,pool_reserved_bytes,pool_allocated_bytes";
+pub const GOVERNOR_CSV_HEADER: &str = "t_s,step,action,reason";
 
 impl MemoryManager {
     /// Starts managing memory for `config`'s run; with `run_dir`, every sample is written
@@ -61,7 +70,19 @@ impl MemoryManager {
             effective_batch: config.dataloader.batch_size * config.train.accumulation_steps,
             micro_batch: config.dataloader.batch_size,
         });
+        let records = match run_dir {
+            Some(dir) => {
+                let mut steps = BufWriter::new(File::create(dir.join("steps.csv"))?);
+                writeln!(steps, "{STEPS_CSV_HEADER}")?;
+                let mut governor = BufWriter::new(File::create(dir.join("governor.csv"))?);
+                writeln!(governor, "{GOVERNOR_CSV_HEADER}")?;
+                Some((steps, governor))
+            }
+            None => None,
+        };
         Ok(MemoryManager {
+            started: Instant::now(),
+            records,
             monitor,
             source,
             governor,
@@ -83,9 +104,10 @@ impl MemoryManager {
         self.callbacks.iter_mut().map(|(name, f)| (name.clone(), f())).collect()
     }
 
-    /// The trainer calls this between steps: a fresh sample, the governor's decisions
-    /// (cache clears already carried out), and the batch plan for the next step.
-    pub fn step_boundary(&mut self, step: u64) -> (Vec<Decision>, BatchPlan) {
+    /// The trainer calls this between steps with the pool's stats: a fresh sample, the
+    /// governor's decisions (cache clears already carried out), and the batch plan for the
+    /// next step. Steps and decisions go to the run folder's CSVs.
+    pub fn step_boundary(&mut self, step: u64, pool: Option<&PoolStats>) -> (Vec<Decision>, BatchPlan) {
         let sample = match (&self.monitor, &mut self.source) {
             (Some(m), _) => m.sample_now(),
             (None, Some(s)) => s.sample(0.0),
@@ -95,6 +117,18 @@ impl MemoryManager {
         let decisions = self.governor.observe(step, &sample);
         if decisions.iter().any(|d| d.action == Action::ClearCaches) {
             self.cleanup();
+        }
+        if let Some((steps, governor)) = &mut self.records {
+            let t = self.started.elapsed().as_secs_f64();
+            let (reserved, allocated) = pool.map_or((0, 0), |p| (p.reserved_bytes, p.allocated_bytes));
+            // The CSVs are a record of the run, not a dependency of it: a full disk must
+            // not stop training.
+            let _ = writeln!(steps, "{t:.3},{step},{reserved},{allocated}").and_then(|_| steps.flush());
+            for d in &decisions {
+                let reason = d.reason.replace('"', "'");
+                let _ = writeln!(governor, "{t:.3},{step},{},\"{reason}\"", d.action)
+                    .and_then(|_| governor.flush());
+            }
         }
         (decisions, self.governor.plan())
     }

@@ -8,6 +8,7 @@ pub mod governor;
 pub mod manager;
 pub mod monitor;
 pub mod plan;
+pub mod plot;
 pub mod pool;
 pub mod report;
 pub mod sample;
