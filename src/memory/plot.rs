@@ -19,6 +19,9 @@ pub enum PlotError {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// A named line: legend text, colour, (seconds, GiB) points.
+type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
+
 /// Rows of a CSV written by the manager or monitor: checks the header, parses `columns`
 /// leading numeric fields (empty → NaN) and keeps the rest of the line as text.
 fn read_csv(path: &Path, header: &str, columns: usize) -> Result<Vec<(Vec<f64>, String)>, PlotError> {
@@ -53,7 +56,7 @@ pub fn plot_run(run_dir: &Path, svg: &Path) -> Result<(), PlotError> {
     let gov_path = run_dir.join("governor.csv");
     let actions = if gov_path.exists() { read_csv(&gov_path, GOVERNOR_CSV_HEADER, 2)? } else { Vec::new() };
 
-    let series: [(&str, RGBColor, Vec<(f64, f64)>); 4] = [
+    let series: [Series; 4] = [
         ("GPU used, all processes (NVML)", RED, samples.iter().map(|(v, _)| (v[0], v[1] / GIB)).collect()),
         ("pool reserved", BLUE, steps.iter().map(|(v, _)| (v[0], v[2] / GIB)).collect()),
         ("pool allocated", CYAN, steps.iter().map(|(v, _)| (v[0], v[3] / GIB)).collect()),
