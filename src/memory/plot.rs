@@ -89,7 +89,8 @@ pub fn plot_run(run_dir: &Path, svg: &Path) -> Result<(), PlotError> {
             .label(*name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
     }
-    for (v, text) in &actions {
+    // Labels step down in five rows so that actions close in time stay readable.
+    for (i, (v, text)) in actions.iter().enumerate() {
         let action = text.split(",\"").next().unwrap_or(text);
         let t = v[0];
         chart
@@ -98,7 +99,7 @@ pub fn plot_run(run_dir: &Path, svg: &Path) -> Result<(), PlotError> {
         chart
             .draw_series(std::iter::once(Text::new(
                 format!("step {}: {action}", v[1]),
-                (t, y_max * 0.97),
+                (t, y_max * (0.98 - 0.035 * (i % 5) as f64)),
                 ("sans-serif", 11).into_font(),
             )))
             .map_err(|e| draw_err(e.to_string()))?;
