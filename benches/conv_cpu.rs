@@ -43,7 +43,7 @@ fn gemm_ceiling(m: usize, n: usize, k: usize) -> f64 {
 
 fn main() {
     let batch: usize = std::env::var("DFENGINE_BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-    let b = CpuBackend;
+    let b = CpuBackend::default();
     println!("CPU conv2d, batch {batch}, {} — GFLOP/s (2·MACs / s)", b.name());
     println!(
         "{:<28} {:>9} {:>9} {:>9} {:>11} {:>9}",

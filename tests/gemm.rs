@@ -17,7 +17,7 @@ fn gemm_matches_definition_for_all_transposes() {
             let bm = randn_tensor(&mut rng, if tb { [n, k] } else { [k, n] }, 1.0);
             let c0 = randn_tensor(&mut rng, [m, n], 1.0);
             let (alpha, beta) = (0.75, -0.5);
-            let mut c = c0.clone();
+            let mut c = b.tensor(c0.shape().clone(), c0.storage()).unwrap();
             b.gemm(alpha, &a, ta, &bm, tb, beta, &mut c).unwrap();
             let at = |i: usize, p: usize| if ta { a.storage()[p * m + i] } else { a.storage()[i * k + p] };
             let bt = |p: usize, j: usize| if tb { bm.storage()[j * k + p] } else { bm.storage()[p * n + j] };

@@ -224,3 +224,35 @@ fn freeing_twice_is_an_error_not_corruption() {
     pool.free(a).unwrap();
     assert!(matches!(pool.free(a), Err(PoolError::NotAllocated(_))));
 }
+
+#[test]
+fn cpu_backend_tensors_live_in_its_budgeted_pool() {
+    use dfengine::backend::OpError;
+    use dfengine::backend::cpu::CpuBackend;
+    use dfengine::backend::ops::Backend;
+    use dfengine::tensor::Shape;
+
+    let b = CpuBackend::with_budget(8 * MIB).unwrap();
+    let x = b.tensor(Shape::from([1, 64, 64, 16]), &vec![0.5; 64 * 64 * 16]).unwrap();
+    let w = b.tensor(Shape::from([16, 3, 3, 16]), &vec![0.01; 16 * 9 * 16]).unwrap();
+    let y = b.conv2d_fwd(&x, &w, [1, 1], [1, 1]).unwrap();
+    let s = b.pool_stats();
+    assert_eq!(s.active, 3, "x, w and y each hold a block");
+    assert!(s.allocated_bytes >= 3 * 64 * 64 * 16 * 4 / 2);
+    drop(y);
+    assert_eq!(b.pool_stats().active, 2, "a dropped tensor returns its block");
+
+    // 4 MiB more fits nowhere in 8 MiB next to the 256 KiB tensors and the 4 MiB one.
+    let big = b.zeros(Shape::from([MIB])).unwrap();
+    match b.zeros(Shape::from([2 * MIB])) {
+        Err(OpError::OutOfMemory(oom)) => {
+            assert_eq!((oom.requested, oom.budget), (8 * MIB, 8 * MIB));
+        }
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    drop(big);
+
+    let mut shared = x.clone();
+    let err = b.add_assign(&mut shared, &x).unwrap_err().to_string();
+    assert!(err.contains("add: y is shared"), "{err}");
+}

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Rng, assert_close, check_gradient, cpu, dot, randn_tensor};
-use dfengine::backend::cpu::CpuTensor;
+use dfengine::backend::cpu::{CpuBackend, CpuTensor};
 use dfengine::backend::ops::Backend;
 use dfengine::backend::params::BatchNormParams;
 use dfengine::tensor::Shape;
@@ -24,7 +24,7 @@ fn stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, var)
 }
 
-fn vector(b: &impl Backend<Storage = Vec<f32>>, data: Vec<f32>) -> CpuTensor {
+fn vector(b: &CpuBackend, data: Vec<f32>) -> CpuTensor {
     b.tensor(Shape::from([data.len()]), &data).unwrap()
 }
 

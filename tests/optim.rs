@@ -43,7 +43,7 @@ fn sgd_matches_definition_with_and_without_nesterov() {
         let hp = SgdParams { lr: 0.1, momentum: 0.9, nesterov, weight_decay: 1e-3 };
         let mut p = randn_tensor(&mut rng, [11], 1.0);
         let mut buf = b.zeros(Shape::from([11])).unwrap();
-        let mut want_p: Vec<f32> = p.storage().clone();
+        let mut want_p: Vec<f32> = p.storage().to_vec();
         let mut want_buf = [0.0f32; 11];
         for step in 0..3 {
             let g = randn_tensor(&mut rng, [11], 1.0);
@@ -63,7 +63,7 @@ fn unscale_finds_non_finite_gradients() {
     let b = cpu();
     let mut g = b.tensor(Shape::from([4]), &[1024.0, -2048.0, 512.0, 0.0]).unwrap();
     assert!(!b.unscale_check(&mut g, 1.0 / 1024.0).unwrap());
-    assert_eq!(g.storage(), &[1.0, -2.0, 0.5, 0.0]);
+    assert_eq!(&g.storage()[..], &[1.0, -2.0, 0.5, 0.0]);
     for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
         let mut data = vec![1.0; 70_000];
         data[65_537] = bad;

@@ -55,7 +55,7 @@ fn load(name: &str) -> (Vec<usize>, Vec<f32>) {
 
 fn tensor(name: &str) -> CpuTensor {
     let (dims, values) = load(name);
-    CpuBackend.tensor(Shape::new(dims), &values).unwrap()
+    CpuBackend::default().tensor(Shape::new(dims), &values).unwrap()
 }
 
 /// A hyper-parameter, stored as a 1-element tensor.
@@ -86,7 +86,7 @@ fn assert_matches(got: &CpuTensor, name: &str, atol: f32, rtol: f32) {
 #[test]
 fn conv2d_fwd_matches_torch() {
     for (case, stride, pad) in CONV_CASES {
-        let y = CpuBackend
+        let y = CpuBackend::default()
             .conv2d_fwd(&tensor(&format!("{case}.x")), &tensor(&format!("{case}.w")), [stride; 2], [pad; 2])
             .unwrap();
         assert_matches(&y, &format!("{case}.y"), ATOL, RTOL);
@@ -97,7 +97,7 @@ fn conv2d_fwd_matches_torch() {
 fn conv2d_dgrad_matches_torch() {
     for (case, stride, pad) in CONV_CASES {
         let x_dims = dims4(&tensor(&format!("{case}.x")));
-        let dx = CpuBackend
+        let dx = CpuBackend::default()
             .conv2d_dgrad(
                 &tensor(&format!("{case}.dy")),
                 &tensor(&format!("{case}.w")),
@@ -114,7 +114,7 @@ fn conv2d_dgrad_matches_torch() {
 fn conv2d_wgrad_matches_torch() {
     for (case, stride, pad) in CONV_CASES {
         let w_dims = dims4(&tensor(&format!("{case}.w")));
-        let dw = CpuBackend
+        let dw = CpuBackend::default()
             .conv2d_wgrad(
                 &tensor(&format!("{case}.x")),
                 &tensor(&format!("{case}.dy")),
@@ -129,7 +129,7 @@ fn conv2d_wgrad_matches_torch() {
 
 /// Training-mode forward (output, running statistics) and backward of fixture case `case`.
 fn check_batch_norm(case: &str, relu: bool) {
-    let b = CpuBackend;
+    let b = CpuBackend::default();
     let key = |k: &str| format!("{case}.{k}");
     let params = BatchNormParams { eps: scalar(&key("eps")), momentum: scalar(&key("momentum")), relu };
     let (x, gamma) = (tensor(&key("x")), tensor(&key("gamma")));
@@ -164,29 +164,29 @@ fn batch_norm_relu_matches_torch() {
 fn max_pool2d_matches_torch() {
     let (window, stride, pad) = POOL;
     let x = tensor("maxpool.x");
-    let y = CpuBackend.max_pool2d_fwd(&x, window, stride, pad).unwrap();
+    let y = CpuBackend::default().max_pool2d_fwd(&x, window, stride, pad).unwrap();
     // A max is a copy, and dx a sum of at most four copies (overlapping windows): exact
     // up to the order of those few additions.
     assert_matches(&y, "maxpool.y", 0.0, 0.0);
-    let dx = CpuBackend.max_pool2d_bwd(&x, &tensor("maxpool.dy"), window, stride, pad).unwrap();
+    let dx = CpuBackend::default().max_pool2d_bwd(&x, &tensor("maxpool.dy"), window, stride, pad).unwrap();
     assert_matches(&dx, "maxpool.dx", 1e-6, 1e-6);
 }
 
 #[test]
 fn global_avg_pool_matches_torch() {
     let x = tensor("gap.x");
-    let y = CpuBackend.global_avg_pool_fwd(&x).unwrap();
+    let y = CpuBackend::default().global_avg_pool_fwd(&x).unwrap();
     assert_matches(&y, "gap.y", ATOL, RTOL);
-    let dx = CpuBackend.global_avg_pool_bwd(&tensor("gap.dy"), dims4(&x)).unwrap();
+    let dx = CpuBackend::default().global_avg_pool_bwd(&tensor("gap.dy"), dims4(&x)).unwrap();
     assert_matches(&dx, "gap.dx", ATOL, RTOL);
 }
 
 #[test]
 fn linear_matches_torch() {
     let (x, w) = (tensor("linear.x"), tensor("linear.w"));
-    let y = CpuBackend.linear_fwd(&x, &w, &tensor("linear.b")).unwrap();
+    let y = CpuBackend::default().linear_fwd(&x, &w, &tensor("linear.b")).unwrap();
     assert_matches(&y, "linear.y", ATOL, RTOL);
-    let grads = CpuBackend.linear_bwd(&tensor("linear.dy"), &x, &w).unwrap();
+    let grads = CpuBackend::default().linear_bwd(&tensor("linear.dy"), &x, &w).unwrap();
     assert_matches(&grads.dx, "linear.dx", ATOL, RTOL);
     assert_matches(&grads.dw, "linear.dw", ATOL, RTOL);
     assert_matches(&grads.db, "linear.db", ATOL, RTOL);
@@ -197,9 +197,9 @@ fn bce_with_logits_matches_torch() {
     let params =
         BceParams { pos_weight: scalar("bce.pos_weight"), label_smoothing: scalar("bce.label_smoothing") };
     let (logits, targets) = (tensor("bce.logits"), tensor("bce.targets"));
-    let loss = CpuBackend.bce_with_logits_fwd(&logits, &targets, &params).unwrap();
+    let loss = CpuBackend::default().bce_with_logits_fwd(&logits, &targets, &params).unwrap();
     assert_close("bce.loss", &[loss], &load("bce.loss").1, ATOL, RTOL);
-    let dlogits = CpuBackend.bce_with_logits_bwd(&logits, &targets, &params, 1.0).unwrap();
+    let dlogits = CpuBackend::default().bce_with_logits_bwd(&logits, &targets, &params, 1.0).unwrap();
     assert_matches(&dlogits, "bce.dlogits", ATOL, RTOL);
 }
 
@@ -212,7 +212,7 @@ fn adamw_matches_torch() {
         eps: scalar("adamw.eps"),
         weight_decay: scalar("adamw.weight_decay"),
     };
-    let b = CpuBackend;
+    let b = CpuBackend::default();
     let mut p = tensor("adamw.p0");
     let mut m = b.zeros(p.shape().clone()).unwrap();
     let mut v = b.zeros(p.shape().clone()).unwrap();
@@ -246,7 +246,7 @@ fn basic_block_matches_torch() {
     // Three convs and three batch norms deep, yet the single-op tolerance holds with a
     // tenfold margin (worst: grad.conv1.weight, |diff| 5.7e-6 on values up to 26), so
     // the block gets no extra slack.
-    let b = CpuBackend;
+    let b = CpuBackend::default();
     let mut block = BasicBlock::new(&b, &mut Rng::new(0), 4, 8, 2);
     load_conv_bn(&mut block.c1, "conv1", "bn1");
     load_conv_bn(&mut block.c2, "conv2", "bn2");

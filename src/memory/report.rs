@@ -132,7 +132,7 @@ const MEASURED_FRAMES: usize = 4;
 fn cpu_conv_figure(config: &Config) -> Option<KernelFigure> {
     let layers = conv_layers(&ResNetSpec::of(config.model.backbone), config.model.input_size as usize);
     let l = layers.iter().find(|l| l.kernel == 3)?;
-    let b = CpuBackend;
+    let b = CpuBackend::default();
     let n = MEASURED_FRAMES;
     let x =
         b.tensor(Shape::from([n, l.h_in, l.w_in, l.cin]), &vec![0.5; n * l.h_in * l.w_in * l.cin]).ok()?;

@@ -36,13 +36,13 @@ impl Rng {
 }
 
 pub fn cpu() -> CpuBackend {
-    CpuBackend
+    CpuBackend::default()
 }
 
 pub fn randn_tensor(rng: &mut Rng, shape: impl Into<Shape>, scale: f32) -> CpuTensor {
     let shape = shape.into();
     let data = rng.vec(shape.numel(), -scale, scale);
-    CpuBackend.tensor(shape, &data).unwrap()
+    CpuBackend::default().tensor(shape, &data).unwrap()
 }
 
 /// Asserts |got − want| ≤ atol + rtol·|want| elementwise; on failure prints the count and

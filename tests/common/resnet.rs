@@ -26,7 +26,9 @@ pub struct ConvBn<B: Backend> {
 pub struct ConvBnCache<B: Backend> {
     x: T<B>,
     z: T<B>,
-    y: T<B>,
+    /// The output, kept only when the ReLU is fused (it masks the gradient). Without
+    /// ReLU the caller may update the output in place (the residual add).
+    relu_y: Option<T<B>>,
     saved: BnSaved<T<B>>,
 }
 
@@ -42,14 +44,14 @@ impl<B: Backend> ConvBn<B> {
         let bound = (6.0 / (cin * k * k) as f32).sqrt();
         let w =
             b.tensor(Shape::from([cout, k, k, cin]), &rng.vec(cout * k * k * cin, -bound, bound)).unwrap();
-        let ones = b.tensor(Shape::from([cout]), &vec![1.0; cout]).unwrap();
-        let zeros = b.zeros(Shape::from([cout])).unwrap();
+        let ones = || b.tensor(Shape::from([cout]), &vec![1.0; cout]).unwrap();
+        let zeros = || b.zeros(Shape::from([cout])).unwrap();
         ConvBn {
             w,
-            gamma: ones.clone(),
-            beta: zeros.clone(),
-            running_mean: zeros,
-            running_var: ones,
+            gamma: ones(),
+            beta: zeros(),
+            running_mean: zeros(),
+            running_var: ones(),
             stride,
             pad: k / 2,
             relu,
@@ -71,13 +73,13 @@ impl<B: Backend> ConvBn<B> {
             &mut self.running_var,
             &p,
         )?;
-        let cache = ConvBnCache { x: x.clone(), z, y: out.y.clone(), saved: out.saved };
+        let relu_y = self.relu.then(|| out.y.clone());
+        let cache = ConvBnCache { x: x.clone(), z, relu_y, saved: out.saved };
         Ok((out.y, cache))
     }
 
     pub fn backward(&self, b: &B, dy: &T<B>, c: &ConvBnCache<B>) -> Result<(T<B>, ConvBnGrads<B>), OpError> {
-        let relu_y = self.relu.then_some(&c.y);
-        let bn = b.batch_norm_bwd(dy, &c.z, &self.gamma, &c.saved, relu_y)?;
+        let bn = b.batch_norm_bwd(dy, &c.z, &self.gamma, &c.saved, c.relu_y.as_ref())?;
         let x_dims: [usize; 4] = c.x.shape().as_array().expect("NHWC input");
         let w_dims: [usize; 4] = self.w.shape().as_array().expect("KRSC weight");
         let s = [self.stride; 2];

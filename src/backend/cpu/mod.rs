@@ -11,18 +11,60 @@ pub mod loss;
 pub mod norm;
 pub mod optim;
 pub mod pool;
+pub mod storage;
+
+use std::sync::{Arc, PoisonError};
 
 use super::error::{OpError, shape_err};
 use super::ops::{Backend, BnForward, BnGrads, BnSaved, LinearGrads};
 use super::params::{AdamWParams, BatchNormParams, BceParams, Conv2dGeom, Pool2dGeom, SgdParams};
+use crate::memory::{PoolError, PoolStats};
 use crate::tensor::{Shape, Tensor};
 use gemm::MatRef;
+use storage::{HostBuf, SharedPool, default_pool, host_pool};
 
-/// A tensor in host memory.
-pub type CpuTensor = Tensor<Vec<f32>>;
+/// A tensor in host memory, its storage a block of the backend's pool.
+pub type CpuTensor = Tensor<Arc<HostBuf>>;
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CpuBackend;
+/// The CPU backend. `default()` shares one pool as large as the machine's memory;
+/// `with_budget` gives a backend its own pool with a hard budget.
+#[derive(Clone, Default)]
+pub struct CpuBackend {
+    pool: Option<SharedPool>,
+}
+
+impl CpuBackend {
+    pub fn with_budget(bytes: usize) -> Result<Self, PoolError> {
+        Ok(CpuBackend { pool: Some(host_pool(bytes)?) })
+    }
+
+    pub fn pool(&self) -> &SharedPool {
+        self.pool.as_ref().unwrap_or_else(|| default_pool())
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool().lock().unwrap_or_else(PoisonError::into_inner).stats()
+    }
+
+    /// A zeroed tensor of `shape` from the pool.
+    fn alloc(&self, shape: impl Into<Shape>) -> Result<CpuTensor, OpError> {
+        let shape = shape.into();
+        let buf = HostBuf::zeroed(self.pool(), shape.numel()).map_err(OpError::from)?;
+        Ok(Tensor::from_parts(shape, Arc::new(buf)))
+    }
+}
+
+/// The elements of a tensor this backend just allocated (and so holds alone).
+fn fresh(t: &mut CpuTensor) -> &mut [f32] {
+    Arc::get_mut(t.storage_mut()).expect("a freshly allocated tensor is not shared")
+}
+
+/// The elements of a tensor an op updates in place, which must not be shared.
+fn exclusive<'a>(op: &'static str, name: &str, t: &'a mut CpuTensor) -> Result<&'a mut [f32], OpError> {
+    Arc::get_mut(t.storage_mut()).map(|b| &mut **b).ok_or_else(|| {
+        shape_err(op, format!("{name} is shared with another tensor and cannot be updated in place"))
+    })
+}
 
 fn dims<const R: usize>(op: &'static str, name: &str, t: &CpuTensor) -> Result<[usize; R], OpError> {
     t.shape().as_array().ok_or_else(|| shape_err(op, format!("{name} must have rank {R}, got {}", t.shape())))
@@ -42,16 +84,6 @@ fn channels(op: &'static str, name: &str, t: &CpuTensor, c: usize) -> Result<(),
     Ok(())
 }
 
-fn new(shape: impl Into<Shape>, data: Vec<f32>) -> CpuTensor {
-    Tensor::from_parts(shape.into(), data)
-}
-
-fn zeros(shape: impl Into<Shape>) -> CpuTensor {
-    let shape = shape.into();
-    let n = shape.numel();
-    Tensor::from_parts(shape, vec![0.0; n])
-}
-
 /// The channel count of an activation (its last dimension) and the rows before it.
 fn rows_channels(op: &'static str, x: &CpuTensor) -> Result<(usize, usize), OpError> {
     let c = *x.dims().last().ok_or_else(|| shape_err(op, "input is a scalar"))?;
@@ -62,7 +94,7 @@ fn rows_channels(op: &'static str, x: &CpuTensor) -> Result<(usize, usize), OpEr
 }
 
 impl Backend for CpuBackend {
-    type Storage = Vec<f32>;
+    type Storage = Arc<HostBuf>;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -75,15 +107,17 @@ impl Backend for CpuBackend {
                 format!("{} needs {} elements, got {}", shape, shape.numel(), data.len()),
             ));
         }
-        Ok(new(shape, data.to_vec()))
+        let mut t = self.alloc(shape)?;
+        fresh(&mut t).copy_from_slice(data);
+        Ok(t)
     }
 
     fn zeros(&self, shape: Shape) -> Result<CpuTensor, OpError> {
-        Ok(zeros(shape))
+        self.alloc(shape)
     }
 
     fn to_vec(&self, t: &CpuTensor) -> Result<Vec<f32>, OpError> {
-        Ok(t.storage().clone())
+        Ok(t.storage().to_vec())
     }
 
     fn gemm(
@@ -115,7 +149,7 @@ impl Backend for CpuBackend {
                 ),
             ));
         }
-        gemm::gemm(alpha, am, bm, beta, c.storage_mut());
+        gemm::gemm(alpha, am, bm, beta, exclusive("gemm", "c", c)?);
         Ok(())
     }
 
@@ -130,15 +164,17 @@ impl Backend for CpuBackend {
         }
         channels("linear", "b", b, fout)?;
         // Start from the broadcast bias and let the GEMM accumulate onto it (β = 1).
-        let mut y = b.storage().repeat(n);
+        let mut y = self.alloc([n, fout])?;
+        let out = fresh(&mut y);
+        out.chunks_exact_mut(fout).for_each(|row| row.copy_from_slice(b.storage()));
         gemm::gemm(
             1.0,
             MatRef::row_major(x.storage(), n, fin),
             MatRef::row_major(w.storage(), fout, fin).t(),
             1.0,
-            &mut y,
+            out,
         );
-        Ok(new([n, fout], y))
+        Ok(y)
     }
 
     fn linear_bwd(
@@ -153,14 +189,14 @@ impl Backend for CpuBackend {
             return Err(shape_err("linear_bwd", format!("dy must be [{n}×{fout}], got {}", dy.shape())));
         }
         let dym = MatRef::row_major(dy.storage(), n, fout);
-        let mut dx = vec![0.0; n * fin];
-        gemm::gemm(1.0, dym, MatRef::row_major(w.storage(), fout, fin), 0.0, &mut dx);
-        let mut dw = vec![0.0; fout * fin];
-        gemm::gemm(1.0, dym.t(), MatRef::row_major(x.storage(), n, fin), 0.0, &mut dw);
-        let mut db = vec![0.0; fout];
-        pool::mean_rows(dy.storage(), n, fout, &mut db);
-        eltwise::scale(&mut db, n as f32);
-        Ok(LinearGrads { dx: new([n, fin], dx), dw: new([fout, fin], dw), db: new([fout], db) })
+        let mut dx = self.alloc([n, fin])?;
+        gemm::gemm(1.0, dym, MatRef::row_major(w.storage(), fout, fin), 0.0, fresh(&mut dx));
+        let mut dw = self.alloc([fout, fin])?;
+        gemm::gemm(1.0, dym.t(), MatRef::row_major(x.storage(), n, fin), 0.0, fresh(&mut dw));
+        let mut db = self.alloc([fout])?;
+        pool::mean_rows(dy.storage(), n, fout, fresh(&mut db));
+        eltwise::scale(fresh(&mut db), n as f32);
+        Ok(LinearGrads { dx, dw, db })
     }
 
     fn conv2d_fwd(
@@ -171,8 +207,8 @@ impl Backend for CpuBackend {
         pad: [usize; 2],
     ) -> Result<CpuTensor, OpError> {
         let g = Conv2dGeom::new(dims("conv2d", "x", x)?, dims("conv2d", "w", w)?, stride, pad)?;
-        let mut y = zeros(g.y_dims());
-        conv::conv2d_fwd(&g, x.storage(), w.storage(), y.storage_mut());
+        let mut y = self.alloc(g.y_dims())?;
+        conv::conv2d_fwd(&g, x.storage(), w.storage(), fresh(&mut y));
         Ok(y)
     }
 
@@ -191,8 +227,8 @@ impl Backend for CpuBackend {
                 format!("dy must be {}, got {}", Shape::from(g.y_dims()), dy.shape()),
             ));
         }
-        let mut dx = zeros(x_dims);
-        conv::conv2d_dgrad(&g, dy.storage(), w.storage(), dx.storage_mut());
+        let mut dx = self.alloc(x_dims)?;
+        conv::conv2d_dgrad(&g, dy.storage(), w.storage(), fresh(&mut dx));
         Ok(dx)
     }
 
@@ -211,8 +247,8 @@ impl Backend for CpuBackend {
                 format!("dy must be {}, got {}", Shape::from(g.y_dims()), dy.shape()),
             ));
         }
-        let mut dw = zeros(w_dims);
-        conv::conv2d_wgrad(&g, x.storage(), dy.storage(), dw.storage_mut());
+        let mut dw = self.alloc(w_dims)?;
+        conv::conv2d_wgrad(&g, x.storage(), dy.storage(), fresh(&mut dw));
         Ok(dw)
     }
 
@@ -234,18 +270,22 @@ impl Backend for CpuBackend {
         ] {
             channels("batch_norm", name, t, c)?;
         }
-        let mut y = zeros(x.shape().clone());
+        let mut y = self.alloc(x.shape().clone())?;
         let (mean, invstd) = norm::batch_norm_fwd_train(
             x.storage(),
             c,
             gamma.storage(),
             beta.storage(),
-            running_mean.storage_mut(),
-            running_var.storage_mut(),
+            exclusive("batch_norm", "running_mean", running_mean)?,
+            exclusive("batch_norm", "running_var", running_var)?,
             params,
-            y.storage_mut(),
+            fresh(&mut y),
         );
-        Ok(BnForward { y, saved: BnSaved { mean: new([c], mean), invstd: new([c], invstd) } })
+        let saved = BnSaved {
+            mean: self.tensor(Shape::from([c]), &mean)?,
+            invstd: self.tensor(Shape::from([c]), &invstd)?,
+        };
+        Ok(BnForward { y, saved })
     }
 
     fn batch_norm_fwd_eval(
@@ -263,7 +303,7 @@ impl Backend for CpuBackend {
         {
             channels("batch_norm", name, t, c)?;
         }
-        let mut y = zeros(x.shape().clone());
+        let mut y = self.alloc(x.shape().clone())?;
         norm::batch_norm_fwd_eval(
             x.storage(),
             c,
@@ -272,7 +312,7 @@ impl Backend for CpuBackend {
             running_mean.storage(),
             running_var.storage(),
             params,
-            y.storage_mut(),
+            fresh(&mut y),
         );
         Ok(y)
     }
@@ -293,7 +333,7 @@ impl Backend for CpuBackend {
         for (name, t) in [("gamma", gamma), ("mean", &saved.mean), ("invstd", &saved.invstd)] {
             channels("batch_norm_bwd", name, t, c)?;
         }
-        let mut dx = zeros(x.shape().clone());
+        let mut dx = self.alloc(x.shape().clone())?;
         let (dgamma, dbeta) = norm::batch_norm_bwd(
             dy.storage(),
             x.storage(),
@@ -301,44 +341,48 @@ impl Backend for CpuBackend {
             gamma.storage(),
             saved.mean.storage(),
             saved.invstd.storage(),
-            relu_y.map(|y| y.storage().as_slice()),
-            dx.storage_mut(),
+            relu_y.map(|y| &y.storage()[..]),
+            fresh(&mut dx),
         );
-        Ok(BnGrads { dx, dgamma: new([c], dgamma), dbeta: new([c], dbeta) })
+        Ok(BnGrads {
+            dx,
+            dgamma: self.tensor(Shape::from([c]), &dgamma)?,
+            dbeta: self.tensor(Shape::from([c]), &dbeta)?,
+        })
     }
 
     fn relu_fwd(&self, x: &CpuTensor) -> Result<CpuTensor, OpError> {
-        let mut y = zeros(x.shape().clone());
-        eltwise::relu_fwd(x.storage(), y.storage_mut());
+        let mut y = self.alloc(x.shape().clone())?;
+        eltwise::relu_fwd(x.storage(), fresh(&mut y));
         Ok(y)
     }
 
     fn relu_bwd(&self, dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor, OpError> {
         same_shape("relu_bwd", ("dy", dy), ("y", y))?;
-        let mut dx = zeros(y.shape().clone());
-        eltwise::relu_bwd(dy.storage(), y.storage(), dx.storage_mut());
+        let mut dx = self.alloc(y.shape().clone())?;
+        eltwise::relu_bwd(dy.storage(), y.storage(), fresh(&mut dx));
         Ok(dx)
     }
 
     fn add_assign(&self, y: &mut CpuTensor, x: &CpuTensor) -> Result<(), OpError> {
         same_shape("add", ("y", y), ("x", x))?;
-        eltwise::add_assign(y.storage_mut(), x.storage());
+        eltwise::add_assign(exclusive("add", "y", y)?, x.storage());
         Ok(())
     }
 
     fn scale(&self, y: &mut CpuTensor, alpha: f32) -> Result<(), OpError> {
-        eltwise::scale(y.storage_mut(), alpha);
+        eltwise::scale(exclusive("scale", "y", y)?, alpha);
         Ok(())
     }
 
     fn fill(&self, y: &mut CpuTensor, value: f32) -> Result<(), OpError> {
-        eltwise::fill(y.storage_mut(), value);
+        eltwise::fill(exclusive("fill", "y", y)?, value);
         Ok(())
     }
 
     fn sigmoid(&self, x: &CpuTensor) -> Result<CpuTensor, OpError> {
-        let mut y = zeros(x.shape().clone());
-        eltwise::sigmoid(x.storage(), y.storage_mut());
+        let mut y = self.alloc(x.shape().clone())?;
+        eltwise::sigmoid(x.storage(), fresh(&mut y));
         Ok(y)
     }
 
@@ -350,8 +394,8 @@ impl Backend for CpuBackend {
         pad: usize,
     ) -> Result<CpuTensor, OpError> {
         let g = Pool2dGeom::new(dims("max_pool2d", "x", x)?, window, stride, pad)?;
-        let mut y = zeros(g.y_dims());
-        pool::max_pool2d_fwd(&g, x.storage(), y.storage_mut());
+        let mut y = self.alloc(g.y_dims())?;
+        pool::max_pool2d_fwd(&g, x.storage(), fresh(&mut y));
         Ok(y)
     }
 
@@ -370,15 +414,15 @@ impl Backend for CpuBackend {
                 format!("dy must be {}, got {}", Shape::from(g.y_dims()), dy.shape()),
             ));
         }
-        let mut dx = zeros(x.shape().clone());
-        pool::max_pool2d_bwd(&g, x.storage(), dy.storage(), dx.storage_mut());
+        let mut dx = self.alloc(x.shape().clone())?;
+        pool::max_pool2d_bwd(&g, x.storage(), dy.storage(), fresh(&mut dx));
         Ok(dx)
     }
 
     fn global_avg_pool_fwd(&self, x: &CpuTensor) -> Result<CpuTensor, OpError> {
         let [n, h, w, c] = dims("global_avg_pool", "x", x)?;
-        let mut y = zeros([n, c]);
-        pool::mean_rows(x.storage(), h * w, c, y.storage_mut());
+        let mut y = self.alloc([n, c])?;
+        pool::mean_rows(x.storage(), h * w, c, fresh(&mut y));
         Ok(y)
     }
 
@@ -390,8 +434,8 @@ impl Backend for CpuBackend {
                 format!("dy must be [{n}×{c}], got {}", dy.shape()),
             ));
         }
-        let mut dx = zeros(x_dims);
-        pool::mean_rows_bwd(dy.storage(), h * w, c, dx.storage_mut());
+        let mut dx = self.alloc(x_dims)?;
+        pool::mean_rows_bwd(dy.storage(), h * w, c, fresh(&mut dx));
         Ok(dx)
     }
 
@@ -400,15 +444,15 @@ impl Backend for CpuBackend {
         if t == 0 || bt % t != 0 {
             return Err(shape_err("temporal_mean", format!("{bt} frames do not split into clips of {t}")));
         }
-        let mut y = zeros([bt / t, c]);
-        pool::mean_rows(x.storage(), t, c, y.storage_mut());
+        let mut y = self.alloc([bt / t, c])?;
+        pool::mean_rows(x.storage(), t, c, fresh(&mut y));
         Ok(y)
     }
 
     fn temporal_mean_bwd(&self, dy: &CpuTensor, t: usize) -> Result<CpuTensor, OpError> {
         let [b, c] = dims("temporal_mean_bwd", "dy", dy)?;
-        let mut dx = zeros([b * t, c]);
-        pool::mean_rows_bwd(dy.storage(), t, c, dx.storage_mut());
+        let mut dx = self.alloc([b * t, c])?;
+        pool::mean_rows_bwd(dy.storage(), t, c, fresh(&mut dx));
         Ok(dx)
     }
 
@@ -430,8 +474,8 @@ impl Backend for CpuBackend {
         scale: f32,
     ) -> Result<CpuTensor, OpError> {
         same_shape("bce_with_logits_bwd", ("logits", logits), ("targets", targets))?;
-        let mut grad = zeros(logits.shape().clone());
-        loss::bce_with_logits_bwd(logits.storage(), targets.storage(), params, scale, grad.storage_mut());
+        let mut grad = self.alloc(logits.shape().clone())?;
+        loss::bce_with_logits_bwd(logits.storage(), targets.storage(), params, scale, fresh(&mut grad));
         Ok(grad)
     }
 
@@ -450,7 +494,9 @@ impl Backend for CpuBackend {
         if step == 0 {
             return Err(shape_err("adamw", "step counts from 1"));
         }
-        optim::adamw_step(p.storage_mut(), g.storage(), m.storage_mut(), v.storage_mut(), hp, step);
+        let (p, m, v) =
+            (exclusive("adamw", "param", p)?, exclusive("adamw", "m", m)?, exclusive("adamw", "v", v)?);
+        optim::adamw_step(p, g.storage(), m, v, hp, step);
         Ok(())
     }
 
@@ -464,12 +510,13 @@ impl Backend for CpuBackend {
     ) -> Result<(), OpError> {
         same_shape("sgd", ("param", p), ("grad", g))?;
         same_shape("sgd", ("momentum_buf", momentum_buf), ("grad", g))?;
-        optim::sgd_step(p.storage_mut(), g.storage(), momentum_buf.storage_mut(), hp, first_step);
+        let (p, buf) = (exclusive("sgd", "param", p)?, exclusive("sgd", "momentum_buf", momentum_buf)?);
+        optim::sgd_step(p, g.storage(), buf, hp, first_step);
         Ok(())
     }
 
     fn unscale_check(&self, g: &mut CpuTensor, inv_scale: f32) -> Result<bool, OpError> {
-        Ok(optim::unscale_check(g.storage_mut(), inv_scale))
+        Ok(optim::unscale_check(exclusive("unscale", "grad", g)?, inv_scale))
     }
 
     fn sum_squares(&self, g: &CpuTensor) -> Result<f64, OpError> {
