@@ -77,9 +77,10 @@ fn same_shape(op: &'static str, a: (&str, &CpuTensor), b: (&str, &CpuTensor)) ->
     Ok(())
 }
 
-fn channels(op: &'static str, name: &str, t: &CpuTensor, c: usize) -> Result<(), OpError> {
-    if t.dims() != [c] {
-        return Err(shape_err(op, format!("{name} must be [{c}], got {}", t.shape())));
+/// `t` must have exactly `expected` dims (a gradient matching its forward output).
+fn expect_dims(op: &'static str, name: &str, t: &CpuTensor, expected: &[usize]) -> Result<(), OpError> {
+    if t.dims() != expected {
+        return Err(shape_err(op, format!("{name} must be {}, got {}", Shape::from(expected), t.shape())));
     }
     Ok(())
 }
@@ -162,7 +163,7 @@ impl Backend for CpuBackend {
                 format!("x {} and w {}: in-features differ", x.shape(), w.shape()),
             ));
         }
-        channels("linear", "b", b, fout)?;
+        expect_dims("linear", "b", b, &[fout])?;
         // Start from the broadcast bias and let the GEMM accumulate onto it (β = 1).
         let mut y = self.alloc([n, fout])?;
         let out = fresh(&mut y);
@@ -185,9 +186,7 @@ impl Backend for CpuBackend {
     ) -> Result<LinearGrads<CpuTensor>, OpError> {
         let [n, fin] = dims("linear_bwd", "x", x)?;
         let [fout, _] = dims("linear_bwd", "w", w)?;
-        if dy.dims() != [n, fout] {
-            return Err(shape_err("linear_bwd", format!("dy must be [{n}×{fout}], got {}", dy.shape())));
-        }
+        expect_dims("linear_bwd", "dy", dy, &[n, fout])?;
         let dym = MatRef::row_major(dy.storage(), n, fout);
         let mut dx = self.alloc([n, fin])?;
         gemm::gemm(1.0, dym, MatRef::row_major(w.storage(), fout, fin), 0.0, fresh(&mut dx));
@@ -221,12 +220,7 @@ impl Backend for CpuBackend {
         pad: [usize; 2],
     ) -> Result<CpuTensor, OpError> {
         let g = Conv2dGeom::new(x_dims, dims("conv2d_dgrad", "w", w)?, stride, pad)?;
-        if dy.dims() != g.y_dims() {
-            return Err(shape_err(
-                "conv2d_dgrad",
-                format!("dy must be {}, got {}", Shape::from(g.y_dims()), dy.shape()),
-            ));
-        }
+        expect_dims("conv2d_dgrad", "dy", dy, &g.y_dims())?;
         let mut dx = self.alloc(x_dims)?;
         conv::conv2d_dgrad(&g, dy.storage(), w.storage(), fresh(&mut dx));
         Ok(dx)
@@ -241,12 +235,7 @@ impl Backend for CpuBackend {
         pad: [usize; 2],
     ) -> Result<CpuTensor, OpError> {
         let g = Conv2dGeom::new(dims("conv2d_wgrad", "x", x)?, w_dims, stride, pad)?;
-        if dy.dims() != g.y_dims() {
-            return Err(shape_err(
-                "conv2d_wgrad",
-                format!("dy must be {}, got {}", Shape::from(g.y_dims()), dy.shape()),
-            ));
-        }
+        expect_dims("conv2d_wgrad", "dy", dy, &g.y_dims())?;
         let mut dw = self.alloc(w_dims)?;
         conv::conv2d_wgrad(&g, x.storage(), dy.storage(), fresh(&mut dw));
         Ok(dw)
@@ -268,7 +257,7 @@ impl Backend for CpuBackend {
             ("running_mean", &*running_mean),
             ("running_var", &*running_var),
         ] {
-            channels("batch_norm", name, t, c)?;
+            expect_dims("batch_norm", name, t, &[c])?;
         }
         let mut y = self.alloc(x.shape().clone())?;
         let (mean, invstd) = norm::batch_norm_fwd_train(
@@ -301,7 +290,7 @@ impl Backend for CpuBackend {
         for (name, t) in
             [("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)]
         {
-            channels("batch_norm", name, t, c)?;
+            expect_dims("batch_norm", name, t, &[c])?;
         }
         let mut y = self.alloc(x.shape().clone())?;
         norm::batch_norm_fwd_eval(
@@ -331,7 +320,7 @@ impl Backend for CpuBackend {
             same_shape("batch_norm_bwd", ("relu_y", y), ("x", x))?;
         }
         for (name, t) in [("gamma", gamma), ("mean", &saved.mean), ("invstd", &saved.invstd)] {
-            channels("batch_norm_bwd", name, t, c)?;
+            expect_dims("batch_norm_bwd", name, t, &[c])?;
         }
         let mut dx = self.alloc(x.shape().clone())?;
         let (dgamma, dbeta) = norm::batch_norm_bwd(
@@ -408,12 +397,7 @@ impl Backend for CpuBackend {
         pad: usize,
     ) -> Result<CpuTensor, OpError> {
         let g = Pool2dGeom::new(dims("max_pool2d_bwd", "x", x)?, window, stride, pad)?;
-        if dy.dims() != g.y_dims() {
-            return Err(shape_err(
-                "max_pool2d_bwd",
-                format!("dy must be {}, got {}", Shape::from(g.y_dims()), dy.shape()),
-            ));
-        }
+        expect_dims("max_pool2d_bwd", "dy", dy, &g.y_dims())?;
         let mut dx = self.alloc(x.shape().clone())?;
         pool::max_pool2d_bwd(&g, x.storage(), dy.storage(), fresh(&mut dx));
         Ok(dx)
@@ -428,12 +412,7 @@ impl Backend for CpuBackend {
 
     fn global_avg_pool_bwd(&self, dy: &CpuTensor, x_dims: [usize; 4]) -> Result<CpuTensor, OpError> {
         let [n, h, w, c] = x_dims;
-        if dy.dims() != [n, c] {
-            return Err(shape_err(
-                "global_avg_pool_bwd",
-                format!("dy must be [{n}×{c}], got {}", dy.shape()),
-            ));
-        }
+        expect_dims("global_avg_pool_bwd", "dy", dy, &[n, c])?;
         let mut dx = self.alloc(x_dims)?;
         pool::mean_rows_bwd(dy.storage(), h * w, c, fresh(&mut dx));
         Ok(dx)
