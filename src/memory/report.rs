@@ -104,17 +104,10 @@ fn rehearse(config: &Config, footprint: &Footprint, budget: u64, frames: u64, mi
         Err(e) => return failed(e.to_string()),
     };
     let events = step_events(config, frames, mixed);
-    let mut persistent = Vec::new();
-    let mut result: Result<(), PoolError> = Ok(());
-    for bytes in [footprint.weights, footprint.gradients, footprint.optimizer] {
-        match pool.alloc(bytes as usize, 0) {
-            Ok(a) => persistent.push(a),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        }
-    }
+    // The weights, gradients and optimizer state stay allocated for the whole run.
+    let mut result: Result<(), PoolError> = [footprint.weights, footprint.gradients, footprint.optimizer]
+        .into_iter()
+        .try_for_each(|bytes| pool.alloc(bytes as usize, 0).map(drop));
     let mut maps_in_second_step = 0;
     if result.is_ok() {
         result = replay(&mut pool, &events);
