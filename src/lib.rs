@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod data;
 pub mod kernels;
 pub mod memory;
 pub mod model;

@@ -204,13 +204,37 @@ fn synth(args: SynthArgs) -> Result<(), Failure> {
 }
 
 fn prepare(args: PrepareArgs) -> Result<(), Failure> {
-    load_config(Some(&args.config), &[])?;
-    let mode = match (args.list, args.json) {
-        (true, true) => "prepare --list --json",
-        (true, false) => "prepare --list",
-        (false, _) => "prepare",
-    };
-    not_built(mode, "dataset indexing and the frame cache land with the video data work")
+    let resolved = load_config(Some(&args.config), &[])?;
+    if !args.list {
+        return not_built(
+            "prepare",
+            "decoding into the frame cache lands with the video data work; --list indexes the dataset",
+        );
+    }
+    use dfengine::data::manifest::{self, ManifestError};
+    let m = manifest::load(&resolved.config.data).map_err(|e| match e {
+        ManifestError::Synthetic => {
+            Failure::Input(format!("{}: [data] layout = \"synthetic\": {e}", args.config.display()))
+        }
+        other => Failure::Input(other.to_string()),
+    })?;
+    let counts = m.counts();
+    if args.json {
+        let report = serde_json::json!({
+            "root": m.root,
+            "layout": m.layout,
+            "videos": m.entries.len(),
+            "splits": counts,
+        });
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?);
+        return Ok(());
+    }
+    println!("{}: {} layout, {} videos", m.root.display(), m.layout, m.entries.len());
+    println!("{:<6} {:>8} {:>8} {:>8}", "split", "real", "fake", "total");
+    for (split, c) in &counts {
+        println!("{:<6} {:>8} {:>8} {:>8}", split.to_string(), c.real, c.fake, c.real + c.fake);
+    }
+    Ok(())
 }
 
 /// A path the user named that must be an existing file.

@@ -74,6 +74,15 @@ pub struct DataConfig {
     pub quality_threshold: f64,
     pub enable_cache: bool,
     pub cache_dir: String,
+    /// FaceForensics++ compression level: "raw", "c0", "c23" or "c40".
+    pub compression: String,
+    /// FaceForensics++ manipulation methods to use (folder names under
+    /// `manipulated_sequences/`); empty: every method present.
+    pub methods: Vec<String>,
+    /// Fractions of groups (a source video and its fakes) sent to val and test where the
+    /// dataset has no official split.
+    pub val_fraction: f64,
+    pub test_fraction: f64,
 }
 
 impl Default for DataConfig {
@@ -86,6 +95,10 @@ impl Default for DataConfig {
             quality_threshold: 0.0,
             enable_cache: false,
             cache_dir: "cache/frames".into(),
+            compression: "c23".into(),
+            methods: Vec::new(),
+            val_fraction: 0.1,
+            test_fraction: 0.1,
         }
     }
 }

@@ -87,6 +87,25 @@ pub fn validate(c: &Config) -> Result<(), Violation> {
     at_least("data.max_frames", d.max_frames.into(), 1)?;
     at_least("data.frame_size", d.frame_size.into(), 16)?;
     non_negative("data.quality_threshold", d.quality_threshold)?;
+    if !["raw", "c0", "c23", "c40"].contains(&d.compression.as_str()) {
+        return Err(Violation {
+            key: "data.compression",
+            value: Some(Value::String(d.compression.clone())),
+            problem: "must be one of \"raw\", \"c0\", \"c23\", \"c40\"".into(),
+        });
+    }
+    for (key, f) in [("data.val_fraction", d.val_fraction), ("data.test_fraction", d.test_fraction)] {
+        if !(0.0..1.0).contains(&f) {
+            return Err(Violation { key, value: Some(Value::Float(f)), problem: "must be in [0, 1)".into() });
+        }
+    }
+    if d.val_fraction + d.test_fraction >= 1.0 {
+        return Err(Violation {
+            key: "data.test_fraction",
+            value: Some(Value::Float(d.test_fraction)),
+            problem: format!("plus [data] val_fraction = {} leaves nothing to train on", d.val_fraction),
+        });
+    }
     if d.enable_cache {
         non_empty("data.cache_dir", &d.cache_dir, "a folder when enable_cache = true")?;
     }

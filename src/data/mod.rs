@@ -1,0 +1,3 @@
+//! Data: the dataset index (more to come: decoding, sampling, cache, loader).
+
+pub mod manifest;
