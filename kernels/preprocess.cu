@@ -2,8 +2,10 @@
 //
 // Layout. src: N×H×W×3 u8 (decoded frames, NHWC as FFmpeg's packed RGB24 gives them).
 // crops: N×4 int (y0, x0, height, width) — the face or centre box inside each frame.
-// flips: N u8, 1 mirrors that frame horizontally (augmentation). dst: N×S×S×3 FP16.
-// mean/std: 3 floats each, in 0..1 units (ImageNet statistics by default).
+// flips: N u8, 1 mirrors that frame horizontally (augmentation). jitter: N×2 float
+// (brightness, contrast): v ← (v − ½)·contrast + ½ + brightness on 0..1 values.
+// dst: N×S×S×3 FP16. mean/std: 3 floats each, in 0..1 units (ImageNet by default).
+// The CPU twin is src/backend/cpu/preprocess.rs: same arithmetic, same order.
 //
 // One thread per output pixel computes all three channels: bilinear sampling reads a
 // 2×2 neighbourhood of 3-byte pixels, so per-channel threads would fetch the same bytes
@@ -14,6 +16,7 @@
 extern "C" __global__ void preprocess_u8_f16(const unsigned char* __restrict__ src, int N, int H, int W,
                                              const int* __restrict__ crops,
                                              const unsigned char* __restrict__ flips,
+                                             const float* __restrict__ jitter,
                                              __half* __restrict__ dst, int S, float mean_r, float mean_g,
                                              float mean_b, float std_r, float std_g, float std_b) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -36,11 +39,13 @@ extern "C" __global__ void preprocess_u8_f16(const unsigned char* __restrict__ s
         return (float)frame[((long long)gy * W + gx) * 3 + c];
     };
     float mean[3] = {mean_r, mean_g, mean_b}, inv_std[3] = {1.0f / std_r, 1.0f / std_g, 1.0f / std_b};
+    float brightness = jitter[2 * n], contrast = jitter[2 * n + 1];
     __half* out = dst + idx * 3;
     for (int c = 0; c < 3; ++c) {
         float top = at(iy, ix, c) * (1.0f - fx) + at(iy, ix1, c) * fx;
         float bottom = at(iy1, ix, c) * (1.0f - fx) + at(iy1, ix1, c) * fx;
         float v = (top * (1.0f - fy) + bottom * fy) * (1.0f / 255.0f);
+        v = (v - 0.5f) * contrast + 0.5f + brightness;
         out[c] = __float2half_rn((v - mean[c]) * inv_std[c]);
     }
 }

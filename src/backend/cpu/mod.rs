@@ -11,6 +11,7 @@ pub mod loss;
 pub mod norm;
 pub mod optim;
 pub mod pool;
+pub mod preprocess;
 pub mod storage;
 
 use std::sync::{Arc, PoisonError};

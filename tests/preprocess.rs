@@ -1,0 +1,93 @@
+//! Preprocessing on the CPU against its definition: an identity crop at the same size
+//! only normalises, a mirrored frame mirrors, resizing averages as bilinear sampling
+//! says, jitter is the affine map it claims, and crops read the right pixels.
+
+mod common;
+
+use common::assert_close;
+use dfengine::backend::cpu::preprocess::{FrameOp, IMAGENET_MEAN, IMAGENET_STD, Rect, preprocess};
+
+fn frame(h: usize, w: usize, f: impl Fn(usize, usize, usize) -> u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(h * w * 3);
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                out.push(f(y, x, c));
+            }
+        }
+    }
+    out
+}
+
+fn op(crop: Rect) -> FrameOp {
+    FrameOp { crop, flip: false, brightness: 0.0, contrast: 1.0 }
+}
+
+#[test]
+fn identity_crop_only_normalises_and_flip_mirrors() {
+    let (h, w) = (5, 5);
+    let src = frame(h, w, |y, x, c| (y * 40 + x * 7 + c * 3) as u8);
+    let full = Rect { y0: 0, x0: 0, h, w };
+    let out = preprocess(&src, h, w, &[op(full)], 5, IMAGENET_MEAN, IMAGENET_STD);
+    let want: Vec<f32> = src
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (v as f32 / 255.0 - IMAGENET_MEAN[i % 3]) / IMAGENET_STD[i % 3])
+        .collect();
+    assert_close("identity", &out, &want, 1e-6, 1e-6);
+
+    let flipped =
+        preprocess(&src, h, w, &[FrameOp { flip: true, ..op(full) }], 5, IMAGENET_MEAN, IMAGENET_STD);
+    for y in 0..5 {
+        for x in 0..5 {
+            for c in 0..3 {
+                assert_eq!(flipped[(y * 5 + x) * 3 + c], out[(y * 5 + 4 - x) * 3 + c], "({y},{x},{c})");
+            }
+        }
+    }
+}
+
+#[test]
+fn halving_averages_each_two_by_two_block() {
+    let src = frame(4, 4, |y, x, _| (y * 4 + x) as u8 * 10);
+    let out = preprocess(&src, 4, 4, &[op(Rect { y0: 0, x0: 0, h: 4, w: 4 })], 2, [0.0; 3], [1.0; 3]);
+    // Output pixel centre (0.5 + i)·2 − 0.5 = 0.5 + 2i: halfway between two source pixels
+    // in each direction, so each output is the mean of a 2×2 block.
+    let block = |y: usize, x: usize| {
+        (((y * 4 + x) + (y * 4 + x + 1) + ((y + 1) * 4 + x) + ((y + 1) * 4 + x + 1)) as f32 * 10.0 / 4.0)
+            / 255.0
+    };
+    let want: Vec<f32> =
+        [(0, 0), (0, 2), (2, 0), (2, 2)].iter().flat_map(|&(y, x)| [block(y, x); 3]).collect();
+    assert_close("2x downscale", &out, &want, 1e-6, 1e-6);
+}
+
+#[test]
+fn crops_read_their_own_rectangle_and_jitter_is_affine() {
+    let src = frame(6, 8, |y, x, _| if (2..4).contains(&y) && (5..7).contains(&x) { 200 } else { 10 });
+    let crop = Rect { y0: 2, x0: 5, h: 2, w: 2 };
+    let out = preprocess(&src, 6, 8, &[op(crop)], 2, [0.0; 3], [1.0; 3]);
+    assert!(out.iter().all(|&v| (v - 200.0 / 255.0).abs() < 1e-6), "{out:?}");
+
+    let jittered = preprocess(
+        &src,
+        6,
+        8,
+        &[FrameOp { brightness: 0.1, contrast: 1.5, ..op(crop) }],
+        2,
+        [0.0; 3],
+        [1.0; 3],
+    );
+    let want = (200.0 / 255.0 - 0.5) * 1.5 + 0.5 + 0.1;
+    assert!(jittered.iter().all(|&v| (v - want).abs() < 1e-6), "{jittered:?} vs {want}");
+}
+
+#[test]
+fn several_frames_keep_their_own_ops() {
+    let a = frame(3, 3, |_, _, _| 0);
+    let b = frame(3, 3, |_, _, _| 255);
+    let src = [a, b].concat();
+    let full = Rect { y0: 0, x0: 0, h: 3, w: 3 };
+    let out = preprocess(&src, 3, 3, &[op(full), op(full)], 3, [0.0; 3], [1.0; 3]);
+    assert!(out[..27].iter().all(|&v| v == 0.0) && out[27..].iter().all(|&v| v == 1.0));
+}
