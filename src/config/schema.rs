@@ -209,6 +209,9 @@ pub struct MemoryManagementConfig {
     pub enable_monitoring: bool,
     /// Steps between forced cleanups; 0 never forces one.
     pub force_cleanup_every: u32,
+    /// Calm step boundaries (use below threshold − 5%) before the governor steps back
+    /// one level.
+    pub calm_steps: u32,
 }
 
 impl Default for MemoryManagementConfig {
@@ -219,6 +222,7 @@ impl Default for MemoryManagementConfig {
             auto_cleanup_interval: 30.0,
             enable_monitoring: true,
             force_cleanup_every: 0,
+            calm_steps: 50,
         }
     }
 }

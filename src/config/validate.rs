@@ -125,5 +125,6 @@ pub fn validate(c: &Config) -> Result<(), Violation> {
     fraction("gpu.memory_management.gpu_threshold", g.gpu_threshold)?;
     fraction("gpu.memory_management.cpu_threshold", g.cpu_threshold)?;
     positive("gpu.memory_management.auto_cleanup_interval", g.auto_cleanup_interval)?;
+    at_least("gpu.memory_management.calm_steps", g.calm_steps.into(), 1)?;
     Ok(())
 }

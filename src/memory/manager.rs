@@ -65,7 +65,7 @@ impl MemoryManager {
         let governor = Governor::new(GovernorConfig {
             gpu_threshold: mm.gpu_threshold,
             cpu_threshold: mm.cpu_threshold,
-            calm_steps: 50,
+            calm_steps: mm.calm_steps as u64,
             force_cleanup_every: mm.force_cleanup_every as u64,
             effective_batch: config.dataloader.batch_size * config.train.accumulation_steps,
             micro_batch: config.dataloader.batch_size,
@@ -162,7 +162,7 @@ impl MemoryManager {
         self.stats
     }
 
-    /// The seed guide's `print_memory_info()`, as text.
+    /// Current and peak memory, and the governor's state, as text.
     pub fn memory_info(&mut self) -> String {
         let s = self.memory_stats();
         let mut lines = Vec::new();
@@ -188,6 +188,11 @@ impl MemoryManager {
             self.governor.plan()
         ));
         lines.join("\n")
+    }
+
+    /// The seed guide's `print_memory_info()`.
+    pub fn print_memory_info(&mut self) {
+        println!("{}", self.memory_info());
     }
 
     /// The seed guide's `get_memory_suggestions()`: what the peaks say to change.
