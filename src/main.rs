@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use argh::FromArgs;
 use dfengine::backend::cuda::{GpuProbe, probe};
 use dfengine::config::{self, ConfigError, Override, ResolvedConfig};
+use dfengine::data::synth::SynthParams;
 
 /// dfengine: train deepfake video detectors on your own CUDA kernels, inside a VRAM budget.
 #[derive(FromArgs)]
@@ -78,6 +79,18 @@ struct SynthArgs {
     /// how many videos (half real, half fake)
     #[argh(option, default = "200")]
     videos: u32,
+    /// frame side in pixels (even)
+    #[argh(option, default = "128")]
+    size: usize,
+    /// frames per video
+    #[argh(option, default = "32")]
+    frames: usize,
+    /// artefact subtlety, from 0 (obvious swaps) to 1 (subtle ones)
+    #[argh(option, default = "0.5")]
+    difficulty: f32,
+    /// seed: the same seed gives the same videos
+    #[argh(option, default = "0")]
+    seed: u64,
 }
 
 /// Index a dataset and fill the frame cache; --list only counts videos per split.
@@ -191,8 +204,17 @@ fn profile(args: ProfileArgs) -> Result<(), Failure> {
 }
 
 fn synth(args: SynthArgs) -> Result<(), Failure> {
-    if args.videos < 2 {
-        return Err(Failure::Input(format!("--videos {}: must be ≥ 2 (half real, half fake)", args.videos)));
+    if args.videos < 4 {
+        return Err(Failure::Input(format!("--videos {}: must be ≥ 4 (two real, two fake)", args.videos)));
+    }
+    if args.size < 16 || args.size % 2 == 1 {
+        return Err(Failure::Input(format!(
+            "--size {}: must be even and ≥ 16 (H.264 with 4:2:0 chroma)",
+            args.size
+        )));
+    }
+    if args.frames == 0 || !(0.0..=1.0).contains(&args.difficulty) {
+        return Err(Failure::Input("--frames must be ≥ 1 and --difficulty in [0, 1]".to_string()));
     }
     if args.out_dir.is_file() {
         return Err(Failure::Input(format!(
@@ -200,7 +222,35 @@ fn synth(args: SynthArgs) -> Result<(), Failure> {
             args.out_dir.display()
         )));
     }
-    not_built("synth", "synthetic videos land with the video data work")
+    let p =
+        SynthParams { seed: args.seed, size: args.size, frames: args.frames, difficulty: args.difficulty };
+    write_synthetic(&args.out_dir, &p, args.videos)
+}
+
+#[cfg(feature = "video")]
+fn write_synthetic(out_dir: &Path, p: &SynthParams, videos: u32) -> Result<(), Failure> {
+    let written = dfengine::data::synth_video::write_dataset(out_dir, p, videos, |done, total, path| {
+        if done == total || done % 10 == 0 {
+            eprintln!("[{done}/{total}] {}", path.display());
+        }
+    })
+    .map_err(|e| Failure::Runtime(e.into()))?;
+    println!(
+        "wrote {written} videos ({}×{}, {} frames, difficulty {}) in the FaceForensics++ layout under {}",
+        p.size,
+        p.size,
+        p.frames,
+        p.difficulty,
+        out_dir.display()
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "video"))]
+fn write_synthetic(_: &Path, _: &SynthParams, _: u32) -> Result<(), Failure> {
+    Err(Failure::Runtime(anyhow::anyhow!(
+        "this dfengine was built without the `video` feature (FFmpeg): it cannot encode videos"
+    )))
 }
 
 fn prepare(args: PrepareArgs) -> Result<(), Failure> {

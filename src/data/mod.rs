@@ -1,7 +1,12 @@
 //! Data: the dataset index, frame sampling, the quality filter and face crops (more to
 //! come: decoding, cache, loader).
 
+#[cfg(feature = "video")]
+pub mod decode;
 pub mod faces;
 pub mod manifest;
 pub mod quality;
 pub mod sampling;
+pub mod synth;
+#[cfg(feature = "video")]
+pub mod synth_video;

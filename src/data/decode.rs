@@ -1,0 +1,223 @@
+//! Decoding the sampled frames of a video with FFmpeg (ffmpeg-next): open, find the video
+//! stream, decode forward with FFmpeg's own threads, and convert to RGB only the frames
+//! that were asked for. Rotation metadata is applied; odd sizes are kept as they are.
+//!
+//! Bad input never panics: a missing, empty, truncated, audio-only or undecodable file is
+//! a `DecodeError` naming the file and the reason, for the loader to count and skip.
+
+use std::path::{Path, PathBuf};
+
+use ffmpeg::format::Pixel;
+use ffmpeg::software::scaling;
+use ffmpeg_next as ffmpeg;
+
+#[derive(Debug, thiserror::Error)]
+#[error("video {}: {reason}", path.display())]
+pub struct DecodeError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// A decoded frame: `height × width × 3` bytes of RGB.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RgbFrame {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+/// What a video holds, read from its container without decoding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VideoInfo {
+    pub width: usize,
+    pub height: usize,
+    /// Frames, from the container's count or duration × rate (an estimate for some files).
+    pub frames: usize,
+    pub fps: f64,
+    /// Clockwise rotation to apply for display, in degrees (0, 90, 180, 270).
+    pub rotation: i32,
+}
+
+/// Initialises FFmpeg once, quiet but for errors (its encoders and decoders otherwise
+/// print statistics for every file).
+pub fn init_ffmpeg() -> Result<(), ffmpeg::Error> {
+    ffmpeg::init()?;
+    ffmpeg::log::set_level(ffmpeg::log::Level::Error);
+    Ok(())
+}
+
+fn init(path: &Path) -> Result<(), DecodeError> {
+    init_ffmpeg().map_err(|e| DecodeError {
+        path: path.to_path_buf(),
+        reason: format!("FFmpeg failed to initialise: {e}"),
+    })
+}
+
+fn open(path: &Path) -> Result<(ffmpeg::format::context::Input, usize, VideoInfo), DecodeError> {
+    init(path)?;
+    let bad = |reason: String| DecodeError { path: path.to_path_buf(), reason };
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    if meta.len() == 0 {
+        return Err(bad("empty file".into()));
+    }
+    let ictx = ffmpeg::format::input(path).map_err(|e| bad(format!("not a readable container: {e}")))?;
+    let stream =
+        ictx.streams().best(ffmpeg::media::Type::Video).ok_or_else(|| bad("no video stream".into()))?;
+    let index = stream.index();
+    let params = stream.parameters();
+    let ctx = ffmpeg::codec::context::Context::from_parameters(params)
+        .map_err(|e| bad(format!("bad codec parameters: {e}")))?;
+    let video = ctx.decoder().video().map_err(|e| bad(format!("no decoder: {e}")))?;
+    let rate = stream.avg_frame_rate();
+    let fps = if rate.denominator() != 0 { rate.numerator() as f64 / rate.denominator() as f64 } else { 0.0 };
+    let frames = match stream.frames() {
+        n if n > 0 => n as usize,
+        _ => {
+            let tb = stream.time_base();
+            let secs = stream.duration() as f64 * tb.numerator() as f64 / tb.denominator().max(1) as f64;
+            (secs * fps).round().max(0.0) as usize
+        }
+    };
+    let rotation =
+        stream.metadata().get("rotate").and_then(|r| r.parse::<i32>().ok()).unwrap_or(0).rem_euclid(360);
+    let info =
+        VideoInfo { width: video.width() as usize, height: video.height() as usize, frames, fps, rotation };
+    Ok((ictx, index, info))
+}
+
+/// The video's size, frame count and rate, without decoding.
+pub fn probe(path: &Path) -> Result<VideoInfo, DecodeError> {
+    open(path).map(|(_, _, info)| info)
+}
+
+/// Decodes `path` and returns the frames at `indices` (ascending, repeats allowed), as
+/// RGB; with the frame count actually decoded. Indices past the end repeat the last frame.
+pub fn read_frames(
+    path: &Path,
+    indices: &[usize],
+    threads: usize,
+) -> Result<(Vec<RgbFrame>, usize), DecodeError> {
+    let (mut ictx, index, info) = open(path)?;
+    let bad = |reason: String| DecodeError { path: path.to_path_buf(), reason };
+    let stream = ictx.stream(index).expect("the stream open() found");
+    let mut ctx = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
+        .map_err(|e| bad(format!("bad codec parameters: {e}")))?;
+    ctx.set_threading(ffmpeg::threading::Config {
+        kind: ffmpeg::threading::Type::Frame,
+        count: threads.max(1),
+        ..Default::default()
+    });
+    let mut decoder = ctx.decoder().video().map_err(|e| bad(format!("no decoder: {e}")))?;
+
+    let last_wanted = indices.iter().copied().max().unwrap_or(0);
+    let mut out: Vec<RgbFrame> = Vec::with_capacity(indices.len());
+    let mut next = 0usize; // position in `indices`
+    let mut decoded = 0usize;
+    let mut scaler: Option<scaling::Context> = None;
+    let mut frame = ffmpeg::frame::Video::empty();
+    let mut take = |frame: &ffmpeg::frame::Video,
+                    n: usize,
+                    out: &mut Vec<RgbFrame>,
+                    next: &mut usize|
+     -> Result<(), DecodeError> {
+        if *next >= indices.len() || indices[*next] != n {
+            return Ok(());
+        }
+        let (w, h) = (frame.width(), frame.height());
+        let sc = match &mut scaler {
+            Some(s)
+                if s.input().width == w && s.input().height == h && s.input().format == frame.format() =>
+            {
+                s
+            }
+            slot => slot.insert(
+                scaling::Context::get(frame.format(), w, h, Pixel::RGB24, w, h, scaling::Flags::BILINEAR)
+                    .map_err(|e| bad(format!("no converter from {:?}: {e}", frame.format())))?,
+            ),
+        };
+        let mut rgb = ffmpeg::frame::Video::empty();
+        sc.run(frame, &mut rgb).map_err(|e| bad(format!("colour conversion failed: {e}")))?;
+        let converted = packed_rgb(&rgb, info.rotation);
+        while *next < indices.len() && indices[*next] == n {
+            out.push(converted.clone());
+            *next += 1;
+        }
+        Ok(())
+    };
+    for (s, packet) in ictx.packets() {
+        if s.index() != index {
+            continue;
+        }
+        // A damaged packet costs its frames, not the video: decoding goes on.
+        if decoder.send_packet(&packet).is_err() {
+            continue;
+        }
+        while decoder.receive_frame(&mut frame).is_ok() {
+            take(&frame, decoded, &mut out, &mut next)?;
+            decoded += 1;
+        }
+        if decoded > last_wanted {
+            break;
+        }
+    }
+    if decoded <= last_wanted {
+        let _ = decoder.send_eof();
+        while decoder.receive_frame(&mut frame).is_ok() {
+            take(&frame, decoded, &mut out, &mut next)?;
+            decoded += 1;
+        }
+    }
+    if decoded == 0 {
+        return Err(bad("no frame could be decoded (truncated or corrupt)".into()));
+    }
+    // Asked past the real end (the container's count was an estimate): the last frame
+    // that exists stands in.
+    while out.len() < indices.len() {
+        let last = out
+            .last()
+            .cloned()
+            .ok_or_else(|| bad(format!("none of the wanted frames exist ({decoded} decoded)")))?;
+        out.push(last);
+    }
+    Ok((out, decoded))
+}
+
+/// RGB24 rows without the line padding FFmpeg adds, rotated for display.
+fn packed_rgb(rgb: &ffmpeg::frame::Video, rotation: i32) -> RgbFrame {
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let stride = rgb.stride(0);
+    let plane = rgb.data(0);
+    let mut data = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        data.extend_from_slice(&plane[y * stride..y * stride + w * 3]);
+    }
+    rotate(RgbFrame { width: w, height: h, data }, rotation)
+}
+
+/// Rotates clockwise by 90, 180 or 270 degrees.
+pub fn rotate(f: RgbFrame, degrees: i32) -> RgbFrame {
+    let (w, h) = (f.width, f.height);
+    let px = |x: usize, y: usize| &f.data[(y * w + x) * 3..(y * w + x) * 3 + 3];
+    match degrees {
+        90 | 270 => {
+            let mut data = Vec::with_capacity(w * h * 3);
+            for y in 0..w {
+                for x in 0..h {
+                    let p = if degrees == 90 { px(y, h - 1 - x) } else { px(w - 1 - y, x) };
+                    data.extend_from_slice(p);
+                }
+            }
+            RgbFrame { width: h, height: w, data }
+        }
+        180 => {
+            let mut data = Vec::with_capacity(w * h * 3);
+            for y in (0..h).rev() {
+                for x in (0..w).rev() {
+                    data.extend_from_slice(px(x, y));
+                }
+            }
+            RgbFrame { width: w, height: h, data }
+        }
+        _ => f,
+    }
+}

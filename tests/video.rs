@@ -1,0 +1,133 @@
+//! The video path end to end on generated clips: `synth` writes H.264 in the
+//! FaceForensics++ layout, the index finds it, the decoder returns the sampled frames
+//! close to what was drawn, and bad files are errors that name the file and the reason.
+#![cfg(feature = "video")]
+
+use std::path::Path;
+
+use dfengine::config::DataConfig;
+use dfengine::data::decode::{probe, read_frames};
+use dfengine::data::manifest::{self, FoundLayout, Label, Split};
+use dfengine::data::sampling::{Sampling, sample_indices};
+use dfengine::data::synth::{ClipSpec, SynthParams, render};
+use dfengine::data::synth_video::{clip_path, write_dataset};
+
+fn params() -> SynthParams {
+    SynthParams { seed: 11, size: 48, frames: 16, difficulty: 0.3 }
+}
+
+fn dataset(dir: &Path, videos: u32) {
+    let mut seen = 0;
+    write_dataset(dir, &params(), videos, |done, total, _| {
+        seen = done;
+        assert!(done <= total);
+    })
+    .unwrap();
+    assert_eq!(seen as u32, videos);
+}
+
+#[test]
+fn synthetic_dataset_indexes_as_faceforensics() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path(), 12);
+    let cfg = DataConfig { root: dir.path().display().to_string(), ..DataConfig::default() };
+    let m = manifest::load(&cfg).unwrap();
+    assert_eq!(m.layout, FoundLayout::Faceforensics);
+    let counts = m.counts();
+    let total: usize = counts.values().map(|c| c.real + c.fake).sum();
+    assert_eq!(total, 12);
+    // 3 pairs: the official-style split files put one pair each in val and test.
+    assert_eq!((counts[&Split::Val].real, counts[&Split::Test].fake), (2, 2));
+    assert!(
+        m.entries
+            .iter()
+            .filter(|e| e.label == Label::Fake)
+            .all(|e| e.path.to_string_lossy().contains("Synthetic"))
+    );
+}
+
+#[test]
+fn decoded_frames_match_what_was_drawn() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path(), 4);
+    let clip = ClipSpec { source: 1, swapped_from: Some(0) };
+    let path = clip_path(dir.path(), clip);
+    let info = probe(&path).unwrap();
+    assert_eq!((info.width, info.height, info.frames), (48, 48, 16));
+    assert!((info.fps - 25.0).abs() < 1e-6);
+
+    let wanted = sample_indices(info.frames, 4, Sampling::Eval);
+    let (frames, decoded) = read_frames(&path, &wanted, 2).unwrap();
+    assert_eq!(frames.len(), 4);
+    assert!(decoded > *wanted.last().unwrap());
+    for (frame, &t) in frames.iter().zip(&wanted) {
+        assert_eq!((frame.width, frame.height, frame.data.len()), (48, 48, 48 * 48 * 3));
+        let drawn = render(&params(), clip, t);
+        let mean_err = frame.data.iter().zip(&drawn).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>()
+            / drawn.len() as f64;
+        // H.264 at CRF 20 with 4:2:0 chroma: a few levels of error on average; a wrong
+        // frame (off by one in time, or a wrong clip) is far more than that.
+        assert!(mean_err < 8.0, "frame {t}: mean abs error {mean_err:.1} against what was drawn");
+        let other = render(&params(), clip, (t + 5) % 16);
+        let other_err = frame.data.iter().zip(&other).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>()
+            / other.len() as f64;
+        assert!(other_err > mean_err, "frame {t} matches a later frame better");
+    }
+}
+
+#[test]
+fn asking_past_the_end_repeats_the_last_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path(), 4);
+    let path = clip_path(dir.path(), ClipSpec { source: 0, swapped_from: None });
+    let (frames, decoded) = read_frames(&path, &[14, 15, 40], 1).unwrap();
+    assert_eq!(decoded, 16);
+    assert_eq!(frames[2], frames[1]);
+}
+
+#[test]
+fn bad_files_are_errors_naming_file_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.mp4");
+    std::fs::write(&empty, b"").unwrap();
+    let err = probe(&empty).unwrap_err().to_string();
+    assert!(err.contains("empty.mp4") && err.contains("empty file"), "{err}");
+
+    let text = dir.path().join("notes.mp4");
+    std::fs::write(&text, b"this is not a video at all, just some words").unwrap();
+    let err = read_frames(&text, &[0], 1).unwrap_err().to_string();
+    assert!(err.contains("notes.mp4") && err.contains("not a readable container"), "{err}");
+
+    let err = probe(&dir.path().join("missing.mp4")).unwrap_err().to_string();
+    assert!(err.contains("missing.mp4: cannot read"), "{err}");
+
+    // A file cut in half: either fewer frames come back (repeated to fill) or a clear
+    // error; never a panic.
+    dataset(&dir.path().join("set"), 4);
+    let good = clip_path(&dir.path().join("set"), ClipSpec { source: 0, swapped_from: None });
+    let bytes = std::fs::read(&good).unwrap();
+    let cut = dir.path().join("cut.mp4");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    match read_frames(&cut, &[0, 8, 15], 1) {
+        Ok((frames, _)) => assert_eq!(frames.len(), 3),
+        Err(e) => assert!(e.to_string().contains("cut.mp4"), "{e}"),
+    }
+}
+
+#[test]
+fn synth_command_writes_a_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dfengine"))
+        .args(["synth", out.to_str().unwrap(), "--videos", "4", "--size", "32", "--frames", "8"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("wrote 4 videos (32×32, 8 frames"));
+    assert!(out.join("splits/train.json").is_file());
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_dfengine"))
+        .args(["synth", out.to_str().unwrap(), "--size", "33"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
