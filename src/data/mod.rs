@@ -1,6 +1,8 @@
 //! Data: the dataset index, frame sampling, the quality filter and face crops (more to
 //! come: decoding, cache, loader).
 
+pub mod cache;
+pub mod clip;
 #[cfg(feature = "video")]
 pub mod decode;
 pub mod faces;
