@@ -131,3 +131,37 @@ fn synth_command_writes_a_dataset() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn second_epoch_reads_the_cache_instead_of_decoding() {
+    use std::sync::Arc;
+
+    use dfengine::data::cache::{ClipSettings, FrameCache};
+    use dfengine::data::loader::{ClipSource, EpochLoader, LoaderSettings};
+    use dfengine::data::sources::VideoSource;
+
+    let dir = tempfile::tempdir().unwrap();
+    dataset(&dir.path().join("set"), 8);
+    let cfg = DataConfig { root: dir.path().join("set").display().to_string(), ..DataConfig::default() };
+    let entries = manifest::load(&cfg).unwrap().entries;
+    let cache = Arc::new(FrameCache::new(Some(&dir.path().join("cache")), 0).unwrap());
+    let settings = ClipSettings { max_frames: 4, frame_size: 32, quality_threshold: 0.0, face_scale: 1.3 };
+    let source = Arc::new(VideoSource::new(entries, cache.clone(), settings, 1));
+    let loader = LoaderSettings {
+        batch_size: 3,
+        num_workers: 2,
+        prefetch_factor: 2,
+        input_size: 28,
+        seed: 1,
+        train: true,
+        max_bad_fraction: 0.0,
+    };
+    let dyn_source: Arc<dyn ClipSource> = source.clone();
+    let first: usize =
+        EpochLoader::start(dyn_source.clone(), loader, 0).map(|b| b.unwrap().clips.len()).sum();
+    assert_eq!((first, source.decodes()), (8, 8));
+    let second: usize = EpochLoader::start(dyn_source, loader, 1).map(|b| b.unwrap().clips.len()).sum();
+    assert_eq!(second, 8);
+    assert_eq!(source.decodes(), 8, "the second epoch decoded again");
+    assert_eq!(cache.stats().disk_hits, 8);
+}
