@@ -254,20 +254,17 @@ fn write_synthetic(_: &Path, _: &SynthParams, _: u32) -> Result<(), Failure> {
 }
 
 fn prepare(args: PrepareArgs) -> Result<(), Failure> {
-    let resolved = load_config(Some(&args.config), &[])?;
-    if !args.list {
-        return not_built(
-            "prepare",
-            "decoding into the frame cache lands with the video data work; --list indexes the dataset",
-        );
-    }
     use dfengine::data::manifest::{self, ManifestError};
+    let resolved = load_config(Some(&args.config), &[])?;
     let m = manifest::load(&resolved.config.data).map_err(|e| match e {
         ManifestError::Synthetic => {
             Failure::Input(format!("{}: [data] layout = \"synthetic\": {e}", args.config.display()))
         }
         other => Failure::Input(other.to_string()),
     })?;
+    if !args.list {
+        return fill_cache(&resolved.config, m.entries);
+    }
     let counts = m.counts();
     if args.json {
         let report = serde_json::json!({
@@ -285,6 +282,75 @@ fn prepare(args: PrepareArgs) -> Result<(), Failure> {
         println!("{:<6} {:>8} {:>8} {:>8}", split.to_string(), c.real, c.fake, c.real + c.fake);
     }
     Ok(())
+}
+
+/// Decodes every video of the index into the frame cache, `num_workers` at a time.
+#[cfg(feature = "video")]
+fn fill_cache(
+    config: &config::Config,
+    entries: Vec<dfengine::data::manifest::VideoEntry>,
+) -> Result<(), Failure> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use dfengine::data::cache::{ClipSettings, FrameCache};
+    use dfengine::data::faces::DEFAULT_SCALE;
+    use dfengine::data::loader::ClipSource;
+    use dfengine::data::sources::VideoSource;
+    use rayon::prelude::*;
+
+    let d = &config.data;
+    let dir = std::path::PathBuf::from(&d.cache_dir);
+    let cache = Arc::new(
+        FrameCache::new(Some(&dir), 0).map_err(|e| Failure::Input(format!("{}: {e}", dir.display())))?,
+    );
+    let settings = ClipSettings {
+        max_frames: d.max_frames as usize,
+        frame_size: d.frame_size as usize,
+        quality_threshold: d.quality_threshold,
+        face_scale: DEFAULT_SCALE,
+    };
+    let per_video = settings.max_frames * settings.frame_size * settings.frame_size * 3;
+    let total = entries.len();
+    println!(
+        "caching {total} videos × {} frames of {}² into {}: about {} on disk",
+        settings.max_frames,
+        settings.frame_size,
+        dir.display(),
+        config::format_bytes((per_video * total) as u64)
+    );
+    let source = VideoSource::new(entries, cache.clone(), settings, 1);
+    let done = AtomicUsize::new(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.dataloader.num_workers.max(1) as usize)
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    let failures: Vec<String> = pool.install(|| {
+        (0..total)
+            .into_par_iter()
+            .filter_map(|i| {
+                let result = source.load(i).err().map(|e| format!("{}: {e}", source.name(i)));
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == total || n % 20 == 0 {
+                    eprintln!("[{n}/{total}] cached");
+                }
+                result
+            })
+            .collect()
+    });
+    let s = cache.stats();
+    println!("{} decoded, {} already cached, {} failed", s.misses, s.disk_hits, failures.len());
+    for f in &failures {
+        println!("  skipped {f}");
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "video"))]
+fn fill_cache(_: &config::Config, _: Vec<dfengine::data::manifest::VideoEntry>) -> Result<(), Failure> {
+    Err(Failure::Runtime(anyhow::anyhow!(
+        "this dfengine was built without the `video` feature (FFmpeg): it cannot decode videos"
+    )))
 }
 
 /// A path the user named that must be an existing file.

@@ -178,7 +178,7 @@ fn library_load_tracks_sources() {
 fn commands_not_built_yet_say_so_and_fail() {
     let demo = repo("configs/quick_demo.toml");
     let demo = demo.to_str().unwrap();
-    for args in [vec!["train", demo], vec!["prepare", demo]] {
+    for args in [vec!["train", demo]] {
         let out = dfengine(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");

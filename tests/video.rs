@@ -165,3 +165,34 @@ fn second_epoch_reads_the_cache_instead_of_decoding() {
     assert_eq!(source.decodes(), 8, "the second epoch decoded again");
     assert_eq!(cache.stats().disk_hits, 8);
 }
+
+#[test]
+fn prepare_fills_the_cache_once() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(&dir.path().join("set"), 4);
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\nroot = {:?}\ncache_dir = {:?}\nmax_frames = 4\nframe_size = 40\n[model]\ninput_size = 32\n",
+            dir.path().join("set").display().to_string(),
+            dir.path().join("cache").display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dfengine"))
+            .args(["prepare", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    assert!(
+        first.contains("caching 4 videos × 4 frames of 40²")
+            && first.contains("4 decoded, 0 already cached, 0 failed"),
+        "{first}"
+    );
+    assert!(run().contains("0 decoded, 4 already cached"), "the second prepare decoded again");
+}
