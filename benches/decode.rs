@@ -28,7 +28,8 @@ fn clips() -> Vec<PathBuf> {
             if !path.exists() {
                 eprintln!("generating {}", path.display());
                 let clip = ClipSpec { source: i, swapped_from: None };
-                write_clip(&path, SIDE, (0..FRAMES).map(|t| render(&p, clip, t))).expect("encode a bench clip");
+                write_clip(&path, SIDE, (0..FRAMES).map(|t| render(&p, clip, t)))
+                    .expect("encode a bench clip");
             }
             path
         })
@@ -58,7 +59,11 @@ fn main() {
         n * frames as f64 / decode_all,
         n / decode_all
     );
-    println!("  dfengine, 16 sampled frames:     {:>7.1} videos/s ({:.2}× decode-all)", n / sample16, decode_all / sample16);
+    println!(
+        "  dfengine, 16 sampled frames:     {:>7.1} videos/s ({:.2}× decode-all)",
+        n / sample16,
+        decode_all / sample16
+    );
 
     let ffmpeg = Command::new("ffmpeg").arg("-version").output();
     if ffmpeg.is_err() {

@@ -103,6 +103,9 @@ struct PrepareArgs {
     /// print the detected layout and the videos per split, decode nothing
     #[argh(switch)]
     list: bool,
+    /// override one value, e.g. --set data.root=data/demo (repeatable)
+    #[argh(option, long = "set", from_str_fn(parse_override))]
+    overrides: Vec<Override>,
     /// machine-readable output
     #[argh(switch)]
     json: bool,
@@ -255,7 +258,7 @@ fn write_synthetic(_: &Path, _: &SynthParams, _: u32) -> Result<(), Failure> {
 
 fn prepare(args: PrepareArgs) -> Result<(), Failure> {
     use dfengine::data::manifest::{self, ManifestError};
-    let resolved = load_config(Some(&args.config), &[])?;
+    let resolved = load_config(Some(&args.config), &args.overrides)?;
     let m = manifest::load(&resolved.config.data).map_err(|e| match e {
         ManifestError::Synthetic => {
             Failure::Input(format!("{}: [data] layout = \"synthetic\": {e}", args.config.display()))
