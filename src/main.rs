@@ -346,6 +346,13 @@ fn fill_cache(
     for f in &failures {
         println!("  skipped {f}");
     }
+    if failures.len() as f64 > d.max_bad_fraction * total as f64 {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{} of {total} videos failed, more than [data] max_bad_fraction = {}",
+            failures.len(),
+            d.max_bad_fraction
+        )));
+    }
     Ok(())
 }
 

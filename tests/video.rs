@@ -196,3 +196,36 @@ fn prepare_fills_the_cache_once() {
     );
     assert!(run().contains("0 decoded, 4 already cached"), "the second prepare decoded again");
 }
+
+#[test]
+fn prepare_skips_bad_videos_up_to_the_allowed_fraction() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(&dir.path().join("set"), 4);
+    let broken = clip_path(&dir.path().join("set"), ClipSpec { source: 1, swapped_from: None });
+    std::fs::write(&broken, b"").unwrap();
+    let cfg = dir.path().join("c.toml");
+    let body = |fraction: f64| {
+        format!(
+            "[data]\nroot = {:?}\ncache_dir = {:?}\nmax_frames = 2\nframe_size = 32\nmax_bad_fraction = {fraction}\n[model]\ninput_size = 32\n",
+            dir.path().join("set").display().to_string(),
+            dir.path().join("cache").display().to_string()
+        )
+    };
+    let run = |fraction: f64| {
+        std::fs::write(&cfg, body(fraction)).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_dfengine"))
+            .args(["prepare", cfg.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let ok = run(0.5);
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(text.contains("1 failed") && text.contains("001.mp4: empty file"), "{text}");
+    let refused = run(0.1);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("1 of 4 videos failed, more than [data] max_bad_fraction = 0.1")
+    );
+}

@@ -83,6 +83,9 @@ pub struct DataConfig {
     /// dataset has no official split.
     pub val_fraction: f64,
     pub test_fraction: f64,
+    /// Fraction of clips that may fail to load (corrupt, truncated, not a video) before
+    /// an epoch stops with the list; below it they are skipped with a warning.
+    pub max_bad_fraction: f64,
 }
 
 impl Default for DataConfig {
@@ -99,6 +102,7 @@ impl Default for DataConfig {
             methods: Vec::new(),
             val_fraction: 0.1,
             test_fraction: 0.1,
+            max_bad_fraction: 0.05,
         }
     }
 }

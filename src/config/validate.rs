@@ -94,7 +94,11 @@ pub fn validate(c: &Config) -> Result<(), Violation> {
             problem: "must be one of \"raw\", \"c0\", \"c23\", \"c40\"".into(),
         });
     }
-    for (key, f) in [("data.val_fraction", d.val_fraction), ("data.test_fraction", d.test_fraction)] {
+    for (key, f) in [
+        ("data.val_fraction", d.val_fraction),
+        ("data.test_fraction", d.test_fraction),
+        ("data.max_bad_fraction", d.max_bad_fraction),
+    ] {
         if !(0.0..1.0).contains(&f) {
             return Err(Violation { key, value: Some(Value::Float(f)), problem: "must be in [0, 1)".into() });
         }

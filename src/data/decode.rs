@@ -221,3 +221,33 @@ pub fn rotate(f: RgbFrame, degrees: i32) -> RgbFrame {
         _ => f,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 3×2 frame whose pixels hold their own (x, y).
+    fn labelled() -> RgbFrame {
+        let data = (0..2).flat_map(|y| (0..3).flat_map(move |x| [x as u8, y as u8, 0])).collect();
+        RgbFrame { width: 3, height: 2, data }
+    }
+
+    fn at(f: &RgbFrame, x: usize, y: usize) -> (u8, u8) {
+        let i = (y * f.width + x) * 3;
+        (f.data[i], f.data[i + 1])
+    }
+
+    #[test]
+    fn rotations_move_corners_where_display_expects() {
+        let r = rotate(labelled(), 90);
+        assert_eq!((r.width, r.height), (2, 3));
+        // Clockwise: the bottom-left source pixel becomes the top-left.
+        assert_eq!(at(&r, 0, 0), (0, 1));
+        assert_eq!(at(&r, 1, 2), (2, 0));
+        let r = rotate(labelled(), 180);
+        assert_eq!(at(&r, 0, 0), (2, 1));
+        let r = rotate(labelled(), 270);
+        assert_eq!((r.width, r.height, at(&r, 0, 0)), (2, 3, (2, 0)));
+        assert_eq!(rotate(labelled(), 0), labelled());
+    }
+}
