@@ -91,7 +91,8 @@ pub fn probe(path: &Path) -> Result<VideoInfo, DecodeError> {
 }
 
 /// Decodes `path` and returns the frames at `indices` (ascending, repeats allowed), as
-/// RGB; with the frame count actually decoded. Indices past the end repeat the last frame.
+/// RGB, with the number of frames the decoder produced (skipped non-reference frames are
+/// not counted). Indices past the end repeat the last frame.
 pub fn read_frames(
     path: &Path,
     indices: &[usize],
@@ -110,18 +111,38 @@ pub fn read_frames(
     let mut decoder = ctx.decoder().video().map_err(|e| bad(format!("no decoder: {e}")))?;
 
     let last_wanted = indices.iter().copied().max().unwrap_or(0);
+    let wanted: std::collections::HashSet<usize> = indices.iter().copied().collect();
+    // Display index of a timestamp: frames are numbered by their presentation time from
+    // the stream's first one, so that frames the decoder skips leave no gap in the count.
+    let tb = stream.time_base();
+    let start = stream.start_time().max(0);
+    let per_frame = if info.fps > 0.0 {
+        tb.denominator() as f64 / (tb.numerator().max(1) as f64 * info.fps)
+    } else {
+        0.0
+    };
+    let index_of = |ts: i64| -> Option<usize> {
+        (per_frame > 0.0).then(|| (((ts - start) as f64 / per_frame).round().max(0.0)) as usize)
+    };
     let mut out: Vec<RgbFrame> = Vec::with_capacity(indices.len());
     let mut next = 0usize; // position in `indices`
     let mut decoded = 0usize;
+    let mut shown = 0usize; // frames seen, for streams without usable timestamps
     let mut scaler: Option<scaling::Context> = None;
     let mut frame = ffmpeg::frame::Video::empty();
     let mut take = |frame: &ffmpeg::frame::Video,
-                    n: usize,
                     out: &mut Vec<RgbFrame>,
                     next: &mut usize|
-     -> Result<(), DecodeError> {
+     -> Result<usize, DecodeError> {
+        let n = frame.timestamp().and_then(index_of).unwrap_or(shown);
+        shown = n + 1;
+        while *next < indices.len() && indices[*next] < n {
+            // A wanted frame never came out (skipped as corrupt): its successor stands in.
+            *next += 1;
+            out.push(RgbFrame { width: 0, height: 0, data: Vec::new() });
+        }
         if *next >= indices.len() || indices[*next] != n {
-            return Ok(());
+            return Ok(n);
         }
         let (w, h) = (frame.width(), frame.height());
         let sc = match &mut scaler {
@@ -142,28 +163,34 @@ pub fn read_frames(
             out.push(converted.clone());
             *next += 1;
         }
-        Ok(())
+        Ok(n)
     };
+    let mut last_shown = 0usize;
     for (s, packet) in ictx.packets() {
         if s.index() != index {
             continue;
         }
+        // Frames no other frame refers to need not be decoded unless they are wanted:
+        // on B-frame video that is a large share of the work.
+        let needed = packet.pts().and_then(index_of).is_none_or(|i| wanted.contains(&i));
+        decoder.skip_frame(if needed { ffmpeg::Discard::Default } else { ffmpeg::Discard::NonReference });
         // A damaged packet costs its frames, not the video: decoding goes on.
         if decoder.send_packet(&packet).is_err() {
             continue;
         }
         while decoder.receive_frame(&mut frame).is_ok() {
-            take(&frame, decoded, &mut out, &mut next)?;
+            last_shown = take(&frame, &mut out, &mut next)?;
             decoded += 1;
         }
-        if decoded > last_wanted {
+        if next >= indices.len() || last_shown > last_wanted {
             break;
         }
     }
-    if decoded <= last_wanted {
+    if next < indices.len() {
+        decoder.skip_frame(ffmpeg::Discard::Default);
         let _ = decoder.send_eof();
         while decoder.receive_frame(&mut frame).is_ok() {
-            take(&frame, decoded, &mut out, &mut next)?;
+            take(&frame, &mut out, &mut next)?;
             decoded += 1;
         }
     }
