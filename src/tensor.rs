@@ -83,12 +83,4 @@ impl<S> Tensor<S> {
     pub fn storage_mut(&mut self) -> &mut S {
         &mut self.storage
     }
-    pub fn into_storage(self) -> S {
-        self.storage
-    }
-    /// The same elements seen with another shape of the same size.
-    pub fn reshaped(self, shape: impl Into<Shape>) -> Option<Self> {
-        let shape = shape.into();
-        (shape.numel() == self.shape.numel()).then_some(Tensor { shape, storage: self.storage })
-    }
 }

@@ -8,7 +8,8 @@ use std::collections::HashSet;
 use std::rc::Rc;
 
 use dfengine::memory::{
-    Allocation, Backing, BackingError, EventId, HostBacking, Pool, PoolError, StreamId, rounded_size,
+    Allocation, Backing, BackingError, EventId, HostBacking, Pool, PoolError, PoolEventKind, StreamId,
+    rounded_size,
 };
 use proptest::prelude::*;
 
@@ -160,6 +161,11 @@ fn budget_is_hard_and_oom_carries_the_figures() {
         assert!(text.contains(part), "{text}");
     }
     assert_eq!(pool.stats().num_ooms, 1);
+    let kinds: Vec<PoolEventKind> = pool.timeline().map(|e| e.kind).collect();
+    // The retry's trim found no free granule to give back, so it left no entry.
+    assert_eq!(kinds, [PoolEventKind::Map, PoolEventKind::Alloc, PoolEventKind::Oom]);
+    let last = pool.timeline().last().unwrap();
+    assert_eq!((last.bytes, last.allocated_after), (2 * MIB, 3 * MIB));
     pool.free(a).unwrap();
     pool.alloc(2 * MIB, 0).expect("fits once the first block is freed");
 }

@@ -39,18 +39,8 @@ impl Conv2dGeom {
         let q = (wd + 2 * pad[1] - s) / stride[1] + 1;
         Ok(Conv2dGeom { n, h, w: wd, c, k, r, s, stride, pad, p, q })
     }
-    pub fn x_dims(&self) -> [usize; 4] {
-        [self.n, self.h, self.w, self.c]
-    }
-    pub fn w_dims(&self) -> [usize; 4] {
-        [self.k, self.r, self.s, self.c]
-    }
     pub fn y_dims(&self) -> [usize; 4] {
         [self.n, self.p, self.q, self.k]
-    }
-    /// Multiply-adds of the forward pass (each of dgrad and wgrad costs the same).
-    pub fn macs(&self) -> u64 {
-        (self.n * self.p * self.q * self.k) as u64 * (self.r * self.s * self.c) as u64
     }
 }
 

@@ -15,10 +15,6 @@ pub struct ClipFrames {
 }
 
 impl ClipFrames {
-    pub fn frame(&self, i: usize) -> &[u8] {
-        let n = self.side * self.side * 3;
-        &self.data[i * n..(i + 1) * n]
-    }
     pub fn bytes(&self) -> usize {
         self.data.len()
     }

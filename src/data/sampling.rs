@@ -37,11 +37,6 @@ pub fn sample_indices(frame_count: usize, max_frames: usize, sampling: Sampling)
         .collect()
 }
 
-/// Whether a video of `frame_count` frames needs repeats to give `max_frames`.
-pub fn repeats_frames(frame_count: usize, max_frames: usize) -> bool {
-    frame_count < max_frames
-}
-
 fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
@@ -79,7 +74,6 @@ mod tests {
     #[test]
     fn short_videos_repeat_frames_in_order() {
         assert_eq!(sample_indices(3, 8, Sampling::Eval), [0, 0, 0, 1, 1, 1, 2, 2]);
-        assert!(repeats_frames(3, 8) && !repeats_frames(8, 8));
         let t = sample_indices(3, 8, Sampling::Train { seed: 1 });
         assert!(t.windows(2).all(|w| w[0] <= w[1]) && t.iter().all(|&f| f < 3));
         assert!(sample_indices(0, 8, Sampling::Eval).is_empty());
