@@ -91,3 +91,77 @@ fn several_frames_keep_their_own_ops() {
     let out = preprocess(&src, 3, 3, &[op(full), op(full)], 3, [0.0; 3], [1.0; 3]);
     assert!(out[..27].iter().all(|&v| v == 0.0) && out[27..].iter().all(|&v| v == 1.0));
 }
+
+/// The kernel `preprocess_u8_f16` against this CPU twin on frames with odd sizes, crops,
+/// flips and jitter: equal to f16 rounding. Skips with the reason without a GPU.
+#[cfg(feature = "cuda")]
+#[test]
+fn preprocess_u8_f16_matches_cpu() {
+    use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
+    use cudarc::nvrtc::Ptx;
+    use dfengine::backend::cuda::{GpuProbe, probe};
+    use dfengine::kernels::KernelModule;
+    use half::f16;
+
+    if let GpuProbe::Unavailable(why) = probe() {
+        eprintln!("skipped: no GPU ({why})");
+        return;
+    }
+    let (n, h, w, side) = (3usize, 37usize, 53usize, 24usize);
+    let src = frame(n * h, w, |y, x, c| ((y * 31 + x * 17 + c * 59) % 251) as u8);
+    let ops = [
+        FrameOp { crop: Rect { y0: 0, x0: 0, h: 37, w: 53 }, flip: false, brightness: 0.0, contrast: 1.0 },
+        FrameOp { crop: Rect { y0: 5, x0: 11, h: 29, w: 29 }, flip: true, brightness: 0.05, contrast: 1.2 },
+        FrameOp { crop: Rect { y0: 20, x0: 40, h: 17, w: 13 }, flip: false, brightness: -0.1, contrast: 0.8 },
+    ];
+    let want = preprocess(&src, h, w, &ops, side, IMAGENET_MEAN, IMAGENET_STD);
+
+    let ctx = CudaContext::new(0).expect("a context on device 0");
+    let stream = ctx.default_stream();
+    let ptx = KernelModule::Preprocess.ptx().expect("probe said the kernels are here");
+    let module = ctx.load_module(Ptx::from_src(ptx)).expect("load preprocess PTX");
+    let kernel = module.load_function("preprocess_u8_f16").expect("preprocess_u8_f16 in the PTX");
+    let crops: Vec<i32> =
+        ops.iter().flat_map(|o| [o.crop.y0, o.crop.x0, o.crop.h, o.crop.w].map(|v| v as i32)).collect();
+    let flips: Vec<u8> = ops.iter().map(|o| o.flip as u8).collect();
+    let jitter: Vec<f32> = ops.iter().flat_map(|o| [o.brightness, o.contrast]).collect();
+    let d_src = stream.memcpy_stod(&src).unwrap();
+    let d_crops = stream.memcpy_stod(&crops).unwrap();
+    let d_flips = stream.memcpy_stod(&flips).unwrap();
+    let d_jitter = stream.memcpy_stod(&jitter).unwrap();
+    let mut d_out = stream.alloc_zeros::<f16>(n * side * side * 3).unwrap();
+    let (ni, hi, wi, si) = (n as i32, h as i32, w as i32, side as i32);
+    let [mr, mg, mb] = IMAGENET_MEAN;
+    let [sr, sg, sb] = IMAGENET_STD;
+    let pixels = (n * side * side) as u32;
+    let mut launch = stream.launch_builder(&kernel);
+    launch
+        .arg(&d_src)
+        .arg(&ni)
+        .arg(&hi)
+        .arg(&wi)
+        .arg(&d_crops)
+        .arg(&d_flips)
+        .arg(&d_jitter)
+        .arg(&mut d_out)
+        .arg(&si)
+        .arg(&mr)
+        .arg(&mg)
+        .arg(&mb)
+        .arg(&sr)
+        .arg(&sg)
+        .arg(&sb);
+    // SAFETY: the arguments match the kernel's signature in kernels/preprocess.cu, and every
+    // buffer holds the elements the grid touches.
+    unsafe {
+        launch.launch(LaunchConfig {
+            grid_dim: (pixels.div_ceil(256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+    .expect("launch preprocess_u8_f16");
+    let got: Vec<f32> = stream.memcpy_dtov(&d_out).unwrap().into_iter().map(f16::to_f32).collect();
+    // f16 keeps 11 significant bits: normalised values up to ~2.7 round by ≤ 2⁻⁹·2.7.
+    assert_close("preprocess_u8_f16 vs CPU", &got, &want, 2e-3, 1e-3);
+}
