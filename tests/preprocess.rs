@@ -125,10 +125,10 @@ fn preprocess_u8_f16_matches_cpu() {
         ops.iter().flat_map(|o| [o.crop.y0, o.crop.x0, o.crop.h, o.crop.w].map(|v| v as i32)).collect();
     let flips: Vec<u8> = ops.iter().map(|o| o.flip as u8).collect();
     let jitter: Vec<f32> = ops.iter().flat_map(|o| [o.brightness, o.contrast]).collect();
-    let d_src = stream.memcpy_stod(&src).unwrap();
-    let d_crops = stream.memcpy_stod(&crops).unwrap();
-    let d_flips = stream.memcpy_stod(&flips).unwrap();
-    let d_jitter = stream.memcpy_stod(&jitter).unwrap();
+    let d_src = stream.clone_htod(&src).unwrap();
+    let d_crops = stream.clone_htod(&crops).unwrap();
+    let d_flips = stream.clone_htod(&flips).unwrap();
+    let d_jitter = stream.clone_htod(&jitter).unwrap();
     let mut d_out = stream.alloc_zeros::<f16>(n * side * side * 3).unwrap();
     let (ni, hi, wi, si) = (n as i32, h as i32, w as i32, side as i32);
     let [mr, mg, mb] = IMAGENET_MEAN;
@@ -161,7 +161,7 @@ fn preprocess_u8_f16_matches_cpu() {
         })
     }
     .expect("launch preprocess_u8_f16");
-    let got: Vec<f32> = stream.memcpy_dtov(&d_out).unwrap().into_iter().map(f16::to_f32).collect();
+    let got: Vec<f32> = stream.clone_dtoh(&d_out).unwrap().into_iter().map(f16::to_f32).collect();
     // f16 keeps 11 significant bits: normalised values up to ~2.7 round by ≤ 2⁻⁹·2.7.
     assert_close("preprocess_u8_f16 vs CPU", &got, &want, 2e-3, 1e-3);
 }
