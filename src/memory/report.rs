@@ -157,8 +157,8 @@ pub fn profile(config: &Config) -> ProfileReport {
         GpuProbe::Unavailable(_) => None,
     };
     let mut source = SystemSource::new(gpu_info.as_ref().map(|g| g.ordinal));
-    let host = source.host();
     let sample = super::monitor::MemorySource::sample(&mut source, 0.0);
+    let host = sample.host;
     let gpu = gpu_info.as_ref().map(|g| DeviceReport {
         name: g.name.clone(),
         compute_capability: format!("sm_{}{}", g.compute_capability.0, g.compute_capability.1),
