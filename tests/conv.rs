@@ -111,7 +111,7 @@ fn conv2d_dgrad_and_wgrad_are_adjoints_of_forward() {
 }
 
 #[test]
-fn conv2d_dgrad_matches_finite_differences() {
+fn conv2d_dgrad_and_wgrad_match_finite_differences() {
     let b = cpu();
     let mut rng = Rng::new(3);
     for &(n, h, w, c, k, rs, stride, pad) in &CASES[..5] {
@@ -120,29 +120,17 @@ fn conv2d_dgrad_matches_finite_differences() {
         let y = b.conv2d_fwd(&x, &wt, stride, pad).unwrap();
         let r = randn_tensor(&mut rng, y.shape().clone(), 1.0);
         let dx = b.conv2d_dgrad(&r, &wt, [n, h, w, c], stride, pad).unwrap();
-        let loss = |xs: &[f32]| {
+        let dw = b.conv2d_wgrad(&x, &r, [k, rs, rs, c], stride, pad).unwrap();
+        // Σ conv(x, w)·r as a function of the input, or of the weights.
+        let loss = |xs: &[f32], ws: &[f32]| {
             let xt = b.tensor(Shape::from([n, h, w, c]), xs).unwrap();
+            let wt = b.tensor(Shape::from([k, rs, rs, c]), ws).unwrap();
             dot(b.conv2d_fwd(&xt, &wt, stride, pad).unwrap().storage(), r.storage())
         };
-        check_gradient("conv2d_dgrad", x.storage(), dx.storage(), loss, 1e-2, 1e-2, 48);
-    }
-}
-
-#[test]
-fn conv2d_wgrad_matches_finite_differences() {
-    let b = cpu();
-    let mut rng = Rng::new(4);
-    for &(n, h, w, c, k, rs, stride, pad) in &CASES[..5] {
-        let x = randn_tensor(&mut rng, [n, h, w, c], 1.0);
-        let wt = randn_tensor(&mut rng, [k, rs, rs, c], 1.0);
-        let y = b.conv2d_fwd(&x, &wt, stride, pad).unwrap();
-        let r = randn_tensor(&mut rng, y.shape().clone(), 1.0);
-        let dw = b.conv2d_wgrad(&x, &r, [k, rs, rs, c], stride, pad).unwrap();
-        let loss = |ws: &[f32]| {
-            let wt = b.tensor(Shape::from([k, rs, rs, c]), ws).unwrap();
-            dot(b.conv2d_fwd(&x, &wt, stride, pad).unwrap().storage(), r.storage())
-        };
-        check_gradient("conv2d_wgrad", wt.storage(), dw.storage(), loss, 1e-2, 1e-2, 48);
+        let of_x = |xs: &[f32]| loss(xs, wt.storage());
+        check_gradient("conv2d_dgrad", x.storage(), dx.storage(), of_x, 1e-2, 1e-2, 48);
+        let of_w = |ws: &[f32]| loss(x.storage(), ws);
+        check_gradient("conv2d_wgrad", wt.storage(), dw.storage(), of_w, 1e-2, 1e-2, 48);
     }
 }
 
