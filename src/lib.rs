@@ -7,4 +7,6 @@ pub mod data;
 pub mod kernels;
 pub mod memory;
 pub mod model;
+pub mod rng;
 pub mod tensor;
+pub mod train;

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use argh::FromArgs;
 use dfengine::backend::cuda::{GpuProbe, probe};
 use dfengine::config::{self, ConfigError, Override, ResolvedConfig};
+use dfengine::backend::cpu::CpuBackend;
+use dfengine::backend::ops::Backend;
 use dfengine::data::synth::SynthParams;
+use dfengine::train::run::{RunOptions, TrainError, Trainer};
 
 /// dfengine: train deepfake video detectors on your own CUDA kernels, inside a VRAM budget.
 #[derive(FromArgs)]
@@ -46,6 +49,12 @@ struct TrainArgs {
     /// print the resolved config, each value with its source, and exit
     #[argh(switch)]
     dry_run: bool,
+    /// continue a run from this checkpoint (e.g. runs/x/last.safetensors): same next batch
+    #[argh(option)]
+    resume: Option<PathBuf>,
+    /// no progress bar (for logs)
+    #[argh(switch)]
+    quiet: bool,
 }
 
 /// Report GPU and host memory, pool statistics, suggestions and kernel throughput.
@@ -170,7 +179,80 @@ fn train(args: TrainArgs) -> Result<(), Failure> {
         print!("{}", resolved.annotated_toml());
         return Ok(());
     }
-    not_built("train", "the trainer lands with the end-to-end training work; --dry-run checks a config")
+    let config = resolved.config;
+    let backend = compute_backend(&config)?;
+    let splits = dfengine::train::data::splits(&config).map_err(|e| Failure::Input(e.to_string()))?;
+    let run_dir = PathBuf::from(&config.train.out_dir);
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e}", run_dir.display())))?;
+    eprintln!(
+        "dfengine train {}: {} on {}; data {}: {} train / {} val / {} test clips; effective batch {} ({} × {} accumulation)",
+        args.config.display(),
+        format!("{:?}", config.model.backbone).to_lowercase(),
+        backend.name(),
+        splits.description,
+        splits.train.len(),
+        splits.val.len(),
+        splits.test.len(),
+        config.dataloader.batch_size * config.train.accumulation_steps,
+        config.dataloader.batch_size,
+        config.train.accumulation_steps,
+    );
+    let source = dfengine::memory::monitor::SystemSource::new(Some(config.gpu.device));
+    let mut mm = dfengine::memory::manager::MemoryManager::start(&config, Box::new(source), Some(&run_dir))
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e}", run_dir.display())))?;
+    let opts = RunOptions { resume: args.resume, quiet: args.quiet };
+    let mut trainer = Trainer::new(backend, config, splits, opts).map_err(train_failure)?;
+    dfengine::train::run::install_interrupt_handler();
+    let summary = trainer.run(&mut mm).map_err(train_failure)?;
+    print_summary(&summary, trainer.run_dir());
+    Ok(())
+}
+
+/// The backend that runs the ops. The CUDA backend is not built yet, so every run uses
+/// the CPU; its pool is capped by `gpu.vram_budget` when that is a size, so a run stays
+/// inside the same budget it would have on the GPU.
+fn compute_backend(config: &config::Config) -> Result<CpuBackend, Failure> {
+    if let GpuProbe::Ready(gpus) = probe() {
+        eprintln!(
+            "note: {} found, but dfengine's CUDA backend is not built yet: training runs on the CPU",
+            gpus.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        );
+    }
+    match config.gpu.vram_budget {
+        config::VramBudget::Bytes(n) => CpuBackend::with_budget(n as usize)
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("a {} memory pool: {e}", config::format_bytes(n)))),
+        config::VramBudget::Auto => Ok(CpuBackend::default()),
+    }
+}
+
+fn train_failure(e: TrainError) -> Failure {
+    match e {
+        TrainError::Input(_) | TrainError::Weights(_) => Failure::Input(e.to_string()),
+        other => Failure::Runtime(other.into()),
+    }
+}
+
+fn print_summary(s: &dfengine::train::run::Summary, run_dir: &Path) {
+    let fmt = |m: &Option<dfengine::train::metrics::Metrics>| match m {
+        Some(m) => format!(
+            "clip AUC {:.4}, frame AUC {:.4}, ACC {:.3}, EER {:.3}, log loss {:.4} ({} clips)",
+            m.clip_auc, m.frame_auc, m.acc, m.eer, m.log_loss, m.clips
+        ),
+        None => "not evaluated".to_string(),
+    };
+    println!("best epoch {:?}", s.best_epoch.unwrap_or(0));
+    println!("val   {}", fmt(&s.val));
+    println!("test  {}", fmt(&s.test));
+    println!(
+        "{:.1} clips/s, peak pool {}, peak RSS {}, {} governor actions, {} skipped steps",
+        s.clips_per_s,
+        config::format_bytes(s.peak_pool_reserved),
+        config::format_bytes(s.peak_process_rss),
+        s.governor_actions.len(),
+        s.skipped_steps
+    );
+    println!("run folder {} (summary.json, metrics.jsonl, best.safetensors, last.safetensors)", run_dir.display());
 }
 
 fn backend_line(probe: &GpuProbe) -> String {

@@ -7,6 +7,7 @@
 
 use super::error::OpError;
 use super::params::{AdamWParams, BatchNormParams, BceParams, SgdParams};
+use crate::memory::PoolStats;
 use crate::tensor::{Shape, Tensor};
 
 /// What batch-norm backward needs from its forward.
@@ -46,6 +47,11 @@ pub trait Backend: Sync {
     fn name(&self) -> String;
 
     // ---- memory ----
+    /// The stats of the pool this backend allocates from.
+    fn pool_stats(&self) -> PoolStats;
+    /// Returns free memory of the pool to the system (the governor's first action);
+    /// the bytes released.
+    fn trim_pool(&self) -> usize;
     fn tensor(&self, shape: Shape, data: &[f32]) -> Result<Tensor<Self::Storage>, OpError>;
     fn zeros(&self, shape: Shape) -> Result<Tensor<Self::Storage>, OpError>;
     fn to_vec(&self, t: &Tensor<Self::Storage>) -> Result<Vec<f32>, OpError>;

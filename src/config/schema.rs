@@ -86,6 +86,10 @@ pub struct DataConfig {
     /// Fraction of clips that may fail to load (corrupt, truncated, not a video) before
     /// an epoch stops with the list; below it they are skipped with a warning.
     pub max_bad_fraction: f64,
+    /// Clips of the in-memory set when `layout = "synthetic"` (half real, half fake).
+    pub synthetic_videos: u32,
+    /// Artefact strength of the synthetic fakes: 0 blatant, 1 subtle.
+    pub synthetic_difficulty: f64,
 }
 
 impl Default for DataConfig {
@@ -103,6 +107,8 @@ impl Default for DataConfig {
             val_fraction: 0.1,
             test_fraction: 0.1,
             max_bad_fraction: 0.05,
+            synthetic_videos: 200,
+            synthetic_difficulty: 0.3,
         }
     }
 }
@@ -150,6 +156,11 @@ pub struct TrainConfig {
     pub mixed_precision: bool,
     /// Micro-batches whose gradients are summed before one optimizer step.
     pub accumulation_steps: u32,
+    /// Fraction of the optimizer steps spent warming the learning rate up from 0; the rest
+    /// decays it along a cosine to 1% of `lr`.
+    pub warmup_fraction: f64,
+    /// Largest global gradient norm (L2 over all parameters); 0 turns clipping off.
+    pub grad_clip: f64,
     pub seed: u64,
     pub out_dir: String,
 }
@@ -163,6 +174,8 @@ impl Default for TrainConfig {
             optimizer: OptimizerKind::Adamw,
             mixed_precision: true,
             accumulation_steps: 1,
+            warmup_fraction: 0.05,
+            grad_clip: 1.0,
             seed: 42,
             out_dir: "runs/default".into(),
         }

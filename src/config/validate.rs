@@ -110,6 +110,14 @@ pub fn validate(c: &Config) -> Result<(), Violation> {
             problem: format!("plus [data] val_fraction = {} leaves nothing to train on", d.val_fraction),
         });
     }
+    at_least("data.synthetic_videos", d.synthetic_videos.into(), 8)?;
+    if !(0.0..=1.0).contains(&d.synthetic_difficulty) {
+        return Err(Violation {
+            key: "data.synthetic_difficulty",
+            value: Some(Value::Float(d.synthetic_difficulty)),
+            problem: "must be in [0, 1]".into(),
+        });
+    }
     if d.enable_cache {
         non_empty("data.cache_dir", &d.cache_dir, "a folder when enable_cache = true")?;
     }
@@ -123,6 +131,14 @@ pub fn validate(c: &Config) -> Result<(), Violation> {
     positive("train.lr", t.lr)?;
     non_negative("train.weight_decay", t.weight_decay)?;
     at_least("train.accumulation_steps", t.accumulation_steps.into(), 1)?;
+    if !(0.0..1.0).contains(&t.warmup_fraction) {
+        return Err(Violation {
+            key: "train.warmup_fraction",
+            value: Some(Value::Float(t.warmup_fraction)),
+            problem: "must be in [0, 1)".into(),
+        });
+    }
+    non_negative("train.grad_clip", t.grad_clip)?;
     non_empty("train.out_dir", &t.out_dir, "the run folder")?;
 
     let g = &c.gpu.memory_management;

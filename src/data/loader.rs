@@ -119,6 +119,12 @@ pub struct EpochLoader {
 
 impl EpochLoader {
     pub fn start(source: Arc<dyn ClipSource>, s: LoaderSettings, epoch: u64) -> Self {
+        Self::start_at(source, s, epoch, 0)
+    }
+
+    /// The epoch's batches from `first` on (a run resumed inside an epoch continues with
+    /// the very batch it would have seen next).
+    pub fn start_at(source: Arc<dyn ClipSource>, s: LoaderSettings, epoch: u64, first: usize) -> Self {
         let order = Arc::new(epoch_order(source.len(), s.seed, epoch, s.train));
         let batch = s.batch_size.max(1);
         let batches = order.len().div_ceil(batch);
@@ -131,7 +137,7 @@ impl EpochLoader {
                 std::thread::Builder::new()
                     .name(format!("dfengine-loader-{w}"))
                     .spawn(move || {
-                        for b in (w..batches).step_by(workers) {
+                        for b in (first + w..batches).step_by(workers) {
                             if stop.load(Ordering::Relaxed) {
                                 return;
                             }
@@ -147,7 +153,7 @@ impl EpochLoader {
         EpochLoader {
             rx: Some(rx),
             pending: BTreeMap::new(),
-            next: 0,
+            next: first,
             batches,
             workers: handles,
             stop,
@@ -155,6 +161,11 @@ impl EpochLoader {
             tried: 0,
             limit: s.max_bad_fraction,
         }
+    }
+
+    /// Batches in the whole epoch (including any skipped by `start_at`).
+    pub fn batches(&self) -> usize {
+        self.batches
     }
 
     /// Clips skipped so far, each with its reason.

@@ -43,10 +43,6 @@ impl CpuBackend {
         self.pool.as_ref().unwrap_or_else(|| default_pool())
     }
 
-    pub fn pool_stats(&self) -> PoolStats {
-        self.pool().lock().unwrap_or_else(PoisonError::into_inner).stats()
-    }
-
     /// A zeroed tensor of `shape` from the pool.
     fn alloc(&self, shape: impl Into<Shape>) -> Result<CpuTensor, OpError> {
         let shape = shape.into();
@@ -100,6 +96,16 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        self.pool().lock().unwrap_or_else(PoisonError::into_inner).stats()
+    }
+
+    fn trim_pool(&self) -> usize {
+        // A trim that fails leaves the pool as it was; the governor moves on to its next
+        // measure, so there is nothing to report upwards.
+        self.pool().lock().unwrap_or_else(PoisonError::into_inner).trim(0).unwrap_or(0)
     }
 
     fn tensor(&self, shape: Shape, data: &[f32]) -> Result<CpuTensor, OpError> {

@@ -1,0 +1,452 @@
+//! The ResNet clip classifier, generic over the backend: all B×T frames of a batch go
+//! through the backbone, a global average pool and the linear head give one logit per
+//! frame, and the mean over each clip's T frames is the clip's logit (the head is linear,
+//! so this equals the head applied to the mean feature, and the frame logits come free).
+//!
+//! The layers are instantiated from the same `arch::ResNetSpec` the memory planner sizes,
+//! and every tensor carries torchvision's name (`conv1.weight`, `layer1.0.bn2.running_var`,
+//! `layer2.0.downsample.0.weight`, `fc.bias`), in torchvision's state-dict order, so that
+//! checkpoints and pretrained torchvision weights map one to one.
+
+use super::arch::{BlockKind, ResNetSpec};
+use crate::backend::OpError;
+use crate::backend::ops::{Backend, BnSaved};
+use crate::backend::params::BatchNormParams;
+use crate::rng::Rng;
+use crate::tensor::{Shape, Tensor};
+
+type T<B> = Tensor<<B as Backend>::Storage>;
+
+/// Whether the optimizer updates a tensor or it is a running statistic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    Trainable,
+    Buffer,
+}
+
+/// conv (no bias) → batch norm → optional ReLU, fused where the backend fuses them.
+pub struct ConvBn<B: Backend> {
+    pub w: T<B>,
+    pub gamma: T<B>,
+    pub beta: T<B>,
+    pub running_mean: T<B>,
+    pub running_var: T<B>,
+    pub stride: usize,
+    pub pad: usize,
+    pub relu: bool,
+}
+
+/// What a training-mode `ConvBn` forward keeps for its backward.
+pub struct ConvBnCache<B: Backend> {
+    x: T<B>,
+    z: T<B>,
+    /// The output, kept only when the ReLU is fused (it masks the gradient). Without
+    /// ReLU the caller may update the output in place (the residual add).
+    relu_y: Option<T<B>>,
+    saved: BnSaved<T<B>>,
+}
+
+impl<B: Backend> ConvBn<B> {
+    /// torchvision's initialisation: Kaiming normal (fan out, ReLU gain) weights, γ = 1,
+    /// β = 0, running statistics (0, 1).
+    pub fn new(
+        b: &B,
+        rng: &mut Rng,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        relu: bool,
+    ) -> Result<Self, OpError> {
+        let std = (2.0 / (cout * k * k) as f32).sqrt();
+        let w: Vec<f32> = (0..cout * k * k * cin).map(|_| std * rng.normal()).collect();
+        Ok(ConvBn {
+            w: b.tensor(Shape::from([cout, k, k, cin]), &w)?,
+            gamma: b.tensor(Shape::from([cout]), &vec![1.0; cout])?,
+            beta: b.zeros(Shape::from([cout]))?,
+            running_mean: b.zeros(Shape::from([cout]))?,
+            running_var: b.tensor(Shape::from([cout]), &vec![1.0; cout])?,
+            stride,
+            pad: k / 2,
+            relu,
+        })
+    }
+
+    fn bn_params(&self) -> BatchNormParams {
+        BatchNormParams { relu: self.relu, ..BatchNormParams::default() }
+    }
+
+    pub fn forward_train(&mut self, b: &B, x: &T<B>) -> Result<(T<B>, ConvBnCache<B>), OpError> {
+        let z = b.conv2d_fwd(x, &self.w, [self.stride; 2], [self.pad; 2])?;
+        let p = self.bn_params();
+        let out = b.batch_norm_fwd_train(
+            &z,
+            &self.gamma,
+            &self.beta,
+            &mut self.running_mean,
+            &mut self.running_var,
+            &p,
+        )?;
+        let relu_y = self.relu.then(|| out.y.clone());
+        Ok((out.y, ConvBnCache { x: x.clone(), z, relu_y, saved: out.saved }))
+    }
+
+    pub fn forward_eval(&self, b: &B, x: &T<B>) -> Result<T<B>, OpError> {
+        let z = b.conv2d_fwd(x, &self.w, [self.stride; 2], [self.pad; 2])?;
+        b.batch_norm_fwd_eval(&z, &self.gamma, &self.beta, &self.running_mean, &self.running_var, &self.bn_params())
+    }
+
+    /// The input gradient and [dw, dγ, dβ].
+    pub fn backward(&self, b: &B, dy: &T<B>, c: &ConvBnCache<B>) -> Result<(T<B>, [T<B>; 3]), OpError> {
+        let bn = b.batch_norm_bwd(dy, &c.z, &self.gamma, &c.saved, c.relu_y.as_ref())?;
+        let x_dims: [usize; 4] = c.x.shape().as_array().expect("NHWC input");
+        let w_dims: [usize; 4] = self.w.shape().as_array().expect("KRSC weight");
+        let (s, p) = ([self.stride; 2], [self.pad; 2]);
+        let dx = b.conv2d_dgrad(&bn.dx, &self.w, x_dims, s, p)?;
+        let dw = b.conv2d_wgrad(&c.x, &bn.dx, w_dims, s, p)?;
+        Ok((dx, [dw, bn.dgamma, bn.dbeta]))
+    }
+
+    /// Visits the conv weight under `conv` and the batch norm under `bn`, in
+    /// torchvision's order.
+    fn visit<'a>(&'a self, conv: &str, bn: &str, f: &mut dyn FnMut(String, &'a T<B>, ParamKind)) {
+        f(format!("{conv}.weight"), &self.w, ParamKind::Trainable);
+        f(format!("{bn}.weight"), &self.gamma, ParamKind::Trainable);
+        f(format!("{bn}.bias"), &self.beta, ParamKind::Trainable);
+        f(format!("{bn}.running_mean"), &self.running_mean, ParamKind::Buffer);
+        f(format!("{bn}.running_var"), &self.running_var, ParamKind::Buffer);
+    }
+
+    fn visit_mut<'a>(&'a mut self, conv: &str, bn: &str, f: &mut dyn FnMut(String, &'a mut T<B>, ParamKind)) {
+        f(format!("{conv}.weight"), &mut self.w, ParamKind::Trainable);
+        f(format!("{bn}.weight"), &mut self.gamma, ParamKind::Trainable);
+        f(format!("{bn}.bias"), &mut self.beta, ParamKind::Trainable);
+        f(format!("{bn}.running_mean"), &mut self.running_mean, ParamKind::Buffer);
+        f(format!("{bn}.running_var"), &mut self.running_var, ParamKind::Buffer);
+    }
+}
+
+/// A residual block: a chain of ConvBn (ReLU after each but the last; two 3×3 for the
+/// basic block, 1×1 → 3×3 → 1×1 for the bottleneck), plus the shortcut (identity, or a
+/// strided 1×1 conv + bn when the shape changes), then ReLU.
+pub struct Block<B: Backend> {
+    pub convs: Vec<ConvBn<B>>,
+    pub down: Option<ConvBn<B>>,
+}
+
+pub struct BlockCache<B: Backend> {
+    convs: Vec<ConvBnCache<B>>,
+    down: Option<ConvBnCache<B>>,
+    out: T<B>,
+}
+
+impl<B: Backend> Block<B> {
+    pub fn new(
+        b: &B,
+        rng: &mut Rng,
+        kind: BlockKind,
+        cin: usize,
+        width: usize,
+        stride: usize,
+    ) -> Result<Self, OpError> {
+        let (shape, cout): (Vec<(usize, usize, usize, usize)>, usize) = match kind {
+            BlockKind::Basic => (vec![(cin, width, 3, stride), (width, width, 3, 1)], width),
+            BlockKind::Bottleneck => {
+                (vec![(cin, width, 1, 1), (width, width, 3, stride), (width, 4 * width, 1, 1)], 4 * width)
+            }
+        };
+        let last = shape.len() - 1;
+        let convs = shape
+            .iter()
+            .enumerate()
+            .map(|(i, &(ci, co, k, s))| ConvBn::new(b, rng, ci, co, k, s, i != last))
+            .collect::<Result<Vec<_>, _>>()?;
+        let down = if stride != 1 || cin != cout {
+            Some(ConvBn::new(b, rng, cin, cout, 1, stride, false)?)
+        } else {
+            None
+        };
+        Ok(Block { convs, down })
+    }
+
+    fn shortcut_sum(&self, b: &B, x: &T<B>, mut sum: T<B>, down: Option<T<B>>) -> Result<T<B>, OpError> {
+        b.add_assign(&mut sum, down.as_ref().unwrap_or(x))?;
+        b.relu_fwd(&sum)
+    }
+
+    pub fn forward_train(&mut self, b: &B, x: &T<B>) -> Result<(T<B>, BlockCache<B>), OpError> {
+        let mut caches = Vec::with_capacity(self.convs.len());
+        let mut h = x.clone();
+        for conv in &mut self.convs {
+            let (y, c) = conv.forward_train(b, &h)?;
+            caches.push(c);
+            h = y;
+        }
+        let (down, down_cache) = match &mut self.down {
+            Some(d) => {
+                let (s, c) = d.forward_train(b, x)?;
+                (Some(s), Some(c))
+            }
+            None => (None, None),
+        };
+        let out = self.shortcut_sum(b, x, h, down)?;
+        Ok((out.clone(), BlockCache { convs: caches, down: down_cache, out }))
+    }
+
+    pub fn forward_eval(&self, b: &B, x: &T<B>) -> Result<T<B>, OpError> {
+        let mut h = x.clone();
+        for conv in &self.convs {
+            h = conv.forward_eval(b, &h)?;
+        }
+        let down = self.down.as_ref().map(|d| d.forward_eval(b, x)).transpose()?;
+        self.shortcut_sum(b, x, h, down)
+    }
+
+    /// The input gradient; the block's parameter gradients are appended to `grads` in
+    /// visiting order.
+    pub fn backward(&self, b: &B, dy: &T<B>, c: &BlockCache<B>, grads: &mut Vec<T<B>>) -> Result<T<B>, OpError> {
+        let dsum = b.relu_bwd(dy, &c.out)?;
+        let mut per_conv = Vec::with_capacity(self.convs.len());
+        let mut dh = dsum.clone();
+        for (conv, cache) in self.convs.iter().zip(&c.convs).rev() {
+            let (dx, g) = conv.backward(b, &dh, cache)?;
+            per_conv.push(g);
+            dh = dx;
+        }
+        let mut dx = dh;
+        let down = match (&self.down, &c.down) {
+            (Some(d), Some(cache)) => {
+                let (dxs, g) = d.backward(b, &dsum, cache)?;
+                b.add_assign(&mut dx, &dxs)?;
+                Some(g)
+            }
+            _ => {
+                b.add_assign(&mut dx, &dsum)?;
+                None
+            }
+        };
+        grads.extend(per_conv.into_iter().rev().flatten());
+        grads.extend(down.into_iter().flatten());
+        Ok(dx)
+    }
+
+    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a T<B>, ParamKind)) {
+        for (i, conv) in self.convs.iter().enumerate() {
+            conv.visit(&format!("{prefix}conv{}", i + 1), &format!("{prefix}bn{}", i + 1), f);
+        }
+        if let Some(d) = &self.down {
+            d.visit(&format!("{prefix}downsample.0"), &format!("{prefix}downsample.1"), f);
+        }
+    }
+
+    fn visit_mut<'a>(&'a mut self, prefix: &str, f: &mut dyn FnMut(String, &'a mut T<B>, ParamKind)) {
+        for (i, conv) in self.convs.iter_mut().enumerate() {
+            conv.visit_mut(&format!("{prefix}conv{}", i + 1), &format!("{prefix}bn{}", i + 1), f);
+        }
+        if let Some(d) = &mut self.down {
+            d.visit_mut(&format!("{prefix}downsample.0"), &format!("{prefix}downsample.1"), f);
+        }
+    }
+}
+
+/// Clip and frame logits of a batch.
+#[derive(Debug, Clone)]
+pub struct Logits<S> {
+    /// [B, 1]
+    pub clips: Tensor<S>,
+    /// [B·T, 1], the T frames of each clip consecutive.
+    pub frames: Tensor<S>,
+}
+
+/// What a training forward keeps for the backward.
+pub struct ForwardCache<B: Backend> {
+    stem: ConvBnCache<B>,
+    stem_out: T<B>,
+    blocks: Vec<BlockCache<B>>,
+    last_dims: [usize; 4],
+    pooled: T<B>,
+}
+
+pub struct ResNet<B: Backend> {
+    pub spec: ResNetSpec,
+    stem: ConvBn<B>,
+    /// `layer1` … `layer4`.
+    stages: [Vec<Block<B>>; 4],
+    fc_w: T<B>,
+    fc_b: T<B>,
+    /// Frames per clip.
+    pub frames: usize,
+}
+
+impl<B: Backend> ResNet<B> {
+    /// A freshly initialised network (torchvision's scheme; the head uniform in
+    /// ±1/√features as `nn.Linear`), deterministic for `seed`.
+    pub fn new(b: &B, spec: ResNetSpec, frames: usize, seed: u64) -> Result<Self, OpError> {
+        let mut rng = Rng::new(seed);
+        let stem = ConvBn::new(b, &mut rng, 3, spec.stem, 7, 2, true)?;
+        let expansion = if spec.kind == BlockKind::Bottleneck { 4 } else { 1 };
+        let mut cin = spec.stem;
+        let mut stages: [Vec<Block<B>>; 4] = Default::default();
+        for (s, stage) in stages.iter_mut().enumerate() {
+            for i in 0..spec.blocks[s] {
+                let stride = if s > 0 && i == 0 { 2 } else { 1 };
+                stage.push(Block::new(b, &mut rng, spec.kind, cin, spec.widths[s], stride)?);
+                cin = spec.widths[s] * expansion;
+            }
+        }
+        let features = spec.feature_channels();
+        let bound = 1.0 / (features as f32).sqrt();
+        let fc_w = b.tensor(Shape::from([1, features]), &rng.vec(features, -bound, bound))?;
+        let fc_b = b.tensor(Shape::from([1]), &rng.vec(1, -bound, bound))?;
+        Ok(ResNet { spec, stem, stages, fc_w, fc_b, frames })
+    }
+
+    fn head(&self, b: &B, pooled: &T<B>) -> Result<Logits<B::Storage>, OpError> {
+        let frames = b.linear_fwd(pooled, &self.fc_w, &self.fc_b)?;
+        let clips = b.temporal_mean_fwd(&frames, self.frames)?;
+        Ok(Logits { clips, frames })
+    }
+
+    /// Training mode (batch statistics, running statistics updated) on frames
+    /// `x` [B·T, H, W, 3].
+    pub fn forward_train(&mut self, b: &B, x: &T<B>) -> Result<(Logits<B::Storage>, ForwardCache<B>), OpError> {
+        let (h0, stem) = self.stem.forward_train(b, x)?;
+        let mut h = b.max_pool2d_fwd(&h0, 3, 2, 1)?;
+        let mut blocks = Vec::new();
+        for block in self.stages.iter_mut().flatten() {
+            let (y, c) = block.forward_train(b, &h)?;
+            blocks.push(c);
+            h = y;
+        }
+        let last_dims: [usize; 4] = h.shape().as_array().expect("NHWC");
+        let pooled = b.global_avg_pool_fwd(&h)?;
+        let logits = self.head(b, &pooled)?;
+        Ok((logits, ForwardCache { stem, stem_out: h0, blocks, last_dims, pooled }))
+    }
+
+    /// Inference mode (running statistics).
+    pub fn forward_eval(&self, b: &B, x: &T<B>) -> Result<Logits<B::Storage>, OpError> {
+        let mut h = b.max_pool2d_fwd(&self.stem.forward_eval(b, x)?, 3, 2, 1)?;
+        for block in self.stages.iter().flatten() {
+            h = block.forward_eval(b, &h)?;
+        }
+        self.head(b, &b.global_avg_pool_fwd(&h)?)
+    }
+
+    /// The gradient of every trainable tensor, in `trainable_mut()` order, from the
+    /// gradient of the loss w.r.t. the clip logits [B, 1].
+    pub fn backward(&self, b: &B, dclips: &T<B>, c: &ForwardCache<B>) -> Result<Vec<T<B>>, OpError> {
+        let dframes = b.temporal_mean_bwd(dclips, self.frames)?;
+        let fc = b.linear_bwd(&dframes, &c.pooled, &self.fc_w)?;
+        let mut dh = b.global_avg_pool_bwd(&fc.dx, c.last_dims)?;
+        // Blocks run backwards; their gradients are collected per block and put back in
+        // forward order at the end.
+        let mut per_block = Vec::with_capacity(c.blocks.len());
+        let blocks: Vec<&Block<B>> = self.stages.iter().flatten().collect();
+        for (block, cache) in blocks.into_iter().zip(&c.blocks).rev() {
+            let mut g = Vec::new();
+            dh = block.backward(b, &dh, cache, &mut g)?;
+            per_block.push(g);
+        }
+        let dstem = b.max_pool2d_bwd(&c.stem_out, &dh, 3, 2, 1)?;
+        let (_, gstem) = self.stem.backward(b, &dstem, &c.stem)?;
+        let mut grads: Vec<T<B>> = gstem.into_iter().collect();
+        grads.extend(per_block.into_iter().rev().flatten());
+        grads.push(fc.dw);
+        grads.push(fc.db);
+        Ok(grads)
+    }
+
+    /// Every tensor with its torchvision name, in state-dict order.
+    pub fn visit<'a>(&'a self, f: &mut dyn FnMut(String, &'a T<B>, ParamKind)) {
+        self.stem.visit("conv1", "bn1", f);
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (i, block) in stage.iter().enumerate() {
+                block.visit(&format!("layer{}.{i}.", s + 1), f);
+            }
+        }
+        f("fc.weight".into(), &self.fc_w, ParamKind::Trainable);
+        f("fc.bias".into(), &self.fc_b, ParamKind::Trainable);
+    }
+
+    pub fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(String, &'a mut T<B>, ParamKind)) {
+        self.stem.visit_mut("conv1", "bn1", f);
+        for (s, stage) in self.stages.iter_mut().enumerate() {
+            for (i, block) in stage.iter_mut().enumerate() {
+                block.visit_mut(&format!("layer{}.{i}.", s + 1), f);
+            }
+        }
+        f("fc.weight".into(), &mut self.fc_w, ParamKind::Trainable);
+        f("fc.bias".into(), &mut self.fc_b, ParamKind::Trainable);
+    }
+
+    /// (name, tensor, kind) of every tensor, in state-dict order.
+    pub fn named(&self) -> Vec<(String, &T<B>, ParamKind)> {
+        let mut out = Vec::new();
+        self.visit(&mut |n, t, k| out.push((n, t, k)));
+        out
+    }
+
+    pub fn named_mut(&mut self) -> Vec<(String, &mut T<B>, ParamKind)> {
+        let mut out = Vec::new();
+        self.visit_mut(&mut |n, t, k| out.push((n, t, k)));
+        out
+    }
+
+    /// The trainable tensors, in the order `backward` returns their gradients.
+    pub fn trainable_mut(&mut self) -> Vec<&mut T<B>> {
+        self.named_mut().into_iter().filter(|(_, _, k)| *k == ParamKind::Trainable).map(|(_, t, _)| t).collect()
+    }
+
+    /// The running statistics, in state-dict order.
+    pub fn buffers(&self) -> Vec<&T<B>> {
+        self.named().into_iter().filter(|(_, _, k)| *k == ParamKind::Buffer).map(|(_, t, _)| t).collect()
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.named().iter().filter(|(_, _, k)| *k == ParamKind::Trainable).map(|(_, t, _)| t.numel()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::config::Backbone;
+
+    #[test]
+    fn names_and_counts_follow_torchvision() {
+        let b = CpuBackend::default();
+        let net = ResNet::new(&b, ResNetSpec::of(Backbone::Resnet18), 2, 0).unwrap();
+        // torchvision resnet18 has 11,689,512 parameters with a 1000-way head; ours has a
+        // 1-way head: 11,689,512 − 512·999 − 999.
+        assert_eq!(net.parameter_count(), 11_689_512 - 512 * 999 - 999);
+        let names: Vec<String> = net.named().into_iter().map(|(n, _, _)| n).collect();
+        for n in ["conv1.weight", "bn1.running_var", "layer1.1.bn2.bias", "layer2.0.downsample.0.weight"] {
+            assert!(names.contains(&n.to_string()), "{n} missing");
+        }
+        assert_eq!(names.last().map(String::as_str), Some("fc.bias"));
+        let net50 = ResNet::new(&b, ResNetSpec::of(Backbone::Resnet50), 1, 0).unwrap();
+        assert_eq!(net50.parameter_count(), 25_557_032 - 2048 * 999 - 999);
+        assert!(net50.named().iter().any(|(n, _, _)| n == "layer4.2.conv3.weight"));
+    }
+
+    #[test]
+    fn train_and_eval_agree_on_the_head_and_grads_cover_every_trainable() {
+        let b = CpuBackend::default();
+        let mut net = ResNet::new(&b, ResNetSpec::of(Backbone::ResnetTiny), 2, 1).unwrap();
+        let mut rng = Rng::new(2);
+        let x = b.tensor(Shape::from([4, 32, 32, 3]), &rng.vec(4 * 32 * 32 * 3, -1.0, 1.0)).unwrap();
+        let (logits, cache) = net.forward_train(&b, &x).unwrap();
+        let clips = b.to_vec(&logits.clips).unwrap();
+        let frames = b.to_vec(&logits.frames).unwrap();
+        assert_eq!((clips.len(), frames.len()), (2, 4));
+        for c in 0..2 {
+            let mean = (frames[2 * c] + frames[2 * c + 1]) / 2.0;
+            assert!((clips[c] - mean).abs() < 1e-5, "clip logit is the mean of its frames");
+        }
+        let grads = net.backward(&b, &b.tensor(Shape::from([2, 1]), &[1.0, -1.0]).unwrap(), &cache).unwrap();
+        let shapes: Vec<Shape> = net.trainable_mut().iter().map(|t| t.shape().clone()).collect();
+        assert_eq!(grads.iter().map(|g| g.shape().clone()).collect::<Vec<_>>(), shapes);
+    }
+}
