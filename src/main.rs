@@ -130,6 +130,9 @@ struct EvalArgs {
     /// the checkpoint (.safetensors)
     #[argh(option)]
     checkpoint: PathBuf,
+    /// where to write per-video scores (default: beside the checkpoint, .test_scores.csv)
+    #[argh(option)]
+    csv: Option<PathBuf>,
 }
 
 /// Score video files with a trained checkpoint: probability of fake per clip.
@@ -142,6 +145,9 @@ struct PredictArgs {
     /// the videos to score
     #[argh(positional)]
     videos: Vec<PathBuf>,
+    /// machine-readable output
+    #[argh(switch)]
+    json: bool,
 }
 
 /// How a command failed, which decides the exit code: 2 for input the user must fix
@@ -155,12 +161,6 @@ impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
         Failure::Input(e.to_string())
     }
-}
-
-fn not_built(what: &str, issue_area: &str) -> Result<(), Failure> {
-    Err(Failure::Runtime(anyhow::anyhow!(
-        "`dfengine {what}` is not built yet ({issue_area}); nothing was done"
-    )))
 }
 
 fn load_config(file: Option<&Path>, overrides: &[Override]) -> Result<ResolvedConfig, Failure> {
@@ -455,9 +455,40 @@ fn require_file(path: &Path, what: &str) -> Result<(), Failure> {
 }
 
 fn eval(args: EvalArgs) -> Result<(), Failure> {
-    load_config(Some(&args.config), &[])?;
+    use dfengine::train::run::{evaluate, load_checkpoint_model};
+    let resolved = load_config(Some(&args.config), &[])?;
     require_file(&args.checkpoint, "checkpoint")?;
-    not_built("eval", "evaluation lands with the end-to-end training work")
+    let backend = compute_backend(&resolved.config)?;
+    let (trained, net) = load_checkpoint_model(&backend, &args.checkpoint).map_err(train_failure)?;
+    // The data comes from the config named here; the model and its input from the checkpoint.
+    let mut config = resolved.config;
+    config.model = trained.model.clone();
+    config.data.max_frames = trained.data.max_frames;
+    let splits = dfengine::train::data::splits(&config).map_err(|e| Failure::Input(e.to_string()))?;
+    let settings = dfengine::data::loader::LoaderSettings {
+        batch_size: config.dataloader.batch_size as usize,
+        num_workers: config.dataloader.num_workers as usize,
+        prefetch_factor: config.dataloader.prefetch_factor as usize,
+        input_size: config.model.input_size as usize,
+        seed: config.train.seed,
+        train: false,
+        max_bad_fraction: config.data.max_bad_fraction,
+    };
+    let mut micro = settings.batch_size;
+    let e = evaluate(&backend, &net, &splits.test, settings, &mut micro).map_err(train_failure)?;
+    let m = e.metrics;
+    println!(
+        "test ({} clips of {}): clip AUC {:.4}, frame AUC {:.4}, ACC {:.3}, EER {:.3}, log loss {:.4}",
+        m.clips, splits.description, m.clip_auc, m.frame_auc, m.acc, m.eer, m.log_loss
+    );
+    let csv = args.csv.unwrap_or_else(|| args.checkpoint.with_extension("test_scores.csv"));
+    let mut text = String::from("video,label,fake_probability\n");
+    for (name, label, p) in &e.scores {
+        text.push_str(&format!("\"{}\",{label},{p:.6}\n", name.replace('"', "\"\"")));
+    }
+    std::fs::write(&csv, text).map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e}", csv.display())))?;
+    println!("per-video scores: {}", csv.display());
+    Ok(())
 }
 
 fn predict(args: PredictArgs) -> Result<(), Failure> {
@@ -465,10 +496,120 @@ fn predict(args: PredictArgs) -> Result<(), Failure> {
     if args.videos.is_empty() {
         return Err(Failure::Input("predict: name at least one video file".to_string()));
     }
-    for video in &args.videos {
-        require_file(video, "video")?;
+    let backend = CpuBackend::default();
+    let (config, net) =
+        dfengine::train::run::load_checkpoint_model(&backend, &args.checkpoint).map_err(train_failure)?;
+    let results: Vec<serde_json::Value> =
+        args.videos.iter().map(|v| predict_one(&backend, &net, &config, v)).collect();
+    let failed = results.iter().filter(|r| r.get("error").is_some()).count();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results).map_err(|e| Failure::Runtime(e.into()))?);
+    } else {
+        for r in &results {
+            match r.get("error") {
+                Some(e) => println!("{}: error: {}", r["video"].as_str().unwrap_or("?"), e.as_str().unwrap_or("?")),
+                None => println!(
+                    "{}: fake probability {:.4} (frames: mean {:.4}, min {:.4}, max {:.4}, {} frames)",
+                    r["video"].as_str().unwrap_or("?"),
+                    r["fake_probability"].as_f64().unwrap_or(f64::NAN),
+                    r["frames"]["mean"].as_f64().unwrap_or(f64::NAN),
+                    r["frames"]["min"].as_f64().unwrap_or(f64::NAN),
+                    r["frames"]["max"].as_f64().unwrap_or(f64::NAN),
+                    r["frames"]["count"].as_u64().unwrap_or(0),
+                ),
+            }
+        }
     }
-    not_built("predict", "prediction lands with the end-to-end training work")
+    if failed > 0 {
+        return Err(Failure::Runtime(anyhow::anyhow!("{failed} of {} videos could not be scored", results.len())));
+    }
+    Ok(())
+}
+
+/// Scores one video: a JSON object with the probability and the frame scores, or the error.
+#[cfg(feature = "video")]
+fn predict_one(
+    b: &CpuBackend,
+    net: &dfengine::model::resnet::ResNet<CpuBackend>,
+    config: &config::Config,
+    video: &Path,
+) -> serde_json::Value {
+    use dfengine::data::cache::{ClipSettings, FrameCache};
+    use dfengine::data::faces::DEFAULT_SCALE;
+    use dfengine::data::loader::{Batch, ClipSource, LoaderSettings, clip_pixels};
+    use dfengine::data::manifest::{Label, Split, VideoEntry};
+    use dfengine::data::sources::VideoSource;
+    use dfengine::train::metrics::sigmoid;
+
+    let d = &config.data;
+    let settings = ClipSettings {
+        max_frames: d.max_frames as usize,
+        frame_size: d.frame_size as usize,
+        quality_threshold: d.quality_threshold,
+        face_scale: DEFAULT_SCALE,
+    };
+    let name = video.display().to_string();
+    let fail = |e: String| serde_json::json!({"video": name, "error": e});
+    let cache = match FrameCache::new(None, 0) {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(e) => return fail(e.to_string()),
+    };
+    // The label is unknown and unused: the source only decodes.
+    let entry = VideoEntry { path: video.to_path_buf(), label: Label::Real, split: Split::Test, group: name.clone() };
+    let source = VideoSource::new(vec![entry], cache, settings, 2);
+    let frames = match source.load(0) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let ls = LoaderSettings {
+        batch_size: 1,
+        num_workers: 1,
+        prefetch_factor: 1,
+        input_size: config.model.input_size as usize,
+        seed: 0,
+        train: false,
+        max_bad_fraction: 0.0,
+    };
+    let batch = Batch {
+        index: 0,
+        clips: vec![0],
+        frames_per_clip: frames.frames,
+        side: ls.input_size,
+        pixels: clip_pixels(&ls, &frames, 0, 0),
+        targets: vec![0.0],
+    };
+    let mut micro = 1;
+    match dfengine::train::step::infer(b, net, &batch, &mut micro) {
+        Ok((clip, frame)) => {
+            let probs: Vec<f64> = frame.iter().map(|&f| sigmoid(f as f64)).collect();
+            let mean = probs.iter().sum::<f64>() / probs.len().max(1) as f64;
+            serde_json::json!({
+                "video": name,
+                "fake_probability": sigmoid(clip[0] as f64),
+                "frames": {
+                    "count": probs.len(),
+                    "mean": mean,
+                    "min": probs.iter().copied().fold(f64::INFINITY, f64::min),
+                    "max": probs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    "scores": probs,
+                },
+            })
+        }
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+#[cfg(not(feature = "video"))]
+fn predict_one(
+    _: &CpuBackend,
+    _: &dfengine::model::resnet::ResNet<CpuBackend>,
+    _: &config::Config,
+    video: &Path,
+) -> serde_json::Value {
+    serde_json::json!({
+        "video": video.display().to_string(),
+        "error": "this dfengine was built without the `video` feature (FFmpeg): it cannot decode videos",
+    })
 }
 
 fn main() -> ExitCode {

@@ -103,6 +103,13 @@ fn clip_op(s: &LoaderSettings, frame_side: usize, epoch: u64, clip: usize) -> Fr
     }
 }
 
+/// The network input of one clip: its frames cropped, flipped and jittered as
+/// `clip_op` says for (epoch, clip), normalised, NHWC f32.
+pub fn clip_pixels(s: &LoaderSettings, f: &ClipFrames, epoch: u64, clip: usize) -> Vec<f32> {
+    let op = clip_op(s, f.side, epoch, clip);
+    preprocess(&f.data, f.side, f.side, &vec![op; f.frames], s.input_size, IMAGENET_MEAN, IMAGENET_STD)
+}
+
 /// One epoch's batches, produced in the background.
 pub struct EpochLoader {
     /// Dropped first on drop, so that workers blocked on a full channel wake and stop.
@@ -210,16 +217,7 @@ fn make_batch(
             ));
             continue;
         }
-        let op = clip_op(s, f.side, epoch, *c);
-        pixels.extend(preprocess(
-            &f.data,
-            f.side,
-            f.side,
-            &vec![op; f.frames],
-            side,
-            IMAGENET_MEAN,
-            IMAGENET_STD,
-        ));
+        pixels.extend(clip_pixels(s, f, epoch, *c));
         targets.push(source.target(*c));
         kept.push(*c);
     }

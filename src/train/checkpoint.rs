@@ -29,6 +29,22 @@ pub struct Progress {
     pub step: u64,
     pub best_epoch: Option<u32>,
     pub best_val_auc: Option<f64>,
+    /// Breaks ties in AUC (a separable val split gives AUC 1 at every later epoch).
+    #[serde(default)]
+    pub best_val_log_loss: Option<f64>,
+}
+
+impl Progress {
+    /// Whether `m` beats the best validation so far: higher clip AUC, or the same AUC
+    /// with a lower log loss.
+    pub fn improves_on_best(&self, m: &crate::train::metrics::Metrics) -> bool {
+        match (self.best_val_auc, self.best_val_log_loss) {
+            (None, _) => true,
+            (Some(auc), loss) => {
+                m.clip_auc > auc || (m.clip_auc == auc && loss.is_none_or(|l| m.log_loss < l))
+            }
+        }
+    }
 }
 
 pub fn save<B: Backend>(

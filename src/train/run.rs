@@ -110,6 +110,16 @@ pub fn evaluate<B: Backend>(
     Ok(Evaluation { metrics: Metrics::compute(&clip_p, &clip_l, &frame_p, &frame_l), scores })
 }
 
+/// The network a checkpoint holds, built from the config stored in it.
+pub fn load_checkpoint_model<B: Backend>(b: &B, path: &Path) -> Result<(Config, ResNet<B>), TrainError> {
+    let file = TensorFile::read(path)?;
+    let config = checkpoint::config_of(&file)?;
+    let spec = ResNetSpec::of(config.model.backbone);
+    let mut net = ResNet::new(b, spec, config.data.max_frames as usize, 0)?;
+    checkpoint::load_model(b, &mut net, &file)?;
+    Ok((config, net))
+}
+
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -365,9 +375,10 @@ impl<B: Backend> Trainer<B> {
             write_record(&mut metrics, &Record::Val { epoch, step: self.progress.step, train_loss, metrics: m }, &metrics_path)?;
             self.progress.epoch = epoch + 1;
             self.progress.batch = 0;
-            let improved = self.progress.best_val_auc.is_none_or(|best| m.clip_auc > best);
+            let improved = self.progress.improves_on_best(&m);
             if improved {
                 self.progress.best_val_auc = Some(m.clip_auc);
+                self.progress.best_val_log_loss = Some(m.log_loss);
                 self.progress.best_epoch = Some(epoch + 1);
                 best_val = Some(m);
                 self.save("best.safetensors")?;
