@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use argh::FromArgs;
-use dfengine::backend::cuda::{GpuProbe, probe};
-use dfengine::config::{self, ConfigError, Override, ResolvedConfig};
 use dfengine::backend::cpu::CpuBackend;
+use dfengine::backend::cuda::{GpuProbe, probe};
 use dfengine::backend::ops::Backend;
+use dfengine::config::{self, ConfigError, Override, ResolvedConfig};
 use dfengine::data::synth::SynthParams;
 use dfengine::train::run::{RunOptions, TrainError, Trainer};
 
@@ -55,6 +55,9 @@ struct TrainArgs {
     /// no progress bar (for logs)
     #[argh(switch)]
     quiet: bool,
+    /// stop after this many optimizer steps with a checkpoint, as Ctrl-C does
+    #[argh(option)]
+    max_steps: Option<u64>,
 }
 
 /// Report GPU and host memory, pool statistics, suggestions and kernel throughput.
@@ -201,7 +204,7 @@ fn train(args: TrainArgs) -> Result<(), Failure> {
     let source = dfengine::memory::monitor::SystemSource::new(Some(config.gpu.device));
     let mut mm = dfengine::memory::manager::MemoryManager::start(&config, Box::new(source), Some(&run_dir))
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e}", run_dir.display())))?;
-    let opts = RunOptions { resume: args.resume, quiet: args.quiet };
+    let opts = RunOptions { resume: args.resume, quiet: args.quiet, max_steps: args.max_steps };
     let mut trainer = Trainer::new(backend, config, splits, opts).map_err(train_failure)?;
     dfengine::train::run::install_interrupt_handler();
     let summary = trainer.run(&mut mm).map_err(train_failure)?;
@@ -252,7 +255,10 @@ fn print_summary(s: &dfengine::train::run::Summary, run_dir: &Path) {
         s.governor_actions.len(),
         s.skipped_steps
     );
-    println!("run folder {} (summary.json, metrics.jsonl, best.safetensors, last.safetensors)", run_dir.display());
+    println!(
+        "run folder {} (summary.json, metrics.jsonl, best.safetensors, last.safetensors)",
+        run_dir.display()
+    );
 }
 
 fn backend_line(probe: &GpuProbe) -> String {
@@ -507,7 +513,9 @@ fn predict(args: PredictArgs) -> Result<(), Failure> {
     } else {
         for r in &results {
             match r.get("error") {
-                Some(e) => println!("{}: error: {}", r["video"].as_str().unwrap_or("?"), e.as_str().unwrap_or("?")),
+                Some(e) => {
+                    println!("{}: error: {}", r["video"].as_str().unwrap_or("?"), e.as_str().unwrap_or("?"))
+                }
                 None => println!(
                     "{}: fake probability {:.4} (frames: mean {:.4}, min {:.4}, max {:.4}, {} frames)",
                     r["video"].as_str().unwrap_or("?"),
@@ -521,7 +529,10 @@ fn predict(args: PredictArgs) -> Result<(), Failure> {
         }
     }
     if failed > 0 {
-        return Err(Failure::Runtime(anyhow::anyhow!("{failed} of {} videos could not be scored", results.len())));
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{failed} of {} videos could not be scored",
+            results.len()
+        )));
     }
     Ok(())
 }
@@ -555,7 +566,8 @@ fn predict_one(
         Err(e) => return fail(e.to_string()),
     };
     // The label is unknown and unused: the source only decodes.
-    let entry = VideoEntry { path: video.to_path_buf(), label: Label::Real, split: Split::Test, group: name.clone() };
+    let entry =
+        VideoEntry { path: video.to_path_buf(), label: Label::Real, split: Split::Test, group: name.clone() };
     let source = VideoSource::new(vec![entry], cache, settings, 2);
     let frames = match source.load(0) {
         Ok(f) => f,

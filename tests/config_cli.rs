@@ -175,21 +175,15 @@ fn library_load_tracks_sources() {
 }
 
 #[test]
-fn commands_not_built_yet_say_so_and_fail() {
+fn eval_and_predict_refuse_a_file_that_is_not_a_checkpoint() {
     let demo = repo("configs/quick_demo.toml");
     let demo = demo.to_str().unwrap();
-    // eval and predict check that their files exist before saying so: any file will do.
-    let any_file = demo;
-    for args in [
-        vec!["train", demo],
-        vec!["eval", demo, "--checkpoint", any_file],
-        vec!["predict", "--checkpoint", any_file, any_file],
-    ] {
+    for args in [vec!["eval", demo, "--checkpoint", demo], vec!["predict", "--checkpoint", demo, demo]] {
         let out = dfengine(&args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.contains("is not built yet"), "{args:?}: {err}");
-        assert!(out.stdout.is_empty(), "{args:?} printed output for work it did not do");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("quick_demo.toml") && err.contains("not a safetensors file"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} printed results for work it did not do");
     }
 }
 

@@ -12,11 +12,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
-use common::resnet::{BasicBlock, ConvBn, ConvBnGrads};
 use common::{Rng, assert_close};
 use dfengine::backend::cpu::{CpuBackend, CpuTensor};
 use dfengine::backend::ops::Backend;
 use dfengine::backend::params::{AdamWParams, BatchNormParams, BceParams};
+use dfengine::model::arch::BlockKind;
+use dfengine::model::resnet::{Block, ConvBn, ParamKind};
 use dfengine::tensor::Shape;
 use safetensors::{Dtype, SafeTensors};
 
@@ -247,37 +248,34 @@ fn basic_block_matches_torch() {
     // tenfold margin (worst: grad.conv1.weight, |diff| 5.7e-6 on values up to 26), so
     // the block gets no extra slack.
     let b = CpuBackend::default();
-    let mut block = BasicBlock::new(&b, &mut Rng::new(0), 4, 8, 2);
-    load_conv_bn(&mut block.c1, "conv1", "bn1");
-    load_conv_bn(&mut block.c2, "conv2", "bn2");
+    let mut block = Block::new(&b, &mut Rng::new(0), BlockKind::Basic, 4, 8, 2).unwrap();
+    load_conv_bn(&mut block.convs[0], "conv1", "bn1");
+    load_conv_bn(&mut block.convs[1], "conv2", "bn2");
     let down = block.down.as_mut().expect("4 → 8 channels at stride 2 needs a shortcut");
     load_conv_bn(down, "downsample.0", "downsample.1");
 
-    let (y, cache) = block.forward(&b, &tensor("block.x")).unwrap();
+    let (y, cache) = block.forward_train(&b, &tensor("block.x")).unwrap();
     assert_matches(&y, "block.y", ATOL, RTOL);
     let mut compared = BTreeSet::new();
-    for (name, t) in block.named().into_iter().filter(|(name, _)| name.contains("running_")) {
+    let mut names = Vec::new();
+    block.visit("", &mut |name, t, kind| names.push((name, t.clone(), kind)));
+    for (name, t, _) in names.iter().filter(|(name, _, _)| name.contains("running_")) {
         let key = format!("block.after.{name}");
         assert_matches(t, &key, ATOL, RTOL);
         compared.insert(key);
     }
     assert_eq!(compared, keys_under("block.after."), "running statistics compared vs stored");
 
-    let (dx, grads) = block.backward(&b, &tensor("block.dy"), &cache).unwrap();
+    let mut grads = Vec::new();
+    let dx = block.backward(&b, &tensor("block.dy"), &cache, &mut grads).unwrap();
     assert_matches(&dx, "block.dx", ATOL, RTOL);
-    let down = grads.down.as_ref().expect("the shortcut's gradients");
-    let layers: [(&str, &str, &ConvBnGrads<CpuBackend>); 3] =
-        [("conv1", "bn1", &grads.c1), ("conv2", "bn2", &grads.c2), ("downsample.0", "downsample.1", down)];
+    // The gradients come in visiting order, one per trainable tensor.
+    let trainable = names.iter().filter(|(_, _, k)| *k == ParamKind::Trainable);
     let mut compared = BTreeSet::new();
-    for (conv, bn, g) in layers {
-        for (t, key) in [
-            (&g.dw, format!("block.grad.{conv}.weight")),
-            (&g.dgamma, format!("block.grad.{bn}.weight")),
-            (&g.dbeta, format!("block.grad.{bn}.bias")),
-        ] {
-            assert_matches(t, &key, ATOL, RTOL);
-            compared.insert(key);
-        }
+    for ((name, _, _), g) in trainable.zip(&grads) {
+        let key = format!("block.grad.{name}");
+        assert_matches(g, &key, ATOL, RTOL);
+        compared.insert(key);
     }
     assert_eq!(compared, keys_under("block.grad."), "gradients compared vs stored");
 }

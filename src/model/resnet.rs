@@ -93,7 +93,14 @@ impl<B: Backend> ConvBn<B> {
 
     pub fn forward_eval(&self, b: &B, x: &T<B>) -> Result<T<B>, OpError> {
         let z = b.conv2d_fwd(x, &self.w, [self.stride; 2], [self.pad; 2])?;
-        b.batch_norm_fwd_eval(&z, &self.gamma, &self.beta, &self.running_mean, &self.running_var, &self.bn_params())
+        b.batch_norm_fwd_eval(
+            &z,
+            &self.gamma,
+            &self.beta,
+            &self.running_mean,
+            &self.running_var,
+            &self.bn_params(),
+        )
     }
 
     /// The input gradient and [dw, dγ, dβ].
@@ -204,7 +211,13 @@ impl<B: Backend> Block<B> {
 
     /// The input gradient; the block's parameter gradients are appended to `grads` in
     /// visiting order.
-    pub fn backward(&self, b: &B, dy: &T<B>, c: &BlockCache<B>, grads: &mut Vec<T<B>>) -> Result<T<B>, OpError> {
+    pub fn backward(
+        &self,
+        b: &B,
+        dy: &T<B>,
+        c: &BlockCache<B>,
+        grads: &mut Vec<T<B>>,
+    ) -> Result<T<B>, OpError> {
         let dsum = b.relu_bwd(dy, &c.out)?;
         let mut per_conv = Vec::with_capacity(self.convs.len());
         let mut dh = dsum.clone();
@@ -230,7 +243,9 @@ impl<B: Backend> Block<B> {
         Ok(dx)
     }
 
-    fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a T<B>, ParamKind)) {
+    /// Visits every tensor of the block under `prefix` (e.g. `layer1.0.`), in
+    /// torchvision's order.
+    pub fn visit<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(String, &'a T<B>, ParamKind)) {
         for (i, conv) in self.convs.iter().enumerate() {
             conv.visit(&format!("{prefix}conv{}", i + 1), &format!("{prefix}bn{}", i + 1), f);
         }
@@ -309,7 +324,11 @@ impl<B: Backend> ResNet<B> {
 
     /// Training mode (batch statistics, running statistics updated) on frames
     /// `x` [B·T, H, W, 3].
-    pub fn forward_train(&mut self, b: &B, x: &T<B>) -> Result<(Logits<B::Storage>, ForwardCache<B>), OpError> {
+    pub fn forward_train(
+        &mut self,
+        b: &B,
+        x: &T<B>,
+    ) -> Result<(Logits<B::Storage>, ForwardCache<B>), OpError> {
         let (h0, stem) = self.stem.forward_train(b, x)?;
         let mut h = b.max_pool2d_fwd(&h0, 3, 2, 1)?;
         let mut blocks = Vec::new();
@@ -395,7 +414,11 @@ impl<B: Backend> ResNet<B> {
 
     /// The trainable tensors, in the order `backward` returns their gradients.
     pub fn trainable_mut(&mut self) -> Vec<&mut T<B>> {
-        self.named_mut().into_iter().filter(|(_, _, k)| *k == ParamKind::Trainable).map(|(_, t, _)| t).collect()
+        self.named_mut()
+            .into_iter()
+            .filter(|(_, _, k)| *k == ParamKind::Trainable)
+            .map(|(_, t, _)| t)
+            .collect()
     }
 
     /// The running statistics, in state-dict order.

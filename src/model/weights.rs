@@ -114,7 +114,8 @@ impl TensorFile {
     pub fn read(path: &Path) -> Result<Self, WeightsError> {
         let file_err = |detail: String| WeightsError::File { path: path.to_path_buf(), detail };
         let buf = fs::read(path).map_err(|e| file_err(e.to_string()))?;
-        let st = SafeTensors::deserialize(&buf).map_err(|e| file_err(format!("not a safetensors file: {e}")))?;
+        let st =
+            SafeTensors::deserialize(&buf).map_err(|e| file_err(format!("not a safetensors file: {e}")))?;
         let (_, header) =
             SafeTensors::read_metadata(&buf).map_err(|e| file_err(format!("not a safetensors file: {e}")))?;
         let mut tensors = BTreeMap::new();
@@ -126,7 +127,11 @@ impl TensorFile {
             })?;
             tensors.insert(name.to_string(), HostTensor { dims: view.shape().to_vec(), data });
         }
-        Ok(TensorFile { path: path.to_path_buf(), tensors, metadata: header.metadata().clone().unwrap_or_default() })
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            tensors,
+            metadata: header.metadata().clone().unwrap_or_default(),
+        })
     }
 
     /// The tensor `name` in dfengine's layout, checked against `dims` (dfengine's).
@@ -141,7 +146,11 @@ impl TensorFile {
             return Err(WeightsError::Tensor {
                 path: self.path.clone(),
                 name: name.into(),
-                detail: format!("shape {:?} (PyTorch layout) where the model needs {:?}", t.dims, torch_dims(dims)),
+                detail: format!(
+                    "shape {:?} (PyTorch layout) where the model needs {:?}",
+                    t.dims,
+                    torch_dims(dims)
+                ),
             });
         }
         Ok(ours)

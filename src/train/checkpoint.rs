@@ -115,8 +115,10 @@ pub fn load_all<B: Backend>(
         }
     }
     let parse = |key: &str| -> Result<serde_json::Value, WeightsError> {
-        serde_json::from_str(file.meta(key)?)
-            .map_err(|e| WeightsError::File { path: file.path.clone(), detail: format!("metadata `{key}`: {e}") })
+        serde_json::from_str(file.meta(key)?).map_err(|e| WeightsError::File {
+            path: file.path.clone(),
+            detail: format!("metadata `{key}`: {e}"),
+        })
     };
     let bad = |key: &str, e: serde_json::Error| WeightsError::File {
         path: file.path.clone(),

@@ -17,7 +17,12 @@ pub struct Metrics {
 
 impl Metrics {
     /// From clip probabilities and labels, and frame probabilities with their clip's label.
-    pub fn compute(clip_probs: &[f64], clip_labels: &[f64], frame_probs: &[f64], frame_labels: &[f64]) -> Self {
+    pub fn compute(
+        clip_probs: &[f64],
+        clip_labels: &[f64],
+        frame_probs: &[f64],
+        frame_labels: &[f64],
+    ) -> Self {
         Metrics {
             clip_auc: auc(clip_probs, clip_labels),
             frame_auc: auc(frame_probs, frame_labels),

@@ -53,8 +53,12 @@ impl<B: Backend> Optimizer<B> {
                     b.adamw_step(p, g, m, v, &hp, self.steps)?;
                 }
                 None => {
-                    let hp =
-                        SgdParams { lr, momentum: SGD_MOMENTUM, nesterov: false, weight_decay: self.weight_decay };
+                    let hp = SgdParams {
+                        lr,
+                        momentum: SGD_MOMENTUM,
+                        nesterov: false,
+                        weight_decay: self.weight_decay,
+                    };
                     b.sgd_step(p, g, m, &hp, self.steps == 1)?;
                 }
             }

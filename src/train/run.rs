@@ -72,6 +72,9 @@ pub struct RunOptions {
     pub resume: Option<PathBuf>,
     /// No progress bar (tests, logs).
     pub quiet: bool,
+    /// Stop after this many optimizer steps in total, as Ctrl-C does (checkpoint, no test
+    /// evaluation): for smoke runs and throughput measurements.
+    pub max_steps: Option<u64>,
 }
 
 /// The evaluation of one split: metrics and per-clip scores.
@@ -191,7 +194,11 @@ impl<B: Backend> Trainer<B> {
                 r.loaded,
                 file.path.display(),
                 if r.head_reinitialised { "; fc has another shape there: re-initialised" } else { "" },
-                if r.unused.is_empty() { String::new() } else { format!("; unused: {}", r.unused.join(", ")) }
+                if r.unused.is_empty() {
+                    String::new()
+                } else {
+                    format!("; unused: {}", r.unused.join(", "))
+                }
             );
         }
         let t = &config.train;
@@ -221,7 +228,9 @@ impl<B: Backend> Trainer<B> {
         if let Some(path) = trainer.opts.resume.clone() {
             let file = TensorFile::read(&path)?;
             let theirs = checkpoint::config_of(&file)?;
-            if theirs.model != trainer.config.model || theirs.data.max_frames != trainer.config.data.max_frames {
+            if theirs.model != trainer.config.model
+                || theirs.data.max_frames != trainer.config.data.max_frames
+            {
                 return Err(TrainError::Input(format!(
                     "{}: trained with [model] {:?} and max_frames {}, the config asks for {:?} and {}",
                     path.display(),
@@ -231,7 +240,8 @@ impl<B: Backend> Trainer<B> {
                     trainer.config.data.max_frames
                 )));
             }
-            let (scaler, progress) = checkpoint::load_all(&trainer.b, &mut trainer.net, &mut trainer.opt, &file)?;
+            let (scaler, progress) =
+                checkpoint::load_all(&trainer.b, &mut trainer.net, &mut trainer.opt, &file)?;
             trainer.scaler = scaler;
             trainer.progress = progress;
             eprintln!(
@@ -277,10 +287,15 @@ impl<B: Backend> Trainer<B> {
     pub fn run(&mut self, mm: &mut MemoryManager) -> Result<Summary, TrainError> {
         fs::create_dir_all(&self.run_dir).map_err(io_err(&self.run_dir))?;
         let config_copy = self.run_dir.join("config.toml");
-        fs::write(&config_copy, toml::to_string(&self.config).unwrap_or_default()).map_err(io_err(&config_copy))?;
+        fs::write(&config_copy, toml::to_string(&self.config).unwrap_or_default())
+            .map_err(io_err(&config_copy))?;
         let metrics_path = self.run_dir.join("metrics.jsonl");
         let mut metrics = BufWriter::new(
-            fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io_err(&metrics_path))?,
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(io_err(&metrics_path))?,
         );
         let epochs = self.config.train.epochs;
         let bce = BceParams::default();
@@ -291,7 +306,12 @@ impl<B: Backend> Trainer<B> {
         let started_epoch = self.progress.epoch;
         'epochs: for epoch in started_epoch..epochs {
             let first = if epoch == started_epoch { self.progress.batch } else { 0 };
-            let loader = EpochLoader::start_at(self.splits.train.clone(), self.loader_settings(true), epoch as u64, first);
+            let loader = EpochLoader::start_at(
+                self.splits.train.clone(),
+                self.loader_settings(true),
+                epoch as u64,
+                first,
+            );
             let bar = self.bar(loader.batches() as u64, epoch);
             bar.set_position(first as u64);
             let (mut loss_sum, mut loss_n) = (0.0, 0usize);
@@ -318,7 +338,12 @@ impl<B: Backend> Trainer<B> {
                     &settings,
                     |e| {
                         let plan = mm.governor().on_out_of_memory(step, &e.to_string()).ok()?;
-                        bar.suspend(|| eprintln!("governor: out of memory in step {step}, micro-batch now {}", plan.micro_batch));
+                        bar.suspend(|| {
+                            eprintln!(
+                                "governor: out of memory in step {step}, micro-batch now {}",
+                                plan.micro_batch
+                            )
+                        });
                         Some(plan)
                     },
                 )?;
@@ -354,11 +379,13 @@ impl<B: Backend> Trainer<B> {
                     self.config.gpu.vram_budget
                 ));
                 bar.inc(1);
-                if INTERRUPTED.load(Ordering::SeqCst) {
+                let at_limit = self.opts.max_steps.is_some_and(|m| self.progress.step >= m);
+                if INTERRUPTED.load(Ordering::SeqCst) || at_limit {
                     bar.abandon();
                     self.save("last.safetensors")?;
                     eprintln!(
-                        "interrupted: checkpoint {} written at epoch {}, batch {}; continue with --resume",
+                        "{}: checkpoint {} written at epoch {}, batch {}; continue with --resume",
+                        if at_limit { "step limit reached" } else { "interrupted" },
                         self.run_dir.join("last.safetensors").display(),
                         epoch + 1,
                         self.progress.batch
@@ -369,10 +396,15 @@ impl<B: Backend> Trainer<B> {
             }
             bar.finish_and_clear();
             let mut micro = mm.governor().plan().micro_batch as usize;
-            let val = evaluate(&self.b, &self.net, &self.splits.val, self.loader_settings(false), &mut micro)?;
+            let val =
+                evaluate(&self.b, &self.net, &self.splits.val, self.loader_settings(false), &mut micro)?;
             let train_loss = loss_sum / loss_n.max(1) as f64;
             let m = val.metrics;
-            write_record(&mut metrics, &Record::Val { epoch, step: self.progress.step, train_loss, metrics: m }, &metrics_path)?;
+            write_record(
+                &mut metrics,
+                &Record::Val { epoch, step: self.progress.step, train_loss, metrics: m },
+                &metrics_path,
+            )?;
             self.progress.epoch = epoch + 1;
             self.progress.batch = 0;
             let improved = self.progress.improves_on_best(&m);

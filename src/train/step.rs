@@ -48,7 +48,10 @@ pub fn batch_tensors<B: Backend>(
 
 /// The running statistics, to put back after a failed attempt.
 fn snapshot<B: Backend>(b: &B, net: &ResNet<B>) -> Result<Vec<HostTensor>, OpError> {
-    net.buffers().into_iter().map(|t| Ok(HostTensor { dims: t.dims().to_vec(), data: b.to_vec(t)? })).collect()
+    net.buffers()
+        .into_iter()
+        .map(|t| Ok(HostTensor { dims: t.dims().to_vec(), data: b.to_vec(t)? }))
+        .collect()
 }
 
 fn restore<B: Backend>(b: &B, net: &mut ResNet<B>, saved: &[HostTensor]) -> Result<(), OpError> {

@@ -2,38 +2,11 @@
 //! first mismatches, and a finite-difference gradient check.
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
-pub mod resnet;
-
 use dfengine::backend::cpu::{CpuBackend, CpuTensor};
 use dfengine::backend::ops::Backend;
 use dfengine::tensor::Shape;
 
-/// A small deterministic generator (SplitMix64): tests need reproducible data, not
-/// statistical quality.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [lo, hi).
-    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-    pub fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
+pub use dfengine::rng::Rng;
 
 pub fn cpu() -> CpuBackend {
     CpuBackend::default()
