@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::config::{Config, DatasetLayout};
 use crate::data::loader::ClipSource;
 use crate::data::loader::epoch_order;
-use crate::data::manifest::{self, ManifestError, Split};
+use crate::data::manifest::{ManifestError, Split};
 use crate::data::sources::SyntheticSource;
 use crate::data::synth::{ClipSpec, SynthParams, clip_set};
 
@@ -89,7 +89,7 @@ fn video_splits(config: &Config) -> Result<Splits, ManifestError> {
     use crate::data::faces::DEFAULT_SCALE;
     use crate::data::sources::VideoSource;
 
-    let m = manifest::load(&config.data)?;
+    let m = crate::data::manifest::load(&config.data)?;
     let d = &config.data;
     // The in-memory LRU takes what the config allows; the disk cache is the one
     // `dfengine prepare` fills.
