@@ -58,6 +58,10 @@ struct TrainArgs {
     /// stop after this many optimizer steps with a checkpoint, as Ctrl-C does
     #[argh(option)]
     max_steps: Option<u64>,
+    /// pick the largest micro-batch whose planned footprint fits the VRAM budget (same
+    /// effective batch); the first step confirms it, the governor's retry corrects it
+    #[argh(switch)]
+    auto_batch: bool,
 }
 
 /// Report GPU and host memory, pool statistics, suggestions and kernel throughput.
@@ -182,7 +186,10 @@ fn train(args: TrainArgs) -> Result<(), Failure> {
         print!("{}", resolved.annotated_toml());
         return Ok(());
     }
-    let config = resolved.config;
+    let mut config = resolved.config;
+    if args.auto_batch {
+        auto_batch(&mut config)?;
+    }
     let backend = compute_backend(&config)?;
     let splits = dfengine::train::data::splits(&config).map_err(|e| Failure::Input(e.to_string()))?;
     let run_dir = PathBuf::from(&config.train.out_dir);
@@ -201,6 +208,13 @@ fn train(args: TrainArgs) -> Result<(), Failure> {
         config.dataloader.batch_size,
         config.train.accumulation_steps,
     );
+    let planned = dfengine::memory::plan::plan_step(
+        &config,
+        config.dataloader.batch_size as u64,
+        config.data.max_frames as u64,
+        false,
+    );
+    eprintln!("planned step footprint (f32 on the CPU): {}", planned.describe());
     let source = dfengine::memory::monitor::SystemSource::new(Some(config.gpu.device));
     let mut mm = dfengine::memory::manager::MemoryManager::start(&config, Box::new(source), Some(&run_dir))
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e}", run_dir.display())))?;
@@ -209,6 +223,38 @@ fn train(args: TrainArgs) -> Result<(), Failure> {
     dfengine::train::run::install_interrupt_handler();
     let summary = trainer.run(&mut mm).map_err(train_failure)?;
     print_summary(&summary, trainer.run_dir());
+    Ok(())
+}
+
+/// `--auto-batch`: the largest micro-batch whose planned footprint fits the budget,
+/// searched by bisection on the plan, rounded down to a divisor of the effective batch so
+/// that the effective batch stays what the config says.
+fn auto_batch(config: &mut config::Config) -> Result<(), Failure> {
+    use dfengine::memory::plan::{largest_fitting, plan_step};
+    let config::VramBudget::Bytes(budget) = config.gpu.vram_budget else {
+        return Err(Failure::Input(
+            "--auto-batch needs a size to fit: set [gpu] vram_budget or pass --vram-budget".to_string(),
+        ));
+    };
+    let effective = config.dataloader.batch_size * config.train.accumulation_steps;
+    let frames = config.data.max_frames as u64;
+    let fits = |m: u64| plan_step(config, m, frames, false).total() <= budget;
+    let Some(largest) = largest_fitting(effective as u64, fits) else {
+        return Err(Failure::Input(format!(
+            "--auto-batch: even one clip needs {} planned, over the {} budget",
+            config::format_bytes(plan_step(config, 1, frames, false).total()),
+            config::format_bytes(budget)
+        )));
+    };
+    let micro = (1..=largest as u32).rev().find(|m| effective % m == 0).unwrap_or(1);
+    config.dataloader.batch_size = micro;
+    config.train.accumulation_steps = effective / micro;
+    eprintln!(
+        "auto-batch: micro-batch {micro} × {} accumulation steps (effective {effective}; planned {} of {})",
+        effective / micro,
+        config::format_bytes(plan_step(config, micro as u64, frames, false).total()),
+        config::format_bytes(budget)
+    );
     Ok(())
 }
 
