@@ -290,7 +290,10 @@ fn print_summary(s: &dfengine::train::run::Summary, run_dir: &Path) {
         ),
         None => "not evaluated".to_string(),
     };
-    println!("best epoch {:?}", s.best_epoch.unwrap_or(0));
+    match s.best_epoch {
+        Some(e) => println!("best epoch {e} of {}", s.epochs),
+        None => println!("stopped before the first validation"),
+    }
     println!("val   {}", fmt(&s.val));
     println!("test  {}", fmt(&s.test));
     println!(

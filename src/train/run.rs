@@ -290,10 +290,14 @@ impl<B: Backend> Trainer<B> {
         fs::write(&config_copy, toml::to_string(&self.config).unwrap_or_default())
             .map_err(io_err(&config_copy))?;
         let metrics_path = self.run_dir.join("metrics.jsonl");
+        // A resumed run continues its record; a fresh one starts its own.
+        let resumed = self.opts.resume.is_some();
         let mut metrics = BufWriter::new(
             fs::OpenOptions::new()
                 .create(true)
-                .append(true)
+                .append(resumed)
+                .write(true)
+                .truncate(!resumed)
                 .open(&metrics_path)
                 .map_err(io_err(&metrics_path))?,
         );
