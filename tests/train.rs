@@ -178,3 +178,36 @@ fn a_run_stopped_mid_epoch_resumes_with_the_same_batches_and_losses() {
     let (a, b) = (straight.test.unwrap(), resumed.test.unwrap());
     assert!((a.log_loss - b.log_loss).abs() < 1e-4, "test log loss {} vs {}", a.log_loss, b.log_loss);
 }
+
+#[test]
+fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dfengine"))
+        .args(["train", repo("configs/quick_demo.toml").to_str().unwrap(), "--quiet"])
+        .args(["--set", "train.epochs=200", "--set", &format!("train.out_dir=\"{}\"", run.display())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first recorded step, so that the handler is installed and a step ran.
+    let metrics = run.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| m.contains("\"step\"")) {
+        assert!(started.elapsed().as_secs() < 60, "no step recorded within a minute");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling a child process this test spawned.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status.code());
+    assert!(stderr.contains("interrupted: checkpoint"), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["interrupted"], true);
+    assert!(summary["steps"].as_u64().unwrap() < 200 * 40, "the run stopped early");
+    let ckpt = dfengine::model::weights::TensorFile::read(&run.join("last.safetensors")).unwrap();
+    let progress: serde_json::Value = serde_json::from_str(ckpt.meta("progress").unwrap()).unwrap();
+    assert_eq!(progress["step"], summary["steps"], "the checkpoint holds the last finished step");
+}
