@@ -183,7 +183,7 @@ fn a_run_stopped_mid_epoch_resumes_with_the_same_batches_and_losses() {
 fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dfengine"))
+    let child = Command::new(env!("CARGO_BIN_EXE_dfengine"))
         .args(["train", repo("configs/quick_demo.toml").to_str().unwrap(), "--quiet"])
         .args(["--set", "train.epochs=200", "--set", &format!("train.out_dir=\"{}\"", run.display())])
         .stdout(std::process::Stdio::piped())
