@@ -520,16 +520,8 @@ fn eval(args: EvalArgs) -> Result<(), Failure> {
     config.model = trained.model.clone();
     config.data.max_frames = trained.data.max_frames;
     let splits = dfengine::train::data::splits(&config).map_err(|e| Failure::Input(e.to_string()))?;
-    let settings = dfengine::data::loader::LoaderSettings {
-        batch_size: config.dataloader.batch_size as usize,
-        num_workers: config.dataloader.num_workers as usize,
-        prefetch_factor: config.dataloader.prefetch_factor as usize,
-        input_size: config.model.input_size as usize,
-        seed: config.train.seed,
-        train: false,
-        max_bad_fraction: config.data.max_bad_fraction,
-    };
-    let mut micro = settings.batch_size;
+    let settings = dfengine::train::run::loader_settings(&config, false);
+    let mut micro = config.dataloader.batch_size as usize;
     let e = evaluate(&backend, &net, &splits.test, settings, &mut micro).map_err(train_failure)?;
     let m = e.metrics;
     println!(

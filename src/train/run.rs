@@ -264,16 +264,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     fn loader_settings(&self, train: bool) -> LoaderSettings {
-        let c = &self.config;
-        LoaderSettings {
-            batch_size: (c.dataloader.batch_size * c.train.accumulation_steps) as usize,
-            num_workers: c.dataloader.num_workers as usize,
-            prefetch_factor: c.dataloader.prefetch_factor as usize,
-            input_size: c.model.input_size as usize,
-            seed: c.train.seed,
-            train,
-            max_bad_fraction: c.data.max_bad_fraction,
-        }
+        loader_settings(&self.config, train)
     }
 
     fn save(&self, name: &str) -> Result<(), TrainError> {
@@ -485,6 +476,20 @@ impl<B: Backend> Trainer<B> {
 fn write_record(out: &mut BufWriter<File>, r: &Record, path: &Path) -> Result<(), TrainError> {
     serde_json::to_writer(&mut *out, r).expect("plain data serialises");
     out.write_all(b"\n").and_then(|_| out.flush()).map_err(io_err(path))
+}
+
+/// The loader of a run: batches of the effective batch size (the step splits them into
+/// micro-batches), augmentation and shuffling when `train`.
+pub fn loader_settings(c: &Config, train: bool) -> LoaderSettings {
+    LoaderSettings {
+        batch_size: (c.dataloader.batch_size * c.train.accumulation_steps) as usize,
+        num_workers: c.dataloader.num_workers as usize,
+        prefetch_factor: c.dataloader.prefetch_factor as usize,
+        input_size: c.model.input_size as usize,
+        seed: c.train.seed,
+        train,
+        max_bad_fraction: c.data.max_bad_fraction,
+    }
 }
 
 fn steps_per_epoch(train_clips: usize, config: &Config) -> u64 {
