@@ -434,7 +434,6 @@ fn fill_cache(
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use dfengine::data::cache::{ClipSettings, FrameCache};
-    use dfengine::data::faces::DEFAULT_SCALE;
     use dfengine::data::loader::ClipSource;
     use dfengine::data::sources::VideoSource;
     use rayon::prelude::*;
@@ -444,12 +443,7 @@ fn fill_cache(
     let cache = Arc::new(
         FrameCache::new(Some(&dir), 0).map_err(|e| Failure::Input(format!("{}: {e}", dir.display())))?,
     );
-    let settings = ClipSettings {
-        max_frames: d.max_frames as usize,
-        frame_size: d.frame_size as usize,
-        quality_threshold: d.quality_threshold,
-        face_scale: DEFAULT_SCALE,
-    };
+    let settings = ClipSettings::from_config(d);
     let per_video = settings.max_frames * settings.frame_size * settings.frame_size * 3;
     let total = entries.len();
     println!(
@@ -587,19 +581,13 @@ fn predict_one(
     video: &Path,
 ) -> serde_json::Value {
     use dfengine::data::cache::{ClipSettings, FrameCache};
-    use dfengine::data::faces::DEFAULT_SCALE;
     use dfengine::data::loader::{Batch, ClipSource, LoaderSettings, clip_pixels};
     use dfengine::data::manifest::{Label, Split, VideoEntry};
     use dfengine::data::sources::VideoSource;
     use dfengine::train::metrics::sigmoid;
 
     let d = &config.data;
-    let settings = ClipSettings {
-        max_frames: d.max_frames as usize,
-        frame_size: d.frame_size as usize,
-        quality_threshold: d.quality_threshold,
-        face_scale: DEFAULT_SCALE,
-    };
+    let settings = ClipSettings::from_config(d);
     let name = video.display().to_string();
     let fail = |e: String| serde_json::json!({"video": name, "error": e});
     let cache = match FrameCache::new(None, 0) {

@@ -25,6 +25,18 @@ pub struct ClipSettings {
     pub face_scale: f64,
 }
 
+impl ClipSettings {
+    /// What `[data]` asks for, faces cropped at the default scale.
+    pub fn from_config(d: &crate::config::DataConfig) -> Self {
+        ClipSettings {
+            max_frames: d.max_frames as usize,
+            frame_size: d.frame_size as usize,
+            quality_threshold: d.quality_threshold,
+            face_scale: super::faces::DEFAULT_SCALE,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
     pub memory_hits: u64,

@@ -86,7 +86,6 @@ pub fn synthetic_splits(config: &Config) -> Splits {
 #[cfg(feature = "video")]
 fn video_splits(config: &Config) -> Result<Splits, ManifestError> {
     use crate::data::cache::{ClipSettings, FrameCache};
-    use crate::data::faces::DEFAULT_SCALE;
     use crate::data::sources::VideoSource;
 
     let m = crate::data::manifest::load(&config.data)?;
@@ -99,12 +98,7 @@ fn video_splits(config: &Config) -> Result<Splits, ManifestError> {
         path: dir.clone().unwrap_or_default(),
         problem: format!("frame cache: {e}"),
     })?);
-    let settings = ClipSettings {
-        max_frames: d.max_frames as usize,
-        frame_size: d.frame_size as usize,
-        quality_threshold: d.quality_threshold,
-        face_scale: DEFAULT_SCALE,
-    };
+    let settings = ClipSettings::from_config(d);
     let pick = |split: Split| -> Arc<dyn ClipSource> {
         let entries = m.split(split).cloned().collect();
         Arc::new(VideoSource::new(entries, cache.clone(), settings, 1))
