@@ -50,15 +50,23 @@ fn step_losses(run: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// `dfengine train` on the quick demo for `epochs` epochs into `run`, without a progress bar.
+fn train_command(run: &Path, epochs: u32) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfengine"));
+    cmd.args(["train", repo("configs/quick_demo.toml").to_str().unwrap(), "--quiet"]).args([
+        "--set",
+        &format!("train.epochs={epochs}"),
+        "--set",
+        &format!("train.out_dir=\"{}\"", run.display()),
+    ]);
+    cmd
+}
+
 #[test]
 fn shortened_quick_demo_learns_and_eval_reads_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_dfengine"))
-        .args(["train", repo("configs/quick_demo.toml").to_str().unwrap(), "--quiet"])
-        .args(["--set", "train.epochs=2", "--set", &format!("train.out_dir=\"{}\"", run.display())])
-        .output()
-        .unwrap();
+    let out = train_command(&run, 2).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "train failed: {stderr}");
     let summary: serde_json::Value =
@@ -183,9 +191,7 @@ fn a_run_stopped_mid_epoch_resumes_with_the_same_batches_and_losses() {
 fn ctrl_c_finishes_the_step_writes_a_checkpoint_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let child = Command::new(env!("CARGO_BIN_EXE_dfengine"))
-        .args(["train", repo("configs/quick_demo.toml").to_str().unwrap(), "--quiet"])
-        .args(["--set", "train.epochs=200", "--set", &format!("train.out_dir=\"{}\"", run.display())])
+    let child = train_command(&run, 200)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

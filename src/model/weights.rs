@@ -36,40 +36,38 @@ pub enum WeightsError {
     Op(#[from] OpError),
 }
 
-/// KRSC → KCRS for rank-4 tensors; others unchanged.
-pub fn to_torch_layout(dims: &[usize], data: &[f32]) -> HostTensor {
-    if let &[k, r, s, c] = dims {
-        let mut out = vec![0.0; data.len()];
-        for ki in 0..k {
-            for ri in 0..r {
-                for si in 0..s {
-                    for ci in 0..c {
-                        out[((ki * c + ci) * r + ri) * s + si] = data[((ki * r + ri) * s + si) * c + ci];
-                    }
+/// A rank-4 tensor transposed so that output axis `a` is input axis `axes[a]`.
+fn transpose4(dims: [usize; 4], data: &[f32], axes: [usize; 4]) -> HostTensor {
+    let strides = [dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1];
+    let out_dims = axes.map(|a| dims[a]);
+    let mut out = Vec::with_capacity(data.len());
+    for i0 in 0..out_dims[0] {
+        for i1 in 0..out_dims[1] {
+            for i2 in 0..out_dims[2] {
+                for i3 in 0..out_dims[3] {
+                    let at = [i0, i1, i2, i3];
+                    out.push(data[(0..4).map(|a| at[a] * strides[axes[a]]).sum::<usize>()]);
                 }
             }
         }
-        return HostTensor { dims: vec![k, c, r, s], data: out };
     }
-    HostTensor { dims: dims.to_vec(), data: data.to_vec() }
+    HostTensor { dims: out_dims.to_vec(), data: out }
+}
+
+/// KRSC → KCRS for rank-4 tensors; others unchanged.
+pub fn to_torch_layout(dims: &[usize], data: &[f32]) -> HostTensor {
+    match dims {
+        &[k, r, s, c] => transpose4([k, r, s, c], data, [0, 3, 1, 2]),
+        _ => HostTensor { dims: dims.to_vec(), data: data.to_vec() },
+    }
 }
 
 /// KCRS → KRSC for rank-4 tensors; others unchanged.
 pub fn from_torch_layout(t: &HostTensor) -> HostTensor {
-    if let &[k, c, r, s] = t.dims.as_slice() {
-        let mut out = vec![0.0; t.data.len()];
-        for ki in 0..k {
-            for ci in 0..c {
-                for ri in 0..r {
-                    for si in 0..s {
-                        out[((ki * r + ri) * s + si) * c + ci] = t.data[((ki * c + ci) * r + ri) * s + si];
-                    }
-                }
-            }
-        }
-        return HostTensor { dims: vec![k, r, s, c], data: out };
+    match t.dims.as_slice() {
+        &[k, c, r, s] => transpose4([k, c, r, s], &t.data, [0, 2, 3, 1]),
+        _ => t.clone(),
     }
-    t.clone()
 }
 
 /// Writes `tensors` (PyTorch layout) and `metadata` to `path` atomically: a temporary file
