@@ -5,7 +5,9 @@
 mod common;
 
 use common::assert_close;
-use dfengine::backend::cpu::preprocess::{FrameOp, IMAGENET_MEAN, IMAGENET_STD, Rect, preprocess};
+use dfengine::backend::cpu::preprocess::{
+    FrameOp, IMAGENET_MEAN, IMAGENET_STD, Rect, preprocess, preprocess_yuv420, yuv_to_rgb, yuv420_len,
+};
 
 fn frame(h: usize, w: usize, f: impl Fn(usize, usize, usize) -> u8) -> Vec<u8> {
     let mut out = Vec::with_capacity(h * w * 3);
@@ -92,11 +94,96 @@ fn several_frames_keep_their_own_ops() {
     assert!(out[..27].iter().all(|&v| v == 0.0) && out[27..].iter().all(|&v| v == 1.0));
 }
 
-/// The kernel `preprocess_u8_f16` against this CPU twin on frames with odd sizes, crops,
-/// flips and jitter: equal to f16 rounding. Skips with the reason without a GPU.
-#[cfg(feature = "cuda")]
+/// RGB frames → I420 by BT.601 limited range (the inverse of `yuv_to_rgb`), chroma
+/// averaged over each 2×2 block (the edge blocks of odd sizes over what they hold).
+fn to_i420(rgb: &[u8], h: usize, w: usize) -> Vec<u8> {
+    let px = |y: usize, x: usize| {
+        let p = &rgb[(y * w + x) * 3..(y * w + x) * 3 + 3];
+        (p[0] as f32, p[1] as f32, p[2] as f32)
+    };
+    let mut out: Vec<u8> = (0..h * w)
+        .map(|i| {
+            let (r, g, b) = px(i / w, i % w);
+            (16.0 + (65.738 * r + 129.057 * g + 25.064 * b) / 256.0).round() as u8
+        })
+        .collect();
+    let (ch, cw) = (h.div_ceil(2), w.div_ceil(2));
+    for plane in 0..2 {
+        for cy in 0..ch {
+            for cx in 0..cw {
+                let block: Vec<(usize, usize)> = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                    .iter()
+                    .map(|(dy, dx)| (2 * cy + dy, 2 * cx + dx))
+                    .filter(|&(y, x)| y < h && x < w)
+                    .collect();
+                let mean = block
+                    .iter()
+                    .map(|&(y, x)| {
+                        let (r, g, b) = px(y, x);
+                        if plane == 0 {
+                            -37.945 * r - 74.494 * g + 112.439 * b
+                        } else {
+                            112.439 * r - 94.154 * g - 18.285 * b
+                        }
+                    })
+                    .sum::<f32>()
+                    / block.len() as f32;
+                out.push((128.0 + mean / 256.0).round() as u8);
+            }
+        }
+    }
+    assert_eq!(out.len(), yuv420_len(h, w));
+    out
+}
+
 #[test]
-fn preprocess_u8_f16_matches_cpu() {
+fn yuv420_of_a_flat_colour_is_that_colour() {
+    let (h, w, side) = (6, 10, 4);
+    let mut src = vec![81u8; h * w];
+    src.extend(vec![90u8; 3 * 5]);
+    src.extend(vec![240u8; 3 * 5]);
+    let got =
+        preprocess_yuv420(&src, h, w, &[op(Rect { y0: 1, x0: 2, h: 4, w: 7 })], side, [0.0; 3], [1.0; 3]);
+    let rgb = yuv_to_rgb(81.0, 90.0, 240.0);
+    // BT.601 limited range: (81, 90, 240) is pure red, as FFmpeg converts it.
+    assert!(rgb[0] > 250.0 && rgb[1] < 5.0 && rgb[2] < 5.0, "{rgb:?}");
+    let want: Vec<f32> = (0..side * side).flat_map(|_| rgb.map(|c| c / 255.0)).collect();
+    assert_close("flat I420 frame", &got, &want, 1e-6, 0.0);
+}
+
+#[test]
+fn yuv420_input_matches_the_rgb_path_on_the_same_picture() {
+    // A smooth picture with odd sizes, through I420 and through RGB: the same up to the
+    // 8-bit rounding of the YUV values and the chroma subsampling.
+    let (h, w, side) = (41, 57, 24);
+    let rgb = frame(h, w, |y, x, c| {
+        let v = match c {
+            0 => 60.0 + 120.0 * (x as f32 / w as f32),
+            1 => 200.0 - 100.0 * (y as f32 / h as f32),
+            _ => 90.0 + 50.0 * ((x + y) as f32 / (w + h) as f32),
+        };
+        v as u8
+    });
+    let ops =
+        [FrameOp { crop: Rect { y0: 3, x0: 5, h: 33, w: 41 }, flip: true, brightness: 0.05, contrast: 1.1 }];
+    let want = preprocess(&rgb, h, w, &ops, side, IMAGENET_MEAN, IMAGENET_STD);
+    let got = preprocess_yuv420(&to_i420(&rgb, h, w), h, w, &ops, side, IMAGENET_MEAN, IMAGENET_STD);
+    // Two 8-bit roundings (RGB → YUV here, none back) of at most ~1.5 levels each, over
+    // the smallest std (0.224) and scaled by contrast 1.1: ≈ 0.06 (0.024 seen).
+    assert_close("I420 vs RGB", &got, &want, 0.06, 0.0);
+}
+
+/// Runs kernel `name` of kernels/preprocess.cu on frames `src` (`h × w`, its input format)
+/// with `ops`, and returns the output as f32. `None` without a GPU (the reason printed).
+#[cfg(feature = "cuda")]
+fn run_preprocess_kernel(
+    name: &str,
+    src: &[u8],
+    h: usize,
+    w: usize,
+    ops: &[FrameOp],
+    side: usize,
+) -> Option<Vec<f32>> {
     use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
     use cudarc::nvrtc::Ptx;
     use dfengine::backend::cuda::{GpuProbe, probe};
@@ -105,27 +192,19 @@ fn preprocess_u8_f16_matches_cpu() {
 
     if let GpuProbe::Unavailable(why) = probe() {
         eprintln!("skipped: no GPU ({why})");
-        return;
+        return None;
     }
-    let (n, h, w, side) = (3usize, 37usize, 53usize, 24usize);
-    let src = frame(n * h, w, |y, x, c| ((y * 31 + x * 17 + c * 59) % 251) as u8);
-    let ops = [
-        FrameOp { crop: Rect { y0: 0, x0: 0, h: 37, w: 53 }, flip: false, brightness: 0.0, contrast: 1.0 },
-        FrameOp { crop: Rect { y0: 5, x0: 11, h: 29, w: 29 }, flip: true, brightness: 0.05, contrast: 1.2 },
-        FrameOp { crop: Rect { y0: 20, x0: 40, h: 17, w: 13 }, flip: false, brightness: -0.1, contrast: 0.8 },
-    ];
-    let want = preprocess(&src, h, w, &ops, side, IMAGENET_MEAN, IMAGENET_STD);
-
+    let n = ops.len();
     let ctx = CudaContext::new(0).expect("a context on device 0");
     let stream = ctx.default_stream();
     let ptx = KernelModule::Preprocess.ptx().expect("probe said the kernels are here");
     let module = ctx.load_module(Ptx::from_src(ptx)).expect("load preprocess PTX");
-    let kernel = module.load_function("preprocess_u8_f16").expect("preprocess_u8_f16 in the PTX");
+    let kernel = module.load_function(name).unwrap_or_else(|e| panic!("{name} in the PTX: {e}"));
     let crops: Vec<i32> =
         ops.iter().flat_map(|o| [o.crop.y0, o.crop.x0, o.crop.h, o.crop.w].map(|v| v as i32)).collect();
     let flips: Vec<u8> = ops.iter().map(|o| o.flip as u8).collect();
     let jitter: Vec<f32> = ops.iter().flat_map(|o| [o.brightness, o.contrast]).collect();
-    let d_src = stream.clone_htod(&src).unwrap();
+    let d_src = stream.clone_htod(src).unwrap();
     let d_crops = stream.clone_htod(&crops).unwrap();
     let d_flips = stream.clone_htod(&flips).unwrap();
     let d_jitter = stream.clone_htod(&jitter).unwrap();
@@ -151,8 +230,8 @@ fn preprocess_u8_f16_matches_cpu() {
         .arg(&sr)
         .arg(&sg)
         .arg(&sb);
-    // SAFETY: the arguments match the kernel's signature in kernels/preprocess.cu, and every
-    // buffer holds the elements the grid touches.
+    // SAFETY: both preprocess kernels take these arguments (kernels/preprocess.cu), and
+    // every buffer holds the elements the grid touches.
     unsafe {
         launch.launch(LaunchConfig {
             grid_dim: (pixels.div_ceil(256), 1, 1),
@@ -160,8 +239,42 @@ fn preprocess_u8_f16_matches_cpu() {
             shared_mem_bytes: 0,
         })
     }
-    .expect("launch preprocess_u8_f16");
-    let got: Vec<f32> = stream.clone_dtoh(&d_out).unwrap().into_iter().map(f16::to_f32).collect();
+    .unwrap_or_else(|e| panic!("launch {name}: {e}"));
+    Some(stream.clone_dtoh(&d_out).unwrap().into_iter().map(f16::to_f32).collect())
+}
+
+/// Odd sizes, crops, flips and jitter for the kernel parity tests.
+#[cfg(feature = "cuda")]
+fn parity_ops() -> [FrameOp; 3] {
+    [
+        FrameOp { crop: Rect { y0: 0, x0: 0, h: 37, w: 53 }, flip: false, brightness: 0.0, contrast: 1.0 },
+        FrameOp { crop: Rect { y0: 5, x0: 11, h: 29, w: 29 }, flip: true, brightness: 0.05, contrast: 1.2 },
+        FrameOp { crop: Rect { y0: 20, x0: 40, h: 17, w: 13 }, flip: false, brightness: -0.1, contrast: 0.8 },
+    ]
+}
+
+/// The kernel `preprocess_u8_f16` against the CPU twin: equal to f16 rounding. Skips
+/// with the reason without a GPU.
+#[cfg(feature = "cuda")]
+#[test]
+fn preprocess_u8_f16_matches_cpu() {
+    let (n, h, w, side) = (3usize, 37usize, 53usize, 24usize);
+    let src = frame(n * h, w, |y, x, c| ((y * 31 + x * 17 + c * 59) % 251) as u8);
+    let ops = parity_ops();
+    let want = preprocess(&src, h, w, &ops, side, IMAGENET_MEAN, IMAGENET_STD);
+    let Some(got) = run_preprocess_kernel("preprocess_u8_f16", &src, h, w, &ops, side) else { return };
     // f16 keeps 11 significant bits: normalised values up to ~2.7 round by ≤ 2⁻⁹·2.7.
     assert_close("preprocess_u8_f16 vs CPU", &got, &want, 2e-3, 1e-3);
+}
+
+/// The kernel `preprocess_yuv420_f16` against the CPU twin on I420 frames of odd size.
+#[cfg(feature = "cuda")]
+#[test]
+fn preprocess_yuv420_f16_matches_cpu() {
+    let (h, w, side) = (37usize, 53usize, 24usize);
+    let ops = parity_ops();
+    let src: Vec<u8> = (0..ops.len() * yuv420_len(h, w)).map(|i| ((i * 37 + i / 7) % 251) as u8).collect();
+    let want = preprocess_yuv420(&src, h, w, &ops, side, IMAGENET_MEAN, IMAGENET_STD);
+    let Some(got) = run_preprocess_kernel("preprocess_yuv420_f16", &src, h, w, &ops, side) else { return };
+    assert_close("preprocess_yuv420_f16 vs CPU", &got, &want, 2e-3, 1e-3);
 }

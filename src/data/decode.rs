@@ -90,14 +90,48 @@ pub fn probe(path: &Path) -> Result<VideoInfo, DecodeError> {
     open(path).map(|(_, _, info)| info)
 }
 
+/// A decoded frame in I420: a `height × width` Y plane, then U and V planes of
+/// ⌈height/2⌉ × ⌈width/2⌉ (what `preprocess_yuv420` and its kernel read).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Yuv420Frame {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
 /// Decodes `path` and returns the frames at `indices` (ascending, repeats allowed), as
 /// RGB, with the number of frames the decoder produced (skipped non-reference frames are
-/// not counted). Indices past the end repeat the last frame.
+/// not counted). Indices past the end repeat the last frame; a wanted frame the decoder
+/// never produced (a gap in a variable-frame-rate stream, a corrupt packet) is an empty
+/// frame (width 0) for the caller to replace.
 pub fn read_frames(
     path: &Path,
     indices: &[usize],
     threads: usize,
 ) -> Result<(Vec<RgbFrame>, usize), DecodeError> {
+    let empty = RgbFrame { width: 0, height: 0, data: Vec::new() };
+    decode_wanted(path, indices, threads, Pixel::RGB24, packed_rgb, empty)
+}
+
+/// As `read_frames`, in I420 (the decoder's own format for most H.264; others are
+/// converted): the GPU preprocessing kernel converts to RGB itself.
+pub fn read_frames_yuv420(
+    path: &Path,
+    indices: &[usize],
+    threads: usize,
+) -> Result<(Vec<Yuv420Frame>, usize), DecodeError> {
+    let empty = Yuv420Frame { width: 0, height: 0, data: Vec::new() };
+    decode_wanted(path, indices, threads, Pixel::YUV420P, packed_i420, empty)
+}
+
+fn decode_wanted<T: Clone>(
+    path: &Path,
+    indices: &[usize],
+    threads: usize,
+    target: Pixel,
+    pack: fn(&ffmpeg::frame::Video, i32) -> T,
+    empty: T,
+) -> Result<(Vec<T>, usize), DecodeError> {
     let (mut ictx, index, info) = open(path)?;
     let bad = |reason: String| DecodeError { path: path.to_path_buf(), reason };
     let stream = ictx.stream(index).expect("the stream open() found");
@@ -124,14 +158,14 @@ pub fn read_frames(
     let index_of = |ts: i64| -> Option<usize> {
         (per_frame > 0.0).then(|| (((ts - start) as f64 / per_frame).round().max(0.0)) as usize)
     };
-    let mut out: Vec<RgbFrame> = Vec::with_capacity(indices.len());
+    let mut out: Vec<T> = Vec::with_capacity(indices.len());
     let mut next = 0usize; // position in `indices`
     let mut decoded = 0usize;
     let mut shown = 0usize; // frames seen, for streams without usable timestamps
     let mut scaler: Option<scaling::Context> = None;
     let mut frame = ffmpeg::frame::Video::empty();
     let mut take = |frame: &ffmpeg::frame::Video,
-                    out: &mut Vec<RgbFrame>,
+                    out: &mut Vec<T>,
                     next: &mut usize|
      -> Result<usize, DecodeError> {
         let n = frame.timestamp().and_then(index_of).unwrap_or(shown);
@@ -139,7 +173,7 @@ pub fn read_frames(
         while *next < indices.len() && indices[*next] < n {
             // A wanted frame never came out (skipped as corrupt): its successor stands in.
             *next += 1;
-            out.push(RgbFrame { width: 0, height: 0, data: Vec::new() });
+            out.push(empty.clone());
         }
         if *next >= indices.len() || indices[*next] != n {
             return Ok(n);
@@ -152,13 +186,13 @@ pub fn read_frames(
                 s
             }
             slot => slot.insert(
-                scaling::Context::get(frame.format(), w, h, Pixel::RGB24, w, h, scaling::Flags::BILINEAR)
+                scaling::Context::get(frame.format(), w, h, target, w, h, scaling::Flags::BILINEAR)
                     .map_err(|e| bad(format!("no converter from {:?}: {e}", frame.format())))?,
             ),
         };
-        let mut rgb = ffmpeg::frame::Video::empty();
-        sc.run(frame, &mut rgb).map_err(|e| bad(format!("colour conversion failed: {e}")))?;
-        let converted = packed_rgb(&rgb, info.rotation);
+        let mut converted = ffmpeg::frame::Video::empty();
+        sc.run(frame, &mut converted).map_err(|e| bad(format!("colour conversion failed: {e}")))?;
+        let converted = pack(&converted, info.rotation);
         while *next < indices.len() && indices[*next] == n {
             out.push(converted.clone());
             *next += 1;
@@ -209,43 +243,71 @@ pub fn read_frames(
     Ok((out, decoded))
 }
 
+/// The rows of plane `p` (`row_bytes` wide, `rows` high) without FFmpeg's line padding.
+fn plane_rows(f: &ffmpeg::frame::Video, p: usize, row_bytes: usize, rows: usize, out: &mut Vec<u8>) {
+    let (stride, data) = (f.stride(p), f.data(p));
+    for y in 0..rows {
+        out.extend_from_slice(&data[y * stride..y * stride + row_bytes]);
+    }
+}
+
 /// RGB24 rows without the line padding FFmpeg adds, rotated for display.
 fn packed_rgb(rgb: &ffmpeg::frame::Video, rotation: i32) -> RgbFrame {
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    let stride = rgb.stride(0);
-    let plane = rgb.data(0);
     let mut data = Vec::with_capacity(w * h * 3);
-    for y in 0..h {
-        data.extend_from_slice(&plane[y * stride..y * stride + w * 3]);
-    }
+    plane_rows(rgb, 0, w * 3, h, &mut data);
     rotate(RgbFrame { width: w, height: h, data }, rotation)
+}
+
+/// The three planes of a YUV420P frame back to back, each rotated for display.
+fn packed_i420(f: &ffmpeg::frame::Video, rotation: i32) -> Yuv420Frame {
+    let (w, h) = (f.width() as usize, f.height() as usize);
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    let mut data = Vec::with_capacity(w * h + 2 * cw * ch);
+    for (p, pw, ph) in [(0, w, h), (1, cw, ch), (2, cw, ch)] {
+        let mut plane = Vec::with_capacity(pw * ph);
+        plane_rows(f, p, pw, ph, &mut plane);
+        if matches!(rotation, 90 | 180 | 270) {
+            plane = rotate_plane(&plane, pw, ph, 1, rotation).0;
+        }
+        data.extend(plane);
+    }
+    let (width, height) = if rotation == 90 || rotation == 270 { (h, w) } else { (w, h) };
+    Yuv420Frame { width, height, data }
 }
 
 /// Rotates clockwise by 90, 180 or 270 degrees.
 pub fn rotate(f: RgbFrame, degrees: i32) -> RgbFrame {
-    let (w, h) = (f.width, f.height);
-    let px = |x: usize, y: usize| &f.data[(y * w + x) * 3..(y * w + x) * 3 + 3];
+    if !matches!(degrees, 90 | 180 | 270) {
+        return f;
+    }
+    let (data, width, height) = rotate_plane(&f.data, f.width, f.height, 3, degrees);
+    RgbFrame { width, height, data }
+}
+
+/// A `w × h` image of `channels` bytes per pixel rotated clockwise by `degrees` (90, 180,
+/// 270; anything else copies); returns it with its new width and height.
+fn rotate_plane(data: &[u8], w: usize, h: usize, channels: usize, degrees: i32) -> (Vec<u8>, usize, usize) {
+    let px = |x: usize, y: usize| &data[(y * w + x) * channels..(y * w + x + 1) * channels];
+    let mut out = Vec::with_capacity(data.len());
     match degrees {
         90 | 270 => {
-            let mut data = Vec::with_capacity(w * h * 3);
             for y in 0..w {
                 for x in 0..h {
-                    let p = if degrees == 90 { px(y, h - 1 - x) } else { px(w - 1 - y, x) };
-                    data.extend_from_slice(p);
+                    out.extend_from_slice(if degrees == 90 { px(y, h - 1 - x) } else { px(w - 1 - y, x) });
                 }
             }
-            RgbFrame { width: h, height: w, data }
+            (out, h, w)
         }
         180 => {
-            let mut data = Vec::with_capacity(w * h * 3);
             for y in (0..h).rev() {
                 for x in (0..w).rev() {
-                    data.extend_from_slice(px(x, y));
+                    out.extend_from_slice(px(x, y));
                 }
             }
-            RgbFrame { width: w, height: h, data }
+            (out, w, h)
         }
-        _ => f,
+        _ => (data.to_vec(), w, h),
     }
 }
 
