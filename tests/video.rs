@@ -5,12 +5,16 @@
 
 use std::path::Path;
 
+use dfengine::backend::cpu::preprocess::{
+    FrameOp, IMAGENET_MEAN, IMAGENET_STD, Rect, preprocess, preprocess_yuv420, yuv420_len,
+};
 use dfengine::config::DataConfig;
-use dfengine::data::decode::{probe, read_frames};
+use dfengine::data::clip::assemble;
+use dfengine::data::decode::{probe, read_frames, read_frames_yuv420};
 use dfengine::data::manifest::{self, FoundLayout, Label, Split};
 use dfengine::data::sampling::{Sampling, sample_indices};
 use dfengine::data::synth::{ClipSpec, SynthParams, render};
-use dfengine::data::synth_video::{clip_path, write_dataset};
+use dfengine::data::synth_video::{clip_path, write_clip_timed, write_dataset};
 
 fn params() -> SynthParams {
     SynthParams { seed: 11, size: 48, frames: 16, difficulty: 0.3 }
@@ -94,6 +98,87 @@ fn asking_past_the_end_repeats_the_last_frame() {
 }
 
 #[test]
+fn i420_frames_preprocess_like_ffmpegs_rgb_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path(), 4);
+    let path = clip_path(dir.path(), ClipSpec { source: 0, swapped_from: Some(1) });
+    let wanted = [2, 9, 15];
+    let (rgb, _) = read_frames(&path, &wanted, 2).unwrap();
+    let (yuv, _) = read_frames_yuv420(&path, &wanted, 2).unwrap();
+    let op =
+        FrameOp { crop: Rect { y0: 4, x0: 6, h: 40, w: 38 }, flip: false, brightness: 0.0, contrast: 1.0 };
+    for (r, y) in rgb.iter().zip(&yuv) {
+        assert_eq!((y.width, y.height, y.data.len()), (48, 48, yuv420_len(48, 48)));
+        let want = preprocess(&r.data, 48, 48, &[op], 32, IMAGENET_MEAN, IMAGENET_STD);
+        let got = preprocess_yuv420(&y.data, 48, 48, &[op], 32, IMAGENET_MEAN, IMAGENET_STD);
+        // FFmpeg's converter takes chroma from the nearest sample and rounds to 8 bits;
+        // ours interpolates it: the two agree to about a level and a half on average
+        // (0.024–0.026 normalised seen; a wrong colour matrix, range or plane order is
+        // tens of levels off).
+        let mean = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).sum::<f32>() / want.len() as f32;
+        assert!(mean < 0.05, "mean |I420 − RGB| = {mean} (normalised units)");
+    }
+}
+
+#[test]
+fn variable_frame_rate_video_decodes_by_timestamp() {
+    // 12 frames with gaps in their timestamps (a phone dropping frames): frame k shows
+    // the picture drawn for time pts[k].
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vfr.mp4");
+    let pts = [0i64, 1, 2, 3, 6, 7, 8, 9, 12, 13, 14, 15];
+    let clip = ClipSpec { source: 3, swapped_from: None };
+    let p = SynthParams { frames: 16, ..params() };
+    write_clip_timed(&path, 48, pts.iter().map(|&t| (t, render(&p, clip, t as usize)))).unwrap();
+    let info = probe(&path).unwrap();
+    assert!(info.frames > 0 && info.fps > 0.0, "{info:?}");
+    let wanted = sample_indices(info.frames, 4, Sampling::Eval);
+    let (frames, decoded) = read_frames(&path, &wanted, 1).unwrap();
+    assert_eq!(frames.len(), 4, "one frame per wanted index");
+    assert!(decoded <= pts.len());
+    // Every frame that came back is a real picture of this clip at some drawn time, and
+    // the pictures follow the order of their indices.
+    let mut last_time = None;
+    for f in frames.iter().filter(|f| f.width > 0) {
+        let err = |t: i64| {
+            let drawn = render(&p, clip, t as usize);
+            f.data.iter().zip(&drawn).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>() / drawn.len() as f64
+        };
+        let (best, best_err) = pts.iter().map(|&t| (t, err(t))).min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+        assert!(best_err < 8.0, "a decoded frame matches no drawn picture (best {best_err:.1} at {best})");
+        assert!(last_time.is_none_or(|l| best >= l), "frames out of order: {best} after {last_time:?}");
+        last_time = Some(best);
+    }
+    assert!(last_time.is_some(), "no frame came back");
+    // Indices that fall in a gap come back empty; the clip takes the nearest frame there.
+    let decoded: Vec<_> =
+        wanted.iter().zip(&frames).map(|(&i, f)| (i, f.width, f.height, f.data.clone())).collect();
+    let (clip, replaced) = assemble(&path, &decoded, 32, 0.0, 1.3).unwrap();
+    assert_eq!((clip.frames, clip.data.len()), (4, 4 * 32 * 32 * 3));
+    assert_eq!(replaced, frames.iter().filter(|f| f.width == 0).count());
+}
+
+/// A valid file with only an audio stream: 0.1 s of 8 kHz 16-bit PCM in WAV.
+fn audio_only_file(path: &Path) {
+    let samples: Vec<u8> = (0..800i16).flat_map(|i| ((i % 50) * 400).to_le_bytes()).collect();
+    let mut wav = Vec::new();
+    wav.extend(b"RIFF");
+    wav.extend((36 + samples.len() as u32).to_le_bytes());
+    wav.extend(b"WAVEfmt ");
+    wav.extend(16u32.to_le_bytes());
+    wav.extend(1u16.to_le_bytes()); // PCM
+    wav.extend(1u16.to_le_bytes()); // mono
+    wav.extend(8000u32.to_le_bytes());
+    wav.extend(16000u32.to_le_bytes()); // bytes per second
+    wav.extend(2u16.to_le_bytes()); // block align
+    wav.extend(16u16.to_le_bytes()); // bits per sample
+    wav.extend(b"data");
+    wav.extend((samples.len() as u32).to_le_bytes());
+    wav.extend(samples);
+    std::fs::write(path, wav).unwrap();
+}
+
+#[test]
 fn bad_files_are_errors_naming_file_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.mp4");
@@ -105,6 +190,12 @@ fn bad_files_are_errors_naming_file_and_reason() {
     std::fs::write(&text, b"this is not a video at all, just some words").unwrap();
     let err = read_frames(&text, &[0], 1).unwrap_err().to_string();
     assert!(err.contains("notes.mp4") && err.contains("not a readable container"), "{err}");
+
+    // Audio only, in a container FFmpeg reads fine (a soundtrack saved as .mp4).
+    let audio = dir.path().join("soundtrack.mp4");
+    audio_only_file(&audio);
+    let err = read_frames(&audio, &[0], 1).unwrap_err().to_string();
+    assert!(err.contains("soundtrack.mp4") && err.contains("no video stream"), "{err}");
 
     let err = probe(&dir.path().join("missing.mp4")).unwrap_err().to_string();
     assert!(err.contains("missing.mp4: cannot read"), "{err}");

@@ -48,8 +48,8 @@ pub fn crop_resize(rgb: &[u8], w: usize, h: usize, crop: Crop, side: usize) -> V
 }
 
 /// Turns decoded frames (with their frame indices) into a clip: quality filter with
-/// nearest-good replacement, face or centre crop, resize. Also returns how many frames
-/// the quality filter rejected.
+/// nearest-good replacement (missing frames too), face or centre crop, resize. Also
+/// returns how many frames were rejected or missing.
 pub fn assemble(
     video: &Path,
     decoded: &[(usize, usize, usize, Vec<u8>)],
@@ -58,9 +58,13 @@ pub fn assemble(
     face_scale: f64,
 ) -> Result<(ClipFrames, usize), String> {
     let boxes = faces::sidecar(video)?;
+    // An empty frame is a wanted index the decoder never produced (a gap in a
+    // variable-frame-rate stream, a corrupt packet): replaced like a rejected one.
     let good: Vec<bool> = decoded
         .iter()
-        .map(|(_, w, h, rgb)| quality::judge(&quality::measure(rgb, *w, *h), quality_threshold).is_none())
+        .map(|(_, w, h, rgb)| {
+            !rgb.is_empty() && quality::judge(&quality::measure(rgb, *w, *h), quality_threshold).is_none()
+        })
         .collect();
     let use_frame = quality::replacements(&good).ok_or_else(|| {
         format!("all {} sampled frames fail the quality filter (threshold {quality_threshold})", good.len())

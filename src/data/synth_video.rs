@@ -21,8 +21,19 @@ pub struct SynthError {
     pub reason: String,
 }
 
-/// Encodes `frames` RGB24 frames of `size × size` as H.264 (libx264, yuv420p) into `path`.
+/// Encodes `frames` RGB24 frames of `size × size` as H.264 (libx264, yuv420p) into `path`,
+/// at 25 frames per second.
 pub fn write_clip(path: &Path, size: usize, frames: impl Iterator<Item = Vec<u8>>) -> Result<(), SynthError> {
+    write_clip_timed(path, size, frames.enumerate().map(|(t, f)| (t as i64, f)))
+}
+
+/// As `write_clip`, each frame with its presentation time in 1/25 s ticks (ascending;
+/// gaps make a variable-frame-rate file, as phone recordings are).
+pub fn write_clip_timed(
+    path: &Path,
+    size: usize,
+    frames: impl Iterator<Item = (i64, Vec<u8>)>,
+) -> Result<(), SynthError> {
     let bad = |reason: String| SynthError { path: path.to_path_buf(), reason };
     super::decode::init_ffmpeg().map_err(|e| bad(format!("FFmpeg failed to initialise: {e}")))?;
     let codec = ffmpeg::encoder::find_by_name("libx264")
@@ -71,7 +82,7 @@ pub fn write_clip(path: &Path, size: usize, frames: impl Iterator<Item = Vec<u8>
         }
         Ok(())
     };
-    for (t, rgb) in frames.enumerate() {
+    for (pts, rgb) in frames {
         let mut src = ffmpeg::frame::Video::new(Pixel::RGB24, side, side);
         let stride = src.stride(0);
         for (y, row) in rgb.chunks_exact(size * 3).enumerate() {
@@ -79,7 +90,7 @@ pub fn write_clip(path: &Path, size: usize, frames: impl Iterator<Item = Vec<u8>
         }
         let mut yuv = ffmpeg::frame::Video::empty();
         to_yuv.run(&src, &mut yuv).map_err(|e| bad(format!("colour conversion failed: {e}")))?;
-        yuv.set_pts(Some(t as i64));
+        yuv.set_pts(Some(pts));
         encoder.send_frame(&yuv).map_err(|e| bad(format!("encoding failed: {e}")))?;
         drain(&mut encoder, &mut octx)?;
     }
