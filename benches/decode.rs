@@ -1,7 +1,9 @@
 //! Decode + sample throughput on generated 720×720 H.264 clips (300 frames, B-frames),
 //! beside the `ffmpeg` command-line tool decoding the same files with the same threads
-//! in the same run (`ffmpeg -threads N -i x.mp4 -f null -`). Also: decoding all frames
-//! versus taking the 16 sampled ones, which is what `prepare` does.
+//! in the same run, each against its match: dfengine's I420 decode (no conversion)
+//! against `ffmpeg -threads N -i x.mp4 -f null -`, and dfengine's RGB decode against the
+//! same with `-pix_fmt rgb24` (every frame converted). Also: decoding all frames versus
+//! taking the 16 sampled ones, which is what `prepare` does.
 //!
 //! `cargo bench --bench decode` (the clips are generated once into target/bench-videos).
 
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use dfengine::data::decode::{probe, read_frames};
+use dfengine::data::decode::{probe, read_frames, read_frames_yuv420};
 use dfengine::data::sampling::{Sampling, sample_indices};
 use dfengine::data::synth::{ClipSpec, SynthParams, render};
 use dfengine::data::synth_video::write_clip;
@@ -43,48 +45,59 @@ fn main() {
     let all: Vec<usize> = (0..frames).collect();
     let sampled = sample_indices(frames, 16, Sampling::Eval);
 
-    let time = |wanted: &[usize]| {
+    let time = |wanted: &[usize], rgb: bool| {
         let t = Instant::now();
         for p in &paths {
-            read_frames(p, wanted, threads).expect("decode");
+            if rgb {
+                read_frames(p, wanted, threads).expect("decode");
+            } else {
+                read_frames_yuv420(p, wanted, threads).expect("decode");
+            }
         }
         t.elapsed().as_secs_f64()
     };
-    let decode_all = time(&all);
-    let sample16 = time(&sampled);
+    let decode_all = time(&all, true);
+    let decode_all_i420 = time(&all, false);
+    let sample16 = time(&sampled, true);
     let n = paths.len() as f64;
+    let rate = |secs: f64| format!("{:>7.1} frames/s  {:>6.2} videos/s", n * frames as f64 / secs, n / secs);
     println!("decode {CLIPS} clips of {SIDE}×{SIDE}, {frames} frames (H.264, B-frames), {threads} threads");
+    println!("  dfengine, all frames to RGB:      {}", rate(decode_all));
+    println!("  dfengine, all frames as I420:     {}", rate(decode_all_i420));
     println!(
-        "  dfengine, all frames to RGB:     {:>7.1} frames/s  {:>6.2} videos/s",
-        n * frames as f64 / decode_all,
-        n / decode_all
-    );
-    println!(
-        "  dfengine, 16 sampled frames:     {:>7.1} videos/s ({:.2}× decode-all)",
+        "  dfengine, 16 sampled frames:      {:>7.1} videos/s ({:.2}× decode-all)",
         n / sample16,
         decode_all / sample16
     );
 
-    let ffmpeg = Command::new("ffmpeg").arg("-version").output();
-    if ffmpeg.is_err() {
+    if Command::new("ffmpeg").arg("-version").output().is_err() {
         println!("  ffmpeg CLI: not installed here, no yardstick (apt-get install ffmpeg)");
         return;
     }
-    let t = Instant::now();
-    for p in &paths {
-        let status = Command::new("ffmpeg")
-            .args(["-v", "error", "-threads", &threads.to_string(), "-i"])
-            .arg(p)
-            .args(["-f", "null", "-"])
-            .status()
-            .expect("run ffmpeg");
-        assert!(status.success());
-    }
-    let cli = t.elapsed().as_secs_f64();
+    let cli = |extra: &[&str]| {
+        let t = Instant::now();
+        for p in &paths {
+            let status = Command::new("ffmpeg")
+                .args(["-v", "error", "-threads", &threads.to_string(), "-i"])
+                .arg(p)
+                .args(extra)
+                .args(["-f", "null", "-"])
+                .status()
+                .expect("run ffmpeg");
+            assert!(status.success());
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let plain = cli(&[]);
+    let rgb = cli(&["-pix_fmt", "rgb24"]);
     println!(
-        "  ffmpeg -threads {threads} -f null:     {:>7.1} frames/s  {:>6.2} videos/s  (dfengine decode-all at {:.2}× of it)",
-        n * frames as f64 / cli,
-        n / cli,
-        cli / decode_all
+        "  ffmpeg -f null (no conversion):   {}  (dfengine I420 at {:.2}× of it)",
+        rate(plain),
+        plain / decode_all_i420
+    );
+    println!(
+        "  ffmpeg -pix_fmt rgb24 -f null:    {}  (dfengine RGB at {:.2}× of it)",
+        rate(rgb),
+        rgb / decode_all
     );
 }
