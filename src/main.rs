@@ -516,7 +516,8 @@ fn eval(args: EvalArgs) -> Result<(), Failure> {
     let splits = dfengine::train::data::splits(&config).map_err(|e| Failure::Input(e.to_string()))?;
     let settings = dfengine::train::run::loader_settings(&config, false);
     let mut micro = config.dataloader.batch_size as usize;
-    let e = evaluate(&backend, &net, &splits.test, settings, &mut micro).map_err(train_failure)?;
+    let loader = dfengine::data::loader::EpochLoader::start(splits.test.clone(), settings, 0);
+    let e = evaluate(&backend, &net, &splits.test, loader, &mut micro).map_err(train_failure)?;
     let m = e.metrics;
     println!(
         "test ({} clips of {}): clip AUC {:.4}, frame AUC {:.4}, ACC {:.3}, EER {:.3}, log loss {:.4}",

@@ -105,3 +105,57 @@ fn dropping_an_epoch_early_stops_its_workers() {
     assert!(loader.next().is_some());
     drop(loader); // joins the workers: a hang here fails the test by timeout
 }
+
+/// A source that notes which threads loaded its clips.
+struct ThreadSpy {
+    inner: SyntheticSource,
+    seen: std::sync::Mutex<std::collections::HashSet<std::thread::ThreadId>>,
+}
+
+impl ClipSource for ThreadSpy {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn target(&self, clip: usize) -> f32 {
+        self.inner.target(clip)
+    }
+    fn name(&self, clip: usize) -> String {
+        self.inner.name(clip)
+    }
+    fn load(&self, clip: usize) -> Result<Arc<ClipFrames>, String> {
+        self.seen.lock().unwrap().insert(std::thread::current().id());
+        self.inner.load(clip)
+    }
+}
+
+#[test]
+fn persistent_workers_serve_every_epoch_with_the_same_batches() {
+    use dfengine::data::loader::Workers;
+    let spy = |n| Arc::new(ThreadSpy { inner: synthetic(n), seen: Default::default() });
+    let s = settings(true);
+
+    let kept = spy(12);
+    let pool = Workers::new(s.num_workers);
+    let source: Arc<dyn ClipSource> = kept.clone();
+    let on_pool: Vec<Vec<Batch>> = (0..3)
+        .map(|e| EpochLoader::start_on(pool.clone(), source.clone(), s, e, 0).map(|b| b.unwrap()).collect())
+        .collect();
+    assert!(kept.seen.lock().unwrap().len() <= s.num_workers, "three epochs, one pool of threads");
+
+    let fresh = spy(12);
+    let source: Arc<dyn ClipSource> = fresh.clone();
+    for (e, batches) in on_pool.iter().enumerate() {
+        assert_eq!(&epoch(source.clone(), s, e as u64), batches, "epoch {e}: the pool changed the batches");
+    }
+    assert!(
+        fresh.seen.lock().unwrap().len() > s.num_workers,
+        "without the pool, each epoch has its own threads"
+    );
+
+    // An epoch abandoned half way leaves the pool able to serve the next one.
+    let mut partial = EpochLoader::start_on(pool.clone(), kept.clone(), s, 7, 0);
+    partial.next().unwrap().unwrap();
+    drop(partial);
+    let after: Vec<Batch> = EpochLoader::start_on(pool, kept, s, 8, 0).map(|b| b.unwrap()).collect();
+    assert_eq!(after.len(), 4);
+}

@@ -1,16 +1,17 @@
 //! The loader: batches of preprocessed clips, produced by `num_workers` threads ahead of
 //! the trainer, in an order fixed by the seed and the epoch.
 //!
-//! Workers take batches round-robin and send them through a bounded channel
-//! (`prefetch_factor` batches per worker): a slow trainer stops the workers rather than
-//! growing a queue. The consumer re-orders by batch index, so timing never changes what
+//! Workers take batches in order from a shared queue and send them through a bounded
+//! channel (`prefetch_factor` batches per worker): a slow trainer stops the workers
+//! rather than growing a queue. With `persistent_workers` one pool of threads serves
+//! every epoch. The consumer re-orders by batch index, so timing never changes what
 //! the trainer sees. A clip that fails to load is skipped with one warning, counted, and
 //! listed; past `max_bad_fraction` of the clips tried, the epoch stops with an error.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use super::clip::ClipFrames;
@@ -117,11 +118,70 @@ pub struct EpochLoader {
     pending: BTreeMap<usize, Produced>,
     next: usize,
     batches: usize,
-    workers: Vec<JoinHandle<()>>,
+    /// Released after `rx` on drop; the last user of a pool joins its threads.
+    workers: Option<Arc<Workers>>,
     stop: Arc<AtomicBool>,
     bad: Vec<String>,
     tried: usize,
     limit: f64,
+}
+
+/// Loader threads taking jobs from one queue. An `EpochLoader` makes its own for one
+/// epoch, or runs on a pool kept across epochs (`persistent_workers`), so that the
+/// threads (and what they hold: decoder state, warmed caches) outlive the epoch.
+pub struct Workers {
+    queue: Option<Sender<Job>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl Workers {
+    pub fn new(threads: usize) -> Arc<Self> {
+        let (queue, jobs) = channel::<Job>();
+        let jobs = Arc::new(Mutex::new(jobs));
+        let handles = (0..threads.max(1))
+            .map(|w| {
+                let jobs = jobs.clone();
+                std::thread::Builder::new()
+                    .name(format!("dfengine-loader-{w}"))
+                    .spawn(move || {
+                        loop {
+                            // The lock is held for the receive only, not while the job runs.
+                            let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                            match job {
+                                Ok(job) => job(),
+                                Err(_) => return,
+                            }
+                        }
+                    })
+                    .expect("spawning a loader thread")
+            })
+            .collect();
+        Arc::new(Workers { queue: Some(queue), handles })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.handles.len()
+    }
+
+    fn submit(&self, job: Job) {
+        // The queue lives as long as `self`; the threads only stop when it is dropped.
+        self.queue
+            .as_ref()
+            .expect("the queue outlives the pool's users")
+            .send(job)
+            .expect("loader threads alive");
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.queue.take();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
 }
 
 impl EpochLoader {
@@ -130,39 +190,45 @@ impl EpochLoader {
     }
 
     /// The epoch's batches from `first` on (a run resumed inside an epoch continues with
-    /// the very batch it would have seen next).
+    /// the very batch it would have seen next), on `num_workers` threads of its own.
     pub fn start_at(source: Arc<dyn ClipSource>, s: LoaderSettings, epoch: u64, first: usize) -> Self {
+        let batches = source.len().div_ceil(s.batch_size.max(1));
+        let workers = Workers::new(s.num_workers.clamp(1, batches.max(1)));
+        Self::start_on(workers, source, s, epoch, first)
+    }
+
+    /// As `start_at`, on a pool of loader threads that may serve other epochs too.
+    pub fn start_on(
+        workers: Arc<Workers>,
+        source: Arc<dyn ClipSource>,
+        s: LoaderSettings,
+        epoch: u64,
+        first: usize,
+    ) -> Self {
         let order = Arc::new(epoch_order(source.len(), s.seed, epoch, s.train));
         let batch = s.batch_size.max(1);
         let batches = order.len().div_ceil(batch);
-        let workers = s.num_workers.clamp(1, batches.max(1));
-        let (tx, rx) = sync_channel(workers * s.prefetch_factor.max(1));
+        // Bounded: a worker that finished a batch waits here until the trainer takes one,
+        // so at most threads + capacity batches exist at once.
+        let (tx, rx) = sync_channel(workers.threads() * s.prefetch_factor.max(1));
         let stop = Arc::new(AtomicBool::new(false));
-        let handles = (0..workers)
-            .map(|w| {
-                let (tx, source, order, stop) = (tx.clone(), source.clone(), order.clone(), stop.clone());
-                std::thread::Builder::new()
-                    .name(format!("dfengine-loader-{w}"))
-                    .spawn(move || {
-                        for b in (first + w..batches).step_by(workers) {
-                            if stop.load(Ordering::Relaxed) {
-                                return;
-                            }
-                            let clips = &order[b * batch..((b + 1) * batch).min(order.len())];
-                            if tx.send((b, make_batch(&*source, &s, epoch, b, clips))).is_err() {
-                                return;
-                            }
-                        }
-                    })
-                    .expect("spawning a loader thread")
-            })
-            .collect();
+        for b in first..batches {
+            let (tx, source, order, stop) = (tx.clone(), source.clone(), order.clone(), stop.clone());
+            workers.submit(Box::new(move || {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let clips = &order[b * batch..((b + 1) * batch).min(order.len())];
+                // A send fails only when the epoch was dropped early: nothing to do then.
+                let _ = tx.send((b, make_batch(&*source, &s, epoch, b, clips)));
+            }));
+        }
         EpochLoader {
             rx: Some(rx),
             pending: BTreeMap::new(),
             next: first,
             batches,
-            workers: handles,
+            workers: Some(workers),
             stop,
             bad: Vec::new(),
             tried: 0,
@@ -265,10 +331,10 @@ impl Iterator for EpochLoader {
 
 impl Drop for EpochLoader {
     fn drop(&mut self) {
+        // Queued jobs of this epoch see `stop` and return; a worker blocked on a full
+        // channel wakes when `rx` goes.
         self.stop.store(true, Ordering::Relaxed);
         self.rx.take();
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        self.workers.take();
     }
 }

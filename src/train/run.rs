@@ -23,7 +23,7 @@ use crate::backend::OpError;
 use crate::backend::ops::Backend;
 use crate::backend::params::BceParams;
 use crate::config::{Config, format_bytes};
-use crate::data::loader::{ClipSource, EpochLoader, LoaderError, LoaderSettings};
+use crate::data::loader::{ClipSource, EpochLoader, LoaderError, LoaderSettings, Workers};
 use crate::memory::governor::Action;
 use crate::memory::manager::MemoryManager;
 use crate::model::arch::ResNetSpec;
@@ -85,15 +85,15 @@ pub struct Evaluation {
     pub scores: Vec<(String, f32, f64)>,
 }
 
-/// Every clip of `source` through `net` in inference mode.
+/// Every clip `loader` gives (an evaluation pass over `source`) through `net` in
+/// inference mode.
 pub fn evaluate<B: Backend>(
     b: &B,
     net: &ResNet<B>,
     source: &Arc<dyn ClipSource>,
-    settings: LoaderSettings,
+    loader: EpochLoader,
     micro: &mut usize,
 ) -> Result<Evaluation, TrainError> {
-    let loader = EpochLoader::start(source.clone(), LoaderSettings { train: false, ..settings }, 0);
     let (mut clip_p, mut clip_l, mut frame_p, mut frame_l) = (vec![], vec![], vec![], vec![]);
     let mut scores = Vec::new();
     for batch in loader {
@@ -179,6 +179,8 @@ pub struct Trainer<B: Backend> {
     splits: Splits,
     run_dir: PathBuf,
     opts: RunOptions,
+    /// The loader threads every epoch shares when `persistent_workers` is on.
+    workers: Option<Arc<Workers>>,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -224,7 +226,11 @@ impl<B: Backend> Trainer<B> {
             splits,
             run_dir,
             opts,
+            workers: None,
         };
+        if trainer.config.dataloader.persistent_workers {
+            trainer.workers = Some(Workers::new(trainer.config.dataloader.num_workers as usize));
+        }
         if let Some(path) = trainer.opts.resume.clone() {
             let file = TensorFile::read(&path)?;
             let theirs = checkpoint::config_of(&file)?;
@@ -263,8 +269,14 @@ impl<B: Backend> Trainer<B> {
         &self.run_dir
     }
 
-    fn loader_settings(&self, train: bool) -> LoaderSettings {
-        loader_settings(&self.config, train)
+    /// An epoch of `source` on the run's loader threads (kept across epochs with
+    /// `persistent_workers`).
+    fn loader(&self, source: &Arc<dyn ClipSource>, train: bool, epoch: u64, first: usize) -> EpochLoader {
+        let s = loader_settings(&self.config, train);
+        match &self.workers {
+            Some(w) => EpochLoader::start_on(w.clone(), source.clone(), s, epoch, first),
+            None => EpochLoader::start_at(source.clone(), s, epoch, first),
+        }
     }
 
     fn save(&self, name: &str) -> Result<(), TrainError> {
@@ -301,12 +313,7 @@ impl<B: Backend> Trainer<B> {
         let started_epoch = self.progress.epoch;
         'epochs: for epoch in started_epoch..epochs {
             let first = if epoch == started_epoch { self.progress.batch } else { 0 };
-            let loader = EpochLoader::start_at(
-                self.splits.train.clone(),
-                self.loader_settings(true),
-                epoch as u64,
-                first,
-            );
+            let loader = self.loader(&self.splits.train, true, epoch as u64, first);
             let bar = self.bar(loader.batches() as u64, epoch);
             bar.set_position(first as u64);
             let (mut loss_sum, mut loss_n) = (0.0, 0usize);
@@ -391,8 +398,13 @@ impl<B: Backend> Trainer<B> {
             }
             bar.finish_and_clear();
             let mut micro = mm.governor().plan().micro_batch as usize;
-            let val =
-                evaluate(&self.b, &self.net, &self.splits.val, self.loader_settings(false), &mut micro)?;
+            let val = evaluate(
+                &self.b,
+                &self.net,
+                &self.splits.val,
+                self.loader(&self.splits.val, false, 0, 0),
+                &mut micro,
+            )?;
             let train_loss = loss_sum / loss_n.max(1) as f64;
             let m = val.metrics;
             write_record(
@@ -454,7 +466,8 @@ impl<B: Backend> Trainer<B> {
             checkpoint::load_model(&self.b, &mut self.net, &TensorFile::read(&best)?)?;
         }
         let mut micro = mm.governor().plan().micro_batch as usize;
-        let test = evaluate(&self.b, &self.net, &self.splits.test, self.loader_settings(false), &mut micro)?;
+        let loader = self.loader(&self.splits.test, false, 0, 0);
+        let test = evaluate(&self.b, &self.net, &self.splits.test, loader, &mut micro)?;
         Ok(test.metrics)
     }
 
