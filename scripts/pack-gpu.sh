@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the GPU test and bench binaries without FFmpeg (a GPU box used for kernel work
+# need not have it) and packs them, stripped, into .gpu/ (git-ignored) with run.sh, which
+# runs every GPU test and bench there and writes logs under $OUT (or ./gpu-logs):
+#
+#   scripts/pack-gpu.sh                 # here
+#   bash .gpu/run.sh                    # on the GPU machine, from the repository root
+#
+# The GPU tests skip with a reason when no device is present, so run.sh on a machine
+# without one proves only that the binaries start.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+features=(--release --no-default-features --features cuda)
+rm -rf .gpu && mkdir -p .gpu
+json=$(cargo test "${features[@]}" --no-run --message-format=json 2>/dev/null)
+bench_json=$(cargo bench --no-default-features --features cuda --no-run --message-format=json 2>/dev/null)
+pick() { # name kind: the executable of test/bench target `name`
+    printf '%s\n%s\n' "$json" "$bench_json" | python3 -c '
+import json, sys
+name, kind = sys.argv[1], sys.argv[2]
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("name") == name and kind in t.get("kind", []):
+        print(m["executable"]); break' "$1" "$2"
+}
+for t in memory_pool_cuda preprocess gemm; do strip -o ".gpu/test_$t" "$(pick "$t" test)"; done
+strip -o .gpu/test_lib "$(pick dfengine lib)"
+strip -o .gpu/bench_gemm_cuda "$(pick gemm_cuda bench)"
+cp benches/torch_yardstick.py .gpu/
+cat > .gpu/run.sh <<'RUN'
+#!/usr/bin/env bash
+# Every GPU test and bench, logs under $OUT (or ./gpu-logs); a table of results last.
+set -uo pipefail
+out=${OUT:-gpu-logs}; mkdir -p "$out"; cd "$(dirname "$0")"
+nvidia-smi > "$out/nvidia-smi.txt" 2>&1
+status=0
+for t in test_*; do
+    ./"$t" --test-threads=1 --nocapture > "$out/$t.log" 2>&1; rc=$?; [ $rc -ne 0 ] && status=1
+    echo "$t: exit $rc, $(grep -c '^test .* ok$' "$out/$t.log") ok, $(grep -c 'skipped' "$out/$t.log") skipped"
+done
+./bench_gemm_cuda 2>&1 | tee "$out/bench_gemm_cuda.log"
+PYTHONUNBUFFERED=1 python3 torch_yardstick.py --out "$out/yardstick.json" 2>&1 | tee "$out/yardstick.log" | tail -20
+exit $status
+RUN
+chmod +x .gpu/run.sh
+du -sh .gpu
