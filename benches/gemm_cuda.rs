@@ -6,19 +6,16 @@
 //!
 //! `cargo bench --no-default-features --features cuda --bench gemm_cuda`
 
-use std::sync::Arc;
-
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
-use dfengine::backend::cuda::{GpuProbe, probe};
+use dfengine::backend::cuda::device::{CudaError, Device};
+use dfengine::backend::cuda::gemm::{GemmNt, GemmOut, gemm_nt};
 use dfengine::config::Backbone;
-use dfengine::kernels::KernelModule;
 use dfengine::model::arch::{ResNetSpec, conv_layers};
 use dfengine::rng::Rng;
 use half::f16;
 
 /// Median milliseconds of `reps` timed runs of `f` after two warm-ups, by CUDA events.
-fn median_ms(ctx: &Arc<CudaContext>, stream: &Arc<CudaStream>, reps: usize, mut f: impl FnMut()) -> f64 {
+fn median_ms(dev: &Device, reps: usize, mut f: impl FnMut()) -> f64 {
+    let (ctx, stream) = (dev.context(), dev.stream());
     f();
     f();
     let mut times: Vec<f64> = (0..reps)
@@ -36,14 +33,8 @@ fn median_ms(ctx: &Arc<CudaContext>, stream: &Arc<CudaStream>, reps: usize, mut 
     times[reps / 2]
 }
 
-fn gemm_tflops(
-    ctx: &Arc<CudaContext>,
-    stream: &Arc<CudaStream>,
-    tc: &CudaFunction,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> f64 {
+fn gemm_tflops(dev: &Device, m: usize, n: usize, k: usize) -> f64 {
+    let stream = dev.stream();
     let mut rng = Rng::new((m * 31 + n * 7 + k) as u64);
     // Random data: zeros run faster than real inputs on some GPUs.
     let a: Vec<f16> = (0..m * k).map(|_| f16::from_f32(rng.uniform(-1.0, 1.0))).collect();
@@ -51,43 +42,32 @@ fn gemm_tflops(
     let d_a = stream.clone_htod(&a).unwrap();
     let d_b = stream.clone_htod(&b).unwrap();
     let mut d_c = stream.alloc_zeros::<f16>(m * n).unwrap();
-    let (mi, ni, ki, one, zero, f16_out, no_relu) =
-        (m as i32, n as i32, k as i32, 1.0f32, 0.0f32, 1i32, 0i32);
-    let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 48 * 1024,
-    };
+    let g = GemmNt { m, n, k, alpha: 1.0, a: &d_a, b: &d_b, beta: 0.0, bias: None, relu: false };
     let reps = if (m * n * k) as f64 > 1e11 { 5 } else { 20 };
-    let ms = median_ms(ctx, stream, reps, || {
-        let mut l = stream.launch_builder(tc);
-        l.arg(&mi).arg(&ni).arg(&ki).arg(&one).arg(&d_a).arg(&ki).arg(&d_b).arg(&ki).arg(&zero);
-        l.arg(&mut d_c).arg(&ni).arg(&f16_out).arg(&0u64).arg(&no_relu);
-        // SAFETY: arguments match gemm_tc_f16's signature; buffers hold M×K, N×K, M×N.
-        unsafe { l.launch(cfg) }.unwrap();
-    });
+    let ms = median_ms(dev, reps, || gemm_nt(dev, &g, GemmOut::F16(&mut d_c)).unwrap());
     2.0 * (m * n * k) as f64 / ms / 1e9
 }
 
 fn main() {
-    if let GpuProbe::Unavailable(why) = probe() {
-        println!("gemm_cuda: skipped, no GPU ({why})");
-        return;
-    }
-    let ctx = CudaContext::new(0).expect("a context on device 0");
-    let stream = ctx.default_stream();
-    let module = ctx.load_module(Ptx::from_src(KernelModule::Gemm.ptx().expect("kernels"))).unwrap();
-    let tc = module.load_function("gemm_tc_f16").unwrap();
+    let dev = match Device::open(0) {
+        Ok(d) => d,
+        Err(CudaError::Unavailable(why)) => {
+            println!("gemm_cuda: skipped, no GPU ({why})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let stream = dev.stream().clone();
 
     let bytes = 1usize << 30;
     let src = stream.clone_htod(&vec![7u8; bytes]).unwrap();
     let mut dst = stream.alloc_zeros::<u8>(bytes).unwrap();
-    let ms = median_ms(&ctx, &stream, 10, || stream.memcpy_dtod(&src, &mut dst).unwrap());
+    let ms = median_ms(&dev, 10, || stream.memcpy_dtod(&src, &mut dst).unwrap());
     println!("device-to-device copy: {:.0} GB/s (read + write)", 2.0 * bytes as f64 / ms / 1e6);
     drop((src, dst));
 
     for s in [1024, 4096, 8192] {
-        println!("gemm_tc_f16 {s}×{s}×{s}: {:.1} TFLOP/s", gemm_tflops(&ctx, &stream, &tc, s, s, s));
+        println!("gemm_tc_f16 {s}×{s}×{s}: {:.1} TFLOP/s", gemm_tflops(&dev, s, s, s));
     }
     let images = 32 * 16;
     for backbone in [Backbone::Resnet18, Backbone::Resnet50] {
@@ -97,7 +77,7 @@ fn main() {
             if k % 8 != 0 || !seen.insert((m, n, k)) {
                 continue; // the stem (K = 147) takes the conv kernel's own path
             }
-            let t = gemm_tflops(&ctx, &stream, &tc, m, n, k);
+            let t = gemm_tflops(&dev, m, n, k);
             println!("{backbone:?} {:<22} M={m:>8} N={n:>5} K={k:>5}: {t:.1} TFLOP/s", l.name);
         }
     }

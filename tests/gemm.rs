@@ -96,29 +96,30 @@ fn linear_bwd_matches_finite_differences() {
     check_gradient("linear db", bias.storage(), g.db.storage(), loss_b, 1e-2, 1e-3, 3);
 }
 
-/// The tensor-core kernel `gemm_tc_f16` (C = α·A·Bᵀ + β·C + bias, ReLU, FP32 or FP16 out)
+/// `gemm_nt` on the GPU — the tensor-core kernel `gemm_tc_f16` (C = α·A·Bᵀ + β·C + bias,
+/// ReLU, FP32 or FP16 out) where K is a multiple of 8, the reference kernel otherwise —
 /// against the definition in f64 on the f16-rounded inputs, on shapes that are not
-/// multiples of the 128×128×32 tile (edges, a single row, K = 8, several K tiles), and
-/// against the on-device oracle `gemm_ref_f16`. Skips with the reason without a GPU.
+/// multiples of the 128×128×32 tile (edges, a single row, K = 8, several K tiles, odd
+/// K). Also the tensor-core result against the on-device oracle `gemm_ref_f16` (K odd
+/// forces it). Skips with the reason without a GPU.
 #[cfg(feature = "cuda")]
 #[test]
-fn gemm_tc_f16_matches_the_definition_and_the_reference_kernel() {
-    use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
-    use cudarc::nvrtc::Ptx;
-    use dfengine::backend::cuda::{GpuProbe, probe};
-    use dfengine::kernels::KernelModule;
+fn gemm_on_the_gpu_matches_the_definition_and_the_reference_kernel() {
+    use dfengine::backend::cuda::device::{CudaError, Device};
+    use dfengine::backend::cuda::gemm::{GemmNt, GemmOut, gemm_nt, uses_tensor_cores};
     use half::f16;
 
-    if let GpuProbe::Unavailable(why) = probe() {
-        eprintln!("skipped: no GPU ({why})");
-        return;
-    }
-    let ctx = CudaContext::new(0).expect("a context on device 0");
-    let stream = ctx.default_stream();
-    let module = ctx.load_module(Ptx::from_src(KernelModule::Gemm.ptx().expect("kernels"))).unwrap();
-    let tc = module.load_function("gemm_tc_f16").unwrap();
-    let reference = module.load_function("gemm_ref_f16").unwrap();
+    let dev = match Device::open(0) {
+        Ok(d) => d,
+        Err(CudaError::Unavailable(why)) => {
+            eprintln!("skipped: no GPU ({why})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let stream = dev.stream().clone();
     let mut rng = Rng::new(31);
+    // (m, n, k, beta, bias + ReLU, f16 out)
     let cases = [
         (128, 128, 32, false, false, false),
         (130, 77, 40, true, false, false),
@@ -127,6 +128,7 @@ fn gemm_tc_f16_matches_the_definition_and_the_reference_kernel() {
         (64, 1000, 512, false, false, true),
         (300, 64, 8, true, true, false),
         (512, 512, 1024, false, false, false),
+        (33, 17, 147, true, false, false),
     ];
     for (m, n, k, with_beta, with_bias, f16_out) in cases {
         let a: Vec<f16> = rng.vec(m * k, -1.0, 1.0).into_iter().map(f16::from_f32).collect();
@@ -134,7 +136,6 @@ fn gemm_tc_f16_matches_the_definition_and_the_reference_kernel() {
         let c0: Vec<f32> = rng.vec(m * n, -1.0, 1.0);
         let bias: Vec<f32> = rng.vec(n, -0.5, 0.5);
         let (alpha, beta) = (1.25f32, if with_beta { -0.5f32 } else { 0.0 });
-        let relu = with_bias; // exercise the fused ReLU with the bias
         let want: Vec<f32> = (0..m * n)
             .map(|ij| {
                 let (i, j) = (ij / n, ij % n);
@@ -142,53 +143,40 @@ fn gemm_tc_f16_matches_the_definition_and_the_reference_kernel() {
                 let old = if f16_out { f16::from_f32(c0[ij]).to_f64() } else { c0[ij] as f64 };
                 let mut v = alpha as f64 * s + beta as f64 * old;
                 if with_bias {
-                    v += bias[j] as f64;
-                }
-                if relu {
-                    v = v.max(0.0);
+                    v = (v + bias[j] as f64).max(0.0);
                 }
                 v as f32
             })
             .collect();
-        let d_a = stream.clone_htod(&a).unwrap();
-        let d_b = stream.clone_htod(&bt).unwrap();
-        let d_bias = stream.clone_htod(&bias).unwrap();
-        let (mi, ni, ki) = (m as i32, n as i32, k as i32);
-        let grid = (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1);
-        let cfg = LaunchConfig { grid_dim: grid, block_dim: (256, 1, 1), shared_mem_bytes: 48 * 1024 };
-        let (relu_i, out_f16_i) = (relu as i32, f16_out as i32);
+        let (d_a, d_b, d_bias) = (
+            stream.clone_htod(&a).unwrap(),
+            stream.clone_htod(&bt).unwrap(),
+            stream.clone_htod(&bias).unwrap(),
+        );
+        let g = GemmNt {
+            m,
+            n,
+            k,
+            alpha,
+            a: &d_a,
+            b: &d_b,
+            beta,
+            bias: with_bias.then_some(&d_bias),
+            relu: with_bias,
+        };
         let got: Vec<f32> = if f16_out {
-            let c0h: Vec<f16> = c0.iter().map(|&v| f16::from_f32(v)).collect();
-            let mut d_c = stream.clone_htod(&c0h).unwrap();
-            let mut l = stream.launch_builder(&tc);
-            l.arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&d_a).arg(&ki).arg(&d_b).arg(&ki).arg(&beta);
-            l.arg(&mut d_c).arg(&ni).arg(&out_f16_i);
-            if with_bias {
-                l.arg(&d_bias)
-            } else {
-                l.arg(&0u64)
-            };
-            l.arg(&relu_i);
-            // SAFETY: arguments match gemm_tc_f16's signature; buffers hold M×K, N×K, M×N, N.
-            unsafe { l.launch(cfg) }.unwrap();
+            let mut d_c =
+                stream.clone_htod(&c0.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>()).unwrap();
+            gemm_nt(&dev, &g, GemmOut::F16(&mut d_c)).unwrap();
             stream.clone_dtoh(&d_c).unwrap().into_iter().map(f16::to_f32).collect()
         } else {
             let mut d_c = stream.clone_htod(&c0).unwrap();
-            let mut l = stream.launch_builder(&tc);
-            l.arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&d_a).arg(&ki).arg(&d_b).arg(&ki).arg(&beta);
-            l.arg(&mut d_c).arg(&ni).arg(&out_f16_i);
-            if with_bias {
-                l.arg(&d_bias)
-            } else {
-                l.arg(&0u64)
-            };
-            l.arg(&relu_i);
-            // SAFETY: as above.
-            unsafe { l.launch(cfg) }.unwrap();
+            gemm_nt(&dev, &g, GemmOut::F32(&mut d_c)).unwrap();
             stream.clone_dtoh(&d_c).unwrap()
         };
-        let what =
-            format!("gemm_tc_f16 {m}×{n}×{k} beta={with_beta} bias+relu={with_bias} f16_out={f16_out}");
+        dev.synchronize("gemm_nt").unwrap();
+        let kernel = if uses_tensor_cores(k) { "gemm_tc_f16" } else { "gemm_ref_f16" };
+        let what = format!("{kernel} {m}×{n}×{k} beta={with_beta} bias+relu={with_bias} f16_out={f16_out}");
         // FP32 accumulation of ≤1024 products of O(1): error ~1e-5; an f16 output rounds by
         // 2⁻¹¹ relative.
         if f16_out {
@@ -196,23 +184,29 @@ fn gemm_tc_f16_matches_the_definition_and_the_reference_kernel() {
         } else {
             assert_close(&what, &got, &want, 1e-3, 1e-4);
         }
-
-        // The on-device oracle agrees on the plain product (alpha, beta = 0, FP32 out).
-        if !with_beta && !with_bias && !f16_out {
-            let mut d_ref = stream.alloc_zeros::<f32>(m * n).unwrap();
-            let (zero, ta, tb) = (0.0f32, 0i32, 1i32);
-            let mut l = stream.launch_builder(&reference);
-            l.arg(&mi).arg(&ni).arg(&ki).arg(&alpha).arg(&d_a).arg(&ki).arg(&ta).arg(&d_b).arg(&ki).arg(&tb);
-            l.arg(&zero).arg(&mut d_ref).arg(&ni);
-            let cfg = LaunchConfig {
-                grid_dim: (n.div_ceil(16) as u32, m.div_ceil(16) as u32, 1),
-                block_dim: (16, 16, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: arguments match gemm_ref_f16's signature (B transposed: N×K).
-            unsafe { l.launch(cfg) }.unwrap();
-            let oracle = stream.clone_dtoh(&d_ref).unwrap();
-            assert_close(&format!("{what} vs gemm_ref_f16"), &got, &oracle, 1e-3, 1e-4);
-        }
     }
+    // The same plain product through both kernels: K = 264 pads to 272 (zeros add nothing)
+    // for the tensor cores, and runs unpadded through the reference kernel.
+    let (m, n, k, kp) = (150, 90, 264, 272);
+    let a: Vec<f32> = rng.vec(m * k, -1.0, 1.0);
+    let b: Vec<f32> = rng.vec(n * k, -1.0, 1.0);
+    let padded = |x: &[f32], rows: usize, width: usize| -> Vec<f16> {
+        (0..rows * width)
+            .map(|i| if i % width < k { f16::from_f32(x[i / width * k + i % width]) } else { f16::ZERO })
+            .collect()
+    };
+    let run = |width: usize| {
+        let (d_a, d_b) = (
+            stream.clone_htod(&padded(&a, m, width)).unwrap(),
+            stream.clone_htod(&padded(&b, n, width)).unwrap(),
+        );
+        let mut d_c = stream.alloc_zeros::<f32>(m * n).unwrap();
+        let g = GemmNt { m, n, k: width, alpha: 1.0, a: &d_a, b: &d_b, beta: 0.0, bias: None, relu: false };
+        gemm_nt(&dev, &g, GemmOut::F32(&mut d_c)).unwrap();
+        stream.clone_dtoh(&d_c).unwrap()
+    };
+    let tensor_cores = run(kp);
+    let oracle = run(k + 1); // K = 265: not a multiple of 8, so the reference kernel
+    assert!(uses_tensor_cores(kp) && !uses_tensor_cores(k + 1));
+    assert_close("gemm_tc_f16 vs gemm_ref_f16", &tensor_cores, &oracle, 1e-3, 1e-4);
 }

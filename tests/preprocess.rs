@@ -177,29 +177,29 @@ fn yuv420_input_matches_the_rgb_path_on_the_same_picture() {
 /// with `ops`, and returns the output as f32. `None` without a GPU (the reason printed).
 #[cfg(feature = "cuda")]
 fn run_preprocess_kernel(
-    name: &str,
+    name: &'static str,
     src: &[u8],
     h: usize,
     w: usize,
     ops: &[FrameOp],
     side: usize,
 ) -> Option<Vec<f32>> {
-    use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
-    use cudarc::nvrtc::Ptx;
-    use dfengine::backend::cuda::{GpuProbe, probe};
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    use dfengine::backend::cuda::device::{CudaError, Device};
     use dfengine::kernels::KernelModule;
     use half::f16;
 
-    if let GpuProbe::Unavailable(why) = probe() {
-        eprintln!("skipped: no GPU ({why})");
-        return None;
-    }
+    let dev = match Device::open(0) {
+        Ok(d) => d,
+        Err(CudaError::Unavailable(why)) => {
+            eprintln!("skipped: no GPU ({why})");
+            return None;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let stream = dev.stream();
+    let kernel = dev.kernel(KernelModule::Preprocess, name).unwrap();
     let n = ops.len();
-    let ctx = CudaContext::new(0).expect("a context on device 0");
-    let stream = ctx.default_stream();
-    let ptx = KernelModule::Preprocess.ptx().expect("probe said the kernels are here");
-    let module = ctx.load_module(Ptx::from_src(ptx)).expect("load preprocess PTX");
-    let kernel = module.load_function(name).unwrap_or_else(|e| panic!("{name} in the PTX: {e}"));
     let crops: Vec<i32> =
         ops.iter().flat_map(|o| [o.crop.y0, o.crop.x0, o.crop.h, o.crop.w].map(|v| v as i32)).collect();
     let flips: Vec<u8> = ops.iter().map(|o| o.flip as u8).collect();
@@ -213,33 +213,14 @@ fn run_preprocess_kernel(
     let [mr, mg, mb] = IMAGENET_MEAN;
     let [sr, sg, sb] = IMAGENET_STD;
     let pixels = (n * side * side) as u32;
-    let mut launch = stream.launch_builder(&kernel);
-    launch
-        .arg(&d_src)
-        .arg(&ni)
-        .arg(&hi)
-        .arg(&wi)
-        .arg(&d_crops)
-        .arg(&d_flips)
-        .arg(&d_jitter)
-        .arg(&mut d_out)
-        .arg(&si)
-        .arg(&mr)
-        .arg(&mg)
-        .arg(&mb)
-        .arg(&sr)
-        .arg(&sg)
-        .arg(&sb);
+    let mut args = dev.args(&kernel);
+    args.arg(&d_src).arg(&ni).arg(&hi).arg(&wi).arg(&d_crops).arg(&d_flips).arg(&d_jitter).arg(&mut d_out);
+    args.arg(&si).arg(&mr).arg(&mg).arg(&mb).arg(&sr).arg(&sg).arg(&sb);
+    let cfg =
+        LaunchConfig { grid_dim: (pixels.div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: both preprocess kernels take these arguments (kernels/preprocess.cu), and
     // every buffer holds the elements the grid touches.
-    unsafe {
-        launch.launch(LaunchConfig {
-            grid_dim: (pixels.div_ceil(256), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        })
-    }
-    .unwrap_or_else(|e| panic!("launch {name}: {e}"));
+    unsafe { dev.launch(&kernel, args, cfg, || format!("{n} frames {h}×{w} → {side}²")) }.unwrap();
     Some(stream.clone_dtoh(&d_out).unwrap().into_iter().map(f16::to_f32).collect())
 }
 

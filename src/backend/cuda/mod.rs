@@ -1,6 +1,12 @@
-//! The CUDA backend. For now: finding out, without crashing, whether a usable GPU and a
-//! kernel set are present.
+//! The CUDA backend: finding out, without crashing, whether a usable GPU and a kernel
+//! set are present (`probe`); the launch layer (`device`: context, stream, cached PTX
+//! modules, errors naming kernel and shapes); and the host side of each kernel file
+//! (`gemm`).
 
+#[cfg(feature = "cuda")]
+pub mod device;
+#[cfg(feature = "cuda")]
+pub mod gemm;
 mod probe;
 
 pub use probe::{GpuInfo, GpuProbe, probe};

@@ -1,0 +1,150 @@
+//! The launch layer of the CUDA backend: one context and stream per device, each PTX
+//! module loaded once and cached, kernels looked up by name, and one place that turns a
+//! driver error into an error saying which kernel, with which shapes, failed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, LaunchArgs, LaunchConfig,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::probe::{GpuProbe, probe};
+use crate::kernels::KernelModule;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// No usable GPU or no kernels in this build; the reason is the probe's.
+    #[error("no CUDA device: {0}")]
+    Unavailable(String),
+    #[error("CUDA device {ordinal}: {source}")]
+    Device { ordinal: u32, source: DriverError },
+    #[error("loading kernels/{module}.cu: {source}")]
+    Module { module: &'static str, source: DriverError },
+    #[error("kernel {kernel} not in kernels/{module}.cu: {source}")]
+    Missing { module: &'static str, kernel: &'static str, source: DriverError },
+    #[error("kernel {kernel} ({shapes}): {source}")]
+    Launch { kernel: &'static str, shapes: String, source: DriverError },
+    /// Arguments a kernel cannot take (checked before launching).
+    #[error("kernel {kernel}: {detail}")]
+    Arguments { kernel: &'static str, detail: String },
+}
+
+/// A GPU with its stream and the kernels loaded so far.
+pub struct Device {
+    pub ordinal: u32,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<KernelModule, Arc<CudaModule>>>,
+}
+
+/// A kernel entry point, ready to launch.
+#[derive(Clone)]
+pub struct Kernel {
+    pub name: &'static str,
+    function: CudaFunction,
+}
+
+impl Device {
+    /// Device `ordinal`, after the probe says a driver, the device and kernels are there.
+    pub fn open(ordinal: u32) -> Result<Self, CudaError> {
+        if let GpuProbe::Unavailable(why) = probe() {
+            return Err(CudaError::Unavailable(why));
+        }
+        let ctx =
+            CudaContext::new(ordinal as usize).map_err(|source| CudaError::Device { ordinal, source })?;
+        let stream = ctx.default_stream();
+        Ok(Device { ordinal, ctx, stream, modules: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Kernel `name` of `module`; the module's PTX is loaded (JIT-compiled by the driver)
+    /// on first use only.
+    pub fn kernel(&self, module: KernelModule, name: &'static str) -> Result<Kernel, CudaError> {
+        let loaded = {
+            let mut modules = self.modules.lock().unwrap_or_else(PoisonError::into_inner);
+            match modules.get(&module) {
+                Some(m) => m.clone(),
+                None => {
+                    let ptx = module
+                        .ptx()
+                        .ok_or_else(|| CudaError::Unavailable(crate::kernels::NO_KERNELS_HELP.to_string()))?;
+                    let m = self
+                        .ctx
+                        .load_module(Ptx::from_src(ptx))
+                        .map_err(|source| CudaError::Module { module: module.name(), source })?;
+                    modules.insert(module, m.clone());
+                    m
+                }
+            }
+        };
+        let function = loaded.load_function(name).map_err(|source| CudaError::Missing {
+            module: module.name(),
+            kernel: name,
+            source,
+        })?;
+        Ok(Kernel { name, function })
+    }
+
+    /// A launch of `kernel` on this device's stream: push the arguments, then `launch`.
+    pub fn args<'a>(&'a self, kernel: &'a Kernel) -> LaunchArgs<'a> {
+        self.stream.launch_builder(&kernel.function)
+    }
+
+    /// Launches with the arguments pushed; a failure names the kernel and `shapes()`.
+    ///
+    /// # Safety
+    /// The arguments must match the kernel's signature, and every buffer must hold the
+    /// elements the grid touches.
+    pub unsafe fn launch(
+        &self,
+        kernel: &Kernel,
+        mut args: LaunchArgs<'_>,
+        cfg: LaunchConfig,
+        shapes: impl FnOnce() -> String,
+    ) -> Result<(), CudaError> {
+        // SAFETY: the caller's contract.
+        unsafe { args.launch(cfg) }.map(|_| ()).map_err(|source| CudaError::Launch {
+            kernel: kernel.name,
+            shapes: shapes(),
+            source,
+        })
+    }
+
+    /// Waits for the stream; an error a kernel raised asynchronously surfaces here, named
+    /// by `after` (what was running).
+    pub fn synchronize(&self, after: &'static str) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(|source| CudaError::Launch {
+            kernel: after,
+            shapes: "at synchronize".into(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_follows_the_probe() {
+        match (probe(), Device::open(0)) {
+            (GpuProbe::Unavailable(why), Err(CudaError::Unavailable(said))) => assert_eq!(why, said),
+            (GpuProbe::Ready(_), Ok(dev)) => {
+                let k = dev.kernel(KernelModule::Gemm, "gemm_tc_f16").expect("the GEMM kernel loads");
+                assert_eq!(k.name, "gemm_tc_f16");
+                let missing = dev.kernel(KernelModule::Gemm, "no_such_kernel").err().expect("an error");
+                assert!(missing.to_string().contains("no_such_kernel"), "{missing}");
+            }
+            (p, d) => panic!("probe {p:?} but open gave {:?}", d.err()),
+        }
+    }
+}
