@@ -14,15 +14,23 @@
 DF_DEVICE float df_sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
 
 // Sum of `v` over a block of `blockDim.x` threads (a power of two, at most 1024), in a
-// fixed tree order. Every thread gets the total. `scratch` holds blockDim.x floats.
-DF_DEVICE float df_block_sum(float v, float* scratch) {
+// fixed tree order. Every thread gets the total. `scratch` holds blockDim.x values.
+template <typename T>
+DF_DEVICE T df_block_sum(T v, T* scratch) {
     scratch[threadIdx.x] = v;
     __syncthreads();
     for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
         if (threadIdx.x < s) scratch[threadIdx.x] += scratch[threadIdx.x + s];
         __syncthreads();
     }
-    float total = scratch[0];
+    T total = scratch[0];
     __syncthreads();
     return total;
 }
+
+// Grid-stride loop over `n` elements in float4 steps, then the tail one by one: `body(i)`
+// is called for every index, vector-loaded where the caller reads through float4.
+// Element-wise kernels require 16-byte aligned base pointers (the pool's blocks are
+// 512-byte aligned).
+#define DF_GRID_STRIDE(i, n) \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)

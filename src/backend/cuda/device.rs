@@ -31,6 +31,19 @@ pub enum CudaError {
     Arguments { kernel: &'static str, detail: String },
 }
 
+/// The launch of an element-wise kernel over `items` work items (float4 vectors or
+/// elements) with a grid-stride loop: 256-thread blocks, as many as the items need up to
+/// a fixed cap of a few waves on any current GPU (more only adds scheduling overhead).
+pub fn grid_1d(items: usize) -> LaunchConfig {
+    const THREADS: usize = 256;
+    const MAX_BLOCKS: usize = 4096;
+    LaunchConfig {
+        grid_dim: (items.div_ceil(THREADS).clamp(1, MAX_BLOCKS) as u32, 1, 1),
+        block_dim: (THREADS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// A GPU with its stream and the kernels loaded so far.
 pub struct Device {
     pub ordinal: u32,

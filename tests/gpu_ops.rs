@@ -1,0 +1,222 @@
+//! The element-wise and optimizer kernels (kernels/eltwise.cu, kernels/optim.cu) against
+//! their CPU twins, on sizes with and without a float4 tail. Exact where both sides do
+//! the same IEEE FP32 operations; the tolerances elsewhere say why. Skips with the reason
+//! without a GPU.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::{Rng, assert_close};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use dfengine::backend::cpu::{eltwise, optim};
+use dfengine::backend::cuda::device::{CudaError, Device, grid_1d};
+use dfengine::backend::params::{AdamWParams, SgdParams};
+use dfengine::kernels::KernelModule;
+use half::f16;
+
+fn device() -> Option<Device> {
+    match Device::open(0) {
+        Ok(d) => Some(d),
+        Err(CudaError::Unavailable(why)) => {
+            eprintln!("skipped: no GPU ({why})");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A tail of 3 after the float4 vectors, and a size past one grid's worth of threads.
+const SIZES: [usize; 3] = [3, 4099, 1_000_003];
+
+fn host<T: cudarc::driver::DeviceRepr + Default + Clone>(dev: &Device, d: &CudaSlice<T>) -> Vec<T> {
+    dev.synchronize("the kernel under test").unwrap();
+    dev.stream().clone_dtoh(d).unwrap()
+}
+
+#[test]
+fn elementwise_kernels_match_the_cpu() {
+    let Some(dev) = device() else { return };
+    let s = dev.stream().clone();
+    let mut rng = Rng::new(40);
+    for n in SIZES {
+        let x = rng.vec(n, -3.0, 3.0);
+        let y0 = rng.vec(n, -3.0, 3.0);
+        let nn = n as i64;
+        let (dx, dy0) = (s.clone_htod(&x).unwrap(), s.clone_htod(&y0).unwrap());
+        let vec_cfg = grid_1d(n.div_ceil(4));
+        let k = |name| dev.kernel(KernelModule::Eltwise, name).unwrap();
+        let shapes = || format!("n = {n}");
+
+        // relu forward and backward (the forward output of x masks dy0)
+        let mut d_out = s.alloc_zeros::<f32>(n).unwrap();
+        let relu = k("relu_fwd_f32");
+        let mut a = dev.args(&relu);
+        a.arg(&dx).arg(&mut d_out).arg(&nn);
+        // SAFETY (every launch here): arguments follow the kernel's signature in
+        // kernels/eltwise.cu; buffers hold n elements.
+        unsafe { dev.launch(&relu, a, vec_cfg, shapes) }.unwrap();
+        let mut want = vec![0.0; n];
+        eltwise::relu_fwd(&x, &mut want);
+        let y_relu = host(&dev, &d_out);
+        assert_eq!(y_relu, want, "relu_fwd_f32, n = {n}");
+
+        let d_y = s.clone_htod(&y_relu).unwrap();
+        let mut d_dx = s.alloc_zeros::<f32>(n).unwrap();
+        let bwd = k("relu_bwd_f32");
+        let mut a = dev.args(&bwd);
+        a.arg(&dy0).arg(&d_y).arg(&mut d_dx).arg(&nn);
+        unsafe { dev.launch(&bwd, a, vec_cfg, shapes) }.unwrap();
+        eltwise::relu_bwd(&y0, &y_relu, &mut want);
+        assert_eq!(host(&dev, &d_dx), want, "relu_bwd_f32, n = {n}");
+
+        // y += x, then y *= alpha, then fill
+        let mut d_acc = s.clone_htod(&y0).unwrap();
+        let add = k("add_assign_f32");
+        let mut a = dev.args(&add);
+        a.arg(&mut d_acc).arg(&dx).arg(&nn);
+        unsafe { dev.launch(&add, a, vec_cfg, shapes) }.unwrap();
+        let mut want = y0.clone();
+        eltwise::add_assign(&mut want, &x);
+        assert_eq!(host(&dev, &d_acc), want, "add_assign_f32, n = {n}");
+
+        let alpha = 0.37f32;
+        let scale = k("scale_f32");
+        let mut a = dev.args(&scale);
+        a.arg(&mut d_acc).arg(&alpha).arg(&nn);
+        unsafe { dev.launch(&scale, a, vec_cfg, shapes) }.unwrap();
+        eltwise::scale(&mut want, alpha);
+        assert_eq!(host(&dev, &d_acc), want, "scale_f32, n = {n}");
+
+        let value = -1.5f32;
+        let fill = k("fill_f32");
+        let mut a = dev.args(&fill);
+        a.arg(&mut d_acc).arg(&value).arg(&nn);
+        unsafe { dev.launch(&fill, a, vec_cfg, shapes) }.unwrap();
+        assert!(host(&dev, &d_acc).iter().all(|&v| v == value), "fill_f32, n = {n}");
+
+        // sigmoid: the kernel's exp is the fast one (a couple of ulp)
+        let sig = k("sigmoid_f32");
+        let mut a = dev.args(&sig);
+        a.arg(&dx).arg(&mut d_out).arg(&nn);
+        unsafe { dev.launch(&sig, a, grid_1d(n), shapes) }.unwrap();
+        let mut want = vec![0.0; n];
+        eltwise::sigmoid(&x, &mut want);
+        assert_close(&format!("sigmoid_f32, n = {n}"), &host(&dev, &d_out), &want, 1e-6, 1e-6);
+
+        // casts: round to nearest even both ways, bit for bit
+        let mut d_h = s.alloc_zeros::<f16>(n).unwrap();
+        let to_h = k("cast_f32_f16");
+        let mut a = dev.args(&to_h);
+        a.arg(&dx).arg(&mut d_h).arg(&nn);
+        unsafe { dev.launch(&to_h, a, grid_1d(n), shapes) }.unwrap();
+        let mut want_h = vec![f16::ZERO; n];
+        eltwise::cast_f32_f16(&x, &mut want_h);
+        assert_eq!(host(&dev, &d_h), want_h, "cast_f32_f16, n = {n}");
+        let to_f = k("cast_f16_f32");
+        let mut a = dev.args(&to_f);
+        a.arg(&d_h).arg(&mut d_out).arg(&nn);
+        unsafe { dev.launch(&to_f, a, grid_1d(n), shapes) }.unwrap();
+        let mut want = vec![0.0; n];
+        eltwise::cast_f16_f32(&want_h, &mut want);
+        assert_eq!(host(&dev, &d_out), want, "cast_f16_f32, n = {n}");
+    }
+}
+
+#[test]
+fn optimizer_kernels_match_the_cpu() {
+    let Some(dev) = device() else { return };
+    let s = dev.stream().clone();
+    let mut rng = Rng::new(41);
+    for n in SIZES {
+        let nn = n as i64;
+        let shapes = || format!("n = {n}");
+        let k = |name| dev.kernel(KernelModule::Optim, name).unwrap();
+        let p0 = rng.vec(n, -1.0, 1.0);
+        let g = rng.vec(n, -0.1, 0.1);
+        let m0 = rng.vec(n, -0.01, 0.01);
+        let v0 = rng.vec(n, 0.0, 1e-4);
+
+        // AdamW at step 3: bias corrections from the host in f64, as the CPU twin.
+        let hp = AdamWParams { lr: 1e-3, weight_decay: 0.05, ..AdamWParams::default() };
+        let step = 3u64;
+        let bc1 = 1.0 - (hp.beta1 as f64).powi(step as i32);
+        let bc2_sqrt = (1.0 - (hp.beta2 as f64).powi(step as i32)).sqrt();
+        let (step_size, decay) = ((hp.lr as f64 / bc1) as f32, 1.0 - hp.lr * hp.weight_decay);
+        let (mut dp, dg) = (s.clone_htod(&p0).unwrap(), s.clone_htod(&g).unwrap());
+        let (mut dm, mut dv) = (s.clone_htod(&m0).unwrap(), s.clone_htod(&v0).unwrap());
+        let adamw = k("adamw_step_f32");
+        let mut a = dev.args(&adamw);
+        a.arg(&mut dp).arg(&dg).arg(&mut dm).arg(&mut dv).arg(&nn);
+        a.arg(&hp.beta1).arg(&hp.beta2).arg(&hp.eps).arg(&decay).arg(&step_size).arg(&bc2_sqrt);
+        // SAFETY (every launch here): arguments follow kernels/optim.cu; buffers hold n.
+        unsafe { dev.launch(&adamw, a, grid_1d(n), shapes) }.unwrap();
+        let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+        optim::adamw_step(&mut p, &g, &mut m, &mut v, &hp, step);
+        // The device may fuse a multiply-add the CPU rounds twice: a few ulp.
+        assert_close(&format!("adamw m, n = {n}"), &host(&dev, &dm), &m, 1e-9, 1e-6);
+        assert_close(&format!("adamw v, n = {n}"), &host(&dev, &dv), &v, 1e-12, 1e-6);
+        assert_close(&format!("adamw p, n = {n}"), &host(&dev, &dp), &p, 1e-7, 1e-6);
+
+        // SGD with momentum and Nesterov, first step and a later one.
+        let hp = SgdParams { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 1e-4 };
+        let (mut dp, mut db) = (s.clone_htod(&p0).unwrap(), s.clone_htod(&m0).unwrap());
+        let (mut p, mut b) = (p0.clone(), m0.clone());
+        let sgd = k("sgd_step_f32");
+        for first in [true, false] {
+            let (nesterov, first_i) = (hp.nesterov as i32, first as i32);
+            let mut a = dev.args(&sgd);
+            a.arg(&mut dp).arg(&dg).arg(&mut db).arg(&nn).arg(&hp.lr).arg(&hp.momentum);
+            a.arg(&nesterov).arg(&hp.weight_decay).arg(&first_i);
+            unsafe { dev.launch(&sgd, a, grid_1d(n), shapes) }.unwrap();
+            optim::sgd_step(&mut p, &g, &mut b, &hp, first);
+        }
+        assert_close(&format!("sgd p, n = {n}"), &host(&dev, &dp), &p, 1e-7, 1e-6);
+        assert_close(&format!("sgd buf, n = {n}"), &host(&dev, &db), &b, 1e-7, 1e-6);
+
+        // Unscale: finite gradients report nothing; one inf is found wherever it is.
+        for poison in [None, Some(n - 1)] {
+            let mut gs = g.clone();
+            if let Some(i) = poison {
+                gs[i] = f32::INFINITY;
+            }
+            let mut dgs = s.clone_htod(&gs).unwrap();
+            let mut found = s.alloc_zeros::<i32>(1).unwrap();
+            let inv = 1.0f32 / 1024.0;
+            let unscale = k("unscale_check_f32");
+            let mut a = dev.args(&unscale);
+            a.arg(&mut dgs).arg(&nn).arg(&inv).arg(&mut found);
+            unsafe { dev.launch(&unscale, a, grid_1d(n), shapes) }.unwrap();
+            let want_found = optim::unscale_check(&mut gs, inv);
+            assert_eq!(host(&dev, &found)[0] != 0, want_found, "unscale_check found, n = {n}");
+            assert_eq!(host(&dev, &dgs), gs, "unscale_check values, n = {n}");
+        }
+
+        // Σ g² in f64, twice: the same bits both times, and the CPU's sum to rounding.
+        let chunk = 1usize << 14;
+        let blocks = n.div_ceil(chunk);
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let mut partials = s.alloc_zeros::<f64>(blocks).unwrap();
+            let mut total = s.alloc_zeros::<f64>(1).unwrap();
+            let pass1 = k("sum_squares_partial_f32");
+            let (chunk_i, count) = (chunk as i64, blocks as i32);
+            let mut a = dev.args(&pass1);
+            a.arg(&dg).arg(&nn).arg(&chunk_i).arg(&mut partials);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 256 * 8,
+            };
+            unsafe { dev.launch(&pass1, a, cfg, shapes) }.unwrap();
+            let pass2 = k("sum_partials_f64");
+            let mut a = dev.args(&pass2);
+            a.arg(&partials).arg(&count).arg(&mut total);
+            let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 256 * 8 };
+            unsafe { dev.launch(&pass2, a, cfg, shapes) }.unwrap();
+            runs.push(host(&dev, &total)[0]);
+        }
+        assert_eq!(runs[0].to_bits(), runs[1].to_bits(), "sum of squares is not deterministic");
+        let want = optim::sum_squares(&g);
+        assert!((runs[0] - want).abs() <= 1e-12 * want, "sum of squares {} vs CPU {want}", runs[0]);
+    }
+}
