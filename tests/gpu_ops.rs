@@ -220,3 +220,53 @@ fn optimizer_kernels_match_the_cpu() {
         assert!((runs[0] - want).abs() <= 1e-12 * want, "sum of squares {} vs CPU {want}", runs[0]);
     }
 }
+
+#[test]
+fn pooling_kernels_match_the_cpu_bit_for_bit() {
+    use dfengine::backend::cpu::pool;
+    use dfengine::backend::cuda::pool as gpu_pool;
+    use dfengine::backend::params::Pool2dGeom;
+
+    let Some(dev) = device() else { return };
+    let s = dev.stream().clone();
+    let mut rng = Rng::new(42);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // Odd sizes; values from a few levels so that windows hold ties; one NaN.
+    for (dims, window, stride, pad) in
+        [([2, 17, 15, 5], 3, 2, 1), ([1, 8, 8, 3], 2, 2, 0), ([3, 5, 9, 2], 3, 1, 1)]
+    {
+        let g = Pool2dGeom::new(dims, window, stride, pad).unwrap();
+        let xn = dims.iter().product::<usize>();
+        let mut x: Vec<f32> = (0..xn).map(|_| rng.below(4) as f32 - 1.0).collect();
+        x[xn / 3] = f32::NAN;
+        let yn = g.n * g.p * g.q * g.c;
+        let dy = rng.vec(yn, -1.0, 1.0);
+        let (dx_dev, ddy) = (s.clone_htod(&x).unwrap(), s.clone_htod(&dy).unwrap());
+        let mut d_y = s.alloc_zeros::<f32>(yn).unwrap();
+        gpu_pool::max_pool2d_fwd(&dev, &g, &dx_dev, &mut d_y).unwrap();
+        let mut want = vec![0.0; yn];
+        pool::max_pool2d_fwd(&g, &x, &mut want);
+        assert_eq!(bits(&host(&dev, &d_y)), bits(&want), "max pool forward {dims:?}");
+        let mut d_dx = s.alloc_zeros::<f32>(xn).unwrap();
+        gpu_pool::max_pool2d_bwd(&dev, &g, &dx_dev, &ddy, &mut d_dx).unwrap();
+        let mut want = vec![0.0; xn];
+        pool::max_pool2d_bwd(&g, &x, &dy, &mut want);
+        assert_eq!(bits(&host(&dev, &d_dx)), bits(&want), "max pool backward {dims:?}");
+    }
+    // Global average pool (group = H·W = 49) and temporal mean (group = T = 16).
+    for (blocks, group, c) in [(6, 49, 512), (4, 16, 2048), (3, 1, 7)] {
+        let x = rng.vec(blocks * group * c, -2.0, 2.0);
+        let dy = rng.vec(blocks * c, -1.0, 1.0);
+        let (d_x, d_dy) = (s.clone_htod(&x).unwrap(), s.clone_htod(&dy).unwrap());
+        let mut d_y = s.alloc_zeros::<f32>(blocks * c).unwrap();
+        gpu_pool::mean_rows(&dev, &d_x, &mut d_y, blocks, group, c).unwrap();
+        let mut want = vec![0.0; blocks * c];
+        pool::mean_rows(&x, group, c, &mut want);
+        assert_eq!(bits(&host(&dev, &d_y)), bits(&want), "mean over {group} rows");
+        let mut d_dx = s.alloc_zeros::<f32>(blocks * group * c).unwrap();
+        gpu_pool::mean_rows_bwd(&dev, &d_dy, &mut d_dx, blocks, group, c).unwrap();
+        let mut want = vec![0.0; blocks * group * c];
+        pool::mean_rows_bwd(&dy, group, c, &mut want);
+        assert_eq!(bits(&host(&dev, &d_dx)), bits(&want), "mean backward over {group} rows");
+    }
+}
