@@ -18,7 +18,7 @@ mod tests {
     #[test]
     fn every_kernel_family_of_the_design_has_a_module() {
         let names: Vec<_> = KernelModule::ALL.iter().map(|m| m.name()).collect();
-        for family in ["gemm", "conv", "preprocess", "loss", "eltwise", "optim", "pool"] {
+        for family in ["gemm", "conv", "preprocess", "loss", "eltwise", "optim", "pool", "norm"] {
             assert!(names.contains(&family), "kernels/{family}.cu missing from {names:?}");
         }
     }

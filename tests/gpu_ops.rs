@@ -270,3 +270,75 @@ fn pooling_kernels_match_the_cpu_bit_for_bit() {
         assert_eq!(bits(&host(&dev, &d_dx)), bits(&want), "mean backward over {group} rows");
     }
 }
+
+#[test]
+fn batch_norm_kernels_match_the_cpu_bit_for_bit() {
+    use dfengine::backend::cpu::norm;
+    use dfengine::backend::cuda::norm as gpu_norm;
+    use dfengine::backend::params::BatchNormParams;
+
+    let Some(dev) = device() else { return };
+    let s = dev.stream().clone();
+    let mut rng = Rng::new(43);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // Row counts around the 256-row chunk, a mean far from zero, ReLU fused or not.
+    for (m, c, relu) in [(1000, 3, false), (513, 64, true), (245, 130, true), (256, 1, false)] {
+        let params = BatchNormParams { relu, ..BatchNormParams::default() };
+        let x: Vec<f32> = rng.vec(m * c, -1.0, 1.0).iter().map(|v| 3.0 + 2.0 * v).collect();
+        let dy = rng.vec(m * c, -1.0, 1.0);
+        let gamma = rng.vec(c, 0.5, 1.5);
+        let beta = rng.vec(c, -0.2, 0.2);
+        let rm0 = rng.vec(c, -0.1, 0.1);
+        let rv0 = rng.vec(c, 0.9, 1.1);
+        let up = |v: &[f32]| s.clone_htod(v).unwrap();
+        let (d_x, d_dy, d_gamma, d_beta) = (up(&x), up(&dy), up(&gamma), up(&beta));
+        let (mut d_rm, mut d_rv) = (up(&rm0), up(&rv0));
+        let mut d_y = s.alloc_zeros::<f32>(m * c).unwrap();
+        let (mut d_mean, mut d_invstd) = (s.alloc_zeros::<f32>(c).unwrap(), s.alloc_zeros::<f32>(c).unwrap());
+        gpu_norm::batch_norm_fwd_train(
+            &dev,
+            &d_x,
+            m,
+            c,
+            &d_gamma,
+            &d_beta,
+            &mut d_rm,
+            &mut d_rv,
+            &params,
+            &mut d_y,
+            &mut d_mean,
+            &mut d_invstd,
+        )
+        .unwrap();
+        let (mut rm, mut rv, mut y) = (rm0.clone(), rv0.clone(), vec![0.0; m * c]);
+        let (mean, invstd) =
+            norm::batch_norm_fwd_train(&x, c, &gamma, &beta, &mut rm, &mut rv, &params, &mut y);
+        let what = format!("M={m} C={c} relu={relu}");
+        assert_eq!(bits(&host(&dev, &d_mean)), bits(&mean), "saved mean, {what}");
+        assert_eq!(bits(&host(&dev, &d_invstd)), bits(&invstd), "saved invstd, {what}");
+        assert_eq!(bits(&host(&dev, &d_rm)), bits(&rm), "running mean, {what}");
+        assert_eq!(bits(&host(&dev, &d_rv)), bits(&rv), "running var, {what}");
+        assert_eq!(bits(&host(&dev, &d_y)), bits(&y), "y, {what}");
+
+        let mut d_ye = s.alloc_zeros::<f32>(m * c).unwrap();
+        gpu_norm::batch_norm_fwd_eval(&dev, &d_x, m, c, &d_gamma, &d_beta, &d_rm, &d_rv, &params, &mut d_ye)
+            .unwrap();
+        let mut ye = vec![0.0; m * c];
+        norm::batch_norm_fwd_eval(&x, c, &gamma, &beta, &rm, &rv, &params, &mut ye);
+        assert_eq!(bits(&host(&dev, &d_ye)), bits(&ye), "eval y, {what}");
+
+        let mut d_dx = s.alloc_zeros::<f32>(m * c).unwrap();
+        let (mut d_dg, mut d_db) = (s.alloc_zeros::<f32>(c).unwrap(), s.alloc_zeros::<f32>(c).unwrap());
+        let relu_y = relu.then_some(&d_y);
+        gpu_norm::batch_norm_bwd(
+            &dev, &d_dy, &d_x, m, c, &d_gamma, &d_mean, &d_invstd, relu_y, &mut d_dx, &mut d_dg, &mut d_db,
+        )
+        .unwrap();
+        let mut dx = vec![0.0; m * c];
+        let (dg, db) =
+            norm::batch_norm_bwd(&dy, &x, c, &gamma, &mean, &invstd, relu.then_some(y.as_slice()), &mut dx);
+        assert_eq!(bits(&host(&dev, &d_dg)), bits(&dg), "dgamma, {what}");
+        assert_eq!(bits(&host(&dev, &d_db)), bits(&db), "dbeta, {what}");
+        assert_eq!(bits(&host(&dev, &d_dx)), bits(&dx), "dx, {what}");
+    }
+}

@@ -1,12 +1,14 @@
 //! The CUDA backend: finding out, without crashing, whether a usable GPU and a kernel
 //! set are present (`probe`); the launch layer (`device`: context, stream, cached PTX
 //! modules, errors naming kernel and shapes); and the host side of each kernel file
-//! (`gemm`, `pool`).
+//! (`gemm`, `norm`, `pool`).
 
 #[cfg(feature = "cuda")]
 pub mod device;
 #[cfg(feature = "cuda")]
 pub mod gemm;
+#[cfg(feature = "cuda")]
+pub mod norm;
 #[cfg(feature = "cuda")]
 pub mod pool;
 mod probe;

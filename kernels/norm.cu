@@ -1,0 +1,137 @@
+// Batch norm over the channels of an NHWC tensor seen as [M, C] (M = N·H·W): training
+// forward (batch statistics, running statistics updated), eval forward, backward.
+//
+// Statistics are reduced deterministically and in the very order of the CPU twin
+// (src/backend/cpu/norm.rs), so they agree bit for bit: the rows are cut into chunks of
+// ROWS (256); pass 1 (`bn_chunk_sums_f64`) gives one thread each (chunk, channel) and sums
+// that chunk's rows in order, in f64; pass 2 (`bn_reduce_chunks_f64`) sums the chunk
+// partials of a channel in order. Consecutive threads take consecutive channels, so each
+// warp reads a contiguous run of a row (coalesced). The variance is two-pass (mean
+// first), accurate when |mean| ≫ std. Element-wise arithmetic uses the round-to-nearest
+// intrinsics so that the compiler does not fuse a multiply-add the CPU rounds twice.
+//
+// Bytes: the training forward reads x three times (two statistics passes, normalise) and
+// writes y once; the backward reads dy and x twice. At ResNet sizes (C ≤ 2048, M in the
+// hundreds of thousands) the statistics passes are bandwidth-bound like the rest; a
+// later version fuses the sum into the producing convolution's epilogue.
+#include "common.cuh"
+
+#define BN_ROWS 256
+
+// What pass 1 sums, per element i of channel ch.
+enum BnSum { SUM_X = 0, SUM_SQDEV = 1, SUM_G = 2, SUM_G_XHAT = 3 };
+
+DF_DEVICE float bn_grad(const float* dy, const float* relu_y, long long i) {
+    return relu_y ? (relu_y[i] > 0.0f ? dy[i] : 0.0f) : dy[i];
+}
+
+extern "C" __global__ void bn_chunk_sums_f64(const float* __restrict__ x, const float* __restrict__ dy,
+                                             const float* __restrict__ relu_y, const double* __restrict__ mean_d,
+                                             const float* __restrict__ mean_f, const float* __restrict__ invstd,
+                                             int kind, long long M, int C, double* __restrict__ partials) {
+    long long chunks = (M + BN_ROWS - 1) / BN_ROWS;
+    DF_GRID_STRIDE(t, chunks * C) {
+        int ch = (int)(t % C);
+        long long chunk = t / C;
+        long long end = min((chunk + 1) * BN_ROWS, M);
+        double acc = 0.0;
+        for (long long row = chunk * BN_ROWS; row < end; ++row) {
+            long long i = row * C + ch;
+            double v;
+            switch (kind) {
+                case SUM_X: v = (double)x[i]; break;
+                case SUM_SQDEV: {
+                    double d = __dsub_rn((double)x[i], mean_d[ch]);
+                    v = __dmul_rn(d, d);
+                    break;
+                }
+                case SUM_G: v = (double)bn_grad(dy, relu_y, i); break;
+                default: {
+                    float xhat = __fmul_rn(__fsub_rn(x[i], mean_f[ch]), invstd[ch]);
+                    v = __dmul_rn((double)bn_grad(dy, relu_y, i), (double)xhat);
+                }
+            }
+            acc = __dadd_rn(acc, v);
+        }
+        partials[t] = acc;
+    }
+}
+
+extern "C" __global__ void bn_reduce_chunks_f64(const double* __restrict__ partials, long long chunks, int C,
+                                                double* __restrict__ out) {
+    DF_GRID_STRIDE(ch, (long long)C) {
+        double acc = 0.0;
+        for (long long k = 0; k < chunks; ++k) acc = __dadd_rn(acc, partials[k * C + ch]);
+        out[ch] = acc;
+    }
+}
+
+// mean_d = Σx / M.
+extern "C" __global__ void bn_mean_f64(const double* __restrict__ sum, long long M, int C,
+                                       double* __restrict__ mean_d) {
+    DF_GRID_STRIDE(ch, (long long)C) mean_d[ch] = __ddiv_rn(sum[ch], (double)M);
+}
+
+// From Σ(x − mean)²: the saved mean and invstd (f32), and the running statistics,
+// updated with the unbiased variance as PyTorch does.
+extern "C" __global__ void bn_train_stats_f32(const double* __restrict__ mean_d, const double* __restrict__ sqdev,
+                                              long long M, int C, float eps, float momentum,
+                                              float* __restrict__ mean_f, float* __restrict__ invstd,
+                                              float* __restrict__ running_mean, float* __restrict__ running_var) {
+    double mom = (double)momentum;
+    double unbias = M > 1 ? __ddiv_rn((double)M, (double)(M - 1)) : 1.0;
+    DF_GRID_STRIDE(ch, (long long)C) {
+        double var = __ddiv_rn(sqdev[ch], (double)M);
+        invstd[ch] = (float)__ddiv_rn(1.0, __dsqrt_rn(__dadd_rn(var, (double)eps)));
+        mean_f[ch] = (float)mean_d[ch];
+        running_mean[ch] =
+            (float)__dadd_rn(__dmul_rn(1.0 - mom, (double)running_mean[ch]), __dmul_rn(mom, mean_d[ch]));
+        running_var[ch] = (float)__dadd_rn(__dmul_rn(1.0 - mom, (double)running_var[ch]),
+                                           __dmul_rn(__dmul_rn(mom, var), unbias));
+    }
+}
+
+// Eval mode: invstd from the running variance, in f32 as the CPU twin.
+extern "C" __global__ void bn_invstd_f32(const float* __restrict__ var, int C, float eps,
+                                         float* __restrict__ invstd) {
+    DF_GRID_STRIDE(ch, (long long)C) invstd[ch] = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var[ch], eps)));
+}
+
+// y = (x − mean)·invstd·γ + β, then ReLU if asked.
+extern "C" __global__ void bn_normalize_f32(const float* __restrict__ x, long long M, int C,
+                                            const float* __restrict__ mean, const float* __restrict__ invstd,
+                                            const float* __restrict__ gamma, const float* __restrict__ beta,
+                                            int relu, float* __restrict__ y) {
+    DF_GRID_STRIDE(i, M * C) {
+        int ch = (int)(i % C);
+        float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(x[i], mean[ch]), invstd[ch]), gamma[ch]), beta[ch]);
+        y[i] = relu ? fmaxf(v, 0.0f) : v;
+    }
+}
+
+// From Σg and Σg·x̂: dβ, dγ, and their means for the input gradient.
+extern "C" __global__ void bn_bwd_stats_f32(const double* __restrict__ sum_g, const double* __restrict__ sum_gx,
+                                            long long M, int C, float* __restrict__ mean_g,
+                                            float* __restrict__ mean_gx, float* __restrict__ dgamma,
+                                            float* __restrict__ dbeta) {
+    DF_GRID_STRIDE(ch, (long long)C) {
+        mean_g[ch] = (float)__ddiv_rn(sum_g[ch], (double)M);
+        mean_gx[ch] = (float)__ddiv_rn(sum_gx[ch], (double)M);
+        dgamma[ch] = (float)sum_gx[ch];
+        dbeta[ch] = (float)sum_g[ch];
+    }
+}
+
+// dx = γ·invstd·(g − mean(g) − x̂·mean(g·x̂)).
+extern "C" __global__ void bn_bwd_dx_f32(const float* __restrict__ dy, const float* __restrict__ x,
+                                         const float* __restrict__ relu_y, long long M, int C,
+                                         const float* __restrict__ gamma, const float* __restrict__ mean,
+                                         const float* __restrict__ invstd, const float* __restrict__ mean_g,
+                                         const float* __restrict__ mean_gx, float* __restrict__ dx) {
+    DF_GRID_STRIDE(i, M * C) {
+        int ch = (int)(i % C);
+        float xhat = __fmul_rn(__fsub_rn(x[i], mean[ch]), invstd[ch]);
+        float inner = __fsub_rn(__fsub_rn(bn_grad(dy, relu_y, i), mean_g[ch]), __fmul_rn(xhat, mean_gx[ch]));
+        dx[i] = __fmul_rn(__fmul_rn(gamma[ch], invstd[ch]), inner);
+    }
+}

@@ -1,0 +1,248 @@
+//! The host side of kernels/norm.cu: batch norm over the channels of an [M, C] tensor,
+//! the statistics reduced in two deterministic passes (chunk partials, then their sum).
+//! The f64 scratch of a call (C·⌈M/256⌉ partials and a few per-channel vectors) is
+//! allocated per call for now; the pool takes it over with the rest of the backend.
+
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+use super::device::{CudaError, Device, grid_1d};
+use crate::backend::params::BatchNormParams;
+use crate::kernels::KernelModule;
+
+/// Rows per partial sum: kernels/norm.cu's BN_ROWS.
+const ROWS: usize = 256;
+
+/// kernels/norm.cu's `BnSum`.
+#[derive(Clone, Copy)]
+enum Sum {
+    X = 0,
+    SqDev = 1,
+    G = 2,
+    GXhat = 3,
+}
+
+/// A per-channel vector the caller passes (γ, β, running statistics, saved statistics).
+fn check(kernel: &'static str, what: &str, have: usize, need: usize) -> Result<(), CudaError> {
+    if have < need {
+        return Err(CudaError::Arguments {
+            kernel,
+            detail: format!("{what} holds {have} elements, needs {need}"),
+        });
+    }
+    Ok(())
+}
+
+fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    dev: &Device,
+    n: usize,
+) -> Result<CudaSlice<T>, CudaError> {
+    dev.stream().alloc_zeros::<T>(n).map_err(|source| CudaError::Device { ordinal: dev.ordinal, source })
+}
+
+/// Optional tensors of the sums kernel; absent ones are null pointers.
+struct SumInputs<'a> {
+    x: Option<&'a CudaSlice<f32>>,
+    dy: Option<&'a CudaSlice<f32>>,
+    relu_y: Option<&'a CudaSlice<f32>>,
+    mean_d: Option<&'a CudaSlice<f64>>,
+    mean_f: Option<&'a CudaSlice<f32>>,
+    invstd: Option<&'a CudaSlice<f32>>,
+}
+
+/// Per-channel f64 sums of `kind` over M rows, in the CPU twin's order.
+fn channel_sums(
+    dev: &Device,
+    kind: Sum,
+    inp: &SumInputs<'_>,
+    m: usize,
+    c: usize,
+) -> Result<CudaSlice<f64>, CudaError> {
+    let chunks = m.div_ceil(ROWS);
+    let mut partials = alloc::<f64>(dev, chunks * c)?;
+    let mut out = alloc::<f64>(dev, c)?;
+    let null = 0u64;
+    let (kind_i, mm, ci, chunks_i) = (kind as i32, m as i64, c as i32, chunks as i64);
+    let pass1 = dev.kernel(KernelModule::Norm, "bn_chunk_sums_f64")?;
+    let mut args = dev.args(&pass1);
+    macro_rules! opt {
+        ($v:expr) => {
+            match $v {
+                Some(t) => args.arg(t),
+                None => args.arg(&null),
+            }
+        };
+    }
+    opt!(inp.x);
+    opt!(inp.dy);
+    opt!(inp.relu_y);
+    opt!(inp.mean_d);
+    opt!(inp.mean_f);
+    opt!(inp.invstd);
+    args.arg(&kind_i).arg(&mm).arg(&ci).arg(&mut partials);
+    let shapes = || format!("M={m} C={c}");
+    // SAFETY: arguments follow bn_chunk_sums_f64; the kind reads only the tensors given,
+    // each of M·C (or C) elements, checked by the callers.
+    unsafe { dev.launch(&pass1, args, grid_1d(chunks * c), shapes) }?;
+    let pass2 = dev.kernel(KernelModule::Norm, "bn_reduce_chunks_f64")?;
+    let mut args = dev.args(&pass2);
+    args.arg(&partials).arg(&chunks_i).arg(&ci).arg(&mut out);
+    // SAFETY: partials holds chunks·C values, out C.
+    unsafe { dev.launch(&pass2, args, grid_1d(c), shapes) }?;
+    Ok(out)
+}
+
+/// Training-mode forward: y, and the saved (mean, invstd) written to `mean`, `invstd`;
+/// the running statistics updated in place.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_fwd_train(
+    dev: &Device,
+    x: &CudaSlice<f32>,
+    m: usize,
+    c: usize,
+    gamma: &CudaSlice<f32>,
+    beta: &CudaSlice<f32>,
+    running_mean: &mut CudaSlice<f32>,
+    running_var: &mut CudaSlice<f32>,
+    params: &BatchNormParams,
+    y: &mut CudaSlice<f32>,
+    mean: &mut CudaSlice<f32>,
+    invstd: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    let name = "bn_train_stats_f32";
+    check(name, "x", x.len(), m * c)?;
+    check(name, "y", y.len(), m * c)?;
+    for (what, len) in [("gamma", gamma.len()), ("beta", beta.len()), ("running_mean", running_mean.len())] {
+        check(name, what, len, c)?;
+    }
+    for (what, len) in [("running_var", running_var.len()), ("mean", mean.len()), ("invstd", invstd.len())] {
+        check(name, what, len, c)?;
+    }
+    let none = SumInputs { x: Some(x), dy: None, relu_y: None, mean_d: None, mean_f: None, invstd: None };
+    let sum = channel_sums(dev, Sum::X, &none, m, c)?;
+    let (mm, ci) = (m as i64, c as i32);
+    let mut mean_d = alloc::<f64>(dev, c)?;
+    let k = dev.kernel(KernelModule::Norm, "bn_mean_f64")?;
+    let mut args = dev.args(&k);
+    args.arg(&sum).arg(&mm).arg(&ci).arg(&mut mean_d);
+    // SAFETY: C-element vectors.
+    unsafe { dev.launch(&k, args, grid_1d(c), || format!("C={c}")) }?;
+    let sqdev = channel_sums(dev, Sum::SqDev, &SumInputs { mean_d: Some(&mean_d), ..none }, m, c)?;
+    let k = dev.kernel(KernelModule::Norm, name)?;
+    let mut args = dev.args(&k);
+    args.arg(&mean_d).arg(&sqdev).arg(&mm).arg(&ci).arg(&params.eps).arg(&params.momentum);
+    args.arg(&mut *mean).arg(&mut *invstd).arg(running_mean).arg(running_var);
+    // SAFETY: C-element vectors, checked above.
+    unsafe { dev.launch(&k, args, grid_1d(c), || format!("C={c}")) }?;
+    normalise(dev, x, m, c, mean, invstd, gamma, beta, params.relu, y)
+}
+
+/// Eval-mode forward with the running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_fwd_eval(
+    dev: &Device,
+    x: &CudaSlice<f32>,
+    m: usize,
+    c: usize,
+    gamma: &CudaSlice<f32>,
+    beta: &CudaSlice<f32>,
+    running_mean: &CudaSlice<f32>,
+    running_var: &CudaSlice<f32>,
+    params: &BatchNormParams,
+    y: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    let name = "bn_invstd_f32";
+    check(name, "running_var", running_var.len(), c)?;
+    check(name, "x", x.len(), m * c)?;
+    check(name, "y", y.len(), m * c)?;
+    let mut invstd = alloc::<f32>(dev, c)?;
+    let k = dev.kernel(KernelModule::Norm, name)?;
+    let ci = c as i32;
+    let mut args = dev.args(&k);
+    args.arg(running_var).arg(&ci).arg(&params.eps).arg(&mut invstd);
+    // SAFETY: C-element vectors.
+    unsafe { dev.launch(&k, args, grid_1d(c), || format!("C={c}")) }?;
+    normalise(dev, x, m, c, running_mean, &invstd, gamma, beta, params.relu, y)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn normalise(
+    dev: &Device,
+    x: &CudaSlice<f32>,
+    m: usize,
+    c: usize,
+    mean: &CudaSlice<f32>,
+    invstd: &CudaSlice<f32>,
+    gamma: &CudaSlice<f32>,
+    beta: &CudaSlice<f32>,
+    relu: bool,
+    y: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    let name = "bn_normalize_f32";
+    for (what, len) in [("mean", mean.len()), ("gamma", gamma.len()), ("beta", beta.len())] {
+        check(name, what, len, c)?;
+    }
+    let k = dev.kernel(KernelModule::Norm, name)?;
+    let (mm, ci, relu_i) = (m as i64, c as i32, relu as i32);
+    let mut args = dev.args(&k);
+    args.arg(x).arg(&mm).arg(&ci).arg(mean).arg(invstd).arg(gamma).arg(beta).arg(&relu_i).arg(y);
+    // SAFETY: x and y hold M·C elements, the vectors C (checked by the callers and here).
+    unsafe { dev.launch(&k, args, grid_1d(m * c), || format!("M={m} C={c}")) }
+}
+
+/// Backward of the training forward: dx, and dγ, dβ. `relu_y` is the forward output when
+/// the ReLU was fused (it masks dy).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_bwd(
+    dev: &Device,
+    dy: &CudaSlice<f32>,
+    x: &CudaSlice<f32>,
+    m: usize,
+    c: usize,
+    gamma: &CudaSlice<f32>,
+    mean: &CudaSlice<f32>,
+    invstd: &CudaSlice<f32>,
+    relu_y: Option<&CudaSlice<f32>>,
+    dx: &mut CudaSlice<f32>,
+    dgamma: &mut CudaSlice<f32>,
+    dbeta: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    let name = "bn_bwd_dx_f32";
+    for (what, len) in [("dy", dy.len()), ("x", x.len()), ("dx", dx.len())] {
+        check(name, what, len, m * c)?;
+    }
+    if let Some(r) = relu_y {
+        check(name, "relu_y", r.len(), m * c)?;
+    }
+    for (what, len) in [("gamma", gamma.len()), ("mean", mean.len()), ("invstd", invstd.len())] {
+        check(name, what, len, c)?;
+    }
+    check(name, "dgamma", dgamma.len(), c)?;
+    check(name, "dbeta", dbeta.len(), c)?;
+    let grads = SumInputs {
+        x: Some(x),
+        dy: Some(dy),
+        relu_y,
+        mean_d: None,
+        mean_f: Some(mean),
+        invstd: Some(invstd),
+    };
+    let sum_g = channel_sums(dev, Sum::G, &grads, m, c)?;
+    let sum_gx = channel_sums(dev, Sum::GXhat, &grads, m, c)?;
+    let (mut mean_g, mut mean_gx) = (alloc::<f32>(dev, c)?, alloc::<f32>(dev, c)?);
+    let (mm, ci, null) = (m as i64, c as i32, 0u64);
+    let k = dev.kernel(KernelModule::Norm, "bn_bwd_stats_f32")?;
+    let mut args = dev.args(&k);
+    args.arg(&sum_g).arg(&sum_gx).arg(&mm).arg(&ci).arg(&mut mean_g).arg(&mut mean_gx).arg(dgamma).arg(dbeta);
+    // SAFETY: C-element vectors.
+    unsafe { dev.launch(&k, args, grid_1d(c), || format!("C={c}")) }?;
+    let k = dev.kernel(KernelModule::Norm, name)?;
+    let mut args = dev.args(&k);
+    args.arg(dy).arg(x);
+    match relu_y {
+        Some(r) => args.arg(r),
+        None => args.arg(&null),
+    };
+    args.arg(&mm).arg(&ci).arg(gamma).arg(mean).arg(invstd).arg(&mean_g).arg(&mean_gx).arg(dx);
+    // SAFETY: M·C tensors and C vectors, checked above.
+    unsafe { dev.launch(&k, args, grid_1d(m * c), || format!("M={m} C={c}")) }
+}
