@@ -30,7 +30,7 @@ for line in sys.stdin:
 }
 for t in memory_pool_cuda preprocess gemm gpu_ops; do strip -o ".gpu/test_$t" "$(pick "$t" test)"; done
 strip -o .gpu/test_lib "$(pick dfengine lib)"
-strip -o .gpu/bench_gemm_cuda "$(pick gemm_cuda bench)"
+strip -o .gpu/bench_cuda_kernels "$(pick cuda_kernels bench)"
 cp benches/torch_yardstick.py .gpu/
 cat > .gpu/run.sh <<'RUN'
 #!/usr/bin/env bash
@@ -43,7 +43,7 @@ for t in test_*; do
     ./"$t" --test-threads=1 --nocapture > "$out/$t.log" 2>&1; rc=$?; [ $rc -ne 0 ] && status=1
     echo "$t: exit $rc, $(grep -c '^test .* ok$' "$out/$t.log") ok, $(grep -c 'skipped' "$out/$t.log") skipped"
 done
-./bench_gemm_cuda 2>&1 | tee "$out/bench_gemm_cuda.log"
+./bench_cuda_kernels 2>&1 | tee "$out/bench_cuda_kernels.log"
 PYTHONUNBUFFERED=1 python3 torch_yardstick.py --out "$out/yardstick.json" 2>&1 | tee "$out/yardstick.log" | tail -20
 exit $status
 RUN

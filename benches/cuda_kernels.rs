@@ -1,0 +1,134 @@
+//! GPU kernel throughput, each beside its yardstick from the same run: the
+//! device-to-device copy bandwidth for the bandwidth-bound kernels (add, ReLU, AdamW on
+//! 256 MiB tensors: GB/s counting every byte read and written; target ≥ 0.8 of the
+//! copy), and for `gemm_tc_f16` TFLOP/s at 1024³, 4096³, 8192³ and at the GEMM shapes of
+//! ResNet-18/50's convolutions (implicit GEMM: M = N·P·Q, N = K, K = C·R·S, at a batch
+//! of 32 clips × 16 frames, 224²). cuBLAS and cuDNN stand beside these through
+//! `benches/torch_yardstick.py`, run on the same GPU. Prints why and exits 0 without one.
+//!
+//! `cargo bench --no-default-features --features cuda --bench cuda_kernels`
+
+use cudarc::driver::PushKernelArg;
+use dfengine::backend::cuda::device::{CudaError, Device, grid_1d};
+use dfengine::backend::cuda::gemm::{GemmNt, GemmOut, gemm_nt};
+use dfengine::config::Backbone;
+use dfengine::kernels::KernelModule;
+use dfengine::model::arch::{ResNetSpec, conv_layers};
+use dfengine::rng::Rng;
+use half::f16;
+
+/// Median milliseconds of `reps` timed runs of `f` after two warm-ups, by CUDA events.
+fn median_ms(dev: &Device, reps: usize, mut f: impl FnMut()) -> f64 {
+    let (ctx, stream) = (dev.context(), dev.stream());
+    f();
+    f();
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let start = ctx.new_event(flags).unwrap();
+            let end = ctx.new_event(flags).unwrap();
+            start.record(stream).unwrap();
+            f();
+            end.record(stream).unwrap();
+            start.elapsed_ms(&end).unwrap() as f64
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[reps / 2]
+}
+
+fn gemm_tflops(dev: &Device, m: usize, n: usize, k: usize) -> f64 {
+    let stream = dev.stream();
+    let mut rng = Rng::new((m * 31 + n * 7 + k) as u64);
+    // Random data: zeros run faster than real inputs on some GPUs.
+    let a: Vec<f16> = (0..m * k).map(|_| f16::from_f32(rng.uniform(-1.0, 1.0))).collect();
+    let b: Vec<f16> = (0..n * k).map(|_| f16::from_f32(rng.uniform(-1.0, 1.0))).collect();
+    let d_a = stream.clone_htod(&a).unwrap();
+    let d_b = stream.clone_htod(&b).unwrap();
+    let mut d_c = stream.alloc_zeros::<f16>(m * n).unwrap();
+    let g = GemmNt { m, n, k, alpha: 1.0, a: &d_a, b: &d_b, beta: 0.0, bias: None, relu: false };
+    let reps = if (m * n * k) as f64 > 1e11 { 5 } else { 20 };
+    let ms = median_ms(dev, reps, || gemm_nt(dev, &g, GemmOut::F16(&mut d_c)).unwrap());
+    2.0 * (m * n * k) as f64 / ms / 1e9
+}
+
+/// Add, ReLU and an AdamW step on 64 Mi floats each, in GB/s of every byte moved.
+fn bandwidth_kernels(dev: &Device, copy: f64) {
+    let stream = dev.stream().clone();
+    let n = 64usize << 20;
+    let nn = n as i64;
+    let mut rng = Rng::new(9);
+    let data: Vec<f32> = (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+    let a = stream.clone_htod(&data).unwrap();
+    let mut b = stream.clone_htod(&data).unwrap();
+    let mut c = stream.clone_htod(&data).unwrap();
+    let mut d = stream.alloc_zeros::<f32>(n).unwrap();
+    let report = |name: &str, bytes_per_elem: usize, ms: f64| {
+        let gbps = (bytes_per_elem * n) as f64 / ms / 1e6;
+        println!("{name:<16} {gbps:>7.0} GB/s = {:.2} of the copy", gbps / copy);
+    };
+    let vec_cfg = grid_1d(n / 4);
+    let add = dev.kernel(KernelModule::Eltwise, "add_assign_f32").unwrap();
+    let ms = median_ms(dev, 10, || {
+        let mut args = dev.args(&add);
+        args.arg(&mut b).arg(&a).arg(&nn);
+        // SAFETY: add_assign_f32's signature; both buffers hold n floats.
+        unsafe { dev.launch(&add, args, vec_cfg, || format!("n = {n}")) }.unwrap();
+    });
+    report("add_assign_f32", 12, ms);
+    let relu = dev.kernel(KernelModule::Eltwise, "relu_fwd_f32").unwrap();
+    let ms = median_ms(dev, 10, || {
+        let mut args = dev.args(&relu);
+        args.arg(&a).arg(&mut d).arg(&nn);
+        // SAFETY: relu_fwd_f32's signature; both buffers hold n floats.
+        unsafe { dev.launch(&relu, args, vec_cfg, || format!("n = {n}")) }.unwrap();
+    });
+    report("relu_fwd_f32", 8, ms);
+    let adamw = dev.kernel(KernelModule::Optim, "adamw_step_f32").unwrap();
+    let (beta1, beta2, eps, decay, step_size, bc2) = (0.9f32, 0.999f32, 1e-8f32, 0.9999f32, 1e-3f32, 0.5f64);
+    let ms = median_ms(dev, 10, || {
+        let mut args = dev.args(&adamw);
+        args.arg(&mut b).arg(&a).arg(&mut c).arg(&mut d).arg(&nn);
+        args.arg(&beta1).arg(&beta2).arg(&eps).arg(&decay).arg(&step_size).arg(&bc2);
+        // SAFETY: adamw_step_f32's signature; all four buffers hold n floats.
+        unsafe { dev.launch(&adamw, args, grid_1d(n), || format!("n = {n}")) }.unwrap();
+    });
+    report("adamw_step_f32", 28, ms);
+}
+
+fn main() {
+    let dev = match Device::open(0) {
+        Ok(d) => d,
+        Err(CudaError::Unavailable(why)) => {
+            println!("cuda_kernels: skipped, no GPU ({why})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let stream = dev.stream().clone();
+
+    let bytes = 1usize << 30;
+    let src = stream.clone_htod(&vec![7u8; bytes]).unwrap();
+    let mut dst = stream.alloc_zeros::<u8>(bytes).unwrap();
+    let ms = median_ms(&dev, 10, || stream.memcpy_dtod(&src, &mut dst).unwrap());
+    let copy = 2.0 * bytes as f64 / ms / 1e6;
+    println!("device-to-device copy: {copy:.0} GB/s (read + write)");
+    drop((src, dst));
+    bandwidth_kernels(&dev, copy);
+
+    for s in [1024, 4096, 8192] {
+        println!("gemm_tc_f16 {s}×{s}×{s}: {:.1} TFLOP/s", gemm_tflops(&dev, s, s, s));
+    }
+    let images = 32 * 16;
+    for backbone in [Backbone::Resnet18, Backbone::Resnet50] {
+        let mut seen = std::collections::HashSet::new();
+        for l in conv_layers(&ResNetSpec::of(backbone), 224) {
+            let (m, n, k) = (images * l.h_out() * l.w_out(), l.cout, l.cin * l.kernel * l.kernel);
+            if k % 8 != 0 || !seen.insert((m, n, k)) {
+                continue; // the stem (K = 147) takes the conv kernel's own path
+            }
+            let t = gemm_tflops(&dev, m, n, k);
+            println!("{backbone:?} {:<22} M={m:>8} N={n:>5} K={k:>5}: {t:.1} TFLOP/s", l.name);
+        }
+    }
+}
