@@ -9,8 +9,10 @@
 //! `cargo bench --no-default-features --features cuda --bench cuda_kernels`
 
 use cudarc::driver::PushKernelArg;
+use dfengine::backend::cuda::conv::{Epilogue, conv2d_fwd};
 use dfengine::backend::cuda::device::{CudaError, Device, grid_1d};
 use dfengine::backend::cuda::gemm::{GemmNt, GemmOut, gemm_nt};
+use dfengine::backend::params::Conv2dGeom;
 use dfengine::config::Backbone;
 use dfengine::kernels::KernelModule;
 use dfengine::model::arch::{ResNetSpec, conv_layers};
@@ -39,10 +41,8 @@ fn median_ms(dev: &Device, reps: usize, mut f: impl FnMut()) -> f64 {
 
 fn gemm_tflops(dev: &Device, m: usize, n: usize, k: usize) -> f64 {
     let stream = dev.stream();
-    let mut rng = Rng::new((m * 31 + n * 7 + k) as u64);
-    // Random data: zeros run faster than real inputs on some GPUs.
-    let a: Vec<f16> = (0..m * k).map(|_| f16::from_f32(rng.uniform(-1.0, 1.0))).collect();
-    let b: Vec<f16> = (0..n * k).map(|_| f16::from_f32(rng.uniform(-1.0, 1.0))).collect();
+    let a = random_f16(m * k);
+    let b = random_f16(n * k);
     let d_a = stream.clone_htod(&a).unwrap();
     let d_b = stream.clone_htod(&b).unwrap();
     let mut d_c = stream.alloc_zeros::<f16>(m * n).unwrap();
@@ -50,6 +50,29 @@ fn gemm_tflops(dev: &Device, m: usize, n: usize, k: usize) -> f64 {
     let reps = if (m * n * k) as f64 > 1e11 { 5 } else { 20 };
     let ms = median_ms(dev, reps, || gemm_nt(dev, &g, GemmOut::F16(&mut d_c)).unwrap());
     2.0 * (m * n * k) as f64 / ms / 1e9
+}
+
+/// `n` values in [-1, 1): a million random ones, repeated (random enough for timing —
+/// zeros run faster than real data on some GPUs — and quick to make at 10⁹ elements).
+fn random_f16(n: usize) -> Vec<f16> {
+    let mut rng = Rng::new(n as u64);
+    let pattern: Vec<f16> = (0..n.min(1 << 20)).map(|_| f16::from_f32(rng.uniform(-1.0, 1.0))).collect();
+    (0..n).map(|i| pattern[i % pattern.len()]).collect()
+}
+
+/// The forward convolution of `g` (implicit GEMM) in TFLOP/s.
+fn conv_tflops(dev: &Device, g: &Conv2dGeom) -> f64 {
+    let stream = dev.stream();
+    let mut rng = Rng::new(g.k as u64);
+    let mut random =
+        |n: usize| -> Vec<f16> { (0..n).map(|_| f16::from_f32(rng.uniform(-1.0, 1.0))).collect() };
+    let x = stream.clone_htod(&random(g.n * g.h * g.w * g.c)).unwrap();
+    let w = stream.clone_htod(&random(g.k * g.r * g.s * g.c)).unwrap();
+    let mut y = stream.alloc_zeros::<f16>(g.n * g.p * g.q * g.k).unwrap();
+    let ms = median_ms(dev, 5, || {
+        conv2d_fwd(dev, g, &x, &w, GemmOut::F16(&mut y), Epilogue::default()).unwrap();
+    });
+    2.0 * (g.n * g.p * g.q * g.k * g.r * g.s * g.c) as f64 / ms / 1e9
 }
 
 /// Add, ReLU and an AdamW step on 64 Mi floats each, in GB/s of every byte moved.
@@ -128,7 +151,18 @@ fn main() {
                 continue; // the stem (K = 147) takes the conv kernel's own path
             }
             let t = gemm_tflops(&dev, m, n, k);
-            println!("{backbone:?} {:<22} M={m:>8} N={n:>5} K={k:>5}: {t:.1} TFLOP/s", l.name);
+            let g = Conv2dGeom::new(
+                [images, l.h_in, l.w_in, l.cin],
+                [l.cout, l.kernel, l.kernel, l.cin],
+                [l.stride; 2],
+                [l.pad(); 2],
+            )
+            .unwrap();
+            let c = conv_tflops(&dev, &g);
+            println!(
+                "{backbone:?} {:<22} M={m:>8} N={n:>5} K={k:>5}: conv fwd {c:>6.1}, GEMM same M/N/K {t:>6.1} TFLOP/s",
+                l.name
+            );
         }
     }
 }

@@ -7,9 +7,21 @@
 //
 // `conv2d_fwd_ref_f16` is the direct definition: one thread per output element, loops
 // over R, S, C. It is the on-device oracle for the implicit-GEMM tensor-core kernels
-// (forward, dgrad, wgrad) that replace it on the hot path; its cost is K·R·S·C global
-// reads per output, far from any roofline, and that is accepted for a reference.
-#include "common.cuh"
+// that replace it on the hot path; its cost is K·R·S·C global reads per output, far from
+// any roofline, and that is accepted for a reference.
+//
+// `conv2d_fwd_implicit_f16`: the forward as the GEMM y [N·P·Q, K] = A · wᵀ, where A's row
+// (n, p, q) is the receptive field of that output pixel laid out (r, s, c) — the order
+// of a KRSC filter, so w is already the N×K operand of the tensor-core main loop
+// (mma.cuh) with no reshaping. A is never materialised (no im2col buffer): the loader
+// turns each 16-byte chunk (8 channels of one tap) into the NHWC address of that pixel,
+// or a zero fill where the tap falls in the padding. That needs C to be a multiple of 8
+// (every ResNet layer but the stem, whose 3 channels the host pads to 8 with zero
+// weights). The epilogue writes NHWC y directly, with the fused options of the GEMM
+// (alpha, beta, bias, ReLU; FP16 or FP32). Index arithmetic: two divisions per chunk and
+// stage; hoisting the (n, p, q) decode out of the K loop is the first optimisation owed
+// to measurements on a GPU.
+#include "mma.cuh"
 
 extern "C" __global__ void conv2d_fwd_ref_f16(const __half* __restrict__ x, const __half* __restrict__ w,
                                               __half* __restrict__ y, int N, int H, int W, int C, int K,
@@ -35,4 +47,33 @@ extern "C" __global__ void conv2d_fwd_ref_f16(const __half* __restrict__ x, cons
         }
     }
     y[idx] = __float2half_rn(acc);
+}
+
+// A's element (m, k) of the convolution's implicit GEMM, 8 channels at a time.
+struct ConvA {
+    const __half* x;
+    int H, W, C, S, P, Q, stride_h, stride_w, pad_h, pad_w;
+    DF_DEVICE const __half* at(int m, int k, bool& ok) const {
+        int pq = P * Q;
+        int n = m / pq, rem = m - n * pq;
+        int p = rem / Q, q = rem - p * Q;
+        int c = k % C, rs = k / C;
+        int r = rs / S, s = rs - r * S;
+        int h = p * stride_h - pad_h + r, w = q * stride_w - pad_w + s;
+        ok = h >= 0 && h < H && w >= 0 && w < W;
+        return x + (((long long)n * H + h) * W + w) * C + c;
+    }
+};
+
+extern "C" __global__ void __launch_bounds__(tc::THREADS)
+    conv2d_fwd_implicit_f16(const __half* __restrict__ x, const __half* __restrict__ w, void* __restrict__ y,
+                            int N, int H, int W, int C, int K, int R, int S, int P, int Q, int stride_h,
+                            int stride_w, int pad_h, int pad_w, float alpha, float beta, int out_f16,
+                            const float* __restrict__ bias, int relu) {
+    int M = N * P * Q, KK = R * S * C;
+    int m0 = blockIdx.y * tc::BM, n0 = blockIdx.x * tc::BN;
+    ConvA a{x, H, W, C, S, P, Q, stride_h, stride_w, pad_h, pad_w};
+    float acc[4][4][4];
+    tc::mainloop(a, w, KK, M, K, KK, m0, n0, acc);
+    tc::epilogue(acc, M, K, m0, n0, alpha, beta, y, K, out_f16, bias, relu);
 }

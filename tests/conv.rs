@@ -145,3 +145,88 @@ fn conv2d_rejects_mismatched_shapes_with_context() {
     let w = randn_tensor(&mut rng, [4, 7, 7, 3], 1.0);
     assert!(b.conv2d_fwd(&x, &w, [1, 1], [0, 0]).is_err(), "a 7×7 window cannot fit a 5×5 unpadded input");
 }
+
+/// The forward convolution on the GPU (`conv2d_fwd_implicit_f16` where C is a multiple of
+/// 8, the reference kernel otherwise) against the CPU reference on the f16-rounded
+/// inputs: every distinct ResNet-18 and ResNet-50 layer shape at batch 2 on 64² input,
+/// and awkward shapes (odd H and W, C not a multiple of 8, stride 2 on odd sizes, padding
+/// 0, 1 and 3), with the fused epilogue on some. Skips with the reason without a GPU.
+#[cfg(feature = "cuda")]
+#[test]
+fn conv2d_fwd_on_the_gpu_matches_the_cpu() {
+    use dfengine::backend::cpu::conv as cpu_conv;
+    use dfengine::backend::cuda::conv::{Epilogue, conv2d_fwd, uses_tensor_cores};
+    use dfengine::backend::cuda::device::{CudaError, Device};
+    use dfengine::backend::cuda::gemm::GemmOut;
+    use dfengine::backend::params::Conv2dGeom;
+    use dfengine::config::Backbone;
+    use dfengine::model::arch::{ResNetSpec, conv_layers};
+    use half::f16;
+
+    let dev = match Device::open(0) {
+        Ok(d) => d,
+        Err(CudaError::Unavailable(why)) => {
+            eprintln!("skipped: no GPU ({why})");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let s = dev.stream().clone();
+    // (x dims, k, r, stride, pad)
+    let mut shapes: Vec<([usize; 4], usize, usize, usize, usize)> = vec![
+        ([2, 9, 11, 16], 24, 3, 1, 1),
+        ([1, 13, 7, 8], 16, 3, 2, 1),
+        ([2, 15, 15, 32], 40, 1, 2, 0),
+        ([1, 23, 21, 8], 8, 7, 2, 3),
+        ([2, 10, 9, 5], 12, 3, 1, 1), // C = 5: the reference kernel
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for backbone in [Backbone::Resnet18, Backbone::Resnet50] {
+        for l in conv_layers(&ResNetSpec::of(backbone), 64) {
+            let key = ([2, l.h_in, l.w_in, l.cin], l.cout, l.kernel, l.stride, l.pad());
+            if seen.insert(key) {
+                shapes.push(key);
+            }
+        }
+    }
+    let mut rng = Rng::new(50);
+    for (i, (xd, k, r, stride, pad)) in shapes.into_iter().enumerate() {
+        let g = Conv2dGeom::new(xd, [k, r, r, xd[3]], [stride; 2], [pad; 2]).unwrap();
+        let round = |v: Vec<f32>| v.into_iter().map(f16::from_f32).collect::<Vec<_>>();
+        let x = round(rng.vec(xd.iter().product(), -1.0, 1.0));
+        let w = round(rng.vec(k * r * r * xd[3], -1.0, 1.0));
+        let bias = rng.vec(k, -0.5, 0.5);
+        let (xf, wf): (Vec<f32>, Vec<f32>) =
+            (x.iter().map(|v| v.to_f32()).collect(), w.iter().map(|v| v.to_f32()).collect());
+        let yn = g.n * g.p * g.q * g.k;
+        let mut want = vec![0.0f32; yn];
+        cpu_conv::conv2d_fwd(&g, &xf, &wf, &mut want);
+        let tc = uses_tensor_cores(&g);
+        // Every third tensor-core case with bias + ReLU fused.
+        let fused = tc && i % 3 == 0;
+        if fused {
+            for (j, v) in want.iter_mut().enumerate() {
+                *v = (*v + bias[j % k]).max(0.0);
+            }
+        }
+        let (d_x, d_w, d_bias) =
+            (s.clone_htod(&x).unwrap(), s.clone_htod(&w).unwrap(), s.clone_htod(&bias).unwrap());
+        let epi = Epilogue { beta: 0.0, bias: fused.then_some(&d_bias), relu: fused };
+        let what = format!("conv {g:?} fused={fused} tensor_cores={tc}");
+        // The tensor-core path writes FP32 here (tight check of the accumulation); the
+        // reference kernel only FP16.
+        if tc && i % 2 == 0 {
+            let mut d_y = s.alloc_zeros::<f32>(yn).unwrap();
+            conv2d_fwd(&dev, &g, &d_x, &d_w, GemmOut::F32(&mut d_y), epi).unwrap();
+            let got = s.clone_dtoh(&d_y).unwrap();
+            // FP32 sums of ≤ 4608 products of O(1) values.
+            assert_close(&what, &got, &want, 2e-3, 1e-4);
+        } else {
+            let mut d_y = s.alloc_zeros::<f16>(yn).unwrap();
+            conv2d_fwd(&dev, &g, &d_x, &d_w, GemmOut::F16(&mut d_y), epi).unwrap();
+            let got: Vec<f32> = s.clone_dtoh(&d_y).unwrap().into_iter().map(f16::to_f32).collect();
+            // FP16 output: 2⁻¹¹ relative rounding on sums up to ~|100|.
+            assert_close(&what, &got, &want, 2e-2, 2e-3);
+        }
+    }
+}

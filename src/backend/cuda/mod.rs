@@ -1,8 +1,10 @@
 //! The CUDA backend: finding out, without crashing, whether a usable GPU and a kernel
 //! set are present (`probe`); the launch layer (`device`: context, stream, cached PTX
 //! modules, errors naming kernel and shapes); and the host side of each kernel file
-//! (`gemm`, `norm`, `pool`).
+//! (`conv`, `gemm`, `norm`, `pool`).
 
+#[cfg(feature = "cuda")]
+pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod device;
 #[cfg(feature = "cuda")]
