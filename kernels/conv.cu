@@ -21,6 +21,14 @@
 // (alpha, beta, bias, ReLU; FP16 or FP32). Index arithmetic: two divisions per chunk and
 // stage; hoisting the (n, p, q) decode out of the K loop is the first optimisation owed
 // to measurements on a GPU.
+//
+// `conv2d_dgrad_implicit_f16`: the input gradient as the GEMM dx [N·H·W, C] = A · w'ᵀ,
+// A's row (n, h, w) laid out (r, s, k): dy[n, (h + pad − r)/stride, (w + pad − s)/stride, k]
+// where that division is exact and lands inside dy, zero elsewhere — so stride 2 is
+// handled by the same loader (three quarters of its A chunks are zero fills: a
+// phase-split version that skips them is owed to GPU measurements). w' is the filter
+// transposed to C×R×S×K (`conv_weight_krsc_to_crsk_f16`, once per step), which makes it
+// the N×K operand. Needs K (output channels) a multiple of 8, as every ResNet layer has.
 #include "mma.cuh"
 
 extern "C" __global__ void conv2d_fwd_ref_f16(const __half* __restrict__ x, const __half* __restrict__ w,
@@ -76,4 +84,45 @@ extern "C" __global__ void __launch_bounds__(tc::THREADS)
     float acc[4][4][4];
     tc::mainloop(a, w, KK, M, K, KK, m0, n0, acc);
     tc::epilogue(acc, M, K, m0, n0, alpha, beta, y, K, out_f16, bias, relu);
+}
+
+// A's element (m, k) of the input-gradient GEMM: m = (n, h, w), k = (r, s, k_out).
+struct DgradA {
+    const __half* dy;
+    int H, W, K, S, P, Q, stride_h, stride_w, pad_h, pad_w;
+    DF_DEVICE const __half* at(int m, int kk, bool& ok) const {
+        int hw = H * W;
+        int n = m / hw, rem = m - n * hw;
+        int h = rem / W, w = rem - h * W;
+        int ko = kk % K, rs = kk / K;
+        int r = rs / S, s = rs - r * S;
+        int ph = h + pad_h - r, pw = w + pad_w - s;
+        int p = ph / stride_h, q = pw / stride_w;
+        ok = ph >= 0 && pw >= 0 && p * stride_h == ph && q * stride_w == pw && p < P && q < Q;
+        return dy + (((long long)n * P + p) * Q + q) * K + ko;
+    }
+};
+
+// w [K, R, S, C] → wt [C, R, S, K].
+extern "C" __global__ void conv_weight_krsc_to_crsk_f16(const __half* __restrict__ w, __half* __restrict__ wt,
+                                                        int K, int R, int S, int C) {
+    long long total = (long long)K * R * S * C;
+    DF_GRID_STRIDE(i, total) {
+        int c = (int)(i % C);
+        long long rs = (i / C) % ((long long)R * S);
+        int k = (int)(i / ((long long)C * R * S));
+        wt[((long long)c * R * S + rs) * K + k] = w[i];
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(tc::THREADS)
+    conv2d_dgrad_implicit_f16(const __half* __restrict__ dy, const __half* __restrict__ wt, void* __restrict__ dx,
+                              int N, int H, int W, int C, int K, int R, int S, int P, int Q, int stride_h,
+                              int stride_w, int pad_h, int pad_w, float alpha, float beta, int out_f16) {
+    int M = N * H * W, KK = R * S * K;
+    int m0 = blockIdx.y * tc::BM, n0 = blockIdx.x * tc::BN;
+    DgradA a{dy, H, W, K, S, P, Q, stride_h, stride_w, pad_h, pad_w};
+    float acc[4][4][4];
+    tc::mainloop(a, wt, KK, M, C, KK, m0, n0, acc);
+    tc::epilogue(acc, M, C, m0, n0, alpha, beta, dx, C, out_f16, nullptr, 0);
 }

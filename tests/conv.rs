@@ -147,15 +147,15 @@ fn conv2d_rejects_mismatched_shapes_with_context() {
 }
 
 /// The forward convolution on the GPU (`conv2d_fwd_implicit_f16` where C is a multiple of
-/// 8, the reference kernel otherwise) against the CPU reference on the f16-rounded
-/// inputs: every distinct ResNet-18 and ResNet-50 layer shape at batch 2 on 64² input,
+/// 8, the reference kernel otherwise) and the input gradient (`conv2d_dgrad_implicit_f16`,
+/// stride 1 and 2) against the CPU reference on the f16-rounded inputs: every distinct ResNet-18 and ResNet-50 layer shape at batch 2 on 64² input,
 /// and awkward shapes (odd H and W, C not a multiple of 8, stride 2 on odd sizes, padding
 /// 0, 1 and 3), with the fused epilogue on some. Skips with the reason without a GPU.
 #[cfg(feature = "cuda")]
 #[test]
 fn conv2d_fwd_on_the_gpu_matches_the_cpu() {
     use dfengine::backend::cpu::conv as cpu_conv;
-    use dfengine::backend::cuda::conv::{Epilogue, conv2d_fwd, uses_tensor_cores};
+    use dfengine::backend::cuda::conv::{Epilogue, conv2d_dgrad, conv2d_fwd, uses_tensor_cores};
     use dfengine::backend::cuda::device::{CudaError, Device};
     use dfengine::backend::cuda::gemm::GemmOut;
     use dfengine::backend::params::Conv2dGeom;
@@ -227,6 +227,20 @@ fn conv2d_fwd_on_the_gpu_matches_the_cpu() {
             let got: Vec<f32> = s.clone_dtoh(&d_y).unwrap().into_iter().map(f16::to_f32).collect();
             // FP16 output: 2⁻¹¹ relative rounding on sums up to ~|100|.
             assert_close(&what, &got, &want, 2e-2, 2e-3);
+        }
+
+        // The input gradient, where the output channels allow the tensor-core kernel.
+        if k % 8 == 0 {
+            let dy = round(rng.vec(yn, -1.0, 1.0));
+            let dyf: Vec<f32> = dy.iter().map(|v| v.to_f32()).collect();
+            let xn = xd.iter().product::<usize>();
+            let mut want = vec![0.0f32; xn];
+            cpu_conv::conv2d_dgrad(&g, &dyf, &wf, &mut want);
+            let d_dy = s.clone_htod(&dy).unwrap();
+            let mut d_dx = s.alloc_zeros::<f32>(xn).unwrap();
+            conv2d_dgrad(&dev, &g, &d_dy, &d_w, GemmOut::F32(&mut d_dx), 0.0).unwrap();
+            let got = s.clone_dtoh(&d_dx).unwrap();
+            assert_close(&format!("dgrad {g:?}"), &got, &want, 2e-3, 1e-4);
         }
     }
 }
