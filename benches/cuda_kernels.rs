@@ -1,17 +1,20 @@
 //! GPU kernel throughput, each beside its yardstick from the same run: the
 //! device-to-device copy bandwidth for the bandwidth-bound kernels (add, ReLU, AdamW on
 //! 256 MiB tensors: GB/s counting every byte read and written; target ≥ 0.8 of the
-//! copy), and for `gemm_tc_f16` TFLOP/s at 1024³, 4096³, 8192³ and at the GEMM shapes of
-//! ResNet-18/50's convolutions (implicit GEMM: M = N·P·Q, N = K, K = C·R·S, at a batch
-//! of 32 clips × 16 frames, 224²). cuBLAS and cuDNN stand beside these through
+//! copy), the tensor-core GEMM's TFLOP/s at 1024³, 4096³, 8192³, and every convolution
+//! of ResNet-18/50 at a batch of 32 clips × 16 frames, 224² — forward, input gradient and
+//! weight gradient TFLOP/s beside the GEMM of the same M/N/K (M = N·P·Q, N = K,
+//! K = C·R·S), then the network's fwd + bwd convolution time summed. cuBLAS and cuDNN stand beside these through
 //! `benches/torch_yardstick.py`, run on the same GPU. Prints why and exits 0 without one.
 //!
 //! `cargo bench --no-default-features --features cuda --bench cuda_kernels`
 
 use cudarc::driver::PushKernelArg;
-use dfengine::backend::cuda::conv::{Epilogue, conv2d_fwd};
+use dfengine::backend::cuda::conv::{
+    Epilogue, conv2d_dgrad, conv2d_fwd, conv2d_wgrad, fwd_kernel_for, wgrad_plan,
+};
 use dfengine::backend::cuda::device::{CudaError, Device, grid_1d};
-use dfengine::backend::cuda::gemm::{GemmNt, GemmOut, gemm_nt};
+use dfengine::backend::cuda::gemm::{GemmNt, GemmOut, gemm_nt, kernel_for as gemm_kernel_for};
 use dfengine::backend::params::Conv2dGeom;
 use dfengine::config::Backbone;
 use dfengine::kernels::KernelModule;
@@ -60,19 +63,24 @@ fn random_f16(n: usize) -> Vec<f16> {
     (0..n).map(|i| pattern[i % pattern.len()]).collect()
 }
 
-/// The forward convolution of `g` (implicit GEMM) in TFLOP/s.
-fn conv_tflops(dev: &Device, g: &Conv2dGeom) -> f64 {
+/// Milliseconds of the forward, input-gradient and weight-gradient convolutions of `g`
+/// (FP16 activations and gradients, FP32 weight gradient), each the kernels the host
+/// picks (tile table, split-K, stem padding, the GEMM for pointwise layers).
+fn conv_ms(dev: &Device, g: &Conv2dGeom) -> [f64; 3] {
     let stream = dev.stream();
-    let mut rng = Rng::new(g.k as u64);
-    let mut random =
-        |n: usize| -> Vec<f16> { (0..n).map(|_| f16::from_f32(rng.uniform(-1.0, 1.0))).collect() };
-    let x = stream.clone_htod(&random(g.n * g.h * g.w * g.c)).unwrap();
-    let w = stream.clone_htod(&random(g.k * g.r * g.s * g.c)).unwrap();
-    let mut y = stream.alloc_zeros::<f16>(g.n * g.p * g.q * g.k).unwrap();
-    let ms = median_ms(dev, 5, || {
+    let (xn, wn, yn) = (g.n * g.h * g.w * g.c, g.k * g.r * g.s * g.c, g.n * g.p * g.q * g.k);
+    let x = stream.clone_htod(&random_f16(xn)).unwrap();
+    let w = stream.clone_htod(&random_f16(wn)).unwrap();
+    let dy = stream.clone_htod(&random_f16(yn)).unwrap();
+    let mut y = stream.alloc_zeros::<f16>(yn).unwrap();
+    let mut dx = stream.alloc_zeros::<f16>(xn).unwrap();
+    let mut dw = stream.alloc_zeros::<f32>(wn).unwrap();
+    let fwd = median_ms(dev, 5, || {
         conv2d_fwd(dev, g, &x, &w, GemmOut::F16(&mut y), Epilogue::default()).unwrap();
     });
-    2.0 * (g.n * g.p * g.q * g.k * g.r * g.s * g.c) as f64 / ms / 1e9
+    let dgrad = median_ms(dev, 5, || conv2d_dgrad(dev, g, &dy, &w, GemmOut::F16(&mut dx), 0.0).unwrap());
+    let wgrad = median_ms(dev, 5, || conv2d_wgrad(dev, g, &x, &dy, &mut dw, 0.0).unwrap());
+    [fwd, dgrad, wgrad]
 }
 
 /// Add, ReLU and an AdamW step on 64 Mi floats each, in GB/s of every byte moved.
@@ -140,17 +148,16 @@ fn main() {
     bandwidth_kernels(&dev, copy);
 
     for s in [1024, 4096, 8192] {
-        println!("gemm_tc_f16 {s}×{s}×{s}: {:.1} TFLOP/s", gemm_tflops(&dev, s, s, s));
+        let kernel = gemm_kernel_for(&dev, s, s, s);
+        println!("{kernel} {s}×{s}×{s}: {:.1} TFLOP/s", gemm_tflops(&dev, s, s, s));
     }
+    // Batch 32 clips × 16 frames at 224², the layers of each network in order; the
+    // network line sums every layer once per occurrence, as cuDNN's sum is taken.
     let images = 32 * 16;
     for backbone in [Backbone::Resnet18, Backbone::Resnet50] {
-        let mut seen = std::collections::HashSet::new();
+        let mut timed = std::collections::HashMap::new();
+        let (mut total_ms, mut total_flop) = (0.0, 0.0);
         for l in conv_layers(&ResNetSpec::of(backbone), 224) {
-            let (m, n, k) = (images * l.h_out() * l.w_out(), l.cout, l.cin * l.kernel * l.kernel);
-            if k % 8 != 0 || !seen.insert((m, n, k)) {
-                continue; // the stem (K = 147) takes the conv kernel's own path
-            }
-            let t = gemm_tflops(&dev, m, n, k);
             let g = Conv2dGeom::new(
                 [images, l.h_in, l.w_in, l.cin],
                 [l.cout, l.kernel, l.kernel, l.cin],
@@ -158,11 +165,36 @@ fn main() {
                 [l.pad(); 2],
             )
             .unwrap();
-            let c = conv_tflops(&dev, &g);
-            println!(
-                "{backbone:?} {:<22} M={m:>8} N={n:>5} K={k:>5}: conv fwd {c:>6.1}, GEMM same M/N/K {t:>6.1} TFLOP/s",
-                l.name
-            );
+            let flop = 2.0 * (g.n * g.p * g.q * g.k * g.r * g.s * g.c) as f64;
+            let ms = *timed.entry(g).or_insert_with(|| {
+                let ms = conv_ms(&dev, &g);
+                let (m, n, k) = (g.n * g.p * g.q, g.k, g.c * g.r * g.s);
+                let gemm = if k % 8 == 0 {
+                    format!("{:>6.1}", gemm_tflops(&dev, m, n, k))
+                } else {
+                    "     —".into()
+                };
+                let t = |ms: f64| flop / ms / 1e9;
+                println!(
+                    "{backbone:?} {:<22} M={m:>8} N={n:>5} K={k:>5}: fwd {:>6.1} dgrad {:>6.1} wgrad {:>6.1} \
+                     TFLOP/s (GEMM same M/N/K {gemm}) [{}, wgrad {:?}]",
+                    l.name,
+                    t(ms[0]),
+                    t(ms[1]),
+                    t(ms[2]),
+                    fwd_kernel_for(&dev, &g),
+                    wgrad_plan(&dev, &g),
+                );
+                ms
+            });
+            // The stem's input gradient is never computed in training.
+            let dgrad = if l.cin == 3 { 0.0 } else { ms[1] };
+            total_ms += ms[0] + dgrad + ms[2];
+            total_flop += flop * if l.cin == 3 { 2.0 } else { 3.0 };
         }
+        println!(
+            "{backbone:?} every convolution, fwd + bwd: {total_ms:.2} ms = {:.1} TFLOP/s (cuDNN: torch_yardstick.py)",
+            total_flop / total_ms / 1e9
+        );
     }
 }

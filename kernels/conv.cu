@@ -1,4 +1,5 @@
-// conv2d forward, NHWC activations, KRSC weights, FP16 in, FP32 accumulate, FP16 out.
+// conv2d: forward, input gradient and weight gradient; NHWC activations, KRSC weights,
+// FP16 in, FP32 accumulate.
 //
 // Layout. x: N×H×W×C. w: K×R×S×C (K output channels, R×S window; C innermost so that a
 // filter tap is one contiguous run of channels, the same run an NHWC pixel holds).
@@ -10,25 +11,43 @@
 // that replace it on the hot path; its cost is K·R·S·C global reads per output, far from
 // any roofline, and that is accepted for a reference.
 //
-// `conv2d_fwd_implicit_f16`: the forward as the GEMM y [N·P·Q, K] = A · wᵀ, where A's row
-// (n, p, q) is the receptive field of that output pixel laid out (r, s, c) — the order
-// of a KRSC filter, so w is already the N×K operand of the tensor-core main loop
-// (mma.cuh) with no reshaping. A is never materialised (no im2col buffer): the loader
-// turns each 16-byte chunk (8 channels of one tap) into the NHWC address of that pixel,
-// or a zero fill where the tap falls in the padding. That needs C to be a multiple of 8
-// (every ResNet layer but the stem, whose 3 channels the host pads to 8 with zero
-// weights). The epilogue writes NHWC y directly, with the fused options of the GEMM
-// (alpha, beta, bias, ReLU; FP16 or FP32). Index arithmetic: two divisions per chunk and
-// stage; hoisting the (n, p, q) decode out of the K loop is the first optimisation owed
-// to measurements on a GPU.
+// `conv2d_fwd_implicit_f16_<tile>`: the forward as the GEMM y [N·P·Q, K] = A · wᵀ, where
+// A's row (n, p, q) is the receptive field of that output pixel laid out (r, s, c) — the
+// order of a KRSC filter, so w is already the N×K operand of the tensor-core main loop
+// (mma.cuh, KContig layout) with no reshaping. A is never materialised (no im2col
+// buffer): the loader turns each 16-byte chunk (8 channels of one tap) into the NHWC
+// address of that pixel, or a zero fill where the tap falls in the padding. That needs C
+// to be a multiple of 8: the stem's 3 channels (input and filter) are zero-padded to 8 by
+// `conv_pad_channels_f16` first — 8/3 of the stem's useful MACs, on tensor cores, instead
+// of a CUDA-core kernel that would make it the slowest layer. Stride-1 1×1 layers skip
+// this file and run the plain GEMM. The epilogue writes NHWC y directly, with the fused
+// options of the GEMM (alpha, beta, bias, ReLU; FP16 or FP32). Index arithmetic: two
+// divisions per chunk and stage; hoisting the (n, p, q) decode out of the K loop is the
+// first optimisation owed to measurements on a GPU.
 //
-// `conv2d_dgrad_implicit_f16`: the input gradient as the GEMM dx [N·H·W, C] = A · w'ᵀ,
-// A's row (n, h, w) laid out (r, s, k): dy[n, (h + pad − r)/stride, (w + pad − s)/stride, k]
-// where that division is exact and lands inside dy, zero elsewhere — so stride 2 is
-// handled by the same loader (three quarters of its A chunks are zero fills: a
-// phase-split version that skips them is owed to GPU measurements). w' is the filter
-// transposed to C×R×S×K (`conv_weight_krsc_to_crsk_f16`, once per step), which makes it
-// the N×K operand. Needs K (output channels) a multiple of 8, as every ResNet layer has.
+// `conv2d_dgrad_implicit_f16_<tile>`: the input gradient as the GEMM dx [N·H·W, C] =
+// A · w'ᵀ, A's row (n, h, w) laid out (r, s, k): dy[n, (h + pad − r)/stride,
+// (w + pad − s)/stride, k] where that division is exact and lands inside dy, zero
+// elsewhere — so stride 2 is handled by the same loader (three quarters of its A chunks
+// are zero fills: a phase-split version that skips them is owed to GPU measurements).
+// w' is the filter transposed to C×R×S×K (`conv_weight_krsc_to_crsk_f16`), which makes
+// it the N×K operand. Needs K (output channels) a multiple of 8, as every ResNet layer
+// has.
+//
+// `conv2d_wgrad_implicit_f16_<tile>`: the weight gradient as the GEMM dw [K, R·S·C] =
+// dyᵀ · A over the N·P·Q output pixels, A the forward's receptive-field matrix (the same
+// loader, `ConvA`). Here the reduction runs over pixels and neither operand is
+// contiguous along it — dy's and x's channels are — so both tiles are stored
+// reduction-outer (mma.cuh, KOuter layout) and fragments come out by ldmatrix.trans.
+// Few output tiles (64×576 for a 64-channel 3×3 layer) over a long reduction (N·P·Q =
+// 1.6 M pixels at 512 frames of 56²) would leave most of the GPU idle, so the reduction
+// is split (grid z): each split writes FP32 partials to a workspace and
+// `conv2d_wgrad_reduce_f32` sums them in split order — deterministic, no atomics — and
+// drops the stem's padded channels. The split count comes from the host's tile table.
+//
+// Tiles: 128×128 (8 warps) by default, 128×64 (fwd, dgrad) or 64×128 (wgrad) where the
+// output channels are 64 or the grid is under one wave. Registers (ptxas 13.0, sm_90):
+// 120–125 per thread, no spills: two 8-warp blocks or four 4-warp blocks per SM.
 #include "mma.cuh"
 
 extern "C" __global__ void conv2d_fwd_ref_f16(const __half* __restrict__ x, const __half* __restrict__ w,
@@ -57,10 +76,13 @@ extern "C" __global__ void conv2d_fwd_ref_f16(const __half* __restrict__ x, cons
     y[idx] = __float2half_rn(acc);
 }
 
-// A's element (m, k) of the convolution's implicit GEMM, 8 channels at a time.
+// A's element (m, k) of the convolution's implicit GEMM, 8 channels at a time: the
+// receptive field of output pixel m = (n, p, q) at column k = (r, s, c). The weight
+// gradient reads x the same way (as its B operand, reduction row m, column k).
 struct ConvA {
     const __half* x;
     int H, W, C, S, P, Q, stride_h, stride_w, pad_h, pad_w;
+    DF_DEVICE const __half* base() const { return x; }
     DF_DEVICE const __half* at(int m, int k, bool& ok) const {
         int pq = P * Q;
         int n = m / pq, rem = m - n * pq;
@@ -73,17 +95,43 @@ struct ConvA {
     }
 };
 
-extern "C" __global__ void __launch_bounds__(tc::THREADS)
-    conv2d_fwd_implicit_f16(const __half* __restrict__ x, const __half* __restrict__ w, void* __restrict__ y,
-                            int N, int H, int W, int C, int K, int R, int S, int P, int Q, int stride_h,
-                            int stride_w, int pad_h, int pad_w, float alpha, float beta, int out_f16,
-                            const float* __restrict__ bias, int relu) {
+// The kernels' shared argument list: NHWC/KRSC dimensions and the window geometry.
+#define CONV_GEOM_PARAMS                                                                                  \
+    int N, int H, int W, int C, int K, int R, int S, int P, int Q, int stride_h, int stride_w, int pad_h, \
+        int pad_w
+#define CONV_GEOM_ARGS N, H, W, C, K, R, S, P, Q, stride_h, stride_w, pad_h, pad_w
+
+template <class T>
+DF_DEVICE void conv2d_fwd_implicit(const __half* __restrict__ x, const __half* __restrict__ w,
+                                   void* __restrict__ y, CONV_GEOM_PARAMS, float alpha, float beta, int out_f16,
+                                   const float* __restrict__ bias, int relu) {
     int M = N * P * Q, KK = R * S * C;
-    int m0 = blockIdx.y * tc::BM, n0 = blockIdx.x * tc::BN;
-    ConvA a{x, H, W, C, S, P, Q, stride_h, stride_w, pad_h, pad_w};
+    int m0 = blockIdx.y * T::BM, n0 = blockIdx.x * T::BN;
+    tc::KContig<T, ConvA> tiles{{x, H, W, C, S, P, Q, stride_h, stride_w, pad_h, pad_w}, w, KK, M, K, KK, m0, n0};
     float acc[4][4][4];
-    tc::mainloop(a, w, KK, M, K, KK, m0, n0, acc);
-    tc::epilogue(acc, M, K, m0, n0, alpha, beta, y, K, out_f16, bias, relu);
+    tc::mainloop<T>(tiles, 0, (KK + tc::BK - 1) / tc::BK, acc);
+    tc::epilogue<T>(acc, M, K, m0, n0, alpha, beta, y, K, out_f16, bias, relu);
+}
+
+#define CONV_FWD(TILE, NAME)                                                                              \
+    extern "C" __global__ void __launch_bounds__(TILE::THREADS)                                           \
+        NAME(const __half* __restrict__ x, const __half* __restrict__ w, void* __restrict__ y,           \
+             CONV_GEOM_PARAMS, float alpha, float beta, int out_f16, const float* __restrict__ bias,     \
+             int relu) {                                                                                  \
+        conv2d_fwd_implicit<TILE>(x, w, y, CONV_GEOM_ARGS, alpha, beta, out_f16, bias, relu);            \
+    }
+CONV_FWD(tc::Tile128x128, conv2d_fwd_implicit_f16_128x128)
+CONV_FWD(tc::Tile128x64, conv2d_fwd_implicit_f16_128x64)
+
+// x [rows, c] → [rows, c_pad] with zeros in the added channels: the stem's 3 channels
+// (and its filter's) become the 8 the implicit-GEMM loaders copy at a time.
+extern "C" __global__ void conv_pad_channels_f16(const __half* __restrict__ src, __half* __restrict__ dst,
+                                                 long long rows, int c, int c_pad) {
+    DF_GRID_STRIDE(i, rows * c_pad) {
+        long long row = i / c_pad;
+        int ci = (int)(i - row * c_pad);
+        dst[i] = ci < c ? src[row * c + ci] : __float2half_rn(0.0f);
+    }
 }
 
 // A's element (m, k) of the input-gradient GEMM: m = (n, h, w), k = (r, s, k_out).
@@ -115,14 +163,74 @@ extern "C" __global__ void conv_weight_krsc_to_crsk_f16(const __half* __restrict
     }
 }
 
-extern "C" __global__ void __launch_bounds__(tc::THREADS)
-    conv2d_dgrad_implicit_f16(const __half* __restrict__ dy, const __half* __restrict__ wt, void* __restrict__ dx,
-                              int N, int H, int W, int C, int K, int R, int S, int P, int Q, int stride_h,
-                              int stride_w, int pad_h, int pad_w, float alpha, float beta, int out_f16) {
+template <class T>
+DF_DEVICE void conv2d_dgrad_implicit(const __half* __restrict__ dy, const __half* __restrict__ wt,
+                                     void* __restrict__ dx, CONV_GEOM_PARAMS, float alpha, float beta,
+                                     int out_f16) {
     int M = N * H * W, KK = R * S * K;
-    int m0 = blockIdx.y * tc::BM, n0 = blockIdx.x * tc::BN;
-    DgradA a{dy, H, W, K, S, P, Q, stride_h, stride_w, pad_h, pad_w};
+    int m0 = blockIdx.y * T::BM, n0 = blockIdx.x * T::BN;
+    tc::KContig<T, DgradA> tiles{{dy, H, W, K, S, P, Q, stride_h, stride_w, pad_h, pad_w}, wt, KK, M, C, KK, m0, n0};
     float acc[4][4][4];
-    tc::mainloop(a, wt, KK, M, C, KK, m0, n0, acc);
-    tc::epilogue(acc, M, C, m0, n0, alpha, beta, dx, C, out_f16, nullptr, 0);
+    tc::mainloop<T>(tiles, 0, (KK + tc::BK - 1) / tc::BK, acc);
+    tc::epilogue<T>(acc, M, C, m0, n0, alpha, beta, dx, C, out_f16, nullptr, 0);
+}
+
+#define CONV_DGRAD(TILE, NAME)                                                                            \
+    extern "C" __global__ void __launch_bounds__(TILE::THREADS)                                           \
+        NAME(const __half* __restrict__ dy, const __half* __restrict__ wt, void* __restrict__ dx,        \
+             CONV_GEOM_PARAMS, float alpha, float beta, int out_f16) {                                    \
+        conv2d_dgrad_implicit<TILE>(dy, wt, dx, CONV_GEOM_ARGS, alpha, beta, out_f16);                   \
+    }
+CONV_DGRAD(tc::Tile128x128, conv2d_dgrad_implicit_f16_128x128)
+CONV_DGRAD(tc::Tile128x64, conv2d_dgrad_implicit_f16_128x64)
+
+// The weight gradient's A operand: dy as [N·P·Q, K], reduction row = output pixel.
+struct WgradDy {
+    const __half* dy;
+    int K;
+    DF_DEVICE const __half* base() const { return dy; }
+    DF_DEVICE const __half* at(int pix, int k, bool& ok) const {
+        ok = true;
+        return dy + (long long)pix * K + k;
+    }
+};
+
+// Split `blockIdx.z` of the weight gradient: reduction tiles [z·tiles_per_split, …) into
+// out + z·K·R·S·C (FP32).
+template <class T>
+DF_DEVICE void conv2d_wgrad_implicit(const __half* __restrict__ x, const __half* __restrict__ dy,
+                                     float* __restrict__ out, CONV_GEOM_PARAMS, int tiles_per_split, float alpha,
+                                     float beta) {
+    int M = K, NN = R * S * C, KK = N * P * Q;
+    int m0 = blockIdx.y * T::BM, n0 = blockIdx.x * T::BN;
+    int k_tiles = (KK + tc::BK - 1) / tc::BK;
+    int kt0 = blockIdx.z * tiles_per_split, kt1 = min(kt0 + tiles_per_split, k_tiles);
+    tc::KOuter<T, WgradDy, ConvA> tiles{
+        {dy, K}, {x, H, W, C, S, P, Q, stride_h, stride_w, pad_h, pad_w}, M, NN, KK, m0, n0};
+    float acc[4][4][4];
+    tc::mainloop<T>(tiles, kt0, kt1, acc);
+    tc::epilogue<T>(acc, M, NN, m0, n0, alpha, beta, out + (long long)blockIdx.z * M * NN, NN, 0, nullptr, 0);
+}
+
+#define CONV_WGRAD(TILE, NAME)                                                                            \
+    extern "C" __global__ void __launch_bounds__(TILE::THREADS)                                           \
+        NAME(const __half* __restrict__ x, const __half* __restrict__ dy, float* __restrict__ out,       \
+             CONV_GEOM_PARAMS, int tiles_per_split, float alpha, float beta) {                            \
+        conv2d_wgrad_implicit<TILE>(x, dy, out, CONV_GEOM_ARGS, tiles_per_split, alpha, beta);           \
+    }
+CONV_WGRAD(tc::Tile128x128, conv2d_wgrad_implicit_f16_128x128)
+CONV_WGRAD(tc::Tile64x128, conv2d_wgrad_implicit_f16_64x128)
+
+// dw [krs, c] = alpha · Σ_z ws[z][krs, c_pad] (+ beta · dw), the splits summed in index
+// order so the bits do not depend on scheduling; c < c_pad drops the stem's padding.
+extern "C" __global__ void conv2d_wgrad_reduce_f32(const float* __restrict__ ws, float* __restrict__ dw, int splits,
+                                                   long long krs, int c_pad, int c, float alpha, float beta) {
+    long long split_stride = krs * c_pad;
+    DF_GRID_STRIDE(i, krs * c) {
+        long long row = i / c;
+        long long j = row * c_pad + (i - row * c);
+        float sum = 0.0f;
+        for (int z = 0; z < splits; ++z) sum += ws[z * split_stride + j];
+        dw[i] = beta == 0.0f ? alpha * sum : fmaf(beta, dw[i], alpha * sum);
+    }
 }

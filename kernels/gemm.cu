@@ -7,10 +7,11 @@
 // on-device oracle, written to be obviously right, not fast (every operand is read from
 // global memory K times: a few percent of FP16 peak).
 //
-// `gemm_tc_f16`: the tensor-core kernel, for the shape the model needs most — both
+// `gemm_tc_f16_<tile>`: the tensor-core kernel, for the shape the model needs most — both
 // operands K-contiguous (A M×K, B N×K: y = x·Wᵀ for linear layers and the implicit-GEMM
 // convolution's NHWC × KRSC). Tiling: a 256-thread block owns a 128×128 tile of C and
-// walks K in steps of 32; its 8 warps are 2×4, each computing 64×32 with 4×4
+// walks K in steps of 32 (a 128-thread 128×64 variant serves N ≤ 64 and grids of less
+// than one wave; backend/cuda/tiles.rs picks); its 8 warps are 2×4, each computing 64×32 with 4×4
 // mma.sync.m16n8k16 (FP16 in, FP32 accumulate: 64 accumulators per thread). Operand
 // tiles reach shared memory by cp.async (16 bytes per copy, no registers on the way)
 // in a 3-stage ring, so loads of tile k+2 overlap the math on tile k; fragments come
@@ -44,12 +45,23 @@ extern "C" __global__ void gemm_ref_f16(int M, int N, int K, float alpha, const 
     C[at] = beta == 0.0f ? alpha * acc : fmaf(beta, C[at], alpha * acc);
 }
 
-extern "C" __global__ void __launch_bounds__(tc::THREADS)
-    gemm_tc_f16(int M, int N, int K, float alpha, const __half* __restrict__ A, int lda,
-                const __half* __restrict__ B, int ldb, float beta, void* __restrict__ C, int ldc, int out_f16,
-                const float* __restrict__ bias, int relu) {
-    int m0 = blockIdx.y * tc::BM, n0 = blockIdx.x * tc::BN;
+template <class T>
+DF_DEVICE void gemm_tc(int M, int N, int K, float alpha, const __half* __restrict__ A, int lda,
+                       const __half* __restrict__ B, int ldb, float beta, void* __restrict__ C, int ldc, int out_f16,
+                       const float* __restrict__ bias, int relu) {
+    int m0 = blockIdx.y * T::BM, n0 = blockIdx.x * T::BN;
+    tc::KContig<T, tc::RowMajorA> tiles{{A, lda}, B, ldb, M, N, K, m0, n0};
     float acc[4][4][4];
-    tc::mainloop(tc::RowMajorA{A, lda}, B, ldb, M, N, K, m0, n0, acc);
-    tc::epilogue(acc, M, N, m0, n0, alpha, beta, C, ldc, out_f16, bias, relu);
+    tc::mainloop<T>(tiles, 0, (K + tc::BK - 1) / tc::BK, acc);
+    tc::epilogue<T>(acc, M, N, m0, n0, alpha, beta, C, ldc, out_f16, bias, relu);
 }
+
+#define GEMM_TC(TILE, NAME)                                                                               \
+    extern "C" __global__ void __launch_bounds__(TILE::THREADS)                                           \
+        NAME(int M, int N, int K, float alpha, const __half* __restrict__ A, int lda,                    \
+             const __half* __restrict__ B, int ldb, float beta, void* __restrict__ C, int ldc, int out_f16, \
+             const float* __restrict__ bias, int relu) {                                                  \
+        gemm_tc<TILE>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, out_f16, bias, relu);                 \
+    }
+GEMM_TC(tc::Tile128x128, gemm_tc_f16_128x128)
+GEMM_TC(tc::Tile128x64, gemm_tc_f16_128x64)

@@ -146,18 +146,26 @@ fn conv2d_rejects_mismatched_shapes_with_context() {
     assert!(b.conv2d_fwd(&x, &w, [1, 1], [0, 0]).is_err(), "a 7×7 window cannot fit a 5×5 unpadded input");
 }
 
-/// The forward convolution on the GPU (`conv2d_fwd_implicit_f16` where C is a multiple of
-/// 8, the reference kernel otherwise) and the input gradient (`conv2d_dgrad_implicit_f16`,
-/// stride 1 and 2) against the CPU reference on the f16-rounded inputs: every distinct ResNet-18 and ResNet-50 layer shape at batch 2 on 64² input,
-/// and awkward shapes (odd H and W, C not a multiple of 8, stride 2 on odd sizes, padding
-/// 0, 1 and 3), with the fused epilogue on some. Skips with the reason without a GPU.
+/// The convolution on the GPU against the CPU reference on f16-rounded inputs: forward
+/// (`conv2d_fwd_implicit_f16_<tile>`, the GEMM for pointwise layers, channels padded to 8
+/// for C = 3 and 5, fused epilogue on some; the direct kernel `conv2d_fwd_ref_f16` too),
+/// input gradient (`conv2d_dgrad_implicit_f16_<tile>`, stride 1 and 2, accumulating with
+/// beta on some) and weight gradient (`conv2d_wgrad_implicit_f16_<tile>` with split-K and
+/// `conv2d_wgrad_reduce_f32`; the same bits on a second run, and close to the unsplit
+/// plan). Shapes: every distinct ResNet-18 and ResNet-50 layer at batch 2 on 64² input
+/// (the stem included) and awkward ones (odd H and W, C not a multiple of 8, stride 2 on
+/// odd sizes, padding 0, 1 and 3). Skips with the reason without a GPU.
 #[cfg(feature = "cuda")]
 #[test]
-fn conv2d_fwd_on_the_gpu_matches_the_cpu() {
+fn conv2d_on_the_gpu_matches_the_cpu() {
     use dfengine::backend::cpu::conv as cpu_conv;
-    use dfengine::backend::cuda::conv::{Epilogue, conv2d_dgrad, conv2d_fwd, uses_tensor_cores};
+    use dfengine::backend::cuda::conv::{
+        Epilogue, conv2d_dgrad, conv2d_fwd, conv2d_fwd_reference, conv2d_wgrad, conv2d_wgrad_planned,
+        fwd_kernel_for, wgrad_plan,
+    };
     use dfengine::backend::cuda::device::{CudaError, Device};
     use dfengine::backend::cuda::gemm::GemmOut;
+    use dfengine::backend::cuda::tiles::WgradPlan;
     use dfengine::backend::params::Conv2dGeom;
     use dfengine::config::Backbone;
     use dfengine::model::arch::{ResNetSpec, conv_layers};
@@ -178,7 +186,11 @@ fn conv2d_fwd_on_the_gpu_matches_the_cpu() {
         ([1, 13, 7, 8], 16, 3, 2, 1),
         ([2, 15, 15, 32], 40, 1, 2, 0),
         ([1, 23, 21, 8], 8, 7, 2, 3),
-        ([2, 10, 9, 5], 12, 3, 1, 1), // C = 5: the reference kernel
+        ([2, 10, 9, 5], 12, 3, 1, 1),
+        ([3, 9, 9, 3], 16, 3, 2, 1),
+        ([2, 7, 5, 24], 136, 1, 1, 0),
+        // Enough 128×128 tiles to fill an H200 (132 multiprocessors): the wide tile.
+        ([8, 56, 56, 64], 128, 3, 1, 1),
     ];
     let mut seen = std::collections::HashSet::new();
     for backbone in [Backbone::Resnet18, Backbone::Resnet50] {
@@ -189,58 +201,120 @@ fn conv2d_fwd_on_the_gpu_matches_the_cpu() {
             }
         }
     }
+    let mut kernels = std::collections::HashSet::new();
     let mut rng = Rng::new(50);
+    let round = |v: Vec<f32>| v.into_iter().map(f16::from_f32).collect::<Vec<_>>();
+    let widen = |v: &[f16]| v.iter().map(|h| h.to_f32()).collect::<Vec<f32>>();
     for (i, (xd, k, r, stride, pad)) in shapes.into_iter().enumerate() {
         let g = Conv2dGeom::new(xd, [k, r, r, xd[3]], [stride; 2], [pad; 2]).unwrap();
-        let round = |v: Vec<f32>| v.into_iter().map(f16::from_f32).collect::<Vec<_>>();
-        let x = round(rng.vec(xd.iter().product(), -1.0, 1.0));
-        let w = round(rng.vec(k * r * r * xd[3], -1.0, 1.0));
+        let (xn, wn, yn) = (xd.iter().product::<usize>(), k * r * r * xd[3], g.n * g.p * g.q * g.k);
+        let x = round(rng.vec(xn, -1.0, 1.0));
+        let w = round(rng.vec(wn, -1.0, 1.0));
         let bias = rng.vec(k, -0.5, 0.5);
-        let (xf, wf): (Vec<f32>, Vec<f32>) =
-            (x.iter().map(|v| v.to_f32()).collect(), w.iter().map(|v| v.to_f32()).collect());
-        let yn = g.n * g.p * g.q * g.k;
+        let (xf, wf) = (widen(&x), widen(&w));
         let mut want = vec![0.0f32; yn];
         cpu_conv::conv2d_fwd(&g, &xf, &wf, &mut want);
-        let tc = uses_tensor_cores(&g);
-        // Every third tensor-core case with bias + ReLU fused.
-        let fused = tc && i % 3 == 0;
+        let (d_x, d_w, d_bias) =
+            (s.clone_htod(&x).unwrap(), s.clone_htod(&w).unwrap(), s.clone_htod(&bias).unwrap());
+
+        // The direct kernel, plain.
+        let mut d_y = s.alloc_zeros::<f16>(yn).unwrap();
+        conv2d_fwd_reference(&dev, &g, &d_x, &d_w, &mut d_y).unwrap();
+        let got: Vec<f32> = widen(&s.clone_dtoh(&d_y).unwrap());
+        // FP16 output: 2⁻¹¹ relative rounding on sums up to ~|100|.
+        assert_close(&format!("conv2d_fwd_ref_f16 {g:?}"), &got, &want, 2e-2, 2e-3);
+
+        // Every third case with bias + ReLU fused.
+        let fused = i % 3 == 0;
         if fused {
             for (j, v) in want.iter_mut().enumerate() {
                 *v = (*v + bias[j % k]).max(0.0);
             }
         }
-        let (d_x, d_w, d_bias) =
-            (s.clone_htod(&x).unwrap(), s.clone_htod(&w).unwrap(), s.clone_htod(&bias).unwrap());
         let epi = Epilogue { beta: 0.0, bias: fused.then_some(&d_bias), relu: fused };
-        let what = format!("conv {g:?} fused={fused} tensor_cores={tc}");
-        // The tensor-core path writes FP32 here (tight check of the accumulation); the
-        // reference kernel only FP16.
-        if tc && i % 2 == 0 {
+        let kernel = fwd_kernel_for(&dev, &g);
+        kernels.insert(kernel);
+        let what = format!("{kernel} {g:?} fused={fused}");
+        if i % 2 == 0 {
             let mut d_y = s.alloc_zeros::<f32>(yn).unwrap();
             conv2d_fwd(&dev, &g, &d_x, &d_w, GemmOut::F32(&mut d_y), epi).unwrap();
-            let got = s.clone_dtoh(&d_y).unwrap();
             // FP32 sums of ≤ 4608 products of O(1) values.
-            assert_close(&what, &got, &want, 2e-3, 1e-4);
+            assert_close(&what, &s.clone_dtoh(&d_y).unwrap(), &want, 2e-3, 1e-4);
         } else {
             let mut d_y = s.alloc_zeros::<f16>(yn).unwrap();
             conv2d_fwd(&dev, &g, &d_x, &d_w, GemmOut::F16(&mut d_y), epi).unwrap();
-            let got: Vec<f32> = s.clone_dtoh(&d_y).unwrap().into_iter().map(f16::to_f32).collect();
-            // FP16 output: 2⁻¹¹ relative rounding on sums up to ~|100|.
-            assert_close(&what, &got, &want, 2e-2, 2e-3);
+            assert_close(&what, &widen(&s.clone_dtoh(&d_y).unwrap()), &want, 2e-2, 2e-3);
+        }
+        if k % 8 != 0 {
+            continue; // the gradients need output channels in 8-channel runs
         }
 
-        // The input gradient, where the output channels allow the tensor-core kernel.
-        if k % 8 == 0 {
-            let dy = round(rng.vec(yn, -1.0, 1.0));
-            let dyf: Vec<f32> = dy.iter().map(|v| v.to_f32()).collect();
-            let xn = xd.iter().product::<usize>();
-            let mut want = vec![0.0f32; xn];
-            cpu_conv::conv2d_dgrad(&g, &dyf, &wf, &mut want);
-            let d_dy = s.clone_htod(&dy).unwrap();
-            let mut d_dx = s.alloc_zeros::<f32>(xn).unwrap();
-            conv2d_dgrad(&dev, &g, &d_dy, &d_w, GemmOut::F32(&mut d_dx), 0.0).unwrap();
-            let got = s.clone_dtoh(&d_dx).unwrap();
-            assert_close(&format!("dgrad {g:?}"), &got, &want, 2e-3, 1e-4);
+        // Input gradient; every fourth case accumulates onto dx (beta = 1).
+        let dy = round(rng.vec(yn, -1.0, 1.0));
+        let dyf = widen(&dy);
+        let d_dy = s.clone_htod(&dy).unwrap();
+        let accumulate = i % 4 == 1;
+        let dx0 = rng.vec(xn, -1.0, 1.0);
+        let mut want = vec![0.0f32; xn];
+        cpu_conv::conv2d_dgrad(&g, &dyf, &wf, &mut want);
+        let mut d_dx = if accumulate {
+            want.iter_mut().zip(&dx0).for_each(|(v, o)| *v += o);
+            s.clone_htod(&dx0).unwrap()
+        } else {
+            s.alloc_zeros::<f32>(xn).unwrap()
+        };
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        conv2d_dgrad(&dev, &g, &d_dy, &d_w, GemmOut::F32(&mut d_dx), beta).unwrap();
+        assert_close(&format!("dgrad {g:?} beta={beta}"), &s.clone_dtoh(&d_dx).unwrap(), &want, 2e-3, 1e-4);
+
+        // Weight gradient: a sum over N·P·Q ≤ 8192 pixels.
+        let mut want = vec![0.0f32; wn];
+        cpu_conv::conv2d_wgrad(&g, &xf, &dyf, &mut want);
+        let dw0 = rng.vec(wn, -1.0, 1.0);
+        let mut want_acc = want.clone();
+        want_acc.iter_mut().zip(&dw0).for_each(|(v, o)| *v += o);
+        let plan = wgrad_plan(&dev, &g);
+        kernels.insert(plan.tile.suffix());
+        let what = format!("wgrad {g:?} {plan:?}");
+        let mut d_dw = s.alloc_zeros::<f32>(wn).unwrap();
+        conv2d_wgrad(&dev, &g, &d_x, &d_dy, &mut d_dw, 0.0).unwrap();
+        let first = s.clone_dtoh(&d_dw).unwrap();
+        assert_close(&what, &first, &want, 5e-3, 1e-4);
+        conv2d_wgrad(&dev, &g, &d_x, &d_dy, &mut d_dw, 0.0).unwrap();
+        let second = s.clone_dtoh(&d_dw).unwrap();
+        assert!(
+            first.iter().zip(&second).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{what}: two runs differ in their bits"
+        );
+        let mut d_dw = s.clone_htod(&dw0).unwrap();
+        conv2d_wgrad(&dev, &g, &d_x, &d_dy, &mut d_dw, 1.0).unwrap();
+        assert_close(&format!("{what} beta=1"), &s.clone_dtoh(&d_dw).unwrap(), &want_acc, 5e-3, 1e-4);
+        // Unsplit and split into as many pieces as there are reduction tiles.
+        let k_tiles = (g.n * g.p * g.q).div_ceil(32);
+        for plan in [
+            WgradPlan { splits: 1, tiles_per_split: k_tiles, ..plan },
+            WgradPlan { splits: k_tiles, tiles_per_split: 1, ..plan },
+        ] {
+            let mut d_dw = s.alloc_zeros::<f32>(wn).unwrap();
+            conv2d_wgrad_planned(&dev, &g, &d_x, &d_dy, &mut d_dw, 0.0, plan).unwrap();
+            assert_close(&format!("wgrad {g:?} {plan:?}"), &s.clone_dtoh(&d_dw).unwrap(), &want, 5e-3, 1e-4);
         }
+        // A plan that leaves reduction tiles out is refused.
+        let short = WgradPlan { splits: 1, tiles_per_split: k_tiles.saturating_sub(1).max(1), ..plan };
+        if k_tiles > 1 {
+            let mut d_dw = s.alloc_zeros::<f32>(wn).unwrap();
+            let err = conv2d_wgrad_planned(&dev, &g, &d_x, &d_dy, &mut d_dw, 0.0, short).unwrap_err();
+            assert!(err.to_string().contains("reduction tiles"), "{err}");
+        }
+    }
+    for expected in ["conv2d_fwd_implicit_f16_128x128", "conv2d_fwd_implicit_f16_128x64"] {
+        assert!(kernels.iter().any(|k| *k == expected), "no case ran {expected}: {kernels:?}");
+    }
+    assert!(
+        kernels.iter().any(|k| k.starts_with("gemm_tc_f16")),
+        "no pointwise case took the GEMM: {kernels:?}"
+    );
+    for wgrad_tile in ["128x128", "64x128"] {
+        assert!(kernels.contains(wgrad_tile), "no weight gradient ran the {wgrad_tile} tile: {kernels:?}");
     }
 }

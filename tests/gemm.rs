@@ -96,17 +96,18 @@ fn linear_bwd_matches_finite_differences() {
     check_gradient("linear db", bias.storage(), g.db.storage(), loss_b, 1e-2, 1e-3, 3);
 }
 
-/// `gemm_nt` on the GPU — the tensor-core kernel `gemm_tc_f16` (C = α·A·Bᵀ + β·C + bias,
-/// ReLU, FP32 or FP16 out) where K is a multiple of 8, the reference kernel otherwise —
-/// against the definition in f64 on the f16-rounded inputs, on shapes that are not
-/// multiples of the 128×128×32 tile (edges, a single row, K = 8, several K tiles, odd
-/// K). Also the tensor-core result against the on-device oracle `gemm_ref_f16` (K odd
-/// forces it). Skips with the reason without a GPU.
+/// `gemm_nt` on the GPU — the tensor-core kernels `gemm_tc_f16_<tile>` (C = α·A·Bᵀ +
+/// β·C, bias, ReLU, FP32 or FP16 out) where K is a multiple of 8, the reference kernel
+/// otherwise — against the definition in f64 on the f16-rounded inputs, on shapes that
+/// are not multiples of the tiles (edges, a single row, K = 8, several K tiles, odd K;
+/// N = 64 and small grids take the 128×64 tile, the rest 128×128). Also the tensor-core
+/// result against the on-device oracle `gemm_ref_f16` (K odd forces it). Skips with the
+/// reason without a GPU.
 #[cfg(feature = "cuda")]
 #[test]
 fn gemm_on_the_gpu_matches_the_definition_and_the_reference_kernel() {
     use dfengine::backend::cuda::device::{CudaError, Device};
-    use dfengine::backend::cuda::gemm::{GemmNt, GemmOut, gemm_nt, uses_tensor_cores};
+    use dfengine::backend::cuda::gemm::{GemmNt, GemmOut, gemm_nt, kernel_for, uses_tensor_cores};
     use half::f16;
 
     let dev = match Device::open(0) {
@@ -129,7 +130,10 @@ fn gemm_on_the_gpu_matches_the_definition_and_the_reference_kernel() {
         (300, 64, 8, true, true, false),
         (512, 512, 1024, false, false, false),
         (33, 17, 147, true, false, false),
+        // 288 tiles of 128×128: more than one wave, so the wide tile.
+        (4096, 1152, 32, false, true, true),
     ];
+    let mut seen = std::collections::HashSet::new();
     for (m, n, k, with_beta, with_bias, f16_out) in cases {
         let a: Vec<f16> = rng.vec(m * k, -1.0, 1.0).into_iter().map(f16::from_f32).collect();
         let bt: Vec<f16> = rng.vec(n * k, -1.0, 1.0).into_iter().map(f16::from_f32).collect();
@@ -175,7 +179,8 @@ fn gemm_on_the_gpu_matches_the_definition_and_the_reference_kernel() {
             stream.clone_dtoh(&d_c).unwrap()
         };
         dev.synchronize("gemm_nt").unwrap();
-        let kernel = if uses_tensor_cores(k) { "gemm_tc_f16" } else { "gemm_ref_f16" };
+        let kernel = kernel_for(&dev, m, n, k);
+        seen.insert(kernel);
         let what = format!("{kernel} {m}×{n}×{k} beta={with_beta} bias+relu={with_bias} f16_out={f16_out}");
         // FP32 accumulation of ≤1024 products of O(1): error ~1e-5; an f16 output rounds by
         // 2⁻¹¹ relative.
@@ -206,7 +211,11 @@ fn gemm_on_the_gpu_matches_the_definition_and_the_reference_kernel() {
         stream.clone_dtoh(&d_c).unwrap()
     };
     let tensor_cores = run(kp);
+    seen.insert(kernel_for(&dev, m, n, kp));
+    for tile in ["gemm_tc_f16_128x128", "gemm_tc_f16_128x64"] {
+        assert!(seen.contains(tile), "no case ran {tile}: {seen:?}");
+    }
     let oracle = run(k + 1); // K = 265: not a multiple of 8, so the reference kernel
     assert!(uses_tensor_cores(kp) && !uses_tensor_cores(k + 1));
-    assert_close("gemm_tc_f16 vs gemm_ref_f16", &tensor_cores, &oracle, 1e-3, 1e-4);
+    assert_close("gemm_tc_f16_* vs gemm_ref_f16", &tensor_cores, &oracle, 1e-3, 1e-4);
 }

@@ -4,7 +4,7 @@ use super::error::{OpError, shape_err};
 
 /// A 2-D convolution of `x` [N, H, W, C] with `w` [K, R, S, C] into `y` [N, P, Q, K].
 /// Dilation 1, groups 1, no bias (ResNet convolutions feed batch norm).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Conv2dGeom {
     pub n: usize,
     pub h: usize,

@@ -1,14 +1,21 @@
-//! The host side of kernels/conv.cu: the forward convolution on tensor cores (implicit
-//! GEMM) when the channels come in 16-byte runs, the reference kernel otherwise; the
-//! input gradient (implicit GEMM over a transposed filter).
+//! The host side of kernels/conv.cu: forward, input gradient and weight gradient on
+//! tensor cores (implicit GEMM, tile from the tile table), with the stem's 3 channels
+//! padded to 8 and stride-1 1×1 convolutions sent to the GEMM; the direct reference
+//! kernel stays as the on-device oracle.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 use half::f16;
 
-use super::device::{CudaError, Device};
-use super::gemm::GemmOut;
+use super::device::{CudaError, Device, grid_1d};
+use super::gemm::{GemmNt, GemmOut, gemm_nt, push_optional};
+use super::tiles::{TileShape, WgradPlan, pick_n64, plan_wgrad};
 use crate::backend::params::Conv2dGeom;
 use crate::kernels::KernelModule;
+
+/// Channels the implicit-GEMM loaders copy at a time (16 bytes of FP16).
+const VECTOR: usize = 8;
+/// Bytes of split-K partial sums the weight gradient may use.
+pub const WGRAD_WORKSPACE: usize = 64 << 20;
 
 /// The fused epilogue: y = alpha·conv + beta·y (+ bias [K]) (then ReLU).
 #[derive(Clone, Copy, Default)]
@@ -18,13 +25,95 @@ pub struct Epilogue<'a> {
     pub relu: bool,
 }
 
-/// Whether `conv2d_fwd` uses the tensor-core kernel for this geometry: the implicit-GEMM
-/// loader copies 8 channels (16 bytes) of one filter tap at a time.
-pub fn uses_tensor_cores(g: &Conv2dGeom) -> bool {
-    g.c % 8 == 0
+/// A stride-1, unpadded 1×1 convolution: a plain GEMM over the NHWC pixels.
+pub fn is_pointwise(g: &Conv2dGeom) -> bool {
+    g.r == 1 && g.s == 1 && g.stride == [1, 1] && g.pad == [0, 0]
 }
 
-/// y [N, P, Q, K] = conv(x [N, H, W, C], w [K, R, S, C]) with the epilogue.
+/// The geometry with its channels padded to the loaders' vector width.
+fn padded(g: &Conv2dGeom) -> Conv2dGeom {
+    Conv2dGeom { c: g.c.next_multiple_of(VECTOR), ..*g }
+}
+
+/// Pushes the 13 geometry arguments every conv kernel takes after its pointers.
+fn push_geom<'a>(args: &mut LaunchArgs<'a>, dims: &'a [i32; 13]) {
+    for v in dims {
+        args.arg(v);
+    }
+}
+
+fn geom_args(g: &Conv2dGeom) -> [i32; 13] {
+    let i = |v: usize| v as i32;
+    [
+        i(g.n),
+        i(g.h),
+        i(g.w),
+        i(g.c),
+        i(g.k),
+        i(g.r),
+        i(g.s),
+        i(g.p),
+        i(g.q),
+        i(g.stride[0]),
+        i(g.stride[1]),
+        i(g.pad[0]),
+        i(g.pad[1]),
+    ]
+}
+
+/// The element counts of x, w and y, checked against the 32-bit row indices of the kernels.
+fn sizes(name: &'static str, g: &Conv2dGeom) -> Result<(usize, usize, usize), CudaError> {
+    let (xn, wn, yn) = (g.n * g.h * g.w * g.c, g.k * g.r * g.s * g.c, g.n * g.p * g.q * g.k);
+    let rows = (g.n * g.h * g.w).max(g.n * g.p * g.q);
+    if rows > i32::MAX as usize || g.r * g.s * g.c.max(g.k) > i32::MAX as usize {
+        return Err(CudaError::Arguments {
+            kernel: name,
+            detail: format!("{g:?}: more pixels or taps than the kernels' 32-bit indices"),
+        });
+    }
+    Ok((xn, wn, yn))
+}
+
+/// src [rows, c] → [rows, c_pad] with zero channels added.
+fn pad_channels(
+    dev: &Device,
+    src: &CudaSlice<f16>,
+    rows: usize,
+    c: usize,
+) -> Result<CudaSlice<f16>, CudaError> {
+    let c_pad = c.next_multiple_of(VECTOR);
+    let mut dst = dev.scratch::<f16>(rows * c_pad)?;
+    let kernel = dev.kernel(KernelModule::Conv, "conv_pad_channels_f16")?;
+    let (rows_i, c_i, c_pad_i) = (rows as i64, c as i32, c_pad as i32);
+    let mut args = dev.args(&kernel);
+    args.arg(src).arg(&mut dst).arg(&rows_i).arg(&c_i).arg(&c_pad_i);
+    // SAFETY: src holds rows·c halves (the callers' checks), dst rows·c_pad.
+    unsafe {
+        dev.launch(&kernel, args, grid_1d(rows * c_pad), || format!("{rows}×{c} → {rows}×{c_pad}"))
+    }?;
+    Ok(dst)
+}
+
+/// The forward entry point built with `tile` (kernels/conv.cu).
+fn fwd_entry(tile: TileShape) -> &'static str {
+    match tile {
+        TileShape::M128N64 => "conv2d_fwd_implicit_f16_128x64",
+        _ => "conv2d_fwd_implicit_f16_128x128",
+    }
+}
+
+/// The kernel `conv2d_fwd` runs for `g` on `dev` (after padding the stem's channels).
+pub fn fwd_kernel_for(dev: &Device, g: &Conv2dGeom) -> &'static str {
+    let g = padded(g);
+    if is_pointwise(&g) {
+        return super::gemm::kernel_for(dev, g.n * g.p * g.q, g.k, g.c);
+    }
+    fwd_entry(pick_n64(g.n * g.p * g.q, g.k, dev.sm_count))
+}
+
+/// y [N, P, Q, K] = conv(x [N, H, W, C], w [K, R, S, C]) with the epilogue, on tensor
+/// cores for every C (a C that is not a multiple of 8 — the stem's 3 — is zero-padded in
+/// scratch, input and filter alike).
 pub fn conv2d_fwd(
     dev: &Device,
     g: &Conv2dGeom,
@@ -33,83 +122,82 @@ pub fn conv2d_fwd(
     y: GemmOut<'_>,
     epi: Epilogue<'_>,
 ) -> Result<(), CudaError> {
-    let tensor_cores = uses_tensor_cores(g);
-    let name = if tensor_cores { "conv2d_fwd_implicit_f16" } else { "conv2d_fwd_ref_f16" };
-    let bad = |detail: String| CudaError::Arguments { kernel: name, detail };
-    let (xn, wn, yn) = (g.n * g.h * g.w * g.c, g.k * g.r * g.s * g.c, g.n * g.p * g.q * g.k);
-    let y_len = match &y {
-        GemmOut::F32(s) => s.len(),
-        GemmOut::F16(s) => s.len(),
-    };
-    if x.len() < xn || w.len() < wn || y_len < yn || epi.bias.is_some_and(|b| b.len() < g.k) {
-        return Err(bad(format!("buffers x {} w {} y {y_len} too small for {g:?}", x.len(), w.len())));
+    let name = fwd_kernel_for(dev, g);
+    let (xn, wn, yn) = sizes(name, g)?;
+    if x.len() < xn || w.len() < wn || y.len() < yn || epi.bias.is_some_and(|b| b.len() < g.k) {
+        return Err(CudaError::Arguments {
+            kernel: name,
+            detail: format!("buffers x {} w {} y {} too small for {g:?}", x.len(), w.len(), y.len()),
+        });
     }
-    if g.n * g.p * g.q > i32::MAX as usize {
-        return Err(bad(format!(
-            "{} output pixels: more than the kernel's 32-bit row index",
-            g.n * g.p * g.q
-        )));
+    if g.c % VECTOR != 0 {
+        let xp = pad_channels(dev, x, g.n * g.h * g.w, g.c)?;
+        let wp = pad_channels(dev, w, g.k * g.r * g.s, g.c)?;
+        return conv2d_fwd(dev, &padded(g), &xp, &wp, y, epi);
     }
-    let i = |v: usize| v as i32;
-    let dims = [i(g.n), i(g.h), i(g.w), i(g.c), i(g.k), i(g.r), i(g.s), i(g.p), i(g.q)];
-    let conv = [i(g.stride[0]), i(g.stride[1]), i(g.pad[0]), i(g.pad[1])];
-    let shapes = || format!("{g:?}");
+    if is_pointwise(g) {
+        let (m, n, k) = (g.n * g.p * g.q, g.k, g.c);
+        let gemm = GemmNt { m, n, k, alpha: 1.0, a: x, b: w, beta: epi.beta, bias: epi.bias, relu: epi.relu };
+        return gemm_nt(dev, &gemm, y);
+    }
+    let tile = pick_n64(g.n * g.p * g.q, g.k, dev.sm_count);
     let kernel = dev.kernel(KernelModule::Conv, name)?;
+    let (dims, alpha, null, relu) = (geom_args(g), 1.0f32, 0u64, epi.relu as i32);
+    let mut y = y;
+    let out_f16 = y.f16_flag();
     let mut args = dev.args(&kernel);
-    if !tensor_cores {
-        // The reference kernel: FP16 output, no epilogue.
-        let GemmOut::F16(y) = y else {
-            return Err(bad(format!("C = {} is not a multiple of 8: only FP16 output there", g.c)));
-        };
-        if epi.beta != 0.0 || epi.bias.is_some() || epi.relu {
-            return Err(bad(format!("C = {} is not a multiple of 8: no fused epilogue there", g.c)));
-        }
-        args.arg(x).arg(w).arg(y);
-        for v in dims.iter().chain(&conv) {
-            args.arg(v);
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (yn.div_ceil(256) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: conv2d_fwd_ref_f16's signature; lengths checked above.
-        return unsafe { dev.launch(&kernel, args, cfg, shapes) };
-    }
-    let (alpha, null) = (1.0f32, 0u64);
-    let relu = epi.relu as i32;
     args.arg(x).arg(w);
-    let out_f16: i32 = match y {
-        GemmOut::F32(s) => {
-            args.arg(s);
-            0
-        }
-        GemmOut::F16(s) => {
-            args.arg(s);
-            1
-        }
-    };
-    for v in dims.iter().chain(&conv) {
-        args.arg(v);
-    }
+    y.push(&mut args);
+    push_geom(&mut args, &dims);
     args.arg(&alpha).arg(&epi.beta).arg(&out_f16);
-    match epi.bias {
-        Some(b) => args.arg(b),
-        None => args.arg(&null),
-    };
+    push_optional(&mut args, epi.bias, &null);
     args.arg(&relu);
-    let cfg = LaunchConfig {
-        grid_dim: (g.k.div_ceil(128) as u32, (g.n * g.p * g.q).div_ceil(128) as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 48 * 1024,
-    };
     // SAFETY: conv2d_fwd_implicit_f16's signature; lengths checked above.
-    unsafe { dev.launch(&kernel, args, cfg, shapes) }
+    unsafe { dev.launch(&kernel, args, tile.launch(g.n * g.p * g.q, g.k, 1), || format!("{g:?}")) }
 }
 
-/// dx [N, H, W, C] = the input gradient of the convolution, from dy [N, P, Q, K] and
-/// w [K, R, S, C]: the filter is transposed to C×R×S×K into scratch, then the
-/// implicit-GEMM kernel runs. Needs K (output channels) a multiple of 8.
+/// The direct definition (`conv2d_fwd_ref_f16`, any C, FP16 out, no epilogue): the
+/// on-device oracle of the tensor-core paths, far from any roofline.
+pub fn conv2d_fwd_reference(
+    dev: &Device,
+    g: &Conv2dGeom,
+    x: &CudaSlice<f16>,
+    w: &CudaSlice<f16>,
+    y: &mut CudaSlice<f16>,
+) -> Result<(), CudaError> {
+    let name = "conv2d_fwd_ref_f16";
+    let (xn, wn, yn) = sizes(name, g)?;
+    if x.len() < xn || w.len() < wn || y.len() < yn {
+        return Err(CudaError::Arguments {
+            kernel: name,
+            detail: format!("buffers x {} w {} y {} too small for {g:?}", x.len(), w.len(), y.len()),
+        });
+    }
+    let kernel = dev.kernel(KernelModule::Conv, name)?;
+    let dims = geom_args(g);
+    let mut args = dev.args(&kernel);
+    args.arg(x).arg(w).arg(y);
+    push_geom(&mut args, &dims);
+    let cfg = LaunchConfig {
+        grid_dim: (yn.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: conv2d_fwd_ref_f16's signature; lengths checked above.
+    unsafe { dev.launch(&kernel, args, cfg, || format!("{g:?}")) }
+}
+
+fn dgrad_entry(tile: TileShape) -> &'static str {
+    match tile {
+        TileShape::M128N64 => "conv2d_dgrad_implicit_f16_128x64",
+        _ => "conv2d_dgrad_implicit_f16_128x128",
+    }
+}
+
+/// dx [N, H, W, C] (= alpha·… + beta·dx) = the input gradient of the convolution, from
+/// dy [N, P, Q, K] and w [K, R, S, C]: the filter is transposed to C×R×S×K into scratch,
+/// then the implicit-GEMM kernel (or, for a pointwise convolution, the GEMM) runs. Needs
+/// K (output channels) a multiple of 8, as every ResNet layer has; any C.
 pub fn conv2d_dgrad(
     dev: &Device,
     g: &Conv2dGeom,
@@ -118,60 +206,145 @@ pub fn conv2d_dgrad(
     dx: GemmOut<'_>,
     beta: f32,
 ) -> Result<(), CudaError> {
-    let name = "conv2d_dgrad_implicit_f16";
+    let pixels = g.n * g.h * g.w;
+    let tile = pick_n64(pixels, g.c, dev.sm_count);
+    let name = dgrad_entry(tile);
     let bad = |detail: String| CudaError::Arguments { kernel: name, detail };
-    if g.k % 8 != 0 {
+    if g.k % VECTOR != 0 {
         return Err(bad(format!("K = {} output channels: the kernel needs a multiple of 8", g.k)));
     }
-    let (xn, wn, yn) = (g.n * g.h * g.w * g.c, g.k * g.r * g.s * g.c, g.n * g.p * g.q * g.k);
-    let dx_len = match &dx {
-        GemmOut::F32(s) => s.len(),
-        GemmOut::F16(s) => s.len(),
-    };
-    if dy.len() < yn || w.len() < wn || dx_len < xn {
-        return Err(bad(format!("buffers dy {} w {} dx {dx_len} too small for {g:?}", dy.len(), w.len())));
+    let (xn, wn, yn) = sizes(name, g)?;
+    if dy.len() < yn || w.len() < wn || dx.len() < xn {
+        return Err(bad(format!(
+            "buffers dy {} w {} dx {} too small for {g:?}",
+            dy.len(),
+            w.len(),
+            dx.len()
+        )));
     }
-    if xn / g.c > i32::MAX as usize {
-        return Err(bad(format!("{} input pixels: more than the kernel's 32-bit row index", xn / g.c)));
-    }
-    let i = |v: usize| v as i32;
     let shapes = || format!("{g:?}");
-    let mut wt = dev
-        .stream()
-        .alloc_zeros::<f16>(wn)
-        .map_err(|source| CudaError::Device { ordinal: dev.ordinal, source })?;
+    let mut wt = dev.scratch::<f16>(wn)?;
     let transpose = dev.kernel(KernelModule::Conv, "conv_weight_krsc_to_crsk_f16")?;
+    let [_, _, _, c, k, r, s, ..] = geom_args(g);
     let mut args = dev.args(&transpose);
-    let (k, r, s, c) = (i(g.k), i(g.r), i(g.s), i(g.c));
     args.arg(w).arg(&mut wt).arg(&k).arg(&r).arg(&s).arg(&c);
     // SAFETY: both buffers hold K·R·S·C halves.
-    unsafe { dev.launch(&transpose, args, super::device::grid_1d(wn), shapes) }?;
+    unsafe { dev.launch(&transpose, args, grid_1d(wn), shapes) }?;
 
+    if is_pointwise(g) {
+        let gemm =
+            GemmNt { m: pixels, n: g.c, k: g.k, alpha: 1.0, a: dy, b: &wt, beta, bias: None, relu: false };
+        return gemm_nt(dev, &gemm, dx);
+    }
     let kernel = dev.kernel(KernelModule::Conv, name)?;
-    let dims = [i(g.n), i(g.h), i(g.w), i(g.c), i(g.k), i(g.r), i(g.s), i(g.p), i(g.q)];
-    let conv = [i(g.stride[0]), i(g.stride[1]), i(g.pad[0]), i(g.pad[1])];
-    let alpha = 1.0f32;
+    let (dims, alpha) = (geom_args(g), 1.0f32);
+    let mut dx = dx;
+    let out_f16 = dx.f16_flag();
     let mut args = dev.args(&kernel);
     args.arg(dy).arg(&wt);
-    let out_f16: i32 = match dx {
-        GemmOut::F32(s) => {
-            args.arg(s);
-            0
-        }
-        GemmOut::F16(s) => {
-            args.arg(s);
-            1
-        }
-    };
-    for v in dims.iter().chain(&conv) {
-        args.arg(v);
-    }
+    dx.push(&mut args);
+    push_geom(&mut args, &dims);
     args.arg(&alpha).arg(&beta).arg(&out_f16);
-    let cfg = LaunchConfig {
-        grid_dim: (g.c.div_ceil(128) as u32, (xn / g.c).div_ceil(128) as u32, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 48 * 1024,
-    };
     // SAFETY: conv2d_dgrad_implicit_f16's signature; lengths checked above.
-    unsafe { dev.launch(&kernel, args, cfg, shapes) }
+    unsafe { dev.launch(&kernel, args, tile.launch(pixels, g.c, 1), shapes) }
+}
+
+fn wgrad_entry(tile: TileShape) -> &'static str {
+    match tile {
+        TileShape::M64N128 => "conv2d_wgrad_implicit_f16_64x128",
+        _ => "conv2d_wgrad_implicit_f16_128x128",
+    }
+}
+
+/// The split-K plan `conv2d_wgrad` uses for `g` on `dev`.
+pub fn wgrad_plan(dev: &Device, g: &Conv2dGeom) -> WgradPlan {
+    let gp = padded(g);
+    plan_wgrad(gp.k, gp.r * gp.s * gp.c, gp.n * gp.p * gp.q, dev.sm_count, WGRAD_WORKSPACE)
+}
+
+/// dw [K, R, S, C] (FP32, = … + beta·dw) = the weight gradient from x [N, H, W, C] and
+/// dy [N, P, Q, K], split over the pixels as `wgrad_plan` says.
+pub fn conv2d_wgrad(
+    dev: &Device,
+    g: &Conv2dGeom,
+    x: &CudaSlice<f16>,
+    dy: &CudaSlice<f16>,
+    dw: &mut CudaSlice<f32>,
+    beta: f32,
+) -> Result<(), CudaError> {
+    conv2d_wgrad_planned(dev, g, x, dy, dw, beta, wgrad_plan(dev, g))
+}
+
+/// `conv2d_wgrad` with a given plan (tests compare plans; the bits differ only by the
+/// order of the FP32 sums).
+pub fn conv2d_wgrad_planned(
+    dev: &Device,
+    g: &Conv2dGeom,
+    x: &CudaSlice<f16>,
+    dy: &CudaSlice<f16>,
+    dw: &mut CudaSlice<f32>,
+    beta: f32,
+    plan: WgradPlan,
+) -> Result<(), CudaError> {
+    let name = wgrad_entry(plan.tile);
+    let bad = |detail: String| CudaError::Arguments { kernel: name, detail };
+    if g.k % VECTOR != 0 {
+        return Err(bad(format!("K = {} output channels: the kernel needs a multiple of 8", g.k)));
+    }
+    let (xn, wn, yn) = sizes(name, g)?;
+    if x.len() < xn || dy.len() < yn || dw.len() < wn {
+        return Err(bad(format!(
+            "buffers x {} dy {} dw {} too small for {g:?}",
+            x.len(),
+            dy.len(),
+            dw.len()
+        )));
+    }
+    let pixels = g.n * g.p * g.q;
+    let k_tiles = pixels.div_ceil(32).max(1);
+    if plan.tile == TileShape::M128N64
+        || plan.splits == 0
+        || plan.tiles_per_split == 0
+        || (plan.splits - 1) * plan.tiles_per_split >= k_tiles
+        || plan.splits * plan.tiles_per_split < k_tiles
+    {
+        return Err(bad(format!("{plan:?} does not cover the {k_tiles} reduction tiles of {g:?} once")));
+    }
+    let xp;
+    let (gp, x) = if g.c % VECTOR != 0 {
+        xp = pad_channels(dev, x, g.n * g.h * g.w, g.c)?;
+        (padded(g), &xp)
+    } else {
+        (*g, x)
+    };
+    let cols = gp.r * gp.s * gp.c;
+    let direct = plan.splits == 1 && gp.c == g.c;
+    let mut workspace = if direct { None } else { Some(dev.scratch::<f32>(plan.splits * g.k * cols)?) };
+    let shapes = || format!("{g:?} {plan:?}");
+    let kernel = dev.kernel(KernelModule::Conv, name)?;
+    let dims = geom_args(&gp);
+    let tps = plan.tiles_per_split as i32;
+    let (alpha, out_beta) = if direct { (1.0f32, beta) } else { (1.0f32, 0.0f32) };
+    let mut args = dev.args(&kernel);
+    args.arg(x).arg(dy);
+    match workspace.as_mut() {
+        Some(ws) => args.arg(ws),
+        None => args.arg(&mut *dw),
+    };
+    push_geom(&mut args, &dims);
+    args.arg(&tps).arg(&alpha).arg(&out_beta);
+    // SAFETY: conv2d_wgrad_implicit_f16's signature; x holds N·H·W·C' halves (padded
+    // when C' ≠ C), the output splits·K·R·S·C' floats (or dw, K·R·S·C, when direct).
+    unsafe { dev.launch(&kernel, args, plan.tile.launch(g.k, cols, plan.splits), shapes) }?;
+
+    if let Some(ws) = workspace {
+        let reduce = dev.kernel(KernelModule::Conv, "conv2d_wgrad_reduce_f32")?;
+        let (splits, krs, c_pad, c) = (plan.splits as i32, (g.k * g.r * g.s) as i64, gp.c as i32, g.c as i32);
+        let mut args = dev.args(&reduce);
+        args.arg(&ws).arg(&mut *dw).arg(&splits).arg(&krs).arg(&c_pad).arg(&c).arg(&alpha).arg(&beta);
+        // SAFETY: conv2d_wgrad_reduce_f32's signature; ws holds splits·K·R·S·C' floats,
+        // dw K·R·S·C.
+        unsafe { dev.launch(&reduce, args, grid_1d(wn), shapes) }?;
+    }
+    Ok(())
 }

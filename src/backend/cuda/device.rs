@@ -5,8 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, LaunchArgs, LaunchConfig,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchArgs,
+    LaunchConfig, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -47,6 +49,8 @@ pub fn grid_1d(items: usize) -> LaunchConfig {
 /// A GPU with its stream and the kernels loaded so far.
 pub struct Device {
     pub ordinal: u32,
+    /// Streaming multiprocessors: the tile table sizes grids and splits by it.
+    pub sm_count: usize,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<KernelModule, Arc<CudaModule>>>,
@@ -68,7 +72,10 @@ impl Device {
         let ctx =
             CudaContext::new(ordinal as usize).map_err(|source| CudaError::Device { ordinal, source })?;
         let stream = ctx.default_stream();
-        Ok(Device { ordinal, ctx, stream, modules: Mutex::new(HashMap::new()) })
+        let sm_count = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|source| CudaError::Device { ordinal, source })? as usize;
+        Ok(Device { ordinal, sm_count, ctx, stream, modules: Mutex::new(HashMap::new()) })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -77,6 +84,14 @@ impl Device {
 
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// `len` zeroed elements of scratch for one op (a transposed filter, split-K partial
+    /// sums, padded channels), freed when the op drops it.
+    pub fn scratch<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>, CudaError> {
+        self.stream
+            .alloc_zeros::<T>(len)
+            .map_err(|source| CudaError::Device { ordinal: self.ordinal, source })
     }
 
     /// Kernel `name` of `module`; the module's PTX is loaded (JIT-compiled by the driver)
@@ -152,8 +167,9 @@ mod tests {
         match (probe(), Device::open(0)) {
             (GpuProbe::Unavailable(why), Err(CudaError::Unavailable(said))) => assert_eq!(why, said),
             (GpuProbe::Ready(_), Ok(dev)) => {
-                let k = dev.kernel(KernelModule::Gemm, "gemm_tc_f16").expect("the GEMM kernel loads");
-                assert_eq!(k.name, "gemm_tc_f16");
+                let k = dev.kernel(KernelModule::Gemm, "gemm_tc_f16_128x128").expect("the GEMM kernel loads");
+                assert_eq!(k.name, "gemm_tc_f16_128x128");
+                assert!(dev.sm_count > 0);
                 let missing = dev.kernel(KernelModule::Gemm, "no_such_kernel").err().expect("an error");
                 assert!(missing.to_string().contains("no_such_kernel"), "{missing}");
             }

@@ -1,16 +1,49 @@
-//! The host side of kernels/gemm.cu: picks the tensor-core kernel when the operands meet
-//! its requirements and the reference kernel otherwise, checks shapes, and launches.
+//! The host side of kernels/gemm.cu: picks the tensor-core kernel (and its tile, from
+//! the tile table) when the operands meet its requirements and the reference kernel
+//! otherwise, checks shapes, and launches.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::device::{CudaError, Device};
+use super::tiles::{TileShape, pick_n64};
 use crate::kernels::KernelModule;
 
 /// Where C lives and in which precision.
 pub enum GemmOut<'a> {
     F32(&'a mut CudaSlice<f32>),
     F16(&'a mut CudaSlice<f16>),
+}
+
+impl GemmOut<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            GemmOut::F32(s) => s.len(),
+            GemmOut::F16(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The tensor-core kernels' `out_f16` flag for this output.
+    pub fn f16_flag(&self) -> i32 {
+        matches!(self, GemmOut::F16(_)) as i32
+    }
+    /// Pushes the output pointer.
+    pub fn push<'a>(&'a mut self, args: &mut LaunchArgs<'a>) {
+        match self {
+            GemmOut::F32(s) => args.arg(&mut **s),
+            GemmOut::F16(s) => args.arg(&mut **s),
+        };
+    }
+}
+
+/// Pushes an optional FP32 vector (a null pointer for `None`).
+pub fn push_optional<'a>(args: &mut LaunchArgs<'a>, v: Option<&'a CudaSlice<f32>>, null: &'a u64) {
+    match v {
+        Some(b) => args.arg(b),
+        None => args.arg(null),
+    };
 }
 
 /// C [m, n] = alpha · A [m, k] · B [n, k]ᵀ + beta · C (+ bias [n]) (then ReLU), FP32
@@ -33,14 +66,24 @@ pub fn uses_tensor_cores(k: usize) -> bool {
     k % 8 == 0
 }
 
-pub fn gemm_nt(dev: &Device, g: &GemmNt<'_>, c: GemmOut<'_>) -> Result<(), CudaError> {
+/// The tensor-core entry point built with `tile` (kernels/gemm.cu).
+fn tc_entry(tile: TileShape) -> &'static str {
+    match tile {
+        TileShape::M128N64 => "gemm_tc_f16_128x64",
+        _ => "gemm_tc_f16_128x128",
+    }
+}
+
+/// The kernel `gemm_nt` runs for these sizes on `dev`.
+pub fn kernel_for(dev: &Device, m: usize, n: usize, k: usize) -> &'static str {
+    if uses_tensor_cores(k) { tc_entry(pick_n64(m, n, dev.sm_count)) } else { "gemm_ref_f16" }
+}
+
+pub fn gemm_nt(dev: &Device, g: &GemmNt<'_>, mut c: GemmOut<'_>) -> Result<(), CudaError> {
     let (m, n, k) = (g.m, g.n, g.k);
-    let kernel_name = if uses_tensor_cores(k) { "gemm_tc_f16" } else { "gemm_ref_f16" };
+    let kernel_name = kernel_for(dev, m, n, k);
     let bad = |detail: String| CudaError::Arguments { kernel: kernel_name, detail };
-    let c_len = match &c {
-        GemmOut::F32(s) => s.len(),
-        GemmOut::F16(s) => s.len(),
-    };
+    let c_len = c.len();
     if g.a.len() < m * k || g.b.len() < n * k || c_len < m * n || g.bias.is_some_and(|b| b.len() < n) {
         return Err(bad(format!(
             "buffers A {} B {} C {} bias {:?} too small for {m}×{n}×{k}",
@@ -56,35 +99,18 @@ pub fn gemm_nt(dev: &Device, g: &GemmNt<'_>, c: GemmOut<'_>) -> Result<(), CudaE
     let shapes = || format!("M={m} N={n} K={k}");
     let (mi, ni, ki) = (m as i32, n as i32, k as i32);
     if uses_tensor_cores(k) {
-        let kernel = dev.kernel(KernelModule::Gemm, "gemm_tc_f16")?;
-        let (relu, null) = (g.relu as i32, 0u64);
+        let tile = pick_n64(m, n, dev.sm_count);
+        let kernel = dev.kernel(KernelModule::Gemm, kernel_name)?;
+        let (relu, null, out_f16) = (g.relu as i32, 0u64, c.f16_flag());
         let mut args = dev.args(&kernel);
         args.arg(&mi).arg(&ni).arg(&ki).arg(&g.alpha).arg(g.a).arg(&ki).arg(g.b).arg(&ki).arg(&g.beta);
-        let out_f16: i32;
-        match c {
-            GemmOut::F32(s) => {
-                out_f16 = 0;
-                args.arg(s)
-            }
-            GemmOut::F16(s) => {
-                out_f16 = 1;
-                args.arg(s)
-            }
-        };
+        c.push(&mut args);
         args.arg(&ni).arg(&out_f16);
-        match g.bias {
-            Some(b) => args.arg(b),
-            None => args.arg(&null),
-        };
+        push_optional(&mut args, g.bias, &null);
         args.arg(&relu);
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(128) as u32, m.div_ceil(128) as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 48 * 1024,
-        };
         // SAFETY: the arguments follow gemm_tc_f16's signature and the lengths were
         // checked above.
-        return unsafe { dev.launch(&kernel, args, cfg, shapes) };
+        return unsafe { dev.launch(&kernel, args, tile.launch(m, n, 1), shapes) };
     }
     // The reference kernel: FP32 output, no epilogue beyond alpha and beta.
     let GemmOut::F32(c) = c else {

@@ -1,7 +1,8 @@
 //! The CUDA backend: finding out, without crashing, whether a usable GPU and a kernel
 //! set are present (`probe`); the launch layer (`device`: context, stream, cached PTX
 //! modules, errors naming kernel and shapes); and the host side of each kernel file
-//! (`conv`, `gemm`, `norm`, `pool`).
+//! (`conv`, `gemm`, `norm`, `pool`), with the tile table of the
+//! tensor-core kernels (`tiles`).
 
 #[cfg(feature = "cuda")]
 pub mod conv;
@@ -14,5 +15,7 @@ pub mod norm;
 #[cfg(feature = "cuda")]
 pub mod pool;
 mod probe;
+#[cfg(feature = "cuda")]
+pub mod tiles;
 
 pub use probe::{GpuInfo, GpuProbe, probe};

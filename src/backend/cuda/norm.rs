@@ -32,13 +32,6 @@ fn check(kernel: &'static str, what: &str, have: usize, need: usize) -> Result<(
     Ok(())
 }
 
-fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-    dev: &Device,
-    n: usize,
-) -> Result<CudaSlice<T>, CudaError> {
-    dev.stream().alloc_zeros::<T>(n).map_err(|source| CudaError::Device { ordinal: dev.ordinal, source })
-}
-
 /// Optional tensors of the sums kernel; absent ones are null pointers.
 struct SumInputs<'a> {
     x: Option<&'a CudaSlice<f32>>,
@@ -58,8 +51,8 @@ fn channel_sums(
     c: usize,
 ) -> Result<CudaSlice<f64>, CudaError> {
     let chunks = m.div_ceil(ROWS);
-    let mut partials = alloc::<f64>(dev, chunks * c)?;
-    let mut out = alloc::<f64>(dev, c)?;
+    let mut partials = dev.scratch::<f64>(chunks * c)?;
+    let mut out = dev.scratch::<f64>(c)?;
     let null = 0u64;
     let (kind_i, mm, ci, chunks_i) = (kind as i32, m as i64, c as i32, chunks as i64);
     let pass1 = dev.kernel(KernelModule::Norm, "bn_chunk_sums_f64")?;
@@ -120,7 +113,7 @@ pub fn batch_norm_fwd_train(
     let none = SumInputs { x: Some(x), dy: None, relu_y: None, mean_d: None, mean_f: None, invstd: None };
     let sum = channel_sums(dev, Sum::X, &none, m, c)?;
     let (mm, ci) = (m as i64, c as i32);
-    let mut mean_d = alloc::<f64>(dev, c)?;
+    let mut mean_d = dev.scratch::<f64>(c)?;
     let k = dev.kernel(KernelModule::Norm, "bn_mean_f64")?;
     let mut args = dev.args(&k);
     args.arg(&sum).arg(&mm).arg(&ci).arg(&mut mean_d);
@@ -154,7 +147,7 @@ pub fn batch_norm_fwd_eval(
     check(name, "running_var", running_var.len(), c)?;
     check(name, "x", x.len(), m * c)?;
     check(name, "y", y.len(), m * c)?;
-    let mut invstd = alloc::<f32>(dev, c)?;
+    let mut invstd = dev.scratch::<f32>(c)?;
     let k = dev.kernel(KernelModule::Norm, name)?;
     let ci = c as i32;
     let mut args = dev.args(&k);
@@ -228,7 +221,7 @@ pub fn batch_norm_bwd(
     };
     let sum_g = channel_sums(dev, Sum::G, &grads, m, c)?;
     let sum_gx = channel_sums(dev, Sum::GXhat, &grads, m, c)?;
-    let (mut mean_g, mut mean_gx) = (alloc::<f32>(dev, c)?, alloc::<f32>(dev, c)?);
+    let (mut mean_g, mut mean_gx) = (dev.scratch::<f32>(c)?, dev.scratch::<f32>(c)?);
     let (mm, ci, null) = (m as i64, c as i32, 0u64);
     let k = dev.kernel(KernelModule::Norm, "bn_bwd_stats_f32")?;
     let mut args = dev.args(&k);
