@@ -6,6 +6,7 @@
 use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 use half::f16;
 
+use super::buffer::PoolSlice;
 use super::device::{CudaError, Device, grid_1d};
 use super::gemm::{GemmNt, GemmOut, gemm_nt, push_optional};
 use super::tiles::{TileShape, WgradPlan, pick_n64, plan_wgrad};
@@ -80,9 +81,9 @@ fn pad_channels(
     src: &CudaSlice<f16>,
     rows: usize,
     c: usize,
-) -> Result<CudaSlice<f16>, CudaError> {
+) -> Result<PoolSlice<f16>, CudaError> {
     let c_pad = c.next_multiple_of(VECTOR);
-    let mut dst = dev.scratch::<f16>(rows * c_pad)?;
+    let mut dst = dev.alloc::<f16>(rows * c_pad)?;
     let kernel = dev.kernel(KernelModule::Conv, "conv_pad_channels_f16")?;
     let (rows_i, c_i, c_pad_i) = (rows as i64, c as i32, c_pad as i32);
     let mut args = dev.args(&kernel);
@@ -223,7 +224,7 @@ pub fn conv2d_dgrad(
         )));
     }
     let shapes = || format!("{g:?}");
-    let mut wt = dev.scratch::<f16>(wn)?;
+    let mut wt = dev.alloc::<f16>(wn)?;
     let transpose = dev.kernel(KernelModule::Conv, "conv_weight_krsc_to_crsk_f16")?;
     let [_, _, _, c, k, r, s, ..] = geom_args(g);
     let mut args = dev.args(&transpose);
@@ -313,13 +314,13 @@ pub fn conv2d_wgrad_planned(
     let xp;
     let (gp, x) = if g.c % VECTOR != 0 {
         xp = pad_channels(dev, x, g.n * g.h * g.w, g.c)?;
-        (padded(g), &xp)
+        (padded(g), &*xp)
     } else {
         (*g, x)
     };
     let cols = gp.r * gp.s * gp.c;
     let direct = plan.splits == 1 && gp.c == g.c;
-    let mut workspace = if direct { None } else { Some(dev.scratch::<f32>(plan.splits * g.k * cols)?) };
+    let mut workspace = if direct { None } else { Some(dev.alloc::<f32>(plan.splits * g.k * cols)?) };
     let shapes = || format!("{g:?} {plan:?}");
     let kernel = dev.kernel(KernelModule::Conv, name)?;
     let dims = geom_args(&gp);

@@ -7,13 +7,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchArgs,
-    LaunchConfig, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, DriverError, LaunchArgs, LaunchConfig,
+    ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
+use super::buffer::{DevicePool, PoolSlice};
 use super::probe::{GpuProbe, probe};
 use crate::kernels::KernelModule;
+use crate::memory::cuda_backing::CudaBacking;
+use crate::memory::{Pool, PoolError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
@@ -31,6 +34,10 @@ pub enum CudaError {
     /// Arguments a kernel cannot take (checked before launching).
     #[error("kernel {kernel}: {detail}")]
     Arguments { kernel: &'static str, detail: String },
+    /// The pool could not give an op its memory (an out-of-memory under the budget, or a
+    /// driver mapping failure).
+    #[error("device memory: {0}")]
+    Memory(#[from] PoolError),
 }
 
 /// The launch of an element-wise kernel over `items` work items (float4 vectors or
@@ -46,13 +53,14 @@ pub fn grid_1d(items: usize) -> LaunchConfig {
     }
 }
 
-/// A GPU with its stream and the kernels loaded so far.
+/// A GPU with its stream, the pool that owns its memory, and the kernels loaded so far.
 pub struct Device {
     pub ordinal: u32,
     /// Streaming multiprocessors: the tile table sizes grids and splits by it.
     pub sm_count: usize,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    pool: DevicePool,
     modules: Mutex<HashMap<KernelModule, Arc<CudaModule>>>,
 }
 
@@ -65,17 +73,27 @@ pub struct Kernel {
 
 impl Device {
     /// Device `ordinal`, after the probe says a driver, the device and kernels are there.
+    /// Its pool reserves address space for the whole device memory and maps it as used;
+    /// `set_budget` on the pool caps it.
     pub fn open(ordinal: u32) -> Result<Self, CudaError> {
         if let GpuProbe::Unavailable(why) = probe() {
             return Err(CudaError::Unavailable(why));
         }
         let ctx =
             CudaContext::new(ordinal as usize).map_err(|source| CudaError::Device { ordinal, source })?;
+        // One stream per device: stream order alone keeps pool blocks safe to reuse, so
+        // cudarc's per-slice events would only cost an event pair per tensor.
+        // SAFETY: no slice of this context is used on a second stream.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        let device_err = |source| CudaError::Device { ordinal, source };
+        let total = ctx.total_mem().map_err(device_err)?;
+        let backing = CudaBacking::reserve(ctx.clone(), total).map_err(PoolError::from)?;
+        let pool = Arc::new(Mutex::new(Pool::new(backing, total)));
         let sm_count = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|source| CudaError::Device { ordinal, source })? as usize;
-        Ok(Device { ordinal, sm_count, ctx, stream, modules: Mutex::new(HashMap::new()) })
+            .map_err(device_err)? as usize;
+        Ok(Device { ordinal, sm_count, ctx, stream, pool, modules: Mutex::new(HashMap::new()) })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -86,12 +104,14 @@ impl Device {
         &self.stream
     }
 
-    /// `len` zeroed elements of scratch for one op (a transposed filter, split-K partial
-    /// sums, padded channels), freed when the op drops it.
-    pub fn scratch<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>, CudaError> {
-        self.stream
-            .alloc_zeros::<T>(len)
-            .map_err(|source| CudaError::Device { ordinal: self.ordinal, source })
+    pub fn pool(&self) -> &DevicePool {
+        &self.pool
+    }
+
+    /// `len` zeroed elements from the pool: a tensor, or scratch for one op (a transposed
+    /// filter, split-K partial sums, padded channels) returned when the op drops it.
+    pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<PoolSlice<T>, CudaError> {
+        Ok(PoolSlice::zeroed(&self.stream, &self.pool, len)?)
     }
 
     /// Kernel `name` of `module`; the module's PTX is loaded (JIT-compiled by the driver)

@@ -5,6 +5,7 @@
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
+use super::buffer::PoolSlice;
 use super::device::{CudaError, Device, grid_1d};
 use crate::backend::params::BatchNormParams;
 use crate::kernels::KernelModule;
@@ -49,10 +50,10 @@ fn channel_sums(
     inp: &SumInputs<'_>,
     m: usize,
     c: usize,
-) -> Result<CudaSlice<f64>, CudaError> {
+) -> Result<PoolSlice<f64>, CudaError> {
     let chunks = m.div_ceil(ROWS);
-    let mut partials = dev.scratch::<f64>(chunks * c)?;
-    let mut out = dev.scratch::<f64>(c)?;
+    let mut partials = dev.alloc::<f64>(chunks * c)?;
+    let mut out = dev.alloc::<f64>(c)?;
     let null = 0u64;
     let (kind_i, mm, ci, chunks_i) = (kind as i32, m as i64, c as i32, chunks as i64);
     let pass1 = dev.kernel(KernelModule::Norm, "bn_chunk_sums_f64")?;
@@ -113,7 +114,7 @@ pub fn batch_norm_fwd_train(
     let none = SumInputs { x: Some(x), dy: None, relu_y: None, mean_d: None, mean_f: None, invstd: None };
     let sum = channel_sums(dev, Sum::X, &none, m, c)?;
     let (mm, ci) = (m as i64, c as i32);
-    let mut mean_d = dev.scratch::<f64>(c)?;
+    let mut mean_d = dev.alloc::<f64>(c)?;
     let k = dev.kernel(KernelModule::Norm, "bn_mean_f64")?;
     let mut args = dev.args(&k);
     args.arg(&sum).arg(&mm).arg(&ci).arg(&mut mean_d);
@@ -147,7 +148,7 @@ pub fn batch_norm_fwd_eval(
     check(name, "running_var", running_var.len(), c)?;
     check(name, "x", x.len(), m * c)?;
     check(name, "y", y.len(), m * c)?;
-    let mut invstd = dev.scratch::<f32>(c)?;
+    let mut invstd = dev.alloc::<f32>(c)?;
     let k = dev.kernel(KernelModule::Norm, name)?;
     let ci = c as i32;
     let mut args = dev.args(&k);
@@ -221,7 +222,7 @@ pub fn batch_norm_bwd(
     };
     let sum_g = channel_sums(dev, Sum::G, &grads, m, c)?;
     let sum_gx = channel_sums(dev, Sum::GXhat, &grads, m, c)?;
-    let (mut mean_g, mut mean_gx) = (dev.scratch::<f32>(c)?, dev.scratch::<f32>(c)?);
+    let (mut mean_g, mut mean_gx) = (dev.alloc::<f32>(c)?, dev.alloc::<f32>(c)?);
     let (mm, ci, null) = (m as i64, c as i32, 0u64);
     let k = dev.kernel(KernelModule::Norm, "bn_bwd_stats_f32")?;
     let mut args = dev.args(&k);

@@ -1,0 +1,88 @@
+//! Device memory from the pool, seen by the kernels' launch code as ordinary `CudaSlice`s:
+//! a pool block is wrapped without a driver allocation and handed back to the pool, never
+//! to `cuMemFree`, when dropped.
+
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, LaunchArgs, PushKernelArg, ValidAsZeroBits};
+
+use crate::memory::cuda_backing::CudaBacking;
+use crate::memory::{Allocation, Pool, PoolError};
+
+/// The device pool, shared by a device's tensors and scratch.
+pub type DevicePool = Arc<Mutex<Pool<CudaBacking>>>;
+
+/// `len` elements of `T` in a block of the device pool.
+pub struct PoolSlice<T> {
+    slice: ManuallyDrop<CudaSlice<T>>,
+    alloc: Allocation,
+    pool: DevicePool,
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits> PoolSlice<T> {
+    /// `len` zeroed elements for work on `stream` (the pool's stream 0, the default stream).
+    pub fn zeroed(stream: &Arc<CudaStream>, pool: &DevicePool, len: usize) -> Result<Self, PoolError> {
+        let bytes = (len * std::mem::size_of::<T>()).max(1);
+        let alloc = pool.lock().unwrap_or_else(PoisonError::into_inner).alloc(bytes, 0)?;
+        // SAFETY: the block is mapped on this device and holds at least len·size_of::<T>()
+        // bytes; it is zeroed below before anyone reads it, and `Drop` leaks the slice
+        // back to a pointer instead of freeing it.
+        let slice = unsafe { stream.upgrade_device_ptr::<T>(alloc.ptr as u64, len) };
+        let mut buf = PoolSlice { slice: ManuallyDrop::new(slice), alloc, pool: pool.clone() };
+        if len > 0 {
+            stream.memset_zeros(&mut *buf.slice).map_err(|e| {
+                PoolError::Backing(crate::memory::BackingError { what: "cuMemsetD8Async", detail: e.to_string() })
+            })?;
+        }
+        Ok(buf)
+    }
+}
+
+impl<T> Deref for PoolSlice<T> {
+    type Target = CudaSlice<T>;
+    fn deref(&self) -> &CudaSlice<T> {
+        &self.slice
+    }
+}
+
+impl<T> DerefMut for PoolSlice<T> {
+    fn deref_mut(&mut self) -> &mut CudaSlice<T> {
+        &mut self.slice
+    }
+}
+
+// SAFETY: a pool slice is pushed as the CudaSlice it wraps, which outlives the launch
+// arguments by the same borrow.
+unsafe impl<'a, 'b: 'a, T> PushKernelArg<&'b PoolSlice<T>> for LaunchArgs<'a> {
+    fn arg(&mut self, arg: &'b PoolSlice<T>) -> &mut Self {
+        self.arg(&*arg.slice)
+    }
+}
+
+// SAFETY: as above, mutably.
+unsafe impl<'a, 'b: 'a, T> PushKernelArg<&'b mut PoolSlice<T>> for LaunchArgs<'a> {
+    fn arg(&mut self, arg: &'b mut PoolSlice<T>) -> &mut Self {
+        self.arg(&mut *arg.slice)
+    }
+}
+
+impl<T> Drop for PoolSlice<T> {
+    fn drop(&mut self) {
+        // SAFETY: the slice is taken once, here, and never used again.
+        let slice = unsafe { ManuallyDrop::take(&mut self.slice) };
+        // The pointer is the pool's: leaking the slice keeps cudarc from freeing it.
+        let _ = slice.leak();
+        // Freeing a block this buffer allocated cannot fail short of a pool bug; a drop
+        // has no one to report it to. Work queued on the stream that still reads the
+        // block runs before any later use of it on the same stream.
+        let _ = self.pool.lock().unwrap_or_else(PoisonError::into_inner).free(self.alloc);
+    }
+}
+
+impl<T> std::fmt::Debug for PoolSlice<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PoolSlice({} × {} B at {:#x})", self.slice.len(), std::mem::size_of::<T>(), self.alloc.ptr)
+    }
+}
