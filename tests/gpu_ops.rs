@@ -346,38 +346,28 @@ fn batch_norm_kernels_match_the_cpu_bit_for_bit() {
 #[test]
 fn bce_kernels_match_the_cpu() {
     use dfengine::backend::cpu::loss;
+    use dfengine::backend::cuda::loss as gpu_loss;
     use dfengine::backend::params::BceParams;
 
     let Some(dev) = device() else { return };
     let s = dev.stream().clone();
     let mut rng = Rng::new(44);
-    let p = BceParams::default();
-    for n in [1usize, 12, 1000] {
+    let weighted = BceParams { pos_weight: 2.5, label_smoothing: 0.1 };
+    for (n, p) in [(1usize, BceParams::default()), (12, weighted), (1000, BceParams::default()), (1000, weighted)] {
         let logits: Vec<f32> = rng.vec(n, -8.0, 8.0);
         let targets: Vec<f32> = (0..n).map(|i| (i % 2) as f32).collect();
         let (d_l, d_t) = (s.clone_htod(&logits).unwrap(), s.clone_htod(&targets).unwrap());
-        let ni = n as i32;
-        let shapes = || format!("n = {n}");
-        let fwd = dev.kernel(KernelModule::Loss, "bce_with_logits_fwd_f32").unwrap();
         let mut d_loss = s.alloc_zeros::<f32>(1).unwrap();
-        let mut a = dev.args(&fwd);
-        a.arg(&d_l).arg(&d_t).arg(&ni).arg(&mut d_loss);
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 256 * 4 };
-        // SAFETY: arguments follow kernels/loss.cu; one block of 256 with 256 floats of scratch.
-        unsafe { dev.launch(&fwd, a, cfg, shapes) }.unwrap();
+        gpu_loss::bce_with_logits_fwd(&dev, &d_l, &d_t, n, &p, &mut d_loss).unwrap();
         let want = loss::bce_with_logits_fwd(&logits, &targets, &p);
-        // A block tree sum against the CPU's sequential one, and the fast exp: ~1e-6.
-        assert_close(&format!("bce forward, n = {n}"), &host(&dev, &d_loss), &[want], 1e-6, 1e-5);
+        // A block tree sum in FP32 against the CPU's f64 one, and the fast exp: ~1e-6.
+        assert_close(&format!("bce forward, n = {n}, {p:?}"), &host(&dev, &d_loss), &[want], 1e-6, 1e-5);
 
         let scale = 512.0f32;
-        let bwd = dev.kernel(KernelModule::Loss, "bce_with_logits_bwd_f32").unwrap();
         let mut d_g = s.alloc_zeros::<f32>(n).unwrap();
-        let mut a = dev.args(&bwd);
-        a.arg(&d_l).arg(&d_t).arg(&ni).arg(&scale).arg(&mut d_g);
-        // SAFETY: as above; n threads' worth of grid.
-        unsafe { dev.launch(&bwd, a, grid_1d(n), shapes) }.unwrap();
+        gpu_loss::bce_with_logits_bwd(&dev, &d_l, &d_t, n, &p, scale, &mut d_g).unwrap();
         let mut want = vec![0.0; n];
         loss::bce_with_logits_bwd(&logits, &targets, &p, scale, &mut want);
-        assert_close(&format!("bce backward, n = {n}"), &host(&dev, &d_g), &want, 1e-6, 1e-5);
+        assert_close(&format!("bce backward, n = {n}, {p:?}"), &host(&dev, &d_g), &want, 1e-6, 1e-5);
     }
 }

@@ -11,9 +11,15 @@ pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod device;
 #[cfg(feature = "cuda")]
+pub mod eltwise;
+#[cfg(feature = "cuda")]
 pub mod gemm;
 #[cfg(feature = "cuda")]
+pub mod loss;
+#[cfg(feature = "cuda")]
 pub mod norm;
+#[cfg(feature = "cuda")]
+pub mod optim;
 #[cfg(feature = "cuda")]
 pub mod pool;
 mod probe;
