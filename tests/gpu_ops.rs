@@ -353,7 +353,9 @@ fn bce_kernels_match_the_cpu() {
     let s = dev.stream().clone();
     let mut rng = Rng::new(44);
     let weighted = BceParams { pos_weight: 2.5, label_smoothing: 0.1 };
-    for (n, p) in [(1usize, BceParams::default()), (12, weighted), (1000, BceParams::default()), (1000, weighted)] {
+    for (n, p) in
+        [(1usize, BceParams::default()), (12, weighted), (1000, BceParams::default()), (1000, weighted)]
+    {
         let logits: Vec<f32> = rng.vec(n, -8.0, 8.0);
         let targets: Vec<f32> = (0..n).map(|i| (i % 2) as f32).collect();
         let (d_l, d_t) = (s.clone_htod(&logits).unwrap(), s.clone_htod(&targets).unwrap());

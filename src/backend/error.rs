@@ -11,6 +11,9 @@ pub enum OpError {
     OutOfMemory(#[from] OutOfMemory),
     #[error("memory: {0}")]
     Memory(String),
+    /// A kernel or driver call failed (the message names the kernel and shapes).
+    #[error("{0}")]
+    Device(String),
 }
 
 impl From<PoolError> for OpError {

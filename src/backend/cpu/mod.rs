@@ -16,6 +16,7 @@ pub mod storage;
 
 use std::sync::{Arc, PoisonError};
 
+use super::check::{self, dims, expect_dims, same_shape};
 use super::error::{OpError, shape_err};
 use super::ops::{Backend, BnForward, BnGrads, BnSaved, LinearGrads};
 use super::params::{AdamWParams, BatchNormParams, BceParams, Conv2dGeom, Pool2dGeom, SgdParams};
@@ -58,37 +59,7 @@ fn fresh(t: &mut CpuTensor) -> &mut [f32] {
 
 /// The elements of a tensor an op updates in place, which must not be shared.
 fn exclusive<'a>(op: &'static str, name: &str, t: &'a mut CpuTensor) -> Result<&'a mut [f32], OpError> {
-    Arc::get_mut(t.storage_mut()).map(|b| &mut **b).ok_or_else(|| {
-        shape_err(op, format!("{name} is shared with another tensor and cannot be updated in place"))
-    })
-}
-
-fn dims<const R: usize>(op: &'static str, name: &str, t: &CpuTensor) -> Result<[usize; R], OpError> {
-    t.shape().as_array().ok_or_else(|| shape_err(op, format!("{name} must have rank {R}, got {}", t.shape())))
-}
-
-fn same_shape(op: &'static str, a: (&str, &CpuTensor), b: (&str, &CpuTensor)) -> Result<(), OpError> {
-    if a.1.shape() != b.1.shape() {
-        return Err(shape_err(op, format!("{} {} and {} {} must match", a.0, a.1.shape(), b.0, b.1.shape())));
-    }
-    Ok(())
-}
-
-/// `t` must have exactly `expected` dims (a gradient matching its forward output).
-fn expect_dims(op: &'static str, name: &str, t: &CpuTensor, expected: &[usize]) -> Result<(), OpError> {
-    if t.dims() != expected {
-        return Err(shape_err(op, format!("{name} must be {}, got {}", Shape::from(expected), t.shape())));
-    }
-    Ok(())
-}
-
-/// The channel count of an activation (its last dimension) and the rows before it.
-fn rows_channels(op: &'static str, x: &CpuTensor) -> Result<(usize, usize), OpError> {
-    let c = *x.dims().last().ok_or_else(|| shape_err(op, "input is a scalar"))?;
-    if c == 0 {
-        return Err(shape_err(op, format!("input {} has no channels", x.shape())));
-    }
-    Ok((x.numel() / c, c))
+    check::exclusive(op, name, t).map(|b| &mut **b)
 }
 
 impl Backend for CpuBackend {
@@ -162,15 +133,7 @@ impl Backend for CpuBackend {
     }
 
     fn linear_fwd(&self, x: &CpuTensor, w: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor, OpError> {
-        let [n, fin] = dims("linear", "x", x)?;
-        let [fout, win] = dims("linear", "w", w)?;
-        if win != fin {
-            return Err(shape_err(
-                "linear",
-                format!("x {} and w {}: in-features differ", x.shape(), w.shape()),
-            ));
-        }
-        expect_dims("linear", "b", b, &[fout])?;
+        let (n, fin, fout) = check::linear(x, w, b)?;
         // Start from the broadcast bias and let the GEMM accumulate onto it (β = 1).
         let mut y = self.alloc([n, fout])?;
         let out = fresh(&mut y);
@@ -191,9 +154,7 @@ impl Backend for CpuBackend {
         x: &CpuTensor,
         w: &CpuTensor,
     ) -> Result<LinearGrads<CpuTensor>, OpError> {
-        let [n, fin] = dims("linear_bwd", "x", x)?;
-        let [fout, _] = dims("linear_bwd", "w", w)?;
-        expect_dims("linear_bwd", "dy", dy, &[n, fout])?;
+        let (n, fin, fout) = check::linear_bwd(dy, x, w)?;
         let dym = MatRef::row_major(dy.storage(), n, fout);
         let mut dx = self.alloc([n, fin])?;
         gemm::gemm(1.0, dym, MatRef::row_major(w.storage(), fout, fin), 0.0, fresh(&mut dx));
@@ -257,15 +218,13 @@ impl Backend for CpuBackend {
         running_var: &mut CpuTensor,
         params: &BatchNormParams,
     ) -> Result<BnForward<CpuTensor>, OpError> {
-        let (_, c) = rows_channels("batch_norm", x)?;
-        for (name, t) in [
+        let vectors = [
             ("gamma", gamma),
             ("beta", beta),
             ("running_mean", &*running_mean),
             ("running_var", &*running_var),
-        ] {
-            expect_dims("batch_norm", name, t, &[c])?;
-        }
+        ];
+        let c = check::batch_norm("batch_norm", x, &vectors)?;
         let mut y = self.alloc(x.shape().clone())?;
         let (mean, invstd) = norm::batch_norm_fwd_train(
             x.storage(),
@@ -293,12 +252,9 @@ impl Backend for CpuBackend {
         running_var: &CpuTensor,
         params: &BatchNormParams,
     ) -> Result<CpuTensor, OpError> {
-        let (_, c) = rows_channels("batch_norm", x)?;
-        for (name, t) in
-            [("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)]
-        {
-            expect_dims("batch_norm", name, t, &[c])?;
-        }
+        let vectors =
+            [("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)];
+        let c = check::batch_norm("batch_norm", x, &vectors)?;
         let mut y = self.alloc(x.shape().clone())?;
         norm::batch_norm_fwd_eval(
             x.storage(),
@@ -321,14 +277,7 @@ impl Backend for CpuBackend {
         saved: &BnSaved<CpuTensor>,
         relu_y: Option<&CpuTensor>,
     ) -> Result<BnGrads<CpuTensor>, OpError> {
-        let (_, c) = rows_channels("batch_norm_bwd", x)?;
-        same_shape("batch_norm_bwd", ("dy", dy), ("x", x))?;
-        if let Some(y) = relu_y {
-            same_shape("batch_norm_bwd", ("relu_y", y), ("x", x))?;
-        }
-        for (name, t) in [("gamma", gamma), ("mean", &saved.mean), ("invstd", &saved.invstd)] {
-            expect_dims("batch_norm_bwd", name, t, &[c])?;
-        }
+        let c = check::batch_norm_bwd(dy, x, gamma, saved, relu_y)?;
         let mut dx = self.alloc(x.shape().clone())?;
         let (dgamma, dbeta) = norm::batch_norm_bwd(
             dy.storage(),
@@ -427,10 +376,7 @@ impl Backend for CpuBackend {
 
     fn temporal_mean_fwd(&self, x: &CpuTensor, t: usize) -> Result<CpuTensor, OpError> {
         let [bt, c] = dims("temporal_mean", "x", x)?;
-        if t == 0 || bt % t != 0 {
-            return Err(shape_err("temporal_mean", format!("{bt} frames do not split into clips of {t}")));
-        }
-        let mut y = self.alloc([bt / t, c])?;
+        let mut y = self.alloc([check::clips("temporal_mean", bt, t)?, c])?;
         pool::mean_rows(x.storage(), t, c, fresh(&mut y));
         Ok(y)
     }

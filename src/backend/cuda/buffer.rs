@@ -33,7 +33,10 @@ impl<T: DeviceRepr + ValidAsZeroBits> PoolSlice<T> {
         let mut buf = PoolSlice { slice: ManuallyDrop::new(slice), alloc, pool: pool.clone() };
         if len > 0 {
             stream.memset_zeros(&mut *buf.slice).map_err(|e| {
-                PoolError::Backing(crate::memory::BackingError { what: "cuMemsetD8Async", detail: e.to_string() })
+                PoolError::Backing(crate::memory::BackingError {
+                    what: "cuMemsetD8Async",
+                    detail: e.to_string(),
+                })
             })?;
         }
         Ok(buf)

@@ -40,6 +40,16 @@ pub enum CudaError {
     Memory(#[from] PoolError),
 }
 
+impl From<CudaError> for crate::backend::OpError {
+    fn from(e: CudaError) -> Self {
+        match e {
+            // Out of memory under the budget stays one, for the governor to act on.
+            CudaError::Memory(pool) => pool.into(),
+            other => crate::backend::OpError::Device(other.to_string()),
+        }
+    }
+}
+
 /// The launch of an element-wise kernel over `items` work items (float4 vectors or
 /// elements) with a grid-stride loop: 256-thread blocks, as many as the items need up to
 /// a fixed cap of a few waves on any current GPU (more only adds scheduling overhead).

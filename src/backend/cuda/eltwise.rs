@@ -26,7 +26,13 @@ fn same_len(kernel: &'static str, lens: &[(&str, usize)], n: usize) -> Result<()
 }
 
 /// y[..n] = op(x[..n]).
-pub fn unary(dev: &Device, op: Unary, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>, n: usize) -> Result<(), CudaError> {
+pub fn unary(
+    dev: &Device,
+    op: Unary,
+    x: &CudaSlice<f32>,
+    y: &mut CudaSlice<f32>,
+    n: usize,
+) -> Result<(), CudaError> {
     let name = match op {
         Unary::Relu => "relu_fwd_f32",
         Unary::Sigmoid => "sigmoid_f32",
@@ -59,7 +65,12 @@ pub fn relu_bwd(
 }
 
 /// y += x.
-pub fn add_assign(dev: &Device, y: &mut CudaSlice<f32>, x: &CudaSlice<f32>, n: usize) -> Result<(), CudaError> {
+pub fn add_assign(
+    dev: &Device,
+    y: &mut CudaSlice<f32>,
+    x: &CudaSlice<f32>,
+    n: usize,
+) -> Result<(), CudaError> {
     let name = "add_assign_f32";
     same_len(name, &[("y", y.len()), ("x", x.len())], n)?;
     let kernel = dev.kernel(KernelModule::Eltwise, name)?;
@@ -71,7 +82,13 @@ pub fn add_assign(dev: &Device, y: &mut CudaSlice<f32>, x: &CudaSlice<f32>, n: u
 }
 
 /// y ← alpha·y (`scale_f32`) or y ← value (`fill_f32`).
-pub fn scalar(dev: &Device, name: &'static str, y: &mut CudaSlice<f32>, value: f32, n: usize) -> Result<(), CudaError> {
+pub fn scalar(
+    dev: &Device,
+    name: &'static str,
+    y: &mut CudaSlice<f32>,
+    value: f32,
+    n: usize,
+) -> Result<(), CudaError> {
     same_len(name, &[("y", y.len())], n)?;
     let kernel = dev.kernel(KernelModule::Eltwise, name)?;
     let nn = n as i64;
@@ -82,7 +99,12 @@ pub fn scalar(dev: &Device, name: &'static str, y: &mut CudaSlice<f32>, value: f
 }
 
 /// y[..n] = x[..n] rounded to FP16.
-pub fn cast_f32_f16(dev: &Device, x: &CudaSlice<f32>, y: &mut CudaSlice<f16>, n: usize) -> Result<(), CudaError> {
+pub fn cast_f32_f16(
+    dev: &Device,
+    x: &CudaSlice<f32>,
+    y: &mut CudaSlice<f16>,
+    n: usize,
+) -> Result<(), CudaError> {
     let name = "cast_f32_f16";
     same_len(name, &[("x", x.len()), ("y", y.len())], n)?;
     let kernel = dev.kernel(KernelModule::Eltwise, name)?;

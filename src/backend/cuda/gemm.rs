@@ -119,26 +119,56 @@ pub fn gemm_nt(dev: &Device, g: &GemmNt<'_>, mut c: GemmOut<'_>) -> Result<(), C
     if g.bias.is_some() || g.relu {
         return Err(bad(format!("K = {k} is not a multiple of 8: no fused bias or ReLU there")));
     }
-    let kernel = dev.kernel(KernelModule::Gemm, "gemm_ref_f16")?;
-    let (no_trans, trans) = (0i32, 1i32);
+    let r = GemmRef { m, n, k, alpha: g.alpha, a: g.a, trans_a: false, b: g.b, trans_b: true, beta: g.beta };
+    gemm_reference(dev, &r, c)
+}
+
+/// C [m, n] (FP32, row-major) = alpha · op(A) · op(B) + beta · C with A stored M×K (or
+/// K×M when `trans_a`) and B stored K×N (or N×K when `trans_b`), dense.
+pub struct GemmRef<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub a: &'a CudaSlice<f16>,
+    pub trans_a: bool,
+    pub b: &'a CudaSlice<f16>,
+    pub trans_b: bool,
+    pub beta: f32,
+}
+
+/// The reference kernel `gemm_ref_f16`, any transposes: the on-device oracle, and the
+/// path for products too small or too oddly shaped to matter (a classifier head).
+pub fn gemm_reference(dev: &Device, g: &GemmRef<'_>, c: &mut CudaSlice<f32>) -> Result<(), CudaError> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let name = "gemm_ref_f16";
+    if g.a.len() < m * k || g.b.len() < n * k || c.len() < m * n {
+        return Err(CudaError::Arguments {
+            kernel: name,
+            detail: format!(
+                "buffers A {} B {} C {} too small for {m}×{n}×{k}",
+                g.a.len(),
+                g.b.len(),
+                c.len()
+            ),
+        });
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let kernel = dev.kernel(KernelModule::Gemm, name)?;
+    let (mi, ni, ki) = (m as i32, n as i32, k as i32);
+    let lda = if g.trans_a { mi } else { ki };
+    let ldb = if g.trans_b { ki } else { ni };
+    let (ta, tb) = (g.trans_a as i32, g.trans_b as i32);
     let mut args = dev.args(&kernel);
-    args.arg(&mi)
-        .arg(&ni)
-        .arg(&ki)
-        .arg(&g.alpha)
-        .arg(g.a)
-        .arg(&ki)
-        .arg(&no_trans)
-        .arg(g.b)
-        .arg(&ki)
-        .arg(&trans);
+    args.arg(&mi).arg(&ni).arg(&ki).arg(&g.alpha).arg(g.a).arg(&lda).arg(&ta).arg(g.b).arg(&ldb).arg(&tb);
     args.arg(&g.beta).arg(c).arg(&ni);
     let cfg = LaunchConfig {
         grid_dim: (n.div_ceil(16) as u32, m.div_ceil(16) as u32, 1),
         block_dim: (16, 16, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: the arguments follow gemm_ref_f16's signature (B transposed, N×K) and the
-    // lengths were checked above.
-    unsafe { dev.launch(&kernel, args, cfg, shapes) }
+    // SAFETY: gemm_ref_f16's signature; the lengths were checked above.
+    unsafe { dev.launch(&kernel, args, cfg, || format!("M={m} N={n} K={k} trans_a={ta} trans_b={tb}")) }
 }

@@ -6,7 +6,13 @@ use super::device::{CudaError, Device, grid_1d};
 use crate::backend::params::BceParams;
 use crate::kernels::KernelModule;
 
-fn check(kernel: &'static str, logits: usize, targets: usize, out: usize, need_out: usize) -> Result<(), CudaError> {
+fn check(
+    kernel: &'static str,
+    logits: usize,
+    targets: usize,
+    out: usize,
+    need_out: usize,
+) -> Result<(), CudaError> {
     if targets < logits || out < need_out || logits > i32::MAX as usize {
         return Err(CudaError::Arguments {
             kernel,

@@ -5,6 +5,8 @@
 //! tensor-core kernels (`tiles`).
 
 #[cfg(feature = "cuda")]
+pub mod backend;
+#[cfg(feature = "cuda")]
 pub mod buffer;
 #[cfg(feature = "cuda")]
 pub mod conv;

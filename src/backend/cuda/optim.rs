@@ -72,7 +72,12 @@ pub fn sgd_step(
 }
 
 /// g ← g·inv_scale; true when any element is inf or NaN.
-pub fn unscale_check(dev: &Device, g: &mut CudaSlice<f32>, n: usize, inv_scale: f32) -> Result<bool, CudaError> {
+pub fn unscale_check(
+    dev: &Device,
+    g: &mut CudaSlice<f32>,
+    n: usize,
+    inv_scale: f32,
+) -> Result<bool, CudaError> {
     let name = "unscale_check_f32";
     lengths(name, &[("g", g.len())], n)?;
     let mut found = dev.alloc::<i32>(1)?;
