@@ -28,7 +28,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("name") == name and kind in t.get("kind", []):
         print(m["executable"]); break' "$1" "$2"
 }
-for t in memory_pool_cuda preprocess gemm gpu_ops conv; do strip -o ".gpu/test_$t" "$(pick "$t" test)"; done
+for t in memory_pool_cuda preprocess gemm gpu_ops conv cuda_backend; do strip -o ".gpu/test_$t" "$(pick "$t" test)"; done
 strip -o .gpu/test_lib "$(pick dfengine lib)"
 strip -o .gpu/bench_cuda_kernels "$(pick cuda_kernels bench)"
 cp benches/torch_yardstick.py .gpu/

@@ -62,6 +62,9 @@ struct TrainArgs {
     /// effective batch); the first step confirms it, the governor's retry corrects it
     #[argh(switch)]
     auto_batch: bool,
+    /// where to compute: auto (the GPU when one is usable, else the CPU), cpu or cuda
+    #[argh(option, default = "Compute::Auto", from_str_fn(parse_compute))]
+    device: Compute,
 }
 
 /// Report GPU and host memory, pool statistics, suggestions and kernel throughput.
@@ -190,14 +193,39 @@ fn train(args: TrainArgs) -> Result<(), Failure> {
     if args.auto_batch {
         auto_batch(&mut config)?;
     }
-    let backend = compute_backend(&config)?;
+    let opts = RunOptions { resume: args.resume, quiet: args.quiet, max_steps: args.max_steps };
+    match pick_device(args.device)? {
+        Picked::Cpu => {
+            let backend = cpu_backend(&config)?;
+            run_training(backend, config, &args.config, opts)
+        }
+        #[cfg(feature = "cuda")]
+        Picked::Cuda => {
+            let budget = match config.gpu.vram_budget {
+                config::VramBudget::Bytes(n) => Some(n as usize),
+                config::VramBudget::Auto => None,
+            };
+            let backend = dfengine::backend::cuda::backend::CudaBackend::open(config.gpu.device, budget)
+                .map_err(|e| Failure::Runtime(anyhow::anyhow!("opening cuda:{}: {e}", config.gpu.device)))?;
+            run_training(backend, config, &args.config, opts)
+        }
+    }
+}
+
+/// The training run on backend `backend`.
+fn run_training<B: Backend>(
+    backend: B,
+    config: config::Config,
+    config_path: &Path,
+    opts: RunOptions,
+) -> Result<(), Failure> {
     let splits = dfengine::train::data::splits(&config).map_err(|e| Failure::Input(e.to_string()))?;
     let run_dir = PathBuf::from(&config.train.out_dir);
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e}", run_dir.display())))?;
     eprintln!(
         "dfengine train {}: {} on {}; data {}: {} train / {} val / {} test clips; effective batch {} ({} × {} accumulation)",
-        args.config.display(),
+        config_path.display(),
         format!("{:?}", config.model.backbone).to_lowercase(),
         backend.name(),
         splits.description,
@@ -214,11 +242,10 @@ fn train(args: TrainArgs) -> Result<(), Failure> {
         config.data.max_frames as u64,
         false,
     );
-    eprintln!("planned step footprint (f32 on the CPU): {}", planned.describe());
+    eprintln!("planned step footprint (f32 activations): {}", planned.describe());
     let source = dfengine::memory::monitor::SystemSource::new(Some(config.gpu.device));
     let mut mm = dfengine::memory::manager::MemoryManager::start(&config, Box::new(source), Some(&run_dir))
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e}", run_dir.display())))?;
-    let opts = RunOptions { resume: args.resume, quiet: args.quiet, max_steps: args.max_steps };
     let mut trainer = Trainer::new(backend, config, splits, opts).map_err(train_failure)?;
     dfengine::train::run::install_interrupt_handler();
     let summary = trainer.run(&mut mm).map_err(train_failure)?;
@@ -258,16 +285,52 @@ fn auto_batch(config: &mut config::Config) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The backend that runs the ops. The CUDA backend is not built yet, so every run uses
-/// the CPU; its pool is capped by `gpu.vram_budget` when that is a size, so a run stays
-/// inside the same budget it would have on the GPU.
-fn compute_backend(config: &config::Config) -> Result<CpuBackend, Failure> {
-    if let GpuProbe::Ready(gpus) = probe() {
-        eprintln!(
-            "note: {} found, but dfengine's CUDA backend is not built yet: training runs on the CPU",
-            gpus.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-        );
+/// `train --device`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Compute {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+fn parse_compute(v: &str) -> Result<Compute, String> {
+    match v {
+        "auto" => Ok(Compute::Auto),
+        "cpu" => Ok(Compute::Cpu),
+        "cuda" => Ok(Compute::Cuda),
+        other => Err(format!("--device {other}: expected auto, cpu or cuda")),
     }
+}
+
+/// The backend a run gets.
+enum Picked {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda,
+}
+
+/// `auto` takes the GPU when the probe finds one and this build has kernels; `cuda`
+/// insists (and says why it cannot); `cpu` never looks.
+fn pick_device(asked: Compute) -> Result<Picked, Failure> {
+    if asked == Compute::Cpu {
+        return Ok(Picked::Cpu);
+    }
+    #[cfg(feature = "cuda")]
+    if let GpuProbe::Ready(_) = probe() {
+        return Ok(Picked::Cuda);
+    }
+    match (asked, probe()) {
+        (Compute::Cuda, GpuProbe::Unavailable(why)) => Err(Failure::Input(format!("--device cuda: {why}"))),
+        (Compute::Cuda, GpuProbe::Ready(_)) => {
+            Err(Failure::Input("--device cuda: this dfengine was built without the cuda feature".into()))
+        }
+        _ => Ok(Picked::Cpu),
+    }
+}
+
+/// The CPU backend, its pool capped by `gpu.vram_budget` when that is a size, so a run
+/// stays inside the same budget it would have on the GPU.
+fn cpu_backend(config: &config::Config) -> Result<CpuBackend, Failure> {
     match config.gpu.vram_budget {
         config::VramBudget::Bytes(n) => CpuBackend::with_budget(n as usize)
             .map_err(|e| Failure::Runtime(anyhow::anyhow!("a {} memory pool: {e}", config::format_bytes(n)))),
@@ -507,7 +570,7 @@ fn eval(args: EvalArgs) -> Result<(), Failure> {
     use dfengine::train::run::{evaluate, load_checkpoint_model};
     let resolved = load_config(Some(&args.config), &[])?;
     require_file(&args.checkpoint, "checkpoint")?;
-    let backend = compute_backend(&resolved.config)?;
+    let backend = cpu_backend(&resolved.config)?;
     let (trained, net) = load_checkpoint_model(&backend, &args.checkpoint).map_err(train_failure)?;
     // The data comes from the config named here; the model and its input from the checkpoint.
     let mut config = resolved.config;

@@ -195,3 +195,19 @@ fn every_subcommand_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("Usage: dfengine {cmd}")));
     }
 }
+
+#[test]
+fn train_device_flag_is_checked() {
+    let demo = repo("configs/quick_demo.toml");
+    let out = dfengine(&["train", demo.to_str().unwrap(), "--device", "tpu"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "an unknown device must fail");
+    assert!(stderr.contains("expected auto, cpu or cuda"), "{stderr}");
+    // Insisting on the GPU where none is usable says why and exits 2 before any work.
+    if let dfengine::backend::cuda::GpuProbe::Unavailable(why) = dfengine::backend::cuda::probe() {
+        let out = dfengine(&["train", demo.to_str().unwrap(), "--device", "cuda"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--device cuda") && stderr.contains(&why), "{stderr}");
+    }
+}
