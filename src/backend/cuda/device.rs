@@ -50,6 +50,22 @@ impl From<CudaError> for crate::backend::OpError {
     }
 }
 
+/// A buffer `what` must hold at least `need` elements for `kernel`.
+pub fn check_len(kernel: &'static str, what: &str, have: usize, need: usize) -> Result<(), CudaError> {
+    if have < need {
+        return Err(CudaError::Arguments {
+            kernel,
+            detail: format!("{what} holds {have} elements, needs {need}"),
+        });
+    }
+    Ok(())
+}
+
+/// Every buffer in `lens` must hold at least `need` elements.
+pub fn check_lens(kernel: &'static str, lens: &[(&str, usize)], need: usize) -> Result<(), CudaError> {
+    lens.iter().try_for_each(|(what, have)| check_len(kernel, what, *have, need))
+}
+
 /// The launch of an element-wise kernel over `items` work items (float4 vectors or
 /// elements) with a grid-stride loop: 256-thread blocks, as many as the items need up to
 /// a fixed cap of a few waves on any current GPU (more only adds scheduling overhead).

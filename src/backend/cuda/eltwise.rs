@@ -4,7 +4,7 @@
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::f16;
 
-use super::device::{CudaError, Device, grid_1d};
+use super::device::{CudaError, Device, check_lens, grid_1d};
 use crate::kernels::KernelModule;
 
 /// The element-wise kernels, named as in kernels/eltwise.cu.
@@ -14,15 +14,6 @@ pub enum Unary {
     Relu,
     /// y = σ(x)
     Sigmoid,
-}
-
-fn same_len(kernel: &'static str, lens: &[(&str, usize)], n: usize) -> Result<(), CudaError> {
-    match lens.iter().find(|(_, len)| *len < n) {
-        Some((what, len)) => {
-            Err(CudaError::Arguments { kernel, detail: format!("{what} holds {len} elements, needs {n}") })
-        }
-        None => Ok(()),
-    }
 }
 
 /// y[..n] = op(x[..n]).
@@ -37,7 +28,7 @@ pub fn unary(
         Unary::Relu => "relu_fwd_f32",
         Unary::Sigmoid => "sigmoid_f32",
     };
-    same_len(name, &[("x", x.len()), ("y", y.len())], n)?;
+    check_lens(name, &[("x", x.len()), ("y", y.len())], n)?;
     let kernel = dev.kernel(KernelModule::Eltwise, name)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
@@ -55,7 +46,7 @@ pub fn relu_bwd(
     n: usize,
 ) -> Result<(), CudaError> {
     let name = "relu_bwd_f32";
-    same_len(name, &[("dy", dy.len()), ("y", y.len()), ("dx", dx.len())], n)?;
+    check_lens(name, &[("dy", dy.len()), ("y", y.len()), ("dx", dx.len())], n)?;
     let kernel = dev.kernel(KernelModule::Eltwise, name)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
@@ -72,7 +63,7 @@ pub fn add_assign(
     n: usize,
 ) -> Result<(), CudaError> {
     let name = "add_assign_f32";
-    same_len(name, &[("y", y.len()), ("x", x.len())], n)?;
+    check_lens(name, &[("y", y.len()), ("x", x.len())], n)?;
     let kernel = dev.kernel(KernelModule::Eltwise, name)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
@@ -89,7 +80,7 @@ pub fn scalar(
     value: f32,
     n: usize,
 ) -> Result<(), CudaError> {
-    same_len(name, &[("y", y.len())], n)?;
+    check_lens(name, &[("y", y.len())], n)?;
     let kernel = dev.kernel(KernelModule::Eltwise, name)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
@@ -106,7 +97,7 @@ pub fn cast_f32_f16(
     n: usize,
 ) -> Result<(), CudaError> {
     let name = "cast_f32_f16";
-    same_len(name, &[("x", x.len()), ("y", y.len())], n)?;
+    check_lens(name, &[("x", x.len()), ("y", y.len())], n)?;
     let kernel = dev.kernel(KernelModule::Eltwise, name)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);

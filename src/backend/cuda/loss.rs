@@ -2,24 +2,19 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use super::device::{CudaError, Device, grid_1d};
+use super::device::{CudaError, Device, check_len, grid_1d};
 use crate::backend::params::BceParams;
 use crate::kernels::KernelModule;
 
-fn check(
-    kernel: &'static str,
-    logits: usize,
-    targets: usize,
-    out: usize,
-    need_out: usize,
-) -> Result<(), CudaError> {
-    if targets < logits || out < need_out || logits > i32::MAX as usize {
+fn check(kernel: &'static str, n: usize, targets: usize, out: (&str, usize, usize)) -> Result<(), CudaError> {
+    if n > i32::MAX as usize {
         return Err(CudaError::Arguments {
             kernel,
-            detail: format!("{logits} logits, {targets} targets, output {out} (needs {need_out})"),
+            detail: format!("{n} logits: more than the kernel's 32-bit count"),
         });
     }
-    Ok(())
+    check_len(kernel, "targets", targets, n)?;
+    check_len(kernel, out.0, out.1, out.2)
 }
 
 /// loss [1] = mean BCE of the first `n` logits.
@@ -32,7 +27,7 @@ pub fn bce_with_logits_fwd(
     loss: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
     let name = "bce_with_logits_fwd_f32";
-    check(name, n, targets.len(), loss.len(), 1)?;
+    check(name, n, targets.len(), ("loss", loss.len(), 1))?;
     let kernel = dev.kernel(KernelModule::Loss, name)?;
     let ni = n as i32;
     let mut args = dev.args(&kernel);
@@ -54,7 +49,7 @@ pub fn bce_with_logits_bwd(
     grad: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
     let name = "bce_with_logits_bwd_f32";
-    check(name, n, targets.len(), grad.len(), n)?;
+    check(name, n, targets.len(), ("grad", grad.len(), n))?;
     let kernel = dev.kernel(KernelModule::Loss, name)?;
     let ni = n as i32;
     let mut args = dev.args(&kernel);

@@ -6,7 +6,7 @@
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::buffer::PoolSlice;
-use super::device::{CudaError, Device, grid_1d};
+use super::device::{CudaError, Device, check_len, grid_1d};
 use crate::backend::params::BatchNormParams;
 use crate::kernels::KernelModule;
 
@@ -23,16 +23,6 @@ enum Sum {
 }
 
 /// A per-channel vector the caller passes (γ, β, running statistics, saved statistics).
-fn check(kernel: &'static str, what: &str, have: usize, need: usize) -> Result<(), CudaError> {
-    if have < need {
-        return Err(CudaError::Arguments {
-            kernel,
-            detail: format!("{what} holds {have} elements, needs {need}"),
-        });
-    }
-    Ok(())
-}
-
 /// Optional tensors of the sums kernel; absent ones are null pointers.
 struct SumInputs<'a> {
     x: Option<&'a CudaSlice<f32>>,
@@ -103,13 +93,13 @@ pub fn batch_norm_fwd_train(
     invstd: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
     let name = "bn_train_stats_f32";
-    check(name, "x", x.len(), m * c)?;
-    check(name, "y", y.len(), m * c)?;
+    check_len(name, "x", x.len(), m * c)?;
+    check_len(name, "y", y.len(), m * c)?;
     for (what, len) in [("gamma", gamma.len()), ("beta", beta.len()), ("running_mean", running_mean.len())] {
-        check(name, what, len, c)?;
+        check_len(name, what, len, c)?;
     }
     for (what, len) in [("running_var", running_var.len()), ("mean", mean.len()), ("invstd", invstd.len())] {
-        check(name, what, len, c)?;
+        check_len(name, what, len, c)?;
     }
     let none = SumInputs { x: Some(x), dy: None, relu_y: None, mean_d: None, mean_f: None, invstd: None };
     let sum = channel_sums(dev, Sum::X, &none, m, c)?;
@@ -145,9 +135,9 @@ pub fn batch_norm_fwd_eval(
     y: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
     let name = "bn_invstd_f32";
-    check(name, "running_var", running_var.len(), c)?;
-    check(name, "x", x.len(), m * c)?;
-    check(name, "y", y.len(), m * c)?;
+    check_len(name, "running_var", running_var.len(), c)?;
+    check_len(name, "x", x.len(), m * c)?;
+    check_len(name, "y", y.len(), m * c)?;
     let mut invstd = dev.alloc::<f32>(c)?;
     let k = dev.kernel(KernelModule::Norm, name)?;
     let ci = c as i32;
@@ -173,7 +163,7 @@ fn normalise(
 ) -> Result<(), CudaError> {
     let name = "bn_normalize_f32";
     for (what, len) in [("mean", mean.len()), ("gamma", gamma.len()), ("beta", beta.len())] {
-        check(name, what, len, c)?;
+        check_len(name, what, len, c)?;
     }
     let k = dev.kernel(KernelModule::Norm, name)?;
     let (mm, ci, relu_i) = (m as i64, c as i32, relu as i32);
@@ -202,16 +192,16 @@ pub fn batch_norm_bwd(
 ) -> Result<(), CudaError> {
     let name = "bn_bwd_dx_f32";
     for (what, len) in [("dy", dy.len()), ("x", x.len()), ("dx", dx.len())] {
-        check(name, what, len, m * c)?;
+        check_len(name, what, len, m * c)?;
     }
     if let Some(r) = relu_y {
-        check(name, "relu_y", r.len(), m * c)?;
+        check_len(name, "relu_y", r.len(), m * c)?;
     }
     for (what, len) in [("gamma", gamma.len()), ("mean", mean.len()), ("invstd", invstd.len())] {
-        check(name, what, len, c)?;
+        check_len(name, what, len, c)?;
     }
-    check(name, "dgamma", dgamma.len(), c)?;
-    check(name, "dbeta", dbeta.len(), c)?;
+    check_len(name, "dgamma", dgamma.len(), c)?;
+    check_len(name, "dbeta", dbeta.len(), c)?;
     let grads = SumInputs {
         x: Some(x),
         dy: Some(dy),

@@ -3,7 +3,7 @@
 
 use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 
-use super::device::{CudaError, Device, grid_1d};
+use super::device::{CudaError, Device, check_len, grid_1d};
 use crate::backend::params::Pool2dGeom;
 use crate::kernels::KernelModule;
 
@@ -42,16 +42,6 @@ impl From<&Pool2dGeom> for PoolGeom {
     }
 }
 
-fn check(kernel: &'static str, what: &str, have: usize, need: usize) -> Result<(), CudaError> {
-    if have < need {
-        return Err(CudaError::Arguments {
-            kernel,
-            detail: format!("{what} holds {have} elements, needs {need}"),
-        });
-    }
-    Ok(())
-}
-
 /// y [N, P, Q, C] = max over each window of x [N, H, W, C].
 pub fn max_pool2d_fwd(
     dev: &Device,
@@ -61,8 +51,8 @@ pub fn max_pool2d_fwd(
 ) -> Result<(), CudaError> {
     let name = "max_pool2d_fwd_f32";
     let [xn, yn] = [g.n * g.h * g.w * g.c, g.n * g.p * g.q * g.c];
-    check(name, "x", x.len(), xn)?;
-    check(name, "y", y.len(), yn)?;
+    check_len(name, "x", x.len(), xn)?;
+    check_len(name, "y", y.len(), yn)?;
     let kernel = dev.kernel(KernelModule::Pool, name)?;
     let geom = PoolGeom::from(g);
     let mut args = dev.args(&kernel);
@@ -81,9 +71,9 @@ pub fn max_pool2d_bwd(
 ) -> Result<(), CudaError> {
     let name = "max_pool2d_bwd_f32";
     let [xn, yn] = [g.n * g.h * g.w * g.c, g.n * g.p * g.q * g.c];
-    check(name, "x", x.len(), xn)?;
-    check(name, "dy", dy.len(), yn)?;
-    check(name, "dx", dx.len(), xn)?;
+    check_len(name, "x", x.len(), xn)?;
+    check_len(name, "dy", dy.len(), yn)?;
+    check_len(name, "dx", dx.len(), xn)?;
     let kernel = dev.kernel(KernelModule::Pool, name)?;
     let geom = PoolGeom::from(g);
     let mut args = dev.args(&kernel);
@@ -102,8 +92,8 @@ pub fn mean_rows(
     c: usize,
 ) -> Result<(), CudaError> {
     let name = "mean_rows_f32";
-    check(name, "x", x.len(), blocks * group * c)?;
-    check(name, "y", y.len(), blocks * c)?;
+    check_len(name, "x", x.len(), blocks * group * c)?;
+    check_len(name, "y", y.len(), blocks * c)?;
     let kernel = dev.kernel(KernelModule::Pool, name)?;
     let (b, gi, ci) = (blocks as i64, group as i32, c as i32);
     let mut args = dev.args(&kernel);
@@ -122,8 +112,8 @@ pub fn mean_rows_bwd(
     c: usize,
 ) -> Result<(), CudaError> {
     let name = "mean_rows_bwd_f32";
-    check(name, "dy", dy.len(), blocks * c)?;
-    check(name, "dx", dx.len(), blocks * group * c)?;
+    check_len(name, "dy", dy.len(), blocks * c)?;
+    check_len(name, "dx", dx.len(), blocks * group * c)?;
     let kernel = dev.kernel(KernelModule::Pool, name)?;
     let (b, gi, ci) = (blocks as i64, group as i32, c as i32);
     let mut args = dev.args(&kernel);
