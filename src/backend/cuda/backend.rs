@@ -5,8 +5,8 @@
 //! convolutions and linear layers feed the tensor cores FP16 copies made by a cast kernel
 //! into pool scratch just before the product — PyTorch autocast's recipe, with FP32
 //! accumulation and output. Keeping activations in FP16 between layers (half the
-//! activation memory the planner's mixed mode assumes) is the next step; this backend
-//! plans as FP32 until then (`stores_half_activations`).
+//! activation memory the planner's mixed mode assumes) is the next step; runs on this
+//! backend plan as FP32 until then.
 
 use std::sync::{Arc, PoisonError};
 
@@ -47,12 +47,6 @@ impl CudaBackend {
 
     pub fn device(&self) -> &Device {
         &self.dev
-    }
-
-    /// Whether activations live in FP16 between layers (the planner's mixed mode). Not
-    /// yet: they are FP32, so runs on this backend plan as FP32.
-    pub fn stores_half_activations(&self) -> bool {
-        false
     }
 
     fn alloc(&self, shape: impl Into<Shape>) -> Result<CudaTensor, OpError> {
