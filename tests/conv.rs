@@ -163,7 +163,6 @@ fn conv2d_on_the_gpu_matches_the_cpu() {
         Epilogue, conv2d_dgrad, conv2d_fwd, conv2d_fwd_reference, conv2d_wgrad, conv2d_wgrad_planned,
         fwd_kernel_for, wgrad_plan,
     };
-    use dfengine::backend::cuda::device::{CudaError, Device};
     use dfengine::backend::cuda::gemm::GemmOut;
     use dfengine::backend::cuda::tiles::WgradPlan;
     use dfengine::backend::params::Conv2dGeom;
@@ -171,14 +170,7 @@ fn conv2d_on_the_gpu_matches_the_cpu() {
     use dfengine::model::arch::{ResNetSpec, conv_layers};
     use half::f16;
 
-    let dev = match Device::open(0) {
-        Ok(d) => d,
-        Err(CudaError::Unavailable(why)) => {
-            eprintln!("skipped: no GPU ({why})");
-            return;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let Some(dev) = common::gpu_device() else { return };
     let s = dev.stream().clone();
     // (x dims, k, r, stride, pad)
     let mut shapes: Vec<([usize; 4], usize, usize, usize, usize)> = vec![

@@ -106,18 +106,10 @@ fn linear_bwd_matches_finite_differences() {
 #[cfg(feature = "cuda")]
 #[test]
 fn gemm_on_the_gpu_matches_the_definition_and_the_reference_kernel() {
-    use dfengine::backend::cuda::device::{CudaError, Device};
     use dfengine::backend::cuda::gemm::{GemmNt, GemmOut, gemm_nt, kernel_for, uses_tensor_cores};
     use half::f16;
 
-    let dev = match Device::open(0) {
-        Ok(d) => d,
-        Err(CudaError::Unavailable(why)) => {
-            eprintln!("skipped: no GPU ({why})");
-            return;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let Some(dev) = common::gpu_device() else { return };
     let stream = dev.stream().clone();
     let mut rng = Rng::new(31);
     // (m, n, k, beta, bias + ReLU, f16 out)

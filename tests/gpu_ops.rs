@@ -9,21 +9,10 @@ mod common;
 use common::{Rng, assert_close};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use dfengine::backend::cpu::{eltwise, optim};
-use dfengine::backend::cuda::device::{CudaError, Device, grid_1d};
+use dfengine::backend::cuda::device::{Device, grid_1d};
 use dfengine::backend::params::{AdamWParams, SgdParams};
 use dfengine::kernels::KernelModule;
 use half::f16;
-
-fn device() -> Option<Device> {
-    match Device::open(0) {
-        Ok(d) => Some(d),
-        Err(CudaError::Unavailable(why)) => {
-            eprintln!("skipped: no GPU ({why})");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
 
 /// A tail of 3 after the float4 vectors, and a size past one grid's worth of threads.
 const SIZES: [usize; 3] = [3, 4099, 1_000_003];
@@ -35,7 +24,7 @@ fn host<T: cudarc::driver::DeviceRepr + Default + Clone>(dev: &Device, d: &CudaS
 
 #[test]
 fn elementwise_kernels_match_the_cpu() {
-    let Some(dev) = device() else { return };
+    let Some(dev) = common::gpu_device() else { return };
     let s = dev.stream().clone();
     let mut rng = Rng::new(40);
     for n in SIZES {
@@ -124,7 +113,7 @@ fn elementwise_kernels_match_the_cpu() {
 
 #[test]
 fn optimizer_kernels_match_the_cpu() {
-    let Some(dev) = device() else { return };
+    let Some(dev) = common::gpu_device() else { return };
     let s = dev.stream().clone();
     let mut rng = Rng::new(41);
     for n in SIZES {
@@ -227,7 +216,7 @@ fn pooling_kernels_match_the_cpu_bit_for_bit() {
     use dfengine::backend::cuda::pool as gpu_pool;
     use dfengine::backend::params::Pool2dGeom;
 
-    let Some(dev) = device() else { return };
+    let Some(dev) = common::gpu_device() else { return };
     let s = dev.stream().clone();
     let mut rng = Rng::new(42);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -277,7 +266,7 @@ fn batch_norm_kernels_match_the_cpu_bit_for_bit() {
     use dfengine::backend::cuda::norm as gpu_norm;
     use dfengine::backend::params::BatchNormParams;
 
-    let Some(dev) = device() else { return };
+    let Some(dev) = common::gpu_device() else { return };
     let s = dev.stream().clone();
     let mut rng = Rng::new(43);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -349,7 +338,7 @@ fn bce_kernels_match_the_cpu() {
     use dfengine::backend::cuda::loss as gpu_loss;
     use dfengine::backend::params::BceParams;
 
-    let Some(dev) = device() else { return };
+    let Some(dev) = common::gpu_device() else { return };
     let s = dev.stream().clone();
     let mut rng = Rng::new(44);
     let weighted = BceParams { pos_weight: 2.5, label_smoothing: 0.1 };

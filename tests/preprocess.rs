@@ -185,18 +185,10 @@ fn run_preprocess_kernel(
     side: usize,
 ) -> Option<Vec<f32>> {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
-    use dfengine::backend::cuda::device::{CudaError, Device};
     use dfengine::kernels::KernelModule;
     use half::f16;
 
-    let dev = match Device::open(0) {
-        Ok(d) => d,
-        Err(CudaError::Unavailable(why)) => {
-            eprintln!("skipped: no GPU ({why})");
-            return None;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    let dev = common::gpu_device()?;
     let stream = dev.stream();
     let kernel = dev.kernel(KernelModule::Preprocess, name).unwrap();
     let n = ops.len();

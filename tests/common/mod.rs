@@ -8,6 +8,20 @@ use dfengine::tensor::Shape;
 
 pub use dfengine::rng::Rng;
 
+/// Device 0, or `None` after printing why there is none (GPU tests then skip).
+#[cfg(feature = "cuda")]
+pub fn gpu_device() -> Option<dfengine::backend::cuda::device::Device> {
+    use dfengine::backend::cuda::device::{CudaError, Device};
+    match Device::open(0) {
+        Ok(d) => Some(d),
+        Err(CudaError::Unavailable(why)) => {
+            eprintln!("skipped: no GPU ({why})");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
 pub fn cpu() -> CpuBackend {
     CpuBackend::default()
 }
