@@ -11,8 +11,8 @@
 use std::time::Instant;
 
 use dfengine::config::Config;
-use dfengine::memory::plan::{StepEvent, step_events};
 use dfengine::memory::{Allocation, HostBacking, Pool};
+use dfengine::model::footprint::{StepEvent, step_events};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]

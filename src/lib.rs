@@ -7,6 +7,7 @@ pub mod data;
 pub mod kernels;
 pub mod memory;
 pub mod model;
+pub mod profile;
 pub mod rng;
 pub mod tensor;
 pub mod train;

@@ -219,7 +219,7 @@ fn run_training<B: Backend>(
     config_path: &Path,
     opts: RunOptions,
 ) -> Result<(), Failure> {
-    let splits = dfengine::train::data::splits(&config).map_err(|e| Failure::Input(e.to_string()))?;
+    let splits = dfengine::data::splits::splits(&config).map_err(|e| Failure::Input(e.to_string()))?;
     let run_dir = PathBuf::from(&config.train.out_dir);
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e}", run_dir.display())))?;
@@ -232,11 +232,11 @@ fn run_training<B: Backend>(
         splits.train.len(),
         splits.val.len(),
         splits.test.len(),
-        config.dataloader.batch_size * config.train.accumulation_steps,
+        config.effective_batch(),
         config.dataloader.batch_size,
         config.train.accumulation_steps,
     );
-    let planned = dfengine::memory::plan::plan_step(
+    let planned = dfengine::model::footprint::plan_step(
         &config,
         config.dataloader.batch_size as u64,
         config.data.max_frames as u64,
@@ -257,13 +257,13 @@ fn run_training<B: Backend>(
 /// searched by bisection on the plan, rounded down to a divisor of the effective batch so
 /// that the effective batch stays what the config says.
 fn auto_batch(config: &mut config::Config) -> Result<(), Failure> {
-    use dfengine::memory::plan::{largest_fitting, plan_step};
+    use dfengine::model::footprint::{largest_fitting, plan_step};
     let config::VramBudget::Bytes(budget) = config.gpu.vram_budget else {
         return Err(Failure::Input(
             "--auto-batch needs a size to fit: set [gpu] vram_budget or pass --vram-budget".to_string(),
         ));
     };
-    let effective = config.dataloader.batch_size * config.train.accumulation_steps;
+    let effective = config.effective_batch();
     let frames = config.data.max_frames as u64;
     let fits = |m: u64| plan_step(config, m, frames, false).total() <= budget;
     let Some(largest) = largest_fitting(effective as u64, fits) else {
@@ -395,7 +395,7 @@ fn profile(args: ProfileArgs) -> Result<(), Failure> {
             Err(e) => Err(Failure::Runtime(e.into())),
         };
     }
-    let report = dfengine::memory::report::profile(&resolved.config);
+    let report = dfengine::profile::profile(&resolved.config);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?);
     } else {
@@ -497,7 +497,7 @@ fn fill_cache(
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use dfengine::data::cache::{ClipSettings, FrameCache};
-    use dfengine::data::loader::ClipSource;
+    use dfengine::data::sources::ClipSource;
     use dfengine::data::sources::VideoSource;
     use rayon::prelude::*;
 
@@ -576,7 +576,7 @@ fn eval(args: EvalArgs) -> Result<(), Failure> {
     let mut config = resolved.config;
     config.model = trained.model.clone();
     config.data.max_frames = trained.data.max_frames;
-    let splits = dfengine::train::data::splits(&config).map_err(|e| Failure::Input(e.to_string()))?;
+    let splits = dfengine::data::splits::splits(&config).map_err(|e| Failure::Input(e.to_string()))?;
     let settings = dfengine::train::run::loader_settings(&config, false);
     let mut micro = config.dataloader.batch_size as usize;
     let loader = dfengine::data::loader::EpochLoader::start(splits.test.clone(), settings, 0);
@@ -645,8 +645,9 @@ fn predict_one(
     video: &Path,
 ) -> serde_json::Value {
     use dfengine::data::cache::{ClipSettings, FrameCache};
-    use dfengine::data::loader::{Batch, ClipSource, LoaderSettings, clip_pixels};
+    use dfengine::data::loader::{Batch, LoaderSettings, clip_pixels};
     use dfengine::data::manifest::{Label, Split, VideoEntry};
+    use dfengine::data::sources::ClipSource;
     use dfengine::data::sources::VideoSource;
     use dfengine::train::metrics::sigmoid;
 

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use dfengine::data::clip::ClipFrames;
-use dfengine::data::loader::{Batch, ClipSource, EpochLoader, LoaderError, LoaderSettings, epoch_order};
+use dfengine::data::loader::{Batch, EpochLoader, LoaderError, LoaderSettings, epoch_order};
+use dfengine::data::sources::ClipSource;
 use dfengine::data::sources::SyntheticSource;
 use dfengine::data::synth::{SynthParams, clip_set};
 

@@ -5,7 +5,7 @@
 mod common;
 
 use common::assert_close;
-use dfengine::backend::cpu::preprocess::{
+use dfengine::data::preprocess::{
     FrameOp, IMAGENET_MEAN, IMAGENET_STD, Rect, preprocess, preprocess_yuv420, yuv_to_rgb, yuv420_len,
 };
 

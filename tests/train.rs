@@ -30,7 +30,7 @@ fn demo(out: &Path, videos: u32, epochs: u32) -> Config {
 
 /// Trains with `backend`; the summary and the per-step losses from metrics.jsonl.
 fn train(backend: CpuBackend, c: Config, opts: RunOptions) -> (Summary, Vec<f64>, Vec<String>) {
-    let splits = dfengine::train::data::splits(&c).unwrap();
+    let splits = dfengine::data::splits::splits(&c).unwrap();
     let out = PathBuf::from(&c.train.out_dir);
     std::fs::create_dir_all(&out).unwrap();
     let mut mm = MemoryManager::start(&c, Box::new(SystemSource::new(None)), Some(&out)).unwrap();

@@ -5,13 +5,13 @@
 
 use std::path::Path;
 
-use dfengine::backend::cpu::preprocess::{
-    FrameOp, IMAGENET_MEAN, IMAGENET_STD, Rect, preprocess, preprocess_yuv420, yuv420_len,
-};
 use dfengine::config::DataConfig;
 use dfengine::data::clip::assemble;
 use dfengine::data::decode::{probe, read_frames, read_frames_yuv420};
 use dfengine::data::manifest::{self, FoundLayout, Label, Split};
+use dfengine::data::preprocess::{
+    FrameOp, IMAGENET_MEAN, IMAGENET_STD, Rect, preprocess, preprocess_yuv420, yuv420_len,
+};
 use dfengine::data::sampling::{Sampling, sample_indices};
 use dfengine::data::synth::{ClipSpec, SynthParams, render};
 use dfengine::data::synth_video::{clip_path, write_clip_timed, write_dataset};
@@ -236,7 +236,8 @@ fn second_epoch_reads_the_cache_instead_of_decoding() {
     use std::sync::Arc;
 
     use dfengine::data::cache::{ClipSettings, FrameCache};
-    use dfengine::data::loader::{ClipSource, EpochLoader, LoaderSettings};
+    use dfengine::data::loader::{EpochLoader, LoaderSettings};
+    use dfengine::data::sources::ClipSource;
     use dfengine::data::sources::VideoSource;
 
     let dir = tempfile::tempdir().unwrap();

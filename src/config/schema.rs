@@ -17,6 +17,15 @@ pub struct Config {
     pub gpu: GpuConfig,
 }
 
+impl Config {
+    /// Clips per optimizer step: `batch_size` clips per micro-batch times
+    /// `accumulation_steps` micro-batches. The governor may split it differently; it
+    /// never changes it.
+    pub fn effective_batch(&self) -> u32 {
+        self.dataloader.batch_size * self.train.accumulation_steps
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backbone {

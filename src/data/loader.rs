@@ -15,20 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use super::clip::ClipFrames;
-use crate::backend::cpu::preprocess::{FrameOp, IMAGENET_MEAN, IMAGENET_STD, Rect, preprocess};
-
-/// Where clips come from: decoded videos through the cache, or drawn in memory.
-pub trait ClipSource: Send + Sync {
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// 1 for fake, 0 for real.
-    fn target(&self, clip: usize) -> f32;
-    /// A name for warnings (the video's path).
-    fn name(&self, clip: usize) -> String;
-    fn load(&self, clip: usize) -> Result<Arc<ClipFrames>, String>;
-}
+use super::sources::ClipSource;
+use crate::data::preprocess::{FrameOp, IMAGENET_MEAN, IMAGENET_STD, Rect, preprocess};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LoaderSettings {

@@ -1,5 +1,8 @@
-//! Data: the dataset index, frame sampling, the quality filter and face crops (more to
-//! come: decoding, cache, loader).
+//! Data: the dataset index (`manifest`) and the splits a run trains on (`splits`),
+//! decoding and frame sampling, the quality filter and face crops, the frame cache, the
+//! clip sources and the loader threads that turn clips into batches, the preprocessing
+//! those batches go through (the CPU twin of `kernels/preprocess.cu`), and synthetic
+//! face videos for the demo and the tests.
 
 pub mod cache;
 pub mod clip;
@@ -8,9 +11,11 @@ pub mod decode;
 pub mod faces;
 pub mod loader;
 pub mod manifest;
+pub mod preprocess;
 pub mod quality;
 pub mod sampling;
 pub mod sources;
+pub mod splits;
 pub mod synth;
 #[cfg(feature = "video")]
 pub mod synth_video;

@@ -4,8 +4,20 @@
 use std::sync::Arc;
 
 use super::clip::ClipFrames;
-use super::loader::ClipSource;
 use super::synth::{ClipSpec, SynthParams, render};
+
+/// Where clips come from: decoded videos through the cache, or drawn in memory.
+pub trait ClipSource: Send + Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// 1 for fake, 0 for real.
+    fn target(&self, clip: usize) -> f32;
+    /// A name for warnings (the video's path).
+    fn name(&self, clip: usize) -> String;
+    fn load(&self, clip: usize) -> Result<Arc<ClipFrames>, String>;
+}
 
 /// Synthetic clips rendered on demand: `frames` frames of `size²` per clip.
 pub struct SyntheticSource {
@@ -48,10 +60,10 @@ mod video {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    use super::ClipSource;
     use crate::data::cache::{ClipSettings, FrameCache};
     use crate::data::clip::{ClipFrames, assemble};
     use crate::data::decode::{probe, read_frames};
-    use crate::data::loader::ClipSource;
     use crate::data::manifest::{Label, VideoEntry};
     use crate::data::sampling::{Sampling, sample_indices};
 

@@ -67,7 +67,7 @@ impl MemoryManager {
             cpu_threshold: mm.cpu_threshold,
             calm_steps: mm.calm_steps as u64,
             force_cleanup_every: mm.force_cleanup_every as u64,
-            effective_batch: config.dataloader.batch_size * config.train.accumulation_steps,
+            effective_batch: config.effective_batch(),
             micro_batch: config.dataloader.batch_size,
         });
         let records = match run_dir {

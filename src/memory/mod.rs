@@ -7,10 +7,8 @@ pub mod cuda_backing;
 pub mod governor;
 pub mod manager;
 pub mod monitor;
-pub mod plan;
 pub mod plot;
 pub mod pool;
-pub mod report;
 pub mod sample;
 
 pub use backing::{Backing, BackingError, EventId, HostBacking, StreamId};

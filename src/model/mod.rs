@@ -1,7 +1,9 @@
-//! Models: the ResNet family as a layer list (`arch`, which the memory planner sizes) and
-//! as a network on any backend (`resnet`), with torchvision's parameter names
-//! (`weights` reads and writes them as safetensors).
+//! Models: the ResNet family as a layer list (`arch`), the memory a training step of it
+//! needs (`footprint`, planned from that list before anything runs), the network on any
+//! backend (`resnet`), with torchvision's parameter names (`weights` reads and writes
+//! them as safetensors).
 
 pub mod arch;
+pub mod footprint;
 pub mod resnet;
 pub mod weights;

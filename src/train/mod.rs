@@ -3,7 +3,6 @@
 //! clip sources of each split (`data`).
 
 pub mod checkpoint;
-pub mod data;
 pub mod metrics;
 pub mod optimizer;
 pub mod run;

@@ -13,7 +13,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::checkpoint::{self, Progress};
-use super::data::Splits;
 use super::metrics::{Metrics, sigmoid};
 use super::optimizer::Optimizer;
 use super::scaler::LossScaler;
@@ -21,9 +20,10 @@ use super::schedule::Schedule;
 use super::step::{StepSettings, infer, train_step};
 use crate::backend::OpError;
 use crate::backend::ops::Backend;
-use crate::backend::params::BceParams;
 use crate::config::{Config, format_bytes};
-use crate::data::loader::{ClipSource, EpochLoader, LoaderError, LoaderSettings, Workers};
+use crate::data::loader::{EpochLoader, LoaderError, LoaderSettings, Workers};
+use crate::data::sources::ClipSource;
+use crate::data::splits::Splits;
 use crate::memory::governor::Action;
 use crate::memory::manager::MemoryManager;
 use crate::model::arch::ResNetSpec;
@@ -207,13 +207,8 @@ impl<B: Backend> Trainer<B> {
         let opt = Optimizer::new(&b, t.optimizer, t.weight_decay as f32, &net.trainable_mut())?;
         let steps_per_epoch = steps_per_epoch(splits.train.len(), &config);
         let total = steps_per_epoch * t.epochs as u64;
-        let schedule = Schedule {
-            lr: t.lr,
-            warmup_steps: (t.warmup_fraction * total as f64).round() as u64,
-            total_steps: total,
-            floor: 0.01,
-        };
-        let scaler = if t.mixed_precision { LossScaler::new() } else { LossScaler::disabled() };
+        let schedule = Schedule::of(t, total);
+        let scaler = LossScaler::of(t);
         let run_dir = PathBuf::from(&t.out_dir);
         let mut trainer = Trainer {
             b,
@@ -305,7 +300,6 @@ impl<B: Backend> Trainer<B> {
                 .map_err(io_err(&metrics_path))?,
         );
         let epochs = self.config.train.epochs;
-        let bce = BceParams::default();
         let (mut clips_done, mut train_time) = (0usize, 0.0f64);
         let mut peak_reserved = 0u64;
         let mut best_val: Option<Metrics> = None;
@@ -327,7 +321,7 @@ impl<B: Backend> Trainer<B> {
                     bar.suspend(|| eprintln!("governor: {d}"));
                 }
                 let lr = self.schedule.lr_at(self.progress.step);
-                let settings = StepSettings { lr: lr as f32, grad_clip: self.config.train.grad_clip, bce };
+                let settings = StepSettings::of(&self.config.train, lr);
                 let t0 = Instant::now();
                 let step = self.progress.step;
                 let report = train_step(
@@ -495,7 +489,7 @@ fn write_record(out: &mut BufWriter<File>, r: &Record, path: &Path) -> Result<()
 /// micro-batches), augmentation and shuffling when `train`.
 pub fn loader_settings(c: &Config, train: bool) -> LoaderSettings {
     LoaderSettings {
-        batch_size: (c.dataloader.batch_size * c.train.accumulation_steps) as usize,
+        batch_size: c.effective_batch() as usize,
         num_workers: c.dataloader.num_workers as usize,
         prefetch_factor: c.dataloader.prefetch_factor as usize,
         input_size: c.model.input_size as usize,
@@ -506,6 +500,5 @@ pub fn loader_settings(c: &Config, train: bool) -> LoaderSettings {
 }
 
 fn steps_per_epoch(train_clips: usize, config: &Config) -> u64 {
-    let effective = (config.dataloader.batch_size * config.train.accumulation_steps) as u64;
-    (train_clips as u64).div_ceil(effective).max(1)
+    (train_clips as u64).div_ceil(config.effective_batch() as u64).max(1)
 }

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::TrainConfig;
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LossScaler {
     pub scale: f32,
@@ -19,6 +21,13 @@ impl LossScaler {
     /// PyTorch's defaults: 2¹⁶, doubling after 2000 good steps.
     pub fn new() -> Self {
         LossScaler { scale: 65536.0, growth_interval: 2000, good_steps: 0, skipped: 0 }
+    }
+
+    /// The scaler a run starts with: dynamic with `[train] mixed_precision`, on every
+    /// backend (the CPU computes in f32, where the power-of-two scale cancels exactly),
+    /// disabled without.
+    pub fn of(t: &TrainConfig) -> Self {
+        if t.mixed_precision { Self::new() } else { Self::disabled() }
     }
 
     /// No scaling (f32 training): always 1, never skips.

@@ -1,6 +1,11 @@
 //! The learning-rate schedule: linear warmup from 0, then cosine decay to `floor`·lr at
 //! the last step (as `timm`'s cosine scheduler with warmup, without restarts).
 
+use crate::config::TrainConfig;
+
+/// Where a run's cosine ends, as a fraction of `[train] lr`.
+const FLOOR: f64 = 0.01;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Schedule {
     pub lr: f64,
@@ -11,6 +16,17 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// The schedule of a run of `total_steps` optimizer steps: `[train] warmup_fraction` of
+    /// them (rounded to the nearest step) warm up, the rest decay to 1% of `[train] lr`.
+    pub fn of(t: &TrainConfig, total_steps: u64) -> Self {
+        Schedule {
+            lr: t.lr,
+            warmup_steps: (t.warmup_fraction * total_steps as f64).round() as u64,
+            total_steps,
+            floor: FLOOR,
+        }
+    }
+
     /// The learning rate of optimizer step `step` (counting from 0).
     pub fn lr_at(&self, step: u64) -> f64 {
         if step < self.warmup_steps {

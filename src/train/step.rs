@@ -10,6 +10,7 @@ use super::scaler::LossScaler;
 use crate::backend::OpError;
 use crate::backend::ops::Backend;
 use crate::backend::params::BceParams;
+use crate::config::TrainConfig;
 use crate::data::loader::Batch;
 use crate::memory::governor::BatchPlan;
 use crate::model::resnet::ResNet;
@@ -19,10 +20,12 @@ use crate::tensor::{Shape, Tensor};
 type T<B> = Tensor<<B as Backend>::Storage>;
 
 /// What one step did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepReport {
     /// Mean loss over the effective batch.
     pub loss: f64,
+    /// The mean loss of each micro-batch, in order.
+    pub micro_losses: Vec<f64>,
     /// Global gradient norm before clipping (unscaled).
     pub grad_norm: f64,
     /// Non-finite gradients: the update was skipped and the loss scale backed off.
@@ -74,8 +77,16 @@ pub struct StepSettings {
     pub bce: BceParams,
 }
 
+impl StepSettings {
+    /// A step of a run with `t` at learning rate `lr` (the schedule's): `[train] grad_clip`,
+    /// and BCE without pos_weight or label smoothing (no config key sets them).
+    pub fn of(t: &TrainConfig, lr: f64) -> Self {
+        StepSettings { lr: lr as f32, grad_clip: t.grad_clip, bce: BceParams::default() }
+    }
+}
+
 /// Forward and backward over the micro-batches of `plan`; the summed gradients (scaled
-/// by the loss scale) and the mean loss.
+/// by the loss scale) and each micro-batch's mean loss with its share of the clips.
 fn accumulate<B: Backend>(
     b: &B,
     net: &mut ResNet<B>,
@@ -83,17 +94,17 @@ fn accumulate<B: Backend>(
     plan: BatchPlan,
     scale: f32,
     bce: &BceParams,
-) -> Result<(Vec<T<B>>, f64), OpError> {
+) -> Result<(Vec<T<B>>, Vec<(f64, f64)>), OpError> {
     let clips = batch.targets.len();
     let micro = plan.micro_batch.max(1) as usize;
     let mut acc: Option<Vec<T<B>>> = None;
-    let mut loss = 0.0;
+    let mut losses = Vec::new();
     for start in (0..clips).step_by(micro) {
         let range = start..(start + micro).min(clips);
         let weight = range.len() as f32 / clips as f32;
         let (x, y) = batch_tensors(b, batch, range)?;
         let (logits, cache) = net.forward_train(b, &x)?;
-        loss += b.bce_with_logits_fwd(&logits.clips, &y, bce)? as f64 * weight as f64;
+        losses.push((b.bce_with_logits_fwd(&logits.clips, &y, bce)? as f64, weight as f64));
         // Each micro-batch's mean loss weighs by its share of the clips, so that the sum
         // of the micro-batch gradients is the gradient of the effective batch's mean.
         let dlogits = b.bce_with_logits_bwd(&logits.clips, &y, bce, scale * weight)?;
@@ -107,7 +118,7 @@ fn accumulate<B: Backend>(
             }
         }
     }
-    Ok((acc.unwrap_or_default(), loss))
+    Ok((acc.unwrap_or_default(), losses))
 }
 
 /// One optimizer step on `batch`. On an allocation failure `on_oom` is asked for a smaller
@@ -125,7 +136,7 @@ pub fn train_step<B: Backend>(
     mut on_oom: impl FnMut(&OpError) -> Option<BatchPlan>,
 ) -> Result<StepReport, OpError> {
     let saved = snapshot(b, net)?;
-    let (mut grads, loss) = loop {
+    let (mut grads, losses) = loop {
         match accumulate(b, net, batch, plan, scaler.scale, &s.bce) {
             Ok(r) => break r,
             Err(e @ OpError::OutOfMemory(_)) => {
@@ -151,7 +162,13 @@ pub fn train_step<B: Backend>(
     if apply {
         opt.step(b, net.trainable_mut(), &grads, s.lr)?;
     }
-    Ok(StepReport { loss, grad_norm, skipped: !apply, plan })
+    Ok(StepReport {
+        loss: losses.iter().map(|(l, w)| l * w).sum(),
+        micro_losses: losses.into_iter().map(|(l, _)| l).collect(),
+        grad_norm,
+        skipped: !apply,
+        plan,
+    })
 }
 
 /// Clip and frame logits of a batch in inference mode, `micro` clips at a time; an

@@ -11,7 +11,6 @@ pub mod loss;
 pub mod norm;
 pub mod optim;
 pub mod pool;
-pub mod preprocess;
 pub mod storage;
 
 use std::sync::{Arc, PoisonError};

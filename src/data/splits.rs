@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use crate::config::{Config, DatasetLayout};
-use crate::data::loader::ClipSource;
 use crate::data::loader::epoch_order;
 use crate::data::manifest::{ManifestError, Split};
+use crate::data::sources::ClipSource;
 use crate::data::sources::SyntheticSource;
 use crate::data::synth::{ClipSpec, SynthParams, clip_set};
 

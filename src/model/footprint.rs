@@ -6,10 +6,9 @@
 //! convolution its output and its batch-norm output (both kept for backward), for each
 //! residual block its post-add output, the stem's max-pool output, and the input itself.
 
-use super::backing::Backing;
-use super::pool::{Allocation, Pool, PoolError};
+use super::arch::{ResNetSpec, conv_layers};
 use crate::config::{Config, OptimizerKind, format_bytes};
-use crate::model::arch::{ResNetSpec, conv_layers};
+use crate::memory::{Allocation, Backing, Pool, PoolError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Footprint {
