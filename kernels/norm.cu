@@ -3,7 +3,7 @@
 //
 // Statistics are reduced deterministically and in the very order of the CPU twin
 // (src/backend/cpu/norm.rs), so they agree bit for bit: the rows are cut into chunks of
-// ROWS (256); pass 1 (`bn_chunk_sums_f64`) gives one thread each (chunk, channel) and sums
+// `rows` (the host passes the CPU twin's STATS_CHUNK_ROWS, 256); pass 1 (`bn_chunk_sums_f64`) gives one thread each (chunk, channel) and sums
 // that chunk's rows in order, in f64; pass 2 (`bn_reduce_chunks_f64`) sums the chunk
 // partials of a channel in order. Consecutive threads take consecutive channels, so each
 // warp reads a contiguous run of a row (coalesced). The variance is two-pass (mean
@@ -16,8 +16,6 @@
 // later version fuses the sum into the producing convolution's epilogue.
 #include "common.cuh"
 
-#define BN_ROWS 256
-
 // What pass 1 sums, per element i of channel ch.
 enum BnSum { SUM_X = 0, SUM_SQDEV = 1, SUM_G = 2, SUM_G_XHAT = 3 };
 
@@ -28,14 +26,15 @@ DF_DEVICE float bn_grad(const float* dy, const float* relu_y, long long i) {
 extern "C" __global__ void bn_chunk_sums_f64(const float* __restrict__ x, const float* __restrict__ dy,
                                              const float* __restrict__ relu_y, const double* __restrict__ mean_d,
                                              const float* __restrict__ mean_f, const float* __restrict__ invstd,
-                                             int kind, long long M, int C, double* __restrict__ partials) {
-    long long chunks = (M + BN_ROWS - 1) / BN_ROWS;
+                                             int kind, long long M, int C, long long rows,
+                                             double* __restrict__ partials) {
+    long long chunks = (M + rows - 1) / rows;
     DF_GRID_STRIDE(t, chunks * C) {
         int ch = (int)(t % C);
         long long chunk = t / C;
-        long long end = min((chunk + 1) * BN_ROWS, M);
+        long long end = min((chunk + 1) * rows, M);
         double acc = 0.0;
-        for (long long row = chunk * BN_ROWS; row < end; ++row) {
+        for (long long row = chunk * rows; row < end; ++row) {
             long long i = row * C + ch;
             double v;
             switch (kind) {

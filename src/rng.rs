@@ -2,6 +2,26 @@
 //! the same seed gives the same numbers on every machine, which reproducible runs need
 //! more than statistical quality.
 
+/// SplitMix64's increment (2⁶⁴ / φ, odd).
+pub const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function: a bijective mix of all 64 bits.
+pub fn finalize(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The first output of a generator seeded with `x`: a stateless hash for keyed draws.
+pub fn hash(x: u64) -> u64 {
+    finalize(x.wrapping_add(GOLDEN_GAMMA))
+}
+
+/// Two words into one, e.g. (seed, epoch): the loader's shuffles and augmentations.
+pub fn mix(a: u64, b: u64) -> u64 {
+    finalize(a ^ b.wrapping_mul(GOLDEN_GAMMA))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rng(u64);
 
@@ -11,11 +31,8 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0 = self.0.wrapping_add(GOLDEN_GAMMA);
+        finalize(self.0)
     }
 
     /// Uniform in [lo, hi).

@@ -2,6 +2,11 @@
 
 use super::error::{OpError, shape_err};
 
+/// Rows per partial sum of the batch-norm statistics: both backends cut the rows of
+/// [M, C] into chunks of this many, sum each chunk in order and then the chunks in order,
+/// so that their statistics agree bit for bit.
+pub const STATS_CHUNK_ROWS: usize = 256;
+
 /// A 2-D convolution of `x` [N, H, W, C] with `w` [K, R, S, C] into `y` [N, P, Q, K].
 /// Dilation 1, groups 1, no bias (ResNet convolutions feed batch norm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

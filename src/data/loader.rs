@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use super::clip::ClipFrames;
 use super::sources::ClipSource;
 use crate::data::preprocess::{FrameOp, IMAGENET_MEAN, IMAGENET_STD, Rect, preprocess};
+use crate::rng::mix;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LoaderSettings {
@@ -46,13 +47,6 @@ pub struct Batch {
 pub enum LoaderError {
     #[error("{bad} of {tried} clips failed to load (more than {:.0}% allowed); first failures:\n  {}", limit * 100.0, first.join("\n  "))]
     TooManyBad { bad: usize, tried: usize, limit: f64, first: Vec<String> },
-}
-
-fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The clip order of `epoch`: a seeded Fisher–Yates shuffle, or 0..n when not shuffling.

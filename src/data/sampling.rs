@@ -3,6 +3,8 @@
 //! frame inside each segment (seeded per video and epoch, so that runs repeat), evaluation
 //! the centre of each (deterministic). A video shorter than `max_frames` repeats frames.
 
+use crate::rng::{GOLDEN_GAMMA, Rng};
+
 /// How to pick inside each segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sampling {
@@ -18,9 +20,9 @@ pub fn sample_indices(frame_count: usize, max_frames: usize, sampling: Sampling)
     if frame_count == 0 || max_frames == 0 {
         return Vec::new();
     }
-    let mut state = match sampling {
-        Sampling::Eval => 0,
-        Sampling::Train { seed } => seed ^ 0x9E37_79B9_7F4A_7C15,
+    let mut rng = match sampling {
+        Sampling::Eval => Rng::new(0),
+        Sampling::Train { seed } => Rng::new(seed ^ GOLDEN_GAMMA),
     };
     (0..max_frames)
         .map(|i| {
@@ -30,19 +32,11 @@ pub fn sample_indices(frame_count: usize, max_frames: usize, sampling: Sampling)
             let width = end - start;
             let offset = match sampling {
                 Sampling::Eval => width / 2,
-                Sampling::Train { .. } => (splitmix(&mut state) % width as u64) as usize,
+                Sampling::Train { .. } => (rng.next_u64() % width as u64) as usize,
             };
             (start + offset).min(frame_count - 1)
         })
         .collect()
-}
-
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! [0, 1] weakens those artefacts. Everything is a pure function of (seed, clip, frame),
 //! so the same seed gives the same pixels on every machine.
 
+use crate::rng::hash;
+
 /// What varies between identities.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Identity {
@@ -41,13 +43,6 @@ pub struct SynthParams {
     pub size: usize,
     pub frames: usize,
     pub difficulty: f32,
-}
-
-fn hash(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 /// Uniform in [0, 1) from (seed, key, slot).

@@ -7,18 +7,15 @@
 
 use rayon::prelude::*;
 
-use crate::backend::params::BatchNormParams;
-
-/// Rows per partial sum.
-const ROWS_PER_CHUNK: usize = 256;
+use crate::backend::params::{BatchNormParams, STATS_CHUNK_ROWS};
 
 /// Per-channel sums of `f(flat index, channel)` over M rows of C channels.
 fn channel_sums(m: usize, c: usize, f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
-    let partials: Vec<Vec<f64>> = (0..m.div_ceil(ROWS_PER_CHUNK))
+    let partials: Vec<Vec<f64>> = (0..m.div_ceil(STATS_CHUNK_ROWS))
         .into_par_iter()
         .map(|chunk| {
             let mut acc = vec![0.0f64; c];
-            for row in chunk * ROWS_PER_CHUNK..((chunk + 1) * ROWS_PER_CHUNK).min(m) {
+            for row in chunk * STATS_CHUNK_ROWS..((chunk + 1) * STATS_CHUNK_ROWS).min(m) {
                 for (ch, a) in acc.iter_mut().enumerate() {
                     *a += f(row * c + ch, ch);
                 }
@@ -92,7 +89,7 @@ fn normalise(
     relu: bool,
     y: &mut [f32],
 ) {
-    y.par_chunks_mut(ROWS_PER_CHUNK * c).zip(x.par_chunks(ROWS_PER_CHUNK * c)).for_each(|(yc, xc)| {
+    y.par_chunks_mut(STATS_CHUNK_ROWS * c).zip(x.par_chunks(STATS_CHUNK_ROWS * c)).for_each(|(yc, xc)| {
         for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
             for ch in 0..c {
                 let v = (xr[ch] - mean[ch]) * invstd[ch] * gamma[ch] + beta[ch];
@@ -129,9 +126,9 @@ pub fn batch_norm_bwd(
     let dgamma = channel_sums(m, c, |i, ch| g[i] as f64 * ((x[i] - mean[ch]) * invstd[ch]) as f64);
     let (db32, dg32): (Vec<f32>, Vec<f32>) =
         dbeta.iter().zip(&dgamma).map(|(&b, &g)| ((b / m as f64) as f32, (g / m as f64) as f32)).unzip();
-    dx.par_chunks_mut(ROWS_PER_CHUNK * c)
-        .zip(g.par_chunks(ROWS_PER_CHUNK * c))
-        .zip(x.par_chunks(ROWS_PER_CHUNK * c))
+    dx.par_chunks_mut(STATS_CHUNK_ROWS * c)
+        .zip(g.par_chunks(STATS_CHUNK_ROWS * c))
+        .zip(x.par_chunks(STATS_CHUNK_ROWS * c))
         .for_each(|((dxc, gc), xc)| {
             for ((dr, gr), xr) in dxc.chunks_exact_mut(c).zip(gc.chunks_exact(c)).zip(xc.chunks_exact(c)) {
                 for ch in 0..c {

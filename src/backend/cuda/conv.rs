@@ -7,9 +7,9 @@ use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::buffer::PoolSlice;
-use super::device::{CudaError, Device, grid_1d};
-use super::gemm::{GemmNt, GemmOut, gemm_nt, push_optional};
-use super::tiles::{TileShape, WgradPlan, pick_n64, plan_wgrad};
+use super::device::{CudaError, Device, check_len, check_lens, grid_1d, push_optional};
+use super::gemm::{GemmNt, GemmOut, gemm_nt};
+use super::tiles::{TileShape, WgradPlan, pick_n64, plan_wgrad, reduction_tiles};
 use crate::backend::params::Conv2dGeom;
 use crate::kernels::KernelModule;
 
@@ -125,12 +125,8 @@ pub fn conv2d_fwd(
 ) -> Result<(), CudaError> {
     let name = fwd_kernel_for(dev, g);
     let (xn, wn, yn) = sizes(name, g)?;
-    if x.len() < xn || w.len() < wn || y.len() < yn || epi.bias.is_some_and(|b| b.len() < g.k) {
-        return Err(CudaError::Arguments {
-            kernel: name,
-            detail: format!("buffers x {} w {} y {} too small for {g:?}", x.len(), w.len(), y.len()),
-        });
-    }
+    check_lens(name, &[("x", x.len(), xn), ("w", w.len(), wn), ("y", y.len(), yn)])?;
+    check_len(name, "bias", epi.bias.map_or(g.k, |b| b.len()), g.k)?;
     if g.c % VECTOR != 0 {
         let xp = pad_channels(dev, x, g.n * g.h * g.w, g.c)?;
         let wp = pad_channels(dev, w, g.k * g.r * g.s, g.c)?;
@@ -143,7 +139,7 @@ pub fn conv2d_fwd(
     }
     let tile = pick_n64(g.n * g.p * g.q, g.k, dev.sm_count);
     let kernel = dev.kernel(KernelModule::Conv, name)?;
-    let (dims, alpha, null, relu) = (geom_args(g), 1.0f32, 0u64, epi.relu as i32);
+    let (dims, alpha, relu) = (geom_args(g), 1.0f32, epi.relu as i32);
     let mut y = y;
     let out_f16 = y.f16_flag();
     let mut args = dev.args(&kernel);
@@ -151,7 +147,7 @@ pub fn conv2d_fwd(
     y.push(&mut args);
     push_geom(&mut args, &dims);
     args.arg(&alpha).arg(&epi.beta).arg(&out_f16);
-    push_optional(&mut args, epi.bias, &null);
+    push_optional(&mut args, epi.bias);
     args.arg(&relu);
     // SAFETY: conv2d_fwd_implicit_f16's signature; lengths checked above.
     unsafe { dev.launch(&kernel, args, tile.launch(g.n * g.p * g.q, g.k, 1), || format!("{g:?}")) }
@@ -168,12 +164,7 @@ pub fn conv2d_fwd_reference(
 ) -> Result<(), CudaError> {
     let name = "conv2d_fwd_ref_f16";
     let (xn, wn, yn) = sizes(name, g)?;
-    if x.len() < xn || w.len() < wn || y.len() < yn {
-        return Err(CudaError::Arguments {
-            kernel: name,
-            detail: format!("buffers x {} w {} y {} too small for {g:?}", x.len(), w.len(), y.len()),
-        });
-    }
+    check_lens(name, &[("x", x.len(), xn), ("w", w.len(), wn), ("y", y.len(), yn)])?;
     let kernel = dev.kernel(KernelModule::Conv, name)?;
     let dims = geom_args(g);
     let mut args = dev.args(&kernel);
@@ -215,14 +206,7 @@ pub fn conv2d_dgrad(
         return Err(bad(format!("K = {} output channels: the kernel needs a multiple of 8", g.k)));
     }
     let (xn, wn, yn) = sizes(name, g)?;
-    if dy.len() < yn || w.len() < wn || dx.len() < xn {
-        return Err(bad(format!(
-            "buffers dy {} w {} dx {} too small for {g:?}",
-            dy.len(),
-            w.len(),
-            dx.len()
-        )));
-    }
+    check_lens(name, &[("dy", dy.len(), yn), ("w", w.len(), wn), ("dx", dx.len(), xn)])?;
     let shapes = || format!("{g:?}");
     let mut wt = dev.alloc::<f16>(wn)?;
     let transpose = dev.kernel(KernelModule::Conv, "conv_weight_krsc_to_crsk_f16")?;
@@ -293,22 +277,10 @@ pub fn conv2d_wgrad_planned(
         return Err(bad(format!("K = {} output channels: the kernel needs a multiple of 8", g.k)));
     }
     let (xn, wn, yn) = sizes(name, g)?;
-    if x.len() < xn || dy.len() < yn || dw.len() < wn {
-        return Err(bad(format!(
-            "buffers x {} dy {} dw {} too small for {g:?}",
-            x.len(),
-            dy.len(),
-            dw.len()
-        )));
-    }
+    check_lens(name, &[("x", x.len(), xn), ("dy", dy.len(), yn), ("dw", dw.len(), wn)])?;
     let pixels = g.n * g.p * g.q;
-    let k_tiles = pixels.div_ceil(32).max(1);
-    if plan.tile == TileShape::M128N64
-        || plan.splits == 0
-        || plan.tiles_per_split == 0
-        || (plan.splits - 1) * plan.tiles_per_split >= k_tiles
-        || plan.splits * plan.tiles_per_split < k_tiles
-    {
+    if !plan.covers(pixels) {
+        let k_tiles = reduction_tiles(pixels);
         return Err(bad(format!("{plan:?} does not cover the {k_tiles} reduction tiles of {g:?} once")));
     }
     let xp;

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, DriverError, LaunchArgs, LaunchConfig,
-    ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchArgs,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -50,6 +50,17 @@ impl From<CudaError> for crate::backend::OpError {
     }
 }
 
+/// The device pointer an absent optional tensor is passed as: the kernels test for 0.
+static NULL_POINTER: u64 = 0;
+
+/// Pushes an optional tensor argument: its pointer, or a null pointer for `None`.
+pub fn push_optional<'a, T>(args: &mut LaunchArgs<'a>, v: Option<&'a CudaSlice<T>>) {
+    match v {
+        Some(t) => args.arg(t),
+        None => args.arg(&NULL_POINTER),
+    };
+}
+
 /// A buffer `what` must hold at least `need` elements for `kernel`.
 pub fn check_len(kernel: &'static str, what: &str, have: usize, need: usize) -> Result<(), CudaError> {
     if have < need {
@@ -61,9 +72,9 @@ pub fn check_len(kernel: &'static str, what: &str, have: usize, need: usize) -> 
     Ok(())
 }
 
-/// Every buffer in `lens` must hold at least `need` elements.
-pub fn check_lens(kernel: &'static str, lens: &[(&str, usize)], need: usize) -> Result<(), CudaError> {
-    lens.iter().try_for_each(|(what, have)| check_len(kernel, what, *have, need))
+/// Every buffer in `lens` (what, holds, needs) must hold what it needs.
+pub fn check_lens(kernel: &'static str, lens: &[(&str, usize, usize)]) -> Result<(), CudaError> {
+    lens.iter().try_for_each(|(what, have, need)| check_len(kernel, what, *have, *need))
 }
 
 /// The launch of an element-wise kernel over `items` work items (float4 vectors or

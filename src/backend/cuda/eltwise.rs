@@ -28,7 +28,7 @@ pub fn unary(
         Unary::Relu => "relu_fwd_f32",
         Unary::Sigmoid => "sigmoid_f32",
     };
-    check_lens(name, &[("x", x.len()), ("y", y.len())], n)?;
+    check_lens(name, &[("x", x.len(), n), ("y", y.len(), n)])?;
     let kernel = dev.kernel(KernelModule::Eltwise, name)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
@@ -46,7 +46,7 @@ pub fn relu_bwd(
     n: usize,
 ) -> Result<(), CudaError> {
     let name = "relu_bwd_f32";
-    check_lens(name, &[("dy", dy.len()), ("y", y.len()), ("dx", dx.len())], n)?;
+    check_lens(name, &[("dy", dy.len(), n), ("y", y.len(), n), ("dx", dx.len(), n)])?;
     let kernel = dev.kernel(KernelModule::Eltwise, name)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
@@ -63,7 +63,7 @@ pub fn add_assign(
     n: usize,
 ) -> Result<(), CudaError> {
     let name = "add_assign_f32";
-    check_lens(name, &[("y", y.len()), ("x", x.len())], n)?;
+    check_lens(name, &[("y", y.len(), n), ("x", x.len(), n)])?;
     let kernel = dev.kernel(KernelModule::Eltwise, name)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
@@ -80,7 +80,7 @@ pub fn scalar(
     value: f32,
     n: usize,
 ) -> Result<(), CudaError> {
-    check_lens(name, &[("y", y.len())], n)?;
+    check_lens(name, &[("y", y.len(), n)])?;
     let kernel = dev.kernel(KernelModule::Eltwise, name)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
@@ -97,7 +97,7 @@ pub fn cast_f32_f16(
     n: usize,
 ) -> Result<(), CudaError> {
     let name = "cast_f32_f16";
-    check_lens(name, &[("x", x.len()), ("y", y.len())], n)?;
+    check_lens(name, &[("x", x.len(), n), ("y", y.len(), n)])?;
     let kernel = dev.kernel(KernelModule::Eltwise, name)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);

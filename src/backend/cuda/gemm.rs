@@ -5,7 +5,7 @@
 use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 use half::f16;
 
-use super::device::{CudaError, Device};
+use super::device::{CudaError, Device, check_len, push_optional};
 use super::tiles::{TileShape, pick_n64};
 use crate::kernels::KernelModule;
 
@@ -36,14 +36,6 @@ impl GemmOut<'_> {
             GemmOut::F16(s) => args.arg(&mut **s),
         };
     }
-}
-
-/// Pushes an optional FP32 vector (a null pointer for `None`).
-pub fn push_optional<'a>(args: &mut LaunchArgs<'a>, v: Option<&'a CudaSlice<f32>>, null: &'a u64) {
-    match v {
-        Some(b) => args.arg(b),
-        None => args.arg(null),
-    };
 }
 
 /// C [m, n] = alpha · A [m, k] · B [n, k]ᵀ + beta · C (+ bias [n]) (then ReLU), FP32
@@ -83,16 +75,10 @@ pub fn gemm_nt(dev: &Device, g: &GemmNt<'_>, mut c: GemmOut<'_>) -> Result<(), C
     let (m, n, k) = (g.m, g.n, g.k);
     let kernel_name = kernel_for(dev, m, n, k);
     let bad = |detail: String| CudaError::Arguments { kernel: kernel_name, detail };
-    let c_len = c.len();
-    if g.a.len() < m * k || g.b.len() < n * k || c_len < m * n || g.bias.is_some_and(|b| b.len() < n) {
-        return Err(bad(format!(
-            "buffers A {} B {} C {} bias {:?} too small for {m}×{n}×{k}",
-            g.a.len(),
-            g.b.len(),
-            c_len,
-            g.bias.map(|b| b.len())
-        )));
-    }
+    check_len(kernel_name, "A", g.a.len(), m * k)?;
+    check_len(kernel_name, "B", g.b.len(), n * k)?;
+    check_len(kernel_name, "C", c.len(), m * n)?;
+    check_len(kernel_name, "bias", g.bias.map_or(n, |b| b.len()), n)?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -101,12 +87,12 @@ pub fn gemm_nt(dev: &Device, g: &GemmNt<'_>, mut c: GemmOut<'_>) -> Result<(), C
     if uses_tensor_cores(k) {
         let tile = pick_n64(m, n, dev.sm_count);
         let kernel = dev.kernel(KernelModule::Gemm, kernel_name)?;
-        let (relu, null, out_f16) = (g.relu as i32, 0u64, c.f16_flag());
+        let (relu, out_f16) = (g.relu as i32, c.f16_flag());
         let mut args = dev.args(&kernel);
         args.arg(&mi).arg(&ni).arg(&ki).arg(&g.alpha).arg(g.a).arg(&ki).arg(g.b).arg(&ki).arg(&g.beta);
         c.push(&mut args);
         args.arg(&ni).arg(&out_f16);
-        push_optional(&mut args, g.bias, &null);
+        push_optional(&mut args, g.bias);
         args.arg(&relu);
         // SAFETY: the arguments follow gemm_tc_f16's signature and the lengths were
         // checked above.
@@ -142,17 +128,9 @@ pub struct GemmRef<'a> {
 pub fn gemm_reference(dev: &Device, g: &GemmRef<'_>, c: &mut CudaSlice<f32>) -> Result<(), CudaError> {
     let (m, n, k) = (g.m, g.n, g.k);
     let name = "gemm_ref_f16";
-    if g.a.len() < m * k || g.b.len() < n * k || c.len() < m * n {
-        return Err(CudaError::Arguments {
-            kernel: name,
-            detail: format!(
-                "buffers A {} B {} C {} too small for {m}×{n}×{k}",
-                g.a.len(),
-                g.b.len(),
-                c.len()
-            ),
-        });
-    }
+    check_len(name, "A", g.a.len(), m * k)?;
+    check_len(name, "B", g.b.len(), n * k)?;
+    check_len(name, "C", c.len(), m * n)?;
     if m == 0 || n == 0 {
         return Ok(());
     }

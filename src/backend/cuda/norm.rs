@@ -1,17 +1,14 @@
 //! The host side of kernels/norm.cu: batch norm over the channels of an [M, C] tensor,
 //! the statistics reduced in two deterministic passes (chunk partials, then their sum).
-//! The f64 scratch of a call (C·⌈M/256⌉ partials and a few per-channel vectors) is
-//! allocated per call for now; the pool takes it over with the rest of the backend.
+//! The f64 scratch of a call (C·⌈M/256⌉ partials and a few per-channel vectors) comes
+//! from the device pool.
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::buffer::PoolSlice;
-use super::device::{CudaError, Device, check_len, grid_1d};
-use crate::backend::params::BatchNormParams;
+use super::device::{CudaError, Device, check_len, grid_1d, push_optional};
+use crate::backend::params::{BatchNormParams, STATS_CHUNK_ROWS};
 use crate::kernels::KernelModule;
-
-/// Rows per partial sum: kernels/norm.cu's BN_ROWS.
-const ROWS: usize = 256;
 
 /// kernels/norm.cu's `BnSum`.
 #[derive(Clone, Copy)]
@@ -41,28 +38,20 @@ fn channel_sums(
     m: usize,
     c: usize,
 ) -> Result<PoolSlice<f64>, CudaError> {
-    let chunks = m.div_ceil(ROWS);
+    let chunks = m.div_ceil(STATS_CHUNK_ROWS);
     let mut partials = dev.alloc::<f64>(chunks * c)?;
     let mut out = dev.alloc::<f64>(c)?;
-    let null = 0u64;
     let (kind_i, mm, ci, chunks_i) = (kind as i32, m as i64, c as i32, chunks as i64);
+    let rows = STATS_CHUNK_ROWS as i64;
     let pass1 = dev.kernel(KernelModule::Norm, "bn_chunk_sums_f64")?;
     let mut args = dev.args(&pass1);
-    macro_rules! opt {
-        ($v:expr) => {
-            match $v {
-                Some(t) => args.arg(t),
-                None => args.arg(&null),
-            }
-        };
-    }
-    opt!(inp.x);
-    opt!(inp.dy);
-    opt!(inp.relu_y);
-    opt!(inp.mean_d);
-    opt!(inp.mean_f);
-    opt!(inp.invstd);
-    args.arg(&kind_i).arg(&mm).arg(&ci).arg(&mut partials);
+    push_optional(&mut args, inp.x);
+    push_optional(&mut args, inp.dy);
+    push_optional(&mut args, inp.relu_y);
+    push_optional(&mut args, inp.mean_d);
+    push_optional(&mut args, inp.mean_f);
+    push_optional(&mut args, inp.invstd);
+    args.arg(&kind_i).arg(&mm).arg(&ci).arg(&rows).arg(&mut partials);
     let shapes = || format!("M={m} C={c}");
     // SAFETY: arguments follow bn_chunk_sums_f64; the kind reads only the tensors given,
     // each of M·C (or C) elements, checked by the callers.
@@ -213,7 +202,7 @@ pub fn batch_norm_bwd(
     let sum_g = channel_sums(dev, Sum::G, &grads, m, c)?;
     let sum_gx = channel_sums(dev, Sum::GXhat, &grads, m, c)?;
     let (mut mean_g, mut mean_gx) = (dev.alloc::<f32>(c)?, dev.alloc::<f32>(c)?);
-    let (mm, ci, null) = (m as i64, c as i32, 0u64);
+    let (mm, ci) = (m as i64, c as i32);
     let k = dev.kernel(KernelModule::Norm, "bn_bwd_stats_f32")?;
     let mut args = dev.args(&k);
     args.arg(&sum_g).arg(&sum_gx).arg(&mm).arg(&ci).arg(&mut mean_g).arg(&mut mean_gx).arg(dgamma).arg(dbeta);
@@ -222,10 +211,7 @@ pub fn batch_norm_bwd(
     let k = dev.kernel(KernelModule::Norm, name)?;
     let mut args = dev.args(&k);
     args.arg(dy).arg(x);
-    match relu_y {
-        Some(r) => args.arg(r),
-        None => args.arg(&null),
-    };
+    push_optional(&mut args, relu_y);
     args.arg(&mm).arg(&ci).arg(gamma).arg(mean).arg(invstd).arg(&mean_g).arg(&mean_gx).arg(dx);
     // SAFETY: M·C tensors and C vectors, checked above.
     unsafe { dev.launch(&k, args, grid_1d(m * c), || format!("M={m} C={c}")) }

@@ -26,7 +26,7 @@ pub fn adamw_step(
     step: u64,
 ) -> Result<(), CudaError> {
     let name = "adamw_step_f32";
-    check_lens(name, &[("p", p.len()), ("g", g.len()), ("m", m.len()), ("v", v.len())], n)?;
+    check_lens(name, &[("p", p.len(), n), ("g", g.len(), n), ("m", m.len(), n), ("v", v.len(), n)])?;
     let t = step.min(i32::MAX as u64) as i32;
     let bc1 = 1.0 - (hp.beta1 as f64).powi(t);
     let bc2_sqrt = (1.0 - (hp.beta2 as f64).powi(t)).sqrt();
@@ -52,7 +52,7 @@ pub fn sgd_step(
     first_step: bool,
 ) -> Result<(), CudaError> {
     let name = "sgd_step_f32";
-    check_lens(name, &[("p", p.len()), ("g", g.len()), ("momentum buffer", buf.len())], n)?;
+    check_lens(name, &[("p", p.len(), n), ("g", g.len(), n), ("momentum buffer", buf.len(), n)])?;
     let kernel = dev.kernel(KernelModule::Optim, name)?;
     let (nn, nesterov, first) = (n as i64, hp.nesterov as i32, first_step as i32);
     let mut args = dev.args(&kernel);
@@ -70,7 +70,7 @@ pub fn unscale_check(
     inv_scale: f32,
 ) -> Result<bool, CudaError> {
     let name = "unscale_check_f32";
-    check_lens(name, &[("g", g.len())], n)?;
+    check_lens(name, &[("g", g.len(), n)])?;
     let mut found = dev.alloc::<i32>(1)?;
     let kernel = dev.kernel(KernelModule::Optim, name)?;
     let nn = n as i64;
@@ -89,7 +89,7 @@ pub fn unscale_check(
 /// Σ g² over n elements in f64, in a fixed order.
 pub fn sum_squares(dev: &Device, g: &CudaSlice<f32>, n: usize) -> Result<f64, CudaError> {
     let name = "sum_squares_partial_f32";
-    check_lens(name, &[("g", g.len())], n)?;
+    check_lens(name, &[("g", g.len(), n)])?;
     let blocks = n.div_ceil(SUM_CHUNK).max(1);
     let mut partials = dev.alloc::<f64>(blocks)?;
     let mut total = dev.alloc::<f64>(1)?;

@@ -96,6 +96,28 @@ pub struct WgradPlan {
     pub tiles_per_split: usize,
 }
 
+impl WgradPlan {
+    /// Whether the plan is one the weight-gradient kernel can run over `pixels`: a tile
+    /// it is built with (BN = 128), and splits that each start inside the reduction and
+    /// together cover every reduction tile exactly once.
+    pub fn covers(&self, pixels: usize) -> bool {
+        let k_tiles = reduction_tiles(pixels);
+        self.tile != TileShape::M128N64
+            && self.splits >= 1
+            && self.tiles_per_split >= 1
+            && (self.splits - 1) * self.tiles_per_split < k_tiles
+            && self.splits * self.tiles_per_split >= k_tiles
+    }
+}
+
+/// Pixels per reduction tile of the weight gradient (the K step of kernels/mma.cuh).
+const REDUCTION_TILE: usize = 32;
+
+/// Reduction tiles over `pixels` (at least one, so an empty problem still has a plan).
+pub fn reduction_tiles(pixels: usize) -> usize {
+    pixels.div_ceil(REDUCTION_TILE).max(1)
+}
+
 /// Fewest reduction tiles a split gets: fewer would spend more time filling and draining
 /// the 3-stage pipeline and writing partials than multiplying.
 const MIN_TILES_PER_SPLIT: usize = 8;
@@ -106,7 +128,7 @@ const WAVES: usize = 2;
 /// `max_workspace` bytes of partial sums.
 pub fn plan_wgrad(m: usize, n: usize, pixels: usize, sm_count: usize, max_workspace: usize) -> WgradPlan {
     let tile = pick_m64(m);
-    let k_tiles = pixels.div_ceil(32).max(1);
+    let k_tiles = reduction_tiles(pixels);
     let out_tiles = tile.tiles(m, n);
     let target = WAVES * tile.blocks_per_sm() * sm_count;
     let by_occupancy = target.div_ceil(out_tiles);
@@ -147,12 +169,14 @@ mod tests {
             &[(64, 576, 512 * 56 * 56), (512, 4608, 512 * 49), (64, 392 * 8 / 8, 2 * 112 * 112), (8, 8, 1)]
         {
             let plan = plan_wgrad(m, n, pixels, 132, 256 << 20);
-            let k_tiles = pixels.div_ceil(32);
-            assert!(plan.splits >= 1 && plan.tiles_per_split >= 1, "{plan:?}");
-            // Every split starts inside the reduction and together they cover it.
-            assert!((plan.splits - 1) * plan.tiles_per_split < k_tiles, "{plan:?} k_tiles {k_tiles}");
-            assert!(plan.splits * plan.tiles_per_split >= k_tiles, "{plan:?} k_tiles {k_tiles}");
+            assert!(plan.covers(pixels), "{plan:?} over {pixels} pixels");
         }
+        // What `covers` refuses: a split past the end, a short plan, the narrow tile.
+        let plan = WgradPlan { tile: TileShape::M128N128, splits: 4, tiles_per_split: 2 };
+        assert!(plan.covers(7 * 32) && plan.covers(8 * 32));
+        assert!(!plan.covers(6 * 32), "the fourth split would start past the end");
+        assert!(!plan.covers(9 * 32), "a tile left out");
+        assert!(!WgradPlan { tile: TileShape::M128N64, ..plan }.covers(8 * 32));
         // Layer 1's 3×3 at batch 512: few output tiles, a long reduction → many splits.
         let deep = plan_wgrad(64, 576, 512 * 56 * 56, 132, 256 << 20);
         assert!(deep.splits > 50, "{deep:?}");
