@@ -28,9 +28,9 @@ DF_DEVICE T df_block_sum(T v, T* scratch) {
     return total;
 }
 
-// Grid-stride loop over `n` elements in float4 steps, then the tail one by one: `body(i)`
-// is called for every index, vector-loaded where the caller reads through float4.
-// Element-wise kernels require 16-byte aligned base pointers (the pool's blocks are
-// 512-byte aligned).
+// Grid-stride loop: thread t of the grid takes items t, t + (threads in the grid), … below
+// `n`. Element-wise kernels count their items in float4 vectors and do the tail after
+// it, so they require 16-byte aligned base pointers (the pool's blocks are 512-byte
+// aligned).
 #define DF_GRID_STRIDE(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)

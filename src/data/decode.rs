@@ -171,7 +171,8 @@ fn decode_wanted<T: Clone>(
         let n = frame.timestamp().and_then(index_of).unwrap_or(shown);
         shown = n + 1;
         while *next < indices.len() && indices[*next] < n {
-            // A wanted frame never came out (skipped as corrupt): its successor stands in.
+            // A wanted frame never came out (a gap, a corrupt packet): an empty frame keeps its
+            // place, and clip assembly puts the nearest decoded frame there.
             *next += 1;
             out.push(empty.clone());
         }

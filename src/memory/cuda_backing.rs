@@ -76,11 +76,6 @@ impl CudaBacking {
         })
     }
 
-    /// Makes `stream` known under `id`, so that frees on it can be fenced.
-    pub fn register_stream(&mut self, id: StreamId, stream: sys::CUstream) {
-        self.streams.insert(id, stream);
-    }
-
     fn bind(&self) -> Result<(), BackingError> {
         self.ctx.bind_to_thread().map_err(|e| BackingError { what: "cuda bind", detail: e.to_string() })
     }

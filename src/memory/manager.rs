@@ -1,6 +1,6 @@
-//! The memory manager: the seed guide's `with MemoryManager() as m:` in Rust. It owns the
-//! monitor and the governor, runs cleanup callbacks when the governor clears caches, and
-//! prints a summary when dropped.
+//! The memory manager of a run: it owns the monitor and the governor for the run's
+//! lifetime (a scope, like a Python `with` block), runs cleanup callbacks when the
+//! governor clears caches, and prints a summary when dropped.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -190,12 +190,12 @@ impl MemoryManager {
         lines.join("\n")
     }
 
-    /// The seed guide's `print_memory_info()`.
+    /// The memory report printed at the end of a run.
     pub fn print_memory_info(&mut self) {
         println!("{}", self.memory_info());
     }
 
-    /// The seed guide's `get_memory_suggestions()`: what the peaks say to change.
+    /// What the peaks say to change.
     pub fn suggestions(&mut self) -> Vec<String> {
         let s = self.memory_stats();
         let mut out = Vec::new();

@@ -361,11 +361,6 @@ impl<B: Backing> Pool<B> {
         Ok(spots.len().min(want) * g)
     }
 
-    /// Gives back every free granule.
-    pub fn release_all(&mut self) -> Result<usize, PoolError> {
-        self.trim(0)
-    }
-
     /// The best-fit free block usable on `stream` whose missing granules fit the budget.
     fn find(&mut self, size: usize, stream: StreamId) -> Result<Option<usize>, PoolError> {
         let headroom = self.budget.saturating_sub(self.reserved());

@@ -1,8 +1,9 @@
 //! The CUDA backend: finding out, without crashing, whether a usable GPU and a kernel
 //! set are present (`probe`); the launch layer (`device`: context, stream, cached PTX
-//! modules, errors naming kernel and shapes); and the host side of each kernel file
-//! (`conv`, `gemm`, `norm`, `pool`), with the tile table of the
-//! tensor-core kernels (`tiles`).
+//! modules, errors naming kernel and shapes) and device memory from the pool (`buffer`);
+//! the host side of each kernel file (`conv`, `gemm`, `norm`, `pooling`, `eltwise`,
+//! `loss`, `optim`), with the tile table of the tensor-core kernels (`tiles`); and the
+//! `Backend` those make (`backend`).
 
 #[cfg(feature = "cuda")]
 pub mod backend;
