@@ -1,5 +1,9 @@
 //! Compiles every `kernels/*.cu` to PTX with nvcc and generates `kernels.rs` in OUT_DIR:
-//! a typed `KernelModule` id per file with its embedded PTX.
+//! a typed `KernelModule` id per file with its embedded PTX, and one `Entry` constant per
+//! kernel entry point (`entries::RELU_FWD_F32`), so that a misspelled kernel name fails
+//! to compile. The entry names are read from the sources (an `extern "C" __global__`
+//! function, or the name argument of a macro that defines one), which works without
+//! nvcc; when the PTX is built, its `.entry` list must be exactly that set.
 //!
 //! nvcc is looked for in `$NVCC`, `$CUDA_HOME/bin`, `PATH`, then the toolchain that
 //! `scripts/install-nvcc.sh` puts in `.toolchain/cuda`. With none, the build still
@@ -56,8 +60,21 @@ fn main() {
         }
     };
     let version = nvcc.as_deref().map(nvcc_version).unwrap_or_default();
-    fs::write(out.join("kernels.rs"), generate(&sources, &ptx_dir, compiled, &arch, &version))
-        .expect("write kernels.rs");
+    let entries: Vec<Vec<String>> = sources
+        .iter()
+        .map(|src| {
+            let text = fs::read_to_string(src).unwrap_or_else(|e| panic!("read {}: {e}", src.display()));
+            let names = entry_names(&text);
+            if compiled {
+                let ptx = ptx_dir.join(src.file_stem().expect("stem")).with_extension("ptx");
+                check_against_ptx(src, &names, &ptx);
+            }
+            names
+        })
+        .collect();
+    let mut code = generate(&sources, &ptx_dir, compiled, &arch, &version);
+    code += &generate_entries(&sources, &entries);
+    fs::write(out.join("kernels.rs"), code).expect("write kernels.rs");
 }
 
 fn find_nvcc(root: &Path) -> Option<PathBuf> {
@@ -112,12 +129,98 @@ fn compile_all(nvcc: &Path, sources: &[PathBuf], include: &Path, ptx_dir: &Path,
     }
 }
 
+/// The kernel entry points a `.cu` file defines, in source order.
+fn entry_names(text: &str) -> Vec<String> {
+    // Join backslash-continued lines, so that a macro definition is one line.
+    let joined = text.replace("\\\n", " ");
+    let marker = "extern \"C\" __global__ void";
+    let mut names = Vec::new();
+    // (macro, index of its name parameter) for macros that define an entry point.
+    let mut macros: Vec<(String, usize)> = Vec::new();
+    for line in joined.lines() {
+        let Some(at) = line.find(marker) else { continue };
+        let mut rest = line[at + marker.len()..].trim_start();
+        if let Some(bounds) = rest.strip_prefix("__launch_bounds__") {
+            rest = bounds[bounds.find(')').expect("__launch_bounds__(...) closes") + 1..].trim_start();
+        }
+        let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        match line.trim_start().strip_prefix("#define ") {
+            Some(def) => {
+                let open = def.find('(').expect("a macro defining a kernel takes its name");
+                let params: Vec<&str> = def[open + 1..def.find(')').expect("macro params close")]
+                    .split(',')
+                    .map(str::trim)
+                    .collect();
+                let index = params.iter().position(|p| *p == name).unwrap_or_else(|| {
+                    panic!("macro {} defines kernel {name}, which is not one of its parameters", &def[..open])
+                });
+                macros.push((def[..open].to_string(), index));
+            }
+            None => names.push(name),
+        }
+    }
+    for line in joined.lines() {
+        for (mac, index) in &macros {
+            let Some(args) = line.trim_start().strip_prefix(&format!("{mac}(")) else { continue };
+            let args = &args[..args.rfind(')').expect("macro call closes")];
+            let arg = args.split(',').nth(*index).expect("macro call has the name argument");
+            names.push(arg.trim().to_string());
+        }
+    }
+    names
+}
+
+/// The `.entry` names nvcc emitted must be exactly the ones read from the source.
+fn check_against_ptx(src: &Path, names: &[String], ptx: &Path) {
+    let text = fs::read_to_string(ptx).unwrap_or_else(|e| panic!("read {}: {e}", ptx.display()));
+    let mut emitted: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix(".visible .entry "))
+        .map(|l| l.split(|c: char| c == '(' || c.is_whitespace()).next().unwrap_or(""))
+        .collect();
+    let mut read: Vec<&str> = names.iter().map(String::as_str).collect();
+    emitted.sort_unstable();
+    read.sort_unstable();
+    assert_eq!(
+        emitted,
+        read,
+        "{}: the PTX's entry points differ from the ones build.rs reads in the source",
+        src.display()
+    );
+}
+
+/// `Entry` and one constant per entry point, in module `entries`.
+fn generate_entries(sources: &[PathBuf], entries: &[Vec<String>]) -> String {
+    let mut code = String::from(
+        "\n/// A kernel entry point: the module that holds it and its `.entry` name.\n\
+         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]\n\
+         pub struct Entry {\n    pub module: KernelModule,\n    pub name: &'static str,\n}\n\n\
+         /// Every kernel entry point, one constant each, named as the entry in capitals.\n\
+         pub mod entries {\n    use super::{Entry, KernelModule};\n",
+    );
+    for (src, names) in sources.iter().zip(entries) {
+        let stem = src.file_stem().expect("stem").to_string_lossy();
+        let variant = module_variant(&stem);
+        for name in names {
+            code += &format!(
+                "    /// `{name}` in `kernels/{stem}.cu`.\n    pub const {}: Entry = Entry {{ module: KernelModule::{variant}, name: {name:?} }};\n",
+                name.to_uppercase()
+            );
+        }
+    }
+    code += "}\n";
+    code
+}
+
+/// `pooling` → `Pooling`, `mma_tile` → `MmaTile`.
+fn module_variant(stem: &str) -> String {
+    stem.split('_').map(|w| w[..1].to_uppercase() + &w[1..]).collect()
+}
+
 fn generate(sources: &[PathBuf], ptx_dir: &Path, compiled: bool, arch: &str, version: &str) -> String {
     let stems: Vec<String> =
         sources.iter().map(|s| s.file_stem().expect("stem").to_string_lossy().into_owned()).collect();
-    let variant = |stem: &str| -> String {
-        stem.split('_').map(|w| w[..1].to_uppercase() + &w[1..]).collect::<String>()
-    };
+    let variant = module_variant;
     let mut code = String::from("// Generated by build.rs from kernels/*.cu. Do not edit.\n\n");
     code += "/// One PTX module per `kernels/*.cu` file.\n";
     code += "#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]\npub enum KernelModule {\n";

@@ -17,7 +17,7 @@ use dfengine::backend::cuda::device::{CudaError, Device, grid_1d};
 use dfengine::backend::cuda::gemm::{GemmNt, GemmOut, gemm_nt, kernel_for as gemm_kernel_for};
 use dfengine::backend::params::Conv2dGeom;
 use dfengine::config::Backbone;
-use dfengine::kernels::KernelModule;
+use dfengine::kernels::entries;
 use dfengine::model::arch::{ResNetSpec, conv_layers};
 use dfengine::rng::Rng;
 use half::f16;
@@ -99,7 +99,7 @@ fn bandwidth_kernels(dev: &Device, copy: f64) {
         println!("{name:<16} {gbps:>7.0} GB/s = {:.2} of the copy", gbps / copy);
     };
     let vec_cfg = grid_1d(n / 4);
-    let add = dev.kernel(KernelModule::Eltwise, "add_assign_f32").unwrap();
+    let add = dev.kernel(entries::ADD_ASSIGN_F32).unwrap();
     let ms = median_ms(dev, 10, || {
         let mut args = dev.args(&add);
         args.arg(&mut b).arg(&a).arg(&nn);
@@ -107,7 +107,7 @@ fn bandwidth_kernels(dev: &Device, copy: f64) {
         unsafe { dev.launch(&add, args, vec_cfg, || format!("n = {n}")) }.unwrap();
     });
     report("add_assign_f32", 12, ms);
-    let relu = dev.kernel(KernelModule::Eltwise, "relu_fwd_f32").unwrap();
+    let relu = dev.kernel(entries::RELU_FWD_F32).unwrap();
     let ms = median_ms(dev, 10, || {
         let mut args = dev.args(&relu);
         args.arg(&a).arg(&mut d).arg(&nn);
@@ -115,7 +115,7 @@ fn bandwidth_kernels(dev: &Device, copy: f64) {
         unsafe { dev.launch(&relu, args, vec_cfg, || format!("n = {n}")) }.unwrap();
     });
     report("relu_fwd_f32", 8, ms);
-    let adamw = dev.kernel(KernelModule::Optim, "adamw_step_f32").unwrap();
+    let adamw = dev.kernel(entries::ADAMW_STEP_F32).unwrap();
     let (beta1, beta2, eps, decay, step_size, bc2) = (0.9f32, 0.999f32, 1e-8f32, 0.9999f32, 1e-3f32, 0.5f64);
     let ms = median_ms(dev, 10, || {
         let mut args = dev.args(&adamw);

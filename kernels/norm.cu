@@ -3,8 +3,8 @@
 //
 // Statistics are reduced deterministically and in the very order of the CPU twin
 // (src/backend/cpu/norm.rs), so they agree bit for bit: the rows are cut into chunks of
-// `rows` (the host passes the CPU twin's STATS_CHUNK_ROWS, 256); pass 1 (`bn_chunk_sums_f64`) gives one thread each (chunk, channel) and sums
-// that chunk's rows in order, in f64; pass 2 (`bn_reduce_chunks_f64`) sums the chunk
+// `rows` (the host passes the CPU twin's STATS_CHUNK_ROWS, 256); pass 1 (`batch_norm_chunk_sums_f64`) gives one thread each (chunk, channel) and sums
+// that chunk's rows in order, in f64; pass 2 (`batch_norm_reduce_chunks_f64`) sums the chunk
 // partials of a channel in order. Consecutive threads take consecutive channels, so each
 // warp reads a contiguous run of a row (coalesced). The variance is two-pass (mean
 // first), accurate when |mean| ≫ std. Element-wise arithmetic uses the round-to-nearest
@@ -23,7 +23,7 @@ DF_DEVICE float bn_grad(const float* dy, const float* relu_y, long long i) {
     return relu_y ? (relu_y[i] > 0.0f ? dy[i] : 0.0f) : dy[i];
 }
 
-extern "C" __global__ void bn_chunk_sums_f64(const float* __restrict__ x, const float* __restrict__ dy,
+extern "C" __global__ void batch_norm_chunk_sums_f64(const float* __restrict__ x, const float* __restrict__ dy,
                                              const float* __restrict__ relu_y, const double* __restrict__ mean_d,
                                              const float* __restrict__ mean_f, const float* __restrict__ invstd,
                                              int kind, long long M, int C, long long rows,
@@ -56,7 +56,7 @@ extern "C" __global__ void bn_chunk_sums_f64(const float* __restrict__ x, const 
     }
 }
 
-extern "C" __global__ void bn_reduce_chunks_f64(const double* __restrict__ partials, long long chunks, int C,
+extern "C" __global__ void batch_norm_reduce_chunks_f64(const double* __restrict__ partials, long long chunks, int C,
                                                 double* __restrict__ out) {
     DF_GRID_STRIDE(ch, (long long)C) {
         double acc = 0.0;
@@ -66,14 +66,14 @@ extern "C" __global__ void bn_reduce_chunks_f64(const double* __restrict__ parti
 }
 
 // mean_d = Σx / M.
-extern "C" __global__ void bn_mean_f64(const double* __restrict__ sum, long long M, int C,
+extern "C" __global__ void batch_norm_mean_f64(const double* __restrict__ sum, long long M, int C,
                                        double* __restrict__ mean_d) {
     DF_GRID_STRIDE(ch, (long long)C) mean_d[ch] = __ddiv_rn(sum[ch], (double)M);
 }
 
 // From Σ(x − mean)²: the saved mean and invstd (f32), and the running statistics,
 // updated with the unbiased variance as PyTorch does.
-extern "C" __global__ void bn_train_stats_f32(const double* __restrict__ mean_d, const double* __restrict__ sqdev,
+extern "C" __global__ void batch_norm_train_stats_f32(const double* __restrict__ mean_d, const double* __restrict__ sqdev,
                                               long long M, int C, float eps, float momentum,
                                               float* __restrict__ mean_f, float* __restrict__ invstd,
                                               float* __restrict__ running_mean, float* __restrict__ running_var) {
@@ -91,13 +91,13 @@ extern "C" __global__ void bn_train_stats_f32(const double* __restrict__ mean_d,
 }
 
 // Eval mode: invstd from the running variance, in f32 as the CPU twin.
-extern "C" __global__ void bn_invstd_f32(const float* __restrict__ var, int C, float eps,
+extern "C" __global__ void batch_norm_invstd_f32(const float* __restrict__ var, int C, float eps,
                                          float* __restrict__ invstd) {
     DF_GRID_STRIDE(ch, (long long)C) invstd[ch] = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var[ch], eps)));
 }
 
 // y = (x − mean)·invstd·γ + β, then ReLU if asked.
-extern "C" __global__ void bn_normalize_f32(const float* __restrict__ x, long long M, int C,
+extern "C" __global__ void batch_norm_normalize_f32(const float* __restrict__ x, long long M, int C,
                                             const float* __restrict__ mean, const float* __restrict__ invstd,
                                             const float* __restrict__ gamma, const float* __restrict__ beta,
                                             int relu, float* __restrict__ y) {
@@ -109,7 +109,7 @@ extern "C" __global__ void bn_normalize_f32(const float* __restrict__ x, long lo
 }
 
 // From Σg and Σg·x̂: dβ, dγ, and their means for the input gradient.
-extern "C" __global__ void bn_bwd_stats_f32(const double* __restrict__ sum_g, const double* __restrict__ sum_gx,
+extern "C" __global__ void batch_norm_bwd_stats_f32(const double* __restrict__ sum_g, const double* __restrict__ sum_gx,
                                             long long M, int C, float* __restrict__ mean_g,
                                             float* __restrict__ mean_gx, float* __restrict__ dgamma,
                                             float* __restrict__ dbeta) {
@@ -122,7 +122,7 @@ extern "C" __global__ void bn_bwd_stats_f32(const double* __restrict__ sum_g, co
 }
 
 // dx = γ·invstd·(g − mean(g) − x̂·mean(g·x̂)).
-extern "C" __global__ void bn_bwd_dx_f32(const float* __restrict__ dy, const float* __restrict__ x,
+extern "C" __global__ void batch_norm_bwd_dx_f32(const float* __restrict__ dy, const float* __restrict__ x,
                                          const float* __restrict__ relu_y, long long M, int C,
                                          const float* __restrict__ gamma, const float* __restrict__ mean,
                                          const float* __restrict__ invstd, const float* __restrict__ mean_g,

@@ -2,6 +2,12 @@
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
 /// Whether this binary was built with nvcc and so carries kernels.
 pub fn built_with_kernels() -> bool {
     KernelModule::ALL.iter().all(|m| m.ptx().is_some())
@@ -18,7 +24,7 @@ mod tests {
     #[test]
     fn every_kernel_family_of_the_design_has_a_module() {
         let names: Vec<_> = KernelModule::ALL.iter().map(|m| m.name()).collect();
-        for family in ["gemm", "conv", "preprocess", "loss", "eltwise", "optim", "pool", "norm"] {
+        for family in ["gemm", "conv", "preprocess", "loss", "eltwise", "optim", "pooling", "norm"] {
             assert!(names.contains(&family), "kernels/{family}.cu missing from {names:?}");
         }
     }

@@ -7,11 +7,11 @@
 mod common;
 
 use common::{Rng, assert_close};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::CudaSlice;
 use dfengine::backend::cpu::{eltwise, optim};
-use dfengine::backend::cuda::device::{Device, grid_1d};
+use dfengine::backend::cuda::device::Device;
+use dfengine::backend::cuda::{eltwise as gpu, optim as gpu_optim};
 use dfengine::backend::params::{AdamWParams, SgdParams};
-use dfengine::kernels::KernelModule;
 use half::f16;
 
 /// A tail of 3 after the float4 vectors, and a size past one grid's worth of threads.
@@ -19,92 +19,61 @@ const SIZES: [usize; 3] = [3, 4099, 1_000_003];
 
 fn host<T: cudarc::driver::DeviceRepr + Default + Clone>(dev: &Device, d: &CudaSlice<T>) -> Vec<T> {
     dev.synchronize("the kernel under test").unwrap();
-    dev.stream().clone_dtoh(d).unwrap()
+    dev.download(d).unwrap()
 }
 
 #[test]
 fn elementwise_kernels_match_the_cpu() {
     let Some(dev) = common::gpu_device() else { return };
-    let s = dev.stream().clone();
     let mut rng = Rng::new(40);
     for n in SIZES {
         let x = rng.vec(n, -3.0, 3.0);
         let y0 = rng.vec(n, -3.0, 3.0);
-        let nn = n as i64;
-        let (dx, dy0) = (s.clone_htod(&x).unwrap(), s.clone_htod(&y0).unwrap());
-        let vec_cfg = grid_1d(n.div_ceil(4));
-        let k = |name| dev.kernel(KernelModule::Eltwise, name).unwrap();
-        let shapes = || format!("n = {n}");
+        let (dx, dy0) = (dev.upload(&x).unwrap(), dev.upload(&y0).unwrap());
 
         // relu forward and backward (the forward output of x masks dy0)
-        let mut d_out = s.alloc_zeros::<f32>(n).unwrap();
-        let relu = k("relu_fwd_f32");
-        let mut a = dev.args(&relu);
-        a.arg(&dx).arg(&mut d_out).arg(&nn);
-        // SAFETY (every launch here): arguments follow the kernel's signature in
-        // kernels/eltwise.cu; buffers hold n elements.
-        unsafe { dev.launch(&relu, a, vec_cfg, shapes) }.unwrap();
+        let mut d_out = dev.alloc::<f32>(n).unwrap();
+        gpu::relu_fwd(&dev, &dx, &mut d_out, n).unwrap();
         let mut want = vec![0.0; n];
         eltwise::relu_fwd(&x, &mut want);
         let y_relu = host(&dev, &d_out);
         assert_eq!(y_relu, want, "relu_fwd_f32, n = {n}");
 
-        let d_y = s.clone_htod(&y_relu).unwrap();
-        let mut d_dx = s.alloc_zeros::<f32>(n).unwrap();
-        let bwd = k("relu_bwd_f32");
-        let mut a = dev.args(&bwd);
-        a.arg(&dy0).arg(&d_y).arg(&mut d_dx).arg(&nn);
-        unsafe { dev.launch(&bwd, a, vec_cfg, shapes) }.unwrap();
+        let d_y = dev.upload(&y_relu).unwrap();
+        let mut d_dx = dev.alloc::<f32>(n).unwrap();
+        gpu::relu_bwd(&dev, &dy0, &d_y, &mut d_dx, n).unwrap();
         eltwise::relu_bwd(&y0, &y_relu, &mut want);
         assert_eq!(host(&dev, &d_dx), want, "relu_bwd_f32, n = {n}");
 
         // y += x, then y *= alpha, then fill
-        let mut d_acc = s.clone_htod(&y0).unwrap();
-        let add = k("add_assign_f32");
-        let mut a = dev.args(&add);
-        a.arg(&mut d_acc).arg(&dx).arg(&nn);
-        unsafe { dev.launch(&add, a, vec_cfg, shapes) }.unwrap();
+        let mut d_acc = dev.upload(&y0).unwrap();
+        gpu::add_assign(&dev, &mut d_acc, &dx, n).unwrap();
         let mut want = y0.clone();
         eltwise::add_assign(&mut want, &x);
         assert_eq!(host(&dev, &d_acc), want, "add_assign_f32, n = {n}");
 
         let alpha = 0.37f32;
-        let scale = k("scale_f32");
-        let mut a = dev.args(&scale);
-        a.arg(&mut d_acc).arg(&alpha).arg(&nn);
-        unsafe { dev.launch(&scale, a, vec_cfg, shapes) }.unwrap();
+        gpu::scale(&dev, &mut d_acc, alpha, n).unwrap();
         eltwise::scale(&mut want, alpha);
         assert_eq!(host(&dev, &d_acc), want, "scale_f32, n = {n}");
 
         let value = -1.5f32;
-        let fill = k("fill_f32");
-        let mut a = dev.args(&fill);
-        a.arg(&mut d_acc).arg(&value).arg(&nn);
-        unsafe { dev.launch(&fill, a, vec_cfg, shapes) }.unwrap();
+        gpu::fill(&dev, &mut d_acc, value, n).unwrap();
         assert!(host(&dev, &d_acc).iter().all(|&v| v == value), "fill_f32, n = {n}");
 
         // sigmoid: the kernel's exp is the fast one (a couple of ulp)
-        let sig = k("sigmoid_f32");
-        let mut a = dev.args(&sig);
-        a.arg(&dx).arg(&mut d_out).arg(&nn);
-        unsafe { dev.launch(&sig, a, grid_1d(n), shapes) }.unwrap();
+        gpu::sigmoid(&dev, &dx, &mut d_out, n).unwrap();
         let mut want = vec![0.0; n];
         eltwise::sigmoid(&x, &mut want);
         assert_close(&format!("sigmoid_f32, n = {n}"), &host(&dev, &d_out), &want, 1e-6, 1e-6);
 
         // casts: round to nearest even both ways, bit for bit
-        let mut d_h = s.alloc_zeros::<f16>(n).unwrap();
-        let to_h = k("cast_f32_f16");
-        let mut a = dev.args(&to_h);
-        a.arg(&dx).arg(&mut d_h).arg(&nn);
-        unsafe { dev.launch(&to_h, a, grid_1d(n), shapes) }.unwrap();
+        let mut d_h = dev.alloc::<f16>(n).unwrap();
+        gpu::cast_f32_f16(&dev, &dx, &mut d_h, n).unwrap();
         let mut want_h = vec![f16::ZERO; n];
         eltwise::cast_f32_f16(&x, &mut want_h);
         assert_eq!(host(&dev, &d_h), want_h, "cast_f32_f16, n = {n}");
-        let to_f = k("cast_f16_f32");
-        let mut a = dev.args(&to_f);
-        a.arg(&d_h).arg(&mut d_out).arg(&nn);
-        unsafe { dev.launch(&to_f, a, grid_1d(n), shapes) }.unwrap();
+        gpu::cast_f16_f32(&dev, &d_h, &mut d_out, n).unwrap();
         let mut want = vec![0.0; n];
         eltwise::cast_f16_f32(&want_h, &mut want);
         assert_eq!(host(&dev, &d_out), want, "cast_f16_f32, n = {n}");
@@ -114,33 +83,20 @@ fn elementwise_kernels_match_the_cpu() {
 #[test]
 fn optimizer_kernels_match_the_cpu() {
     let Some(dev) = common::gpu_device() else { return };
-    let s = dev.stream().clone();
     let mut rng = Rng::new(41);
     for n in SIZES {
-        let nn = n as i64;
-        let shapes = || format!("n = {n}");
-        let k = |name| dev.kernel(KernelModule::Optim, name).unwrap();
         let p0 = rng.vec(n, -1.0, 1.0);
         let g = rng.vec(n, -0.1, 0.1);
         let m0 = rng.vec(n, -0.01, 0.01);
         let v0 = rng.vec(n, 0.0, 1e-4);
 
-        // AdamW at step 3: bias corrections from the host in f64, as the CPU twin.
+        // AdamW at step 3 (bias corrections from the host in f64, as the CPU twin).
         let hp = AdamWParams { lr: 1e-3, weight_decay: 0.05, ..AdamWParams::default() };
-        let step = 3u64;
-        let bc1 = 1.0 - (hp.beta1 as f64).powi(step as i32);
-        let bc2_sqrt = (1.0 - (hp.beta2 as f64).powi(step as i32)).sqrt();
-        let (step_size, decay) = ((hp.lr as f64 / bc1) as f32, 1.0 - hp.lr * hp.weight_decay);
-        let (mut dp, dg) = (s.clone_htod(&p0).unwrap(), s.clone_htod(&g).unwrap());
-        let (mut dm, mut dv) = (s.clone_htod(&m0).unwrap(), s.clone_htod(&v0).unwrap());
-        let adamw = k("adamw_step_f32");
-        let mut a = dev.args(&adamw);
-        a.arg(&mut dp).arg(&dg).arg(&mut dm).arg(&mut dv).arg(&nn);
-        a.arg(&hp.beta1).arg(&hp.beta2).arg(&hp.eps).arg(&decay).arg(&step_size).arg(&bc2_sqrt);
-        // SAFETY (every launch here): arguments follow kernels/optim.cu; buffers hold n.
-        unsafe { dev.launch(&adamw, a, grid_1d(n), shapes) }.unwrap();
+        let (mut dp, dg) = (dev.upload(&p0).unwrap(), dev.upload(&g).unwrap());
+        let (mut dm, mut dv) = (dev.upload(&m0).unwrap(), dev.upload(&v0).unwrap());
+        gpu_optim::adamw_step(&dev, &mut dp, &dg, &mut dm, &mut dv, n, &hp, 3).unwrap();
         let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
-        optim::adamw_step(&mut p, &g, &mut m, &mut v, &hp, step);
+        optim::adamw_step(&mut p, &g, &mut m, &mut v, &hp, 3);
         // The device may fuse a multiply-add the CPU rounds twice: a few ulp.
         assert_close(&format!("adamw m, n = {n}"), &host(&dev, &dm), &m, 1e-9, 1e-6);
         assert_close(&format!("adamw v, n = {n}"), &host(&dev, &dv), &v, 1e-12, 1e-6);
@@ -148,15 +104,10 @@ fn optimizer_kernels_match_the_cpu() {
 
         // SGD with momentum and Nesterov, first step and a later one.
         let hp = SgdParams { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 1e-4 };
-        let (mut dp, mut db) = (s.clone_htod(&p0).unwrap(), s.clone_htod(&m0).unwrap());
+        let (mut dp, mut db) = (dev.upload(&p0).unwrap(), dev.upload(&m0).unwrap());
         let (mut p, mut b) = (p0.clone(), m0.clone());
-        let sgd = k("sgd_step_f32");
         for first in [true, false] {
-            let (nesterov, first_i) = (hp.nesterov as i32, first as i32);
-            let mut a = dev.args(&sgd);
-            a.arg(&mut dp).arg(&dg).arg(&mut db).arg(&nn).arg(&hp.lr).arg(&hp.momentum);
-            a.arg(&nesterov).arg(&hp.weight_decay).arg(&first_i);
-            unsafe { dev.launch(&sgd, a, grid_1d(n), shapes) }.unwrap();
+            gpu_optim::sgd_step(&dev, &mut dp, &dg, &mut db, n, &hp, first).unwrap();
             optim::sgd_step(&mut p, &g, &mut b, &hp, first);
         }
         assert_close(&format!("sgd p, n = {n}"), &host(&dev, &dp), &p, 1e-7, 1e-6);
@@ -168,42 +119,16 @@ fn optimizer_kernels_match_the_cpu() {
             if let Some(i) = poison {
                 gs[i] = f32::INFINITY;
             }
-            let mut dgs = s.clone_htod(&gs).unwrap();
-            let mut found = s.alloc_zeros::<i32>(1).unwrap();
+            let mut dgs = dev.upload(&gs).unwrap();
             let inv = 1.0f32 / 1024.0;
-            let unscale = k("unscale_check_f32");
-            let mut a = dev.args(&unscale);
-            a.arg(&mut dgs).arg(&nn).arg(&inv).arg(&mut found);
-            unsafe { dev.launch(&unscale, a, grid_1d(n), shapes) }.unwrap();
+            let found = gpu_optim::unscale_check(&dev, &mut dgs, n, inv).unwrap();
             let want_found = optim::unscale_check(&mut gs, inv);
-            assert_eq!(host(&dev, &found)[0] != 0, want_found, "unscale_check found, n = {n}");
+            assert_eq!(found, want_found, "unscale_check found, n = {n}");
             assert_eq!(host(&dev, &dgs), gs, "unscale_check values, n = {n}");
         }
 
         // Σ g² in f64, twice: the same bits both times, and the CPU's sum to rounding.
-        let chunk = 1usize << 14;
-        let blocks = n.div_ceil(chunk);
-        let mut runs = Vec::new();
-        for _ in 0..2 {
-            let mut partials = s.alloc_zeros::<f64>(blocks).unwrap();
-            let mut total = s.alloc_zeros::<f64>(1).unwrap();
-            let pass1 = k("sum_squares_partial_f32");
-            let (chunk_i, count) = (chunk as i64, blocks as i32);
-            let mut a = dev.args(&pass1);
-            a.arg(&dg).arg(&nn).arg(&chunk_i).arg(&mut partials);
-            let cfg = LaunchConfig {
-                grid_dim: (blocks as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 256 * 8,
-            };
-            unsafe { dev.launch(&pass1, a, cfg, shapes) }.unwrap();
-            let pass2 = k("sum_partials_f64");
-            let mut a = dev.args(&pass2);
-            a.arg(&partials).arg(&count).arg(&mut total);
-            let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 256 * 8 };
-            unsafe { dev.launch(&pass2, a, cfg, shapes) }.unwrap();
-            runs.push(host(&dev, &total)[0]);
-        }
+        let runs: Vec<f64> = (0..2).map(|_| gpu_optim::sum_squares(&dev, &dg, n).unwrap()).collect();
         assert_eq!(runs[0].to_bits(), runs[1].to_bits(), "sum of squares is not deterministic");
         let want = optim::sum_squares(&g);
         assert!((runs[0] - want).abs() <= 1e-12 * want, "sum of squares {} vs CPU {want}", runs[0]);
@@ -212,8 +137,8 @@ fn optimizer_kernels_match_the_cpu() {
 
 #[test]
 fn pooling_kernels_match_the_cpu_bit_for_bit() {
-    use dfengine::backend::cpu::pool;
-    use dfengine::backend::cuda::pool as gpu_pool;
+    use dfengine::backend::cpu::pooling;
+    use dfengine::backend::cuda::pooling as gpu_pooling;
     use dfengine::backend::params::Pool2dGeom;
 
     let Some(dev) = common::gpu_device() else { return };
@@ -232,14 +157,14 @@ fn pooling_kernels_match_the_cpu_bit_for_bit() {
         let dy = rng.vec(yn, -1.0, 1.0);
         let (dx_dev, ddy) = (s.clone_htod(&x).unwrap(), s.clone_htod(&dy).unwrap());
         let mut d_y = s.alloc_zeros::<f32>(yn).unwrap();
-        gpu_pool::max_pool2d_fwd(&dev, &g, &dx_dev, &mut d_y).unwrap();
+        gpu_pooling::max_pool2d_fwd(&dev, &g, &dx_dev, &mut d_y).unwrap();
         let mut want = vec![0.0; yn];
-        pool::max_pool2d_fwd(&g, &x, &mut want);
+        pooling::max_pool2d_fwd(&g, &x, &mut want);
         assert_eq!(bits(&host(&dev, &d_y)), bits(&want), "max pool forward {dims:?}");
         let mut d_dx = s.alloc_zeros::<f32>(xn).unwrap();
-        gpu_pool::max_pool2d_bwd(&dev, &g, &dx_dev, &ddy, &mut d_dx).unwrap();
+        gpu_pooling::max_pool2d_bwd(&dev, &g, &dx_dev, &ddy, &mut d_dx).unwrap();
         let mut want = vec![0.0; xn];
-        pool::max_pool2d_bwd(&g, &x, &dy, &mut want);
+        pooling::max_pool2d_bwd(&g, &x, &dy, &mut want);
         assert_eq!(bits(&host(&dev, &d_dx)), bits(&want), "max pool backward {dims:?}");
     }
     // Global average pool (group = H·W = 49) and temporal mean (group = T = 16).
@@ -248,14 +173,14 @@ fn pooling_kernels_match_the_cpu_bit_for_bit() {
         let dy = rng.vec(blocks * c, -1.0, 1.0);
         let (d_x, d_dy) = (s.clone_htod(&x).unwrap(), s.clone_htod(&dy).unwrap());
         let mut d_y = s.alloc_zeros::<f32>(blocks * c).unwrap();
-        gpu_pool::mean_rows(&dev, &d_x, &mut d_y, blocks, group, c).unwrap();
+        gpu_pooling::mean_rows(&dev, &d_x, &mut d_y, blocks, group, c).unwrap();
         let mut want = vec![0.0; blocks * c];
-        pool::mean_rows(&x, group, c, &mut want);
+        pooling::mean_rows(&x, group, c, &mut want);
         assert_eq!(bits(&host(&dev, &d_y)), bits(&want), "mean over {group} rows");
         let mut d_dx = s.alloc_zeros::<f32>(blocks * group * c).unwrap();
-        gpu_pool::mean_rows_bwd(&dev, &d_dy, &mut d_dx, blocks, group, c).unwrap();
+        gpu_pooling::mean_rows_bwd(&dev, &d_dy, &mut d_dx, blocks, group, c).unwrap();
         let mut want = vec![0.0; blocks * group * c];
-        pool::mean_rows_bwd(&dy, group, c, &mut want);
+        pooling::mean_rows_bwd(&dy, group, c, &mut want);
         assert_eq!(bits(&host(&dev, &d_dx)), bits(&want), "mean backward over {group} rows");
     }
 }

@@ -173,47 +173,28 @@ fn yuv420_input_matches_the_rgb_path_on_the_same_picture() {
     assert_close("I420 vs RGB", &got, &want, 0.06, 0.0);
 }
 
-/// Runs kernel `name` of kernels/preprocess.cu on frames `src` (`h × w`, its input format)
-/// with `ops`, and returns the output as f32. `None` without a GPU (the reason printed).
+/// The preprocessing kernel for `format` on frames `src` (`h × w`) with `ops`, through its
+/// host function; the output as f32. `None` without a GPU (the reason printed).
 #[cfg(feature = "cuda")]
 fn run_preprocess_kernel(
-    name: &'static str,
+    format: dfengine::backend::cuda::preprocess::FrameFormat,
     src: &[u8],
     h: usize,
     w: usize,
     ops: &[FrameOp],
     side: usize,
 ) -> Option<Vec<f32>> {
-    use cudarc::driver::{LaunchConfig, PushKernelArg};
-    use dfengine::kernels::KernelModule;
+    use dfengine::backend::cuda::preprocess::preprocess_frames;
+    use dfengine::backend::params::Normalize;
+    use dfengine::data::preprocess::frame_params;
     use half::f16;
 
     let dev = common::gpu_device()?;
-    let stream = dev.stream();
-    let kernel = dev.kernel(KernelModule::Preprocess, name).unwrap();
-    let n = ops.len();
-    let crops: Vec<i32> =
-        ops.iter().flat_map(|o| [o.crop.y0, o.crop.x0, o.crop.h, o.crop.w].map(|v| v as i32)).collect();
-    let flips: Vec<u8> = ops.iter().map(|o| o.flip as u8).collect();
-    let jitter: Vec<f32> = ops.iter().flat_map(|o| [o.brightness, o.contrast]).collect();
-    let d_src = stream.clone_htod(src).unwrap();
-    let d_crops = stream.clone_htod(&crops).unwrap();
-    let d_flips = stream.clone_htod(&flips).unwrap();
-    let d_jitter = stream.clone_htod(&jitter).unwrap();
-    let mut d_out = stream.alloc_zeros::<f16>(n * side * side * 3).unwrap();
-    let (ni, hi, wi, si) = (n as i32, h as i32, w as i32, side as i32);
-    let [mr, mg, mb] = IMAGENET_MEAN;
-    let [sr, sg, sb] = IMAGENET_STD;
-    let pixels = (n * side * side) as u32;
-    let mut args = dev.args(&kernel);
-    args.arg(&d_src).arg(&ni).arg(&hi).arg(&wi).arg(&d_crops).arg(&d_flips).arg(&d_jitter).arg(&mut d_out);
-    args.arg(&si).arg(&mr).arg(&mg).arg(&mb).arg(&sr).arg(&sg).arg(&sb);
-    let cfg =
-        LaunchConfig { grid_dim: (pixels.div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: both preprocess kernels take these arguments (kernels/preprocess.cu), and
-    // every buffer holds the elements the grid touches.
-    unsafe { dev.launch(&kernel, args, cfg, || format!("{n} frames {h}×{w} → {side}²")) }.unwrap();
-    Some(stream.clone_dtoh(&d_out).unwrap().into_iter().map(f16::to_f32).collect())
+    let d_src = dev.upload(src).unwrap();
+    let mut d_out = dev.alloc::<f16>(ops.len() * side * side * 3).unwrap();
+    let norm = Normalize { mean: IMAGENET_MEAN, std: IMAGENET_STD };
+    preprocess_frames(&dev, format, &d_src, (h, w), &frame_params(ops), side, norm, &mut d_out).unwrap();
+    Some(dev.download(&d_out).unwrap().into_iter().map(f16::to_f32).collect())
 }
 
 /// Odd sizes, crops, flips and jitter for the kernel parity tests.
@@ -231,11 +212,12 @@ fn parity_ops() -> [FrameOp; 3] {
 #[cfg(feature = "cuda")]
 #[test]
 fn preprocess_u8_f16_matches_cpu() {
+    use dfengine::backend::cuda::preprocess::FrameFormat;
     let (n, h, w, side) = (3usize, 37usize, 53usize, 24usize);
     let src = frame(n * h, w, |y, x, c| ((y * 31 + x * 17 + c * 59) % 251) as u8);
     let ops = parity_ops();
     let want = preprocess(&src, h, w, &ops, side, IMAGENET_MEAN, IMAGENET_STD);
-    let Some(got) = run_preprocess_kernel("preprocess_u8_f16", &src, h, w, &ops, side) else { return };
+    let Some(got) = run_preprocess_kernel(FrameFormat::Rgb, &src, h, w, &ops, side) else { return };
     // f16 keeps 11 significant bits: normalised values up to ~2.7 round by ≤ 2⁻⁹·2.7.
     assert_close("preprocess_u8_f16 vs CPU", &got, &want, 2e-3, 1e-3);
 }
@@ -244,10 +226,11 @@ fn preprocess_u8_f16_matches_cpu() {
 #[cfg(feature = "cuda")]
 #[test]
 fn preprocess_yuv420_f16_matches_cpu() {
+    use dfengine::backend::cuda::preprocess::FrameFormat;
     let (h, w, side) = (37usize, 53usize, 24usize);
     let ops = parity_ops();
     let src: Vec<u8> = (0..ops.len() * yuv420_len(h, w)).map(|i| ((i * 37 + i / 7) % 251) as u8).collect();
     let want = preprocess_yuv420(&src, h, w, &ops, side, IMAGENET_MEAN, IMAGENET_STD);
-    let Some(got) = run_preprocess_kernel("preprocess_yuv420_f16", &src, h, w, &ops, side) else { return };
+    let Some(got) = run_preprocess_kernel(FrameFormat::I420, &src, h, w, &ops, side) else { return };
     assert_close("preprocess_yuv420_f16 vs CPU", &got, &want, 2e-3, 1e-3);
 }

@@ -7,6 +7,22 @@ use super::error::{OpError, shape_err};
 /// so that their statistics agree bit for bit.
 pub const STATS_CHUNK_ROWS: usize = 256;
 
+/// The per-frame parameters of preprocessing, in the layout kernels/preprocess.cu reads:
+/// the crop (y0, x0, h, w) in source pixels, the mirror flag, and (brightness, contrast).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FrameParams {
+    pub crops: Vec<[i32; 4]>,
+    pub flips: Vec<u8>,
+    pub jitter: Vec<[f32; 2]>,
+}
+
+/// How preprocessing normalises: (v − mean) / std per RGB channel, on 0..1 values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalize {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
 /// A 2-D convolution of `x` [N, H, W, C] with `w` [K, R, S, C] into `y` [N, P, Q, K].
 /// Dilation 1, groups 1, no bias (ResNet convolutions feed batch norm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use crate::backend::params::FrameParams;
+
 /// A crop rectangle inside a frame, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rect {
@@ -22,6 +24,15 @@ pub struct FrameOp {
     pub flip: bool,
     pub brightness: f32,
     pub contrast: f32,
+}
+
+/// The frames' parameters in the layout the preprocessing kernels read.
+pub fn frame_params(ops: &[FrameOp]) -> FrameParams {
+    FrameParams {
+        crops: ops.iter().map(|o| [o.crop.y0, o.crop.x0, o.crop.h, o.crop.w].map(|v| v as i32)).collect(),
+        flips: ops.iter().map(|o| o.flip as u8).collect(),
+        jitter: ops.iter().map(|o| [o.brightness, o.contrast]).collect(),
+    }
 }
 
 /// ImageNet statistics, the default for ResNets pretrained on it.

@@ -10,7 +10,7 @@ pub mod gemm;
 pub mod loss;
 pub mod norm;
 pub mod optim;
-pub mod pool;
+pub mod pooling;
 pub mod storage;
 
 use std::sync::{Arc, PoisonError};
@@ -160,7 +160,7 @@ impl Backend for CpuBackend {
         let mut dw = self.alloc([fout, fin])?;
         gemm::gemm(1.0, dym.t(), MatRef::row_major(x.storage(), n, fin), 0.0, fresh(&mut dw));
         let mut db = self.alloc([fout])?;
-        pool::mean_rows(dy.storage(), n, fout, fresh(&mut db));
+        pooling::mean_rows(dy.storage(), n, fout, fresh(&mut db));
         eltwise::scale(fresh(&mut db), n as f32);
         Ok(LinearGrads { dx, dw, db })
     }
@@ -339,7 +339,7 @@ impl Backend for CpuBackend {
     ) -> Result<CpuTensor, OpError> {
         let g = Pool2dGeom::new(dims("max_pool2d", "x", x)?, window, stride, pad)?;
         let mut y = self.alloc(g.y_dims())?;
-        pool::max_pool2d_fwd(&g, x.storage(), fresh(&mut y));
+        pooling::max_pool2d_fwd(&g, x.storage(), fresh(&mut y));
         Ok(y)
     }
 
@@ -354,14 +354,14 @@ impl Backend for CpuBackend {
         let g = Pool2dGeom::new(dims("max_pool2d_bwd", "x", x)?, window, stride, pad)?;
         expect_dims("max_pool2d_bwd", "dy", dy, &g.y_dims())?;
         let mut dx = self.alloc(x.shape().clone())?;
-        pool::max_pool2d_bwd(&g, x.storage(), dy.storage(), fresh(&mut dx));
+        pooling::max_pool2d_bwd(&g, x.storage(), dy.storage(), fresh(&mut dx));
         Ok(dx)
     }
 
     fn global_avg_pool_fwd(&self, x: &CpuTensor) -> Result<CpuTensor, OpError> {
         let [n, h, w, c] = dims("global_avg_pool", "x", x)?;
         let mut y = self.alloc([n, c])?;
-        pool::mean_rows(x.storage(), h * w, c, fresh(&mut y));
+        pooling::mean_rows(x.storage(), h * w, c, fresh(&mut y));
         Ok(y)
     }
 
@@ -369,21 +369,21 @@ impl Backend for CpuBackend {
         let [n, h, w, c] = x_dims;
         expect_dims("global_avg_pool_bwd", "dy", dy, &[n, c])?;
         let mut dx = self.alloc(x_dims)?;
-        pool::mean_rows_bwd(dy.storage(), h * w, c, fresh(&mut dx));
+        pooling::mean_rows_bwd(dy.storage(), h * w, c, fresh(&mut dx));
         Ok(dx)
     }
 
     fn temporal_mean_fwd(&self, x: &CpuTensor, t: usize) -> Result<CpuTensor, OpError> {
         let [bt, c] = dims("temporal_mean", "x", x)?;
         let mut y = self.alloc([check::clips("temporal_mean", bt, t)?, c])?;
-        pool::mean_rows(x.storage(), t, c, fresh(&mut y));
+        pooling::mean_rows(x.storage(), t, c, fresh(&mut y));
         Ok(y)
     }
 
     fn temporal_mean_bwd(&self, dy: &CpuTensor, t: usize) -> Result<CpuTensor, OpError> {
         let [b, c] = dims("temporal_mean_bwd", "dy", dy)?;
         let mut dx = self.alloc([b * t, c])?;
-        pool::mean_rows_bwd(dy.storage(), t, c, fresh(&mut dx));
+        pooling::mean_rows_bwd(dy.storage(), t, c, fresh(&mut dx));
         Ok(dx)
     }
 

@@ -16,9 +16,9 @@ use half::f16;
 use super::buffer::PoolSlice;
 use super::conv::{self, Epilogue};
 use super::device::{CudaError, Device};
-use super::eltwise::{self, Unary};
+use super::eltwise;
 use super::gemm::{GemmNt, GemmOut, GemmRef, gemm_nt, gemm_reference};
-use super::{loss, norm, optim, pool};
+use super::{loss, norm, optim, pooling};
 use crate::backend::check::{self, dims, expect_dims, same_shape};
 use crate::backend::error::{OpError, shape_err};
 use crate::backend::ops::{Backend, BnForward, BnGrads, BnSaved, LinearGrads};
@@ -218,8 +218,8 @@ impl Backend for CudaBackend {
         };
         gemm_reference(&self.dev, &r, fresh(&mut dw))?;
         let mut db = self.alloc([fout])?;
-        pool::mean_rows(&self.dev, dy.storage(), fresh(&mut db), 1, n, fout)?;
-        eltwise::scalar(&self.dev, "scale_f32", fresh(&mut db), n as f32, fout)?;
+        pooling::mean_rows(&self.dev, dy.storage(), fresh(&mut db), 1, n, fout)?;
+        eltwise::scale(&self.dev, fresh(&mut db), n as f32, fout)?;
         Ok(LinearGrads { dx, dw, db })
     }
 
@@ -363,7 +363,7 @@ impl Backend for CudaBackend {
 
     fn relu_fwd(&self, x: &CudaTensor) -> Result<CudaTensor, OpError> {
         let mut y = self.alloc(x.shape().clone())?;
-        eltwise::unary(&self.dev, Unary::Relu, x.storage(), fresh(&mut y), x.numel())?;
+        eltwise::relu_fwd(&self.dev, x.storage(), fresh(&mut y), x.numel())?;
         Ok(y)
     }
 
@@ -383,19 +383,19 @@ impl Backend for CudaBackend {
 
     fn scale(&self, y: &mut CudaTensor, alpha: f32) -> Result<(), OpError> {
         let n = y.numel();
-        eltwise::scalar(&self.dev, "scale_f32", exclusive("scale", "y", y)?, alpha, n)?;
+        eltwise::scale(&self.dev, exclusive("scale", "y", y)?, alpha, n)?;
         Ok(())
     }
 
     fn fill(&self, y: &mut CudaTensor, value: f32) -> Result<(), OpError> {
         let n = y.numel();
-        eltwise::scalar(&self.dev, "fill_f32", exclusive("fill", "y", y)?, value, n)?;
+        eltwise::fill(&self.dev, exclusive("fill", "y", y)?, value, n)?;
         Ok(())
     }
 
     fn sigmoid(&self, x: &CudaTensor) -> Result<CudaTensor, OpError> {
         let mut y = self.alloc(x.shape().clone())?;
-        eltwise::unary(&self.dev, Unary::Sigmoid, x.storage(), fresh(&mut y), x.numel())?;
+        eltwise::sigmoid(&self.dev, x.storage(), fresh(&mut y), x.numel())?;
         Ok(y)
     }
 
@@ -408,7 +408,7 @@ impl Backend for CudaBackend {
     ) -> Result<CudaTensor, OpError> {
         let g = Pool2dGeom::new(dims("max_pool2d", "x", x)?, window, stride, pad)?;
         let mut y = self.alloc(g.y_dims())?;
-        pool::max_pool2d_fwd(&self.dev, &g, x.storage(), fresh(&mut y))?;
+        pooling::max_pool2d_fwd(&self.dev, &g, x.storage(), fresh(&mut y))?;
         Ok(y)
     }
 
@@ -423,14 +423,14 @@ impl Backend for CudaBackend {
         let g = Pool2dGeom::new(dims("max_pool2d_bwd", "x", x)?, window, stride, pad)?;
         expect_dims("max_pool2d_bwd", "dy", dy, &g.y_dims())?;
         let mut dx = self.alloc(x.shape().clone())?;
-        pool::max_pool2d_bwd(&self.dev, &g, x.storage(), dy.storage(), fresh(&mut dx))?;
+        pooling::max_pool2d_bwd(&self.dev, &g, x.storage(), dy.storage(), fresh(&mut dx))?;
         Ok(dx)
     }
 
     fn global_avg_pool_fwd(&self, x: &CudaTensor) -> Result<CudaTensor, OpError> {
         let [n, h, w, c] = dims("global_avg_pool", "x", x)?;
         let mut y = self.alloc([n, c])?;
-        pool::mean_rows(&self.dev, x.storage(), fresh(&mut y), n, h * w, c)?;
+        pooling::mean_rows(&self.dev, x.storage(), fresh(&mut y), n, h * w, c)?;
         Ok(y)
     }
 
@@ -438,7 +438,7 @@ impl Backend for CudaBackend {
         let [n, h, w, c] = x_dims;
         expect_dims("global_avg_pool_bwd", "dy", dy, &[n, c])?;
         let mut dx = self.alloc(x_dims)?;
-        pool::mean_rows_bwd(&self.dev, dy.storage(), fresh(&mut dx), n, h * w, c)?;
+        pooling::mean_rows_bwd(&self.dev, dy.storage(), fresh(&mut dx), n, h * w, c)?;
         Ok(dx)
     }
 
@@ -446,14 +446,14 @@ impl Backend for CudaBackend {
         let [bt, c] = dims("temporal_mean", "x", x)?;
         let b = check::clips("temporal_mean", bt, t)?;
         let mut y = self.alloc([b, c])?;
-        pool::mean_rows(&self.dev, x.storage(), fresh(&mut y), b, t, c)?;
+        pooling::mean_rows(&self.dev, x.storage(), fresh(&mut y), b, t, c)?;
         Ok(y)
     }
 
     fn temporal_mean_bwd(&self, dy: &CudaTensor, t: usize) -> Result<CudaTensor, OpError> {
         let [b, c] = dims("temporal_mean_bwd", "dy", dy)?;
         let mut dx = self.alloc([b * t, c])?;
-        pool::mean_rows_bwd(&self.dev, dy.storage(), fresh(&mut dx), b, t, c)?;
+        pooling::mean_rows_bwd(&self.dev, dy.storage(), fresh(&mut dx), b, t, c)?;
         Ok(dx)
     }
 

@@ -11,7 +11,7 @@ use super::device::{CudaError, Device, check_len, check_lens, grid_1d, push_opti
 use super::gemm::{GemmNt, GemmOut, gemm_nt};
 use super::tiles::{TileShape, WgradPlan, pick_n64, plan_wgrad, reduction_tiles};
 use crate::backend::params::Conv2dGeom;
-use crate::kernels::KernelModule;
+use crate::kernels::{Entry, entries};
 
 /// Channels the implicit-GEMM loaders copy at a time (16 bytes of FP16).
 const VECTOR: usize = 8;
@@ -63,12 +63,12 @@ fn geom_args(g: &Conv2dGeom) -> [i32; 13] {
 }
 
 /// The element counts of x, w and y, checked against the 32-bit row indices of the kernels.
-fn sizes(name: &'static str, g: &Conv2dGeom) -> Result<(usize, usize, usize), CudaError> {
+fn sizes(entry: Entry, g: &Conv2dGeom) -> Result<(usize, usize, usize), CudaError> {
     let (xn, wn, yn) = (g.n * g.h * g.w * g.c, g.k * g.r * g.s * g.c, g.n * g.p * g.q * g.k);
     let rows = (g.n * g.h * g.w).max(g.n * g.p * g.q);
     if rows > i32::MAX as usize || g.r * g.s * g.c.max(g.k) > i32::MAX as usize {
         return Err(CudaError::Arguments {
-            kernel: name,
+            kernel: entry,
             detail: format!("{g:?}: more pixels or taps than the kernels' 32-bit indices"),
         });
     }
@@ -84,7 +84,7 @@ fn pad_channels(
 ) -> Result<PoolSlice<f16>, CudaError> {
     let c_pad = c.next_multiple_of(VECTOR);
     let mut dst = dev.alloc::<f16>(rows * c_pad)?;
-    let kernel = dev.kernel(KernelModule::Conv, "conv_pad_channels_f16")?;
+    let kernel = dev.kernel(entries::CONV_PAD_CHANNELS_F16)?;
     let (rows_i, c_i, c_pad_i) = (rows as i64, c as i32, c_pad as i32);
     let mut args = dev.args(&kernel);
     args.arg(src).arg(&mut dst).arg(&rows_i).arg(&c_i).arg(&c_pad_i);
@@ -96,15 +96,15 @@ fn pad_channels(
 }
 
 /// The forward entry point built with `tile` (kernels/conv.cu).
-fn fwd_entry(tile: TileShape) -> &'static str {
+fn fwd_entry(tile: TileShape) -> Entry {
     match tile {
-        TileShape::M128N64 => "conv2d_fwd_implicit_f16_128x64",
-        _ => "conv2d_fwd_implicit_f16_128x128",
+        TileShape::M128N64 => entries::CONV2D_FWD_IMPLICIT_F16_128X64,
+        _ => entries::CONV2D_FWD_IMPLICIT_F16_128X128,
     }
 }
 
 /// The kernel `conv2d_fwd` runs for `g` on `dev` (after padding the stem's channels).
-pub fn fwd_kernel_for(dev: &Device, g: &Conv2dGeom) -> &'static str {
+pub fn fwd_kernel_for(dev: &Device, g: &Conv2dGeom) -> Entry {
     let g = padded(g);
     if is_pointwise(&g) {
         return super::gemm::kernel_for(dev, g.n * g.p * g.q, g.k, g.c);
@@ -123,10 +123,10 @@ pub fn conv2d_fwd(
     y: GemmOut<'_>,
     epi: Epilogue<'_>,
 ) -> Result<(), CudaError> {
-    let name = fwd_kernel_for(dev, g);
-    let (xn, wn, yn) = sizes(name, g)?;
-    check_lens(name, &[("x", x.len(), xn), ("w", w.len(), wn), ("y", y.len(), yn)])?;
-    check_len(name, "bias", epi.bias.map_or(g.k, |b| b.len()), g.k)?;
+    let entry = fwd_kernel_for(dev, g);
+    let (xn, wn, yn) = sizes(entry, g)?;
+    check_lens(entry, &[("x", x.len(), xn), ("w", w.len(), wn), ("y", y.len(), yn)])?;
+    check_len(entry, "bias", epi.bias.map_or(g.k, |b| b.len()), g.k)?;
     if g.c % VECTOR != 0 {
         let xp = pad_channels(dev, x, g.n * g.h * g.w, g.c)?;
         let wp = pad_channels(dev, w, g.k * g.r * g.s, g.c)?;
@@ -138,7 +138,7 @@ pub fn conv2d_fwd(
         return gemm_nt(dev, &gemm, y);
     }
     let tile = pick_n64(g.n * g.p * g.q, g.k, dev.sm_count);
-    let kernel = dev.kernel(KernelModule::Conv, name)?;
+    let kernel = dev.kernel(entry)?;
     let (dims, alpha, relu) = (geom_args(g), 1.0f32, epi.relu as i32);
     let mut y = y;
     let out_f16 = y.f16_flag();
@@ -162,10 +162,10 @@ pub fn conv2d_fwd_reference(
     w: &CudaSlice<f16>,
     y: &mut CudaSlice<f16>,
 ) -> Result<(), CudaError> {
-    let name = "conv2d_fwd_ref_f16";
-    let (xn, wn, yn) = sizes(name, g)?;
-    check_lens(name, &[("x", x.len(), xn), ("w", w.len(), wn), ("y", y.len(), yn)])?;
-    let kernel = dev.kernel(KernelModule::Conv, name)?;
+    let entry = entries::CONV2D_FWD_REF_F16;
+    let (xn, wn, yn) = sizes(entry, g)?;
+    check_lens(entry, &[("x", x.len(), xn), ("w", w.len(), wn), ("y", y.len(), yn)])?;
+    let kernel = dev.kernel(entry)?;
     let dims = geom_args(g);
     let mut args = dev.args(&kernel);
     args.arg(x).arg(w).arg(y);
@@ -179,10 +179,10 @@ pub fn conv2d_fwd_reference(
     unsafe { dev.launch(&kernel, args, cfg, || format!("{g:?}")) }
 }
 
-fn dgrad_entry(tile: TileShape) -> &'static str {
+fn dgrad_entry(tile: TileShape) -> Entry {
     match tile {
-        TileShape::M128N64 => "conv2d_dgrad_implicit_f16_128x64",
-        _ => "conv2d_dgrad_implicit_f16_128x128",
+        TileShape::M128N64 => entries::CONV2D_DGRAD_IMPLICIT_F16_128X64,
+        _ => entries::CONV2D_DGRAD_IMPLICIT_F16_128X128,
     }
 }
 
@@ -200,16 +200,16 @@ pub fn conv2d_dgrad(
 ) -> Result<(), CudaError> {
     let pixels = g.n * g.h * g.w;
     let tile = pick_n64(pixels, g.c, dev.sm_count);
-    let name = dgrad_entry(tile);
-    let bad = |detail: String| CudaError::Arguments { kernel: name, detail };
+    let entry = dgrad_entry(tile);
+    let bad = |detail: String| CudaError::Arguments { kernel: entry, detail };
     if g.k % VECTOR != 0 {
         return Err(bad(format!("K = {} output channels: the kernel needs a multiple of 8", g.k)));
     }
-    let (xn, wn, yn) = sizes(name, g)?;
-    check_lens(name, &[("dy", dy.len(), yn), ("w", w.len(), wn), ("dx", dx.len(), xn)])?;
+    let (xn, wn, yn) = sizes(entry, g)?;
+    check_lens(entry, &[("dy", dy.len(), yn), ("w", w.len(), wn), ("dx", dx.len(), xn)])?;
     let shapes = || format!("{g:?}");
     let mut wt = dev.alloc::<f16>(wn)?;
-    let transpose = dev.kernel(KernelModule::Conv, "conv_weight_krsc_to_crsk_f16")?;
+    let transpose = dev.kernel(entries::CONV_WEIGHT_KRSC_TO_CRSK_F16)?;
     let [_, _, _, c, k, r, s, ..] = geom_args(g);
     let mut args = dev.args(&transpose);
     args.arg(w).arg(&mut wt).arg(&k).arg(&r).arg(&s).arg(&c);
@@ -221,7 +221,7 @@ pub fn conv2d_dgrad(
             GemmNt { m: pixels, n: g.c, k: g.k, alpha: 1.0, a: dy, b: &wt, beta, bias: None, relu: false };
         return gemm_nt(dev, &gemm, dx);
     }
-    let kernel = dev.kernel(KernelModule::Conv, name)?;
+    let kernel = dev.kernel(entry)?;
     let (dims, alpha) = (geom_args(g), 1.0f32);
     let mut dx = dx;
     let out_f16 = dx.f16_flag();
@@ -234,10 +234,10 @@ pub fn conv2d_dgrad(
     unsafe { dev.launch(&kernel, args, tile.launch(pixels, g.c, 1), shapes) }
 }
 
-fn wgrad_entry(tile: TileShape) -> &'static str {
+fn wgrad_entry(tile: TileShape) -> Entry {
     match tile {
-        TileShape::M64N128 => "conv2d_wgrad_implicit_f16_64x128",
-        _ => "conv2d_wgrad_implicit_f16_128x128",
+        TileShape::M64N128 => entries::CONV2D_WGRAD_IMPLICIT_F16_64X128,
+        _ => entries::CONV2D_WGRAD_IMPLICIT_F16_128X128,
     }
 }
 
@@ -271,13 +271,13 @@ pub fn conv2d_wgrad_planned(
     beta: f32,
     plan: WgradPlan,
 ) -> Result<(), CudaError> {
-    let name = wgrad_entry(plan.tile);
-    let bad = |detail: String| CudaError::Arguments { kernel: name, detail };
+    let entry = wgrad_entry(plan.tile);
+    let bad = |detail: String| CudaError::Arguments { kernel: entry, detail };
     if g.k % VECTOR != 0 {
         return Err(bad(format!("K = {} output channels: the kernel needs a multiple of 8", g.k)));
     }
-    let (xn, wn, yn) = sizes(name, g)?;
-    check_lens(name, &[("x", x.len(), xn), ("dy", dy.len(), yn), ("dw", dw.len(), wn)])?;
+    let (xn, wn, yn) = sizes(entry, g)?;
+    check_lens(entry, &[("x", x.len(), xn), ("dy", dy.len(), yn), ("dw", dw.len(), wn)])?;
     let pixels = g.n * g.p * g.q;
     if !plan.covers(pixels) {
         let k_tiles = reduction_tiles(pixels);
@@ -294,7 +294,7 @@ pub fn conv2d_wgrad_planned(
     let direct = plan.splits == 1 && gp.c == g.c;
     let mut workspace = if direct { None } else { Some(dev.alloc::<f32>(plan.splits * g.k * cols)?) };
     let shapes = || format!("{g:?} {plan:?}");
-    let kernel = dev.kernel(KernelModule::Conv, name)?;
+    let kernel = dev.kernel(entry)?;
     let dims = geom_args(&gp);
     let tps = plan.tiles_per_split as i32;
     let (alpha, out_beta) = if direct { (1.0f32, beta) } else { (1.0f32, 0.0f32) };
@@ -311,7 +311,7 @@ pub fn conv2d_wgrad_planned(
     unsafe { dev.launch(&kernel, args, plan.tile.launch(g.k, cols, plan.splits), shapes) }?;
 
     if let Some(ws) = workspace {
-        let reduce = dev.kernel(KernelModule::Conv, "conv2d_wgrad_reduce_f32")?;
+        let reduce = dev.kernel(entries::CONV2D_WGRAD_REDUCE_F32)?;
         let (splits, krs, c_pad, c) = (plan.splits as i32, (g.k * g.r * g.s) as i64, gp.c as i32, g.c as i32);
         let mut args = dev.args(&reduce);
         args.arg(&ws).arg(&mut *dw).arg(&splits).arg(&krs).arg(&c_pad).arg(&c).arg(&alpha).arg(&beta);

@@ -14,7 +14,7 @@ use cudarc::nvrtc::Ptx;
 
 use super::buffer::{DevicePool, PoolSlice};
 use super::probe::{GpuProbe, probe};
-use crate::kernels::KernelModule;
+use crate::kernels::{Entry, KernelModule};
 use crate::memory::cuda_backing::CudaBacking;
 use crate::memory::{Pool, PoolError};
 
@@ -27,13 +27,19 @@ pub enum CudaError {
     Device { ordinal: u32, source: DriverError },
     #[error("loading kernels/{module}.cu: {source}")]
     Module { module: &'static str, source: DriverError },
-    #[error("kernel {kernel} not in kernels/{module}.cu: {source}")]
-    Missing { module: &'static str, kernel: &'static str, source: DriverError },
+    #[error("kernel {kernel} not in kernels/{}.cu: {source}", kernel.module.name())]
+    Missing { kernel: Entry, source: DriverError },
     #[error("kernel {kernel} ({shapes}): {source}")]
-    Launch { kernel: &'static str, shapes: String, source: DriverError },
+    Launch { kernel: Entry, shapes: String, source: DriverError },
+    /// A copy between host and device failed.
+    #[error("copy {what}: {source}")]
+    Copy { what: &'static str, source: DriverError },
+    /// An error raised asynchronously by the work before a synchronisation.
+    #[error("{after} (at synchronize): {source}")]
+    Synchronize { after: &'static str, source: DriverError },
     /// Arguments a kernel cannot take (checked before launching).
     #[error("kernel {kernel}: {detail}")]
-    Arguments { kernel: &'static str, detail: String },
+    Arguments { kernel: Entry, detail: String },
     /// The pool could not give an op its memory (an out-of-memory under the budget, or a
     /// driver mapping failure).
     #[error("device memory: {0}")]
@@ -62,7 +68,7 @@ pub fn push_optional<'a, T>(args: &mut LaunchArgs<'a>, v: Option<&'a CudaSlice<T
 }
 
 /// A buffer `what` must hold at least `need` elements for `kernel`.
-pub fn check_len(kernel: &'static str, what: &str, have: usize, need: usize) -> Result<(), CudaError> {
+pub fn check_len(kernel: Entry, what: &str, have: usize, need: usize) -> Result<(), CudaError> {
     if have < need {
         return Err(CudaError::Arguments {
             kernel,
@@ -73,7 +79,7 @@ pub fn check_len(kernel: &'static str, what: &str, have: usize, need: usize) -> 
 }
 
 /// Every buffer in `lens` (what, holds, needs) must hold what it needs.
-pub fn check_lens(kernel: &'static str, lens: &[(&str, usize, usize)]) -> Result<(), CudaError> {
+pub fn check_lens(kernel: Entry, lens: &[(&str, usize, usize)]) -> Result<(), CudaError> {
     lens.iter().try_for_each(|(what, have, need)| check_len(kernel, what, *have, *need))
 }
 
@@ -104,7 +110,7 @@ pub struct Device {
 /// A kernel entry point, ready to launch.
 #[derive(Clone)]
 pub struct Kernel {
-    pub name: &'static str,
+    pub entry: Entry,
     function: CudaFunction,
 }
 
@@ -151,9 +157,26 @@ impl Device {
         Ok(PoolSlice::zeroed(&self.stream, &self.pool, len)?)
     }
 
-    /// Kernel `name` of `module`; the module's PTX is loaded (JIT-compiled by the driver)
-    /// on first use only.
-    pub fn kernel(&self, module: KernelModule, name: &'static str) -> Result<Kernel, CudaError> {
+    /// `data` copied into a new block of the pool.
+    pub fn upload<T: DeviceRepr + ValidAsZeroBits>(&self, data: &[T]) -> Result<PoolSlice<T>, CudaError> {
+        let mut buf = self.alloc::<T>(data.len())?;
+        if !data.is_empty() {
+            self.stream
+                .memcpy_htod(data, &mut *buf)
+                .map_err(|source| CudaError::Copy { what: "to the device", source })?;
+        }
+        Ok(buf)
+    }
+
+    /// The elements of `buf`, after the work queued before on the stream.
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>, CudaError> {
+        self.stream.clone_dtoh(buf).map_err(|source| CudaError::Copy { what: "to the host", source })
+    }
+
+    /// The kernel of `entry`; its module's PTX is loaded (JIT-compiled by the driver) on
+    /// first use only.
+    pub fn kernel(&self, entry: Entry) -> Result<Kernel, CudaError> {
+        let module = entry.module;
         let loaded = {
             let mut modules = self.modules.lock().unwrap_or_else(PoisonError::into_inner);
             match modules.get(&module) {
@@ -171,12 +194,10 @@ impl Device {
                 }
             }
         };
-        let function = loaded.load_function(name).map_err(|source| CudaError::Missing {
-            module: module.name(),
-            kernel: name,
-            source,
-        })?;
-        Ok(Kernel { name, function })
+        let function = loaded
+            .load_function(entry.name)
+            .map_err(|source| CudaError::Missing { kernel: entry, source })?;
+        Ok(Kernel { entry, function })
     }
 
     /// A launch of `kernel` on this device's stream: push the arguments, then `launch`.
@@ -198,7 +219,7 @@ impl Device {
     ) -> Result<(), CudaError> {
         // SAFETY: the caller's contract.
         unsafe { args.launch(cfg) }.map(|_| ()).map_err(|source| CudaError::Launch {
-            kernel: kernel.name,
+            kernel: kernel.entry,
             shapes: shapes(),
             source,
         })
@@ -207,11 +228,7 @@ impl Device {
     /// Waits for the stream; an error a kernel raised asynchronously surfaces here, named
     /// by `after` (what was running).
     pub fn synchronize(&self, after: &'static str) -> Result<(), CudaError> {
-        self.stream.synchronize().map_err(|source| CudaError::Launch {
-            kernel: after,
-            shapes: "at synchronize".into(),
-            source,
-        })
+        self.stream.synchronize().map_err(|source| CudaError::Synchronize { after, source })
     }
 }
 
@@ -224,10 +241,12 @@ mod tests {
         match (probe(), Device::open(0)) {
             (GpuProbe::Unavailable(why), Err(CudaError::Unavailable(said))) => assert_eq!(why, said),
             (GpuProbe::Ready(_), Ok(dev)) => {
-                let k = dev.kernel(KernelModule::Gemm, "gemm_tc_f16_128x128").expect("the GEMM kernel loads");
-                assert_eq!(k.name, "gemm_tc_f16_128x128");
+                let k =
+                    dev.kernel(crate::kernels::entries::GEMM_TC_F16_128X128).expect("the GEMM kernel loads");
+                assert_eq!(k.entry.name, "gemm_tc_f16_128x128");
                 assert!(dev.sm_count > 0);
-                let missing = dev.kernel(KernelModule::Gemm, "no_such_kernel").err().expect("an error");
+                let absent = Entry { module: KernelModule::Gemm, name: "no_such_kernel" };
+                let missing = dev.kernel(absent).err().expect("an error");
                 assert!(missing.to_string().contains("no_such_kernel"), "{missing}");
             }
             (p, d) => panic!("probe {p:?} but open gave {:?}", d.err()),

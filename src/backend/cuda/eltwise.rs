@@ -5,31 +5,28 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::f16;
 
 use super::device::{CudaError, Device, check_lens, grid_1d};
-use crate::kernels::KernelModule;
+use crate::kernels::{Entry, entries};
 
-/// The element-wise kernels, named as in kernels/eltwise.cu.
-#[derive(Debug, Clone, Copy)]
-pub enum Unary {
-    /// y = max(x, 0)
-    Relu,
-    /// y = σ(x)
-    Sigmoid,
+/// y[..n] = max(x[..n], 0).
+pub fn relu_fwd(dev: &Device, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>, n: usize) -> Result<(), CudaError> {
+    map(dev, entries::RELU_FWD_F32, x, y, n)
 }
 
-/// y[..n] = op(x[..n]).
-pub fn unary(
+/// y[..n] = σ(x[..n]).
+pub fn sigmoid(dev: &Device, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>, n: usize) -> Result<(), CudaError> {
+    map(dev, entries::SIGMOID_F32, x, y, n)
+}
+
+/// The kernels of the form (x, y, n): y = f(x).
+fn map(
     dev: &Device,
-    op: Unary,
+    entry: Entry,
     x: &CudaSlice<f32>,
     y: &mut CudaSlice<f32>,
     n: usize,
 ) -> Result<(), CudaError> {
-    let name = match op {
-        Unary::Relu => "relu_fwd_f32",
-        Unary::Sigmoid => "sigmoid_f32",
-    };
-    check_lens(name, &[("x", x.len(), n), ("y", y.len(), n)])?;
-    let kernel = dev.kernel(KernelModule::Eltwise, name)?;
+    check_lens(entry, &[("x", x.len(), n), ("y", y.len(), n)])?;
+    let kernel = dev.kernel(entry)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
     args.arg(x).arg(y).arg(&nn);
@@ -45,9 +42,9 @@ pub fn relu_bwd(
     dx: &mut CudaSlice<f32>,
     n: usize,
 ) -> Result<(), CudaError> {
-    let name = "relu_bwd_f32";
-    check_lens(name, &[("dy", dy.len(), n), ("y", y.len(), n), ("dx", dx.len(), n)])?;
-    let kernel = dev.kernel(KernelModule::Eltwise, name)?;
+    let entry = entries::RELU_BWD_F32;
+    check_lens(entry, &[("dy", dy.len(), n), ("y", y.len(), n), ("dx", dx.len(), n)])?;
+    let kernel = dev.kernel(entry)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
     args.arg(dy).arg(y).arg(dx).arg(&nn);
@@ -62,9 +59,9 @@ pub fn add_assign(
     x: &CudaSlice<f32>,
     n: usize,
 ) -> Result<(), CudaError> {
-    let name = "add_assign_f32";
-    check_lens(name, &[("y", y.len(), n), ("x", x.len(), n)])?;
-    let kernel = dev.kernel(KernelModule::Eltwise, name)?;
+    let entry = entries::ADD_ASSIGN_F32;
+    check_lens(entry, &[("y", y.len(), n), ("x", x.len(), n)])?;
+    let kernel = dev.kernel(entry)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
     args.arg(y).arg(x).arg(&nn);
@@ -72,16 +69,26 @@ pub fn add_assign(
     unsafe { dev.launch(&kernel, args, grid_1d(n.div_ceil(4)), || format!("n = {n}")) }
 }
 
-/// y ← alpha·y (`scale_f32`) or y ← value (`fill_f32`).
-pub fn scalar(
+/// y[..n] ← alpha·y.
+pub fn scale(dev: &Device, y: &mut CudaSlice<f32>, alpha: f32, n: usize) -> Result<(), CudaError> {
+    with_scalar(dev, entries::SCALE_F32, y, alpha, n)
+}
+
+/// y[..n] ← value.
+pub fn fill(dev: &Device, y: &mut CudaSlice<f32>, value: f32, n: usize) -> Result<(), CudaError> {
+    with_scalar(dev, entries::FILL_F32, y, value, n)
+}
+
+/// The kernels of the form (y, value, n).
+fn with_scalar(
     dev: &Device,
-    name: &'static str,
+    entry: Entry,
     y: &mut CudaSlice<f32>,
     value: f32,
     n: usize,
 ) -> Result<(), CudaError> {
-    check_lens(name, &[("y", y.len(), n)])?;
-    let kernel = dev.kernel(KernelModule::Eltwise, name)?;
+    check_lens(entry, &[("y", y.len(), n)])?;
+    let kernel = dev.kernel(entry)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
     args.arg(y).arg(&value).arg(&nn);
@@ -96,12 +103,29 @@ pub fn cast_f32_f16(
     y: &mut CudaSlice<f16>,
     n: usize,
 ) -> Result<(), CudaError> {
-    let name = "cast_f32_f16";
-    check_lens(name, &[("x", x.len(), n), ("y", y.len(), n)])?;
-    let kernel = dev.kernel(KernelModule::Eltwise, name)?;
+    let entry = entries::CAST_F32_F16;
+    check_lens(entry, &[("x", x.len(), n), ("y", y.len(), n)])?;
+    let kernel = dev.kernel(entry)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
     args.arg(x).arg(y).arg(&nn);
     // SAFETY: cast_f32_f16's signature; x holds n floats, y n halves.
+    unsafe { dev.launch(&kernel, args, grid_1d(n), || format!("n = {n}")) }
+}
+
+/// y[..n] = x[..n] widened to FP32.
+pub fn cast_f16_f32(
+    dev: &Device,
+    x: &CudaSlice<f16>,
+    y: &mut CudaSlice<f32>,
+    n: usize,
+) -> Result<(), CudaError> {
+    let entry = entries::CAST_F16_F32;
+    check_lens(entry, &[("x", x.len(), n), ("y", y.len(), n)])?;
+    let kernel = dev.kernel(entry)?;
+    let nn = n as i64;
+    let mut args = dev.args(&kernel);
+    args.arg(x).arg(y).arg(&nn);
+    // SAFETY: cast_f16_f32's signature; x holds n halves, y n floats.
     unsafe { dev.launch(&kernel, args, grid_1d(n), || format!("n = {n}")) }
 }

@@ -7,7 +7,7 @@ use half::f16;
 
 use super::device::{CudaError, Device, check_len, push_optional};
 use super::tiles::{TileShape, pick_n64};
-use crate::kernels::KernelModule;
+use crate::kernels::{Entry, entries};
 
 /// Where C lives and in which precision.
 pub enum GemmOut<'a> {
@@ -59,26 +59,26 @@ pub fn uses_tensor_cores(k: usize) -> bool {
 }
 
 /// The tensor-core entry point built with `tile` (kernels/gemm.cu).
-fn tc_entry(tile: TileShape) -> &'static str {
+fn tc_entry(tile: TileShape) -> Entry {
     match tile {
-        TileShape::M128N64 => "gemm_tc_f16_128x64",
-        _ => "gemm_tc_f16_128x128",
+        TileShape::M128N64 => entries::GEMM_TC_F16_128X64,
+        _ => entries::GEMM_TC_F16_128X128,
     }
 }
 
 /// The kernel `gemm_nt` runs for these sizes on `dev`.
-pub fn kernel_for(dev: &Device, m: usize, n: usize, k: usize) -> &'static str {
-    if uses_tensor_cores(k) { tc_entry(pick_n64(m, n, dev.sm_count)) } else { "gemm_ref_f16" }
+pub fn kernel_for(dev: &Device, m: usize, n: usize, k: usize) -> Entry {
+    if uses_tensor_cores(k) { tc_entry(pick_n64(m, n, dev.sm_count)) } else { entries::GEMM_REF_F16 }
 }
 
 pub fn gemm_nt(dev: &Device, g: &GemmNt<'_>, mut c: GemmOut<'_>) -> Result<(), CudaError> {
     let (m, n, k) = (g.m, g.n, g.k);
-    let kernel_name = kernel_for(dev, m, n, k);
-    let bad = |detail: String| CudaError::Arguments { kernel: kernel_name, detail };
-    check_len(kernel_name, "A", g.a.len(), m * k)?;
-    check_len(kernel_name, "B", g.b.len(), n * k)?;
-    check_len(kernel_name, "C", c.len(), m * n)?;
-    check_len(kernel_name, "bias", g.bias.map_or(n, |b| b.len()), n)?;
+    let entry = kernel_for(dev, m, n, k);
+    let bad = |detail: String| CudaError::Arguments { kernel: entry, detail };
+    check_len(entry, "A", g.a.len(), m * k)?;
+    check_len(entry, "B", g.b.len(), n * k)?;
+    check_len(entry, "C", c.len(), m * n)?;
+    check_len(entry, "bias", g.bias.map_or(n, |b| b.len()), n)?;
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -86,7 +86,7 @@ pub fn gemm_nt(dev: &Device, g: &GemmNt<'_>, mut c: GemmOut<'_>) -> Result<(), C
     let (mi, ni, ki) = (m as i32, n as i32, k as i32);
     if uses_tensor_cores(k) {
         let tile = pick_n64(m, n, dev.sm_count);
-        let kernel = dev.kernel(KernelModule::Gemm, kernel_name)?;
+        let kernel = dev.kernel(entry)?;
         let (relu, out_f16) = (g.relu as i32, c.f16_flag());
         let mut args = dev.args(&kernel);
         args.arg(&mi).arg(&ni).arg(&ki).arg(&g.alpha).arg(g.a).arg(&ki).arg(g.b).arg(&ki).arg(&g.beta);
@@ -127,14 +127,14 @@ pub struct GemmRef<'a> {
 /// path for products too small or too oddly shaped to matter (a classifier head).
 pub fn gemm_reference(dev: &Device, g: &GemmRef<'_>, c: &mut CudaSlice<f32>) -> Result<(), CudaError> {
     let (m, n, k) = (g.m, g.n, g.k);
-    let name = "gemm_ref_f16";
-    check_len(name, "A", g.a.len(), m * k)?;
-    check_len(name, "B", g.b.len(), n * k)?;
-    check_len(name, "C", c.len(), m * n)?;
+    let entry = entries::GEMM_REF_F16;
+    check_len(entry, "A", g.a.len(), m * k)?;
+    check_len(entry, "B", g.b.len(), n * k)?;
+    check_len(entry, "C", c.len(), m * n)?;
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let kernel = dev.kernel(KernelModule::Gemm, name)?;
+    let kernel = dev.kernel(entry)?;
     let (mi, ni, ki) = (m as i32, n as i32, k as i32);
     let lda = if g.trans_a { mi } else { ki };
     let ldb = if g.trans_b { ki } else { ni };

@@ -4,9 +4,9 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::device::{CudaError, Device, check_len, grid_1d};
 use crate::backend::params::BceParams;
-use crate::kernels::KernelModule;
+use crate::kernels::{Entry, entries};
 
-fn check(kernel: &'static str, n: usize, targets: usize, out: (&str, usize, usize)) -> Result<(), CudaError> {
+fn check(kernel: Entry, n: usize, targets: usize, out: (&str, usize, usize)) -> Result<(), CudaError> {
     if n > i32::MAX as usize {
         return Err(CudaError::Arguments {
             kernel,
@@ -26,9 +26,9 @@ pub fn bce_with_logits_fwd(
     p: &BceParams,
     loss: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
-    let name = "bce_with_logits_fwd_f32";
-    check(name, n, targets.len(), ("loss", loss.len(), 1))?;
-    let kernel = dev.kernel(KernelModule::Loss, name)?;
+    let entry = entries::BCE_WITH_LOGITS_FWD_F32;
+    check(entry, n, targets.len(), ("loss", loss.len(), 1))?;
+    let kernel = dev.kernel(entry)?;
     let ni = n as i32;
     let mut args = dev.args(&kernel);
     args.arg(logits).arg(targets).arg(&ni).arg(&p.pos_weight).arg(&p.label_smoothing).arg(loss);
@@ -48,9 +48,9 @@ pub fn bce_with_logits_bwd(
     scale: f32,
     grad: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
-    let name = "bce_with_logits_bwd_f32";
-    check(name, n, targets.len(), ("grad", grad.len(), n))?;
-    let kernel = dev.kernel(KernelModule::Loss, name)?;
+    let entry = entries::BCE_WITH_LOGITS_BWD_F32;
+    check(entry, n, targets.len(), ("grad", grad.len(), n))?;
+    let kernel = dev.kernel(entry)?;
     let ni = n as i32;
     let mut args = dev.args(&kernel);
     args.arg(logits).arg(targets).arg(&ni).arg(&p.pos_weight).arg(&p.label_smoothing).arg(&scale).arg(grad);

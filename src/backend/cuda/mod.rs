@@ -2,7 +2,7 @@
 //! set are present (`probe`); the launch layer (`device`: context, stream, cached PTX
 //! modules, errors naming kernel and shapes) and device memory from the pool (`buffer`);
 //! the host side of each kernel file (`conv`, `gemm`, `norm`, `pooling`, `eltwise`,
-//! `loss`, `optim`), with the tile table of the tensor-core kernels (`tiles`); and the
+//! `loss`, `optim`, `preprocess`), with the tile table of the tensor-core kernels (`tiles`); and the
 //! `Backend` those make (`backend`).
 
 #[cfg(feature = "cuda")]
@@ -24,7 +24,9 @@ pub mod norm;
 #[cfg(feature = "cuda")]
 pub mod optim;
 #[cfg(feature = "cuda")]
-pub mod pool;
+pub mod pooling;
+#[cfg(feature = "cuda")]
+pub mod preprocess;
 mod probe;
 #[cfg(feature = "cuda")]
 pub mod tiles;

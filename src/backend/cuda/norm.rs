@@ -8,7 +8,7 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use super::buffer::PoolSlice;
 use super::device::{CudaError, Device, check_len, grid_1d, push_optional};
 use crate::backend::params::{BatchNormParams, STATS_CHUNK_ROWS};
-use crate::kernels::KernelModule;
+use crate::kernels::entries;
 
 /// kernels/norm.cu's `BnSum`.
 #[derive(Clone, Copy)]
@@ -43,7 +43,7 @@ fn channel_sums(
     let mut out = dev.alloc::<f64>(c)?;
     let (kind_i, mm, ci, chunks_i) = (kind as i32, m as i64, c as i32, chunks as i64);
     let rows = STATS_CHUNK_ROWS as i64;
-    let pass1 = dev.kernel(KernelModule::Norm, "bn_chunk_sums_f64")?;
+    let pass1 = dev.kernel(entries::BATCH_NORM_CHUNK_SUMS_F64)?;
     let mut args = dev.args(&pass1);
     push_optional(&mut args, inp.x);
     push_optional(&mut args, inp.dy);
@@ -53,10 +53,10 @@ fn channel_sums(
     push_optional(&mut args, inp.invstd);
     args.arg(&kind_i).arg(&mm).arg(&ci).arg(&rows).arg(&mut partials);
     let shapes = || format!("M={m} C={c}");
-    // SAFETY: arguments follow bn_chunk_sums_f64; the kind reads only the tensors given,
+    // SAFETY: arguments follow batch_norm_chunk_sums_f64; the kind reads only the tensors given,
     // each of M·C (or C) elements, checked by the callers.
     unsafe { dev.launch(&pass1, args, grid_1d(chunks * c), shapes) }?;
-    let pass2 = dev.kernel(KernelModule::Norm, "bn_reduce_chunks_f64")?;
+    let pass2 = dev.kernel(entries::BATCH_NORM_REDUCE_CHUNKS_F64)?;
     let mut args = dev.args(&pass2);
     args.arg(&partials).arg(&chunks_i).arg(&ci).arg(&mut out);
     // SAFETY: partials holds chunks·C values, out C.
@@ -81,26 +81,26 @@ pub fn batch_norm_fwd_train(
     mean: &mut CudaSlice<f32>,
     invstd: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
-    let name = "bn_train_stats_f32";
-    check_len(name, "x", x.len(), m * c)?;
-    check_len(name, "y", y.len(), m * c)?;
+    let entry = entries::BATCH_NORM_TRAIN_STATS_F32;
+    check_len(entry, "x", x.len(), m * c)?;
+    check_len(entry, "y", y.len(), m * c)?;
     for (what, len) in [("gamma", gamma.len()), ("beta", beta.len()), ("running_mean", running_mean.len())] {
-        check_len(name, what, len, c)?;
+        check_len(entry, what, len, c)?;
     }
     for (what, len) in [("running_var", running_var.len()), ("mean", mean.len()), ("invstd", invstd.len())] {
-        check_len(name, what, len, c)?;
+        check_len(entry, what, len, c)?;
     }
     let none = SumInputs { x: Some(x), dy: None, relu_y: None, mean_d: None, mean_f: None, invstd: None };
     let sum = channel_sums(dev, Sum::X, &none, m, c)?;
     let (mm, ci) = (m as i64, c as i32);
     let mut mean_d = dev.alloc::<f64>(c)?;
-    let k = dev.kernel(KernelModule::Norm, "bn_mean_f64")?;
+    let k = dev.kernel(entries::BATCH_NORM_MEAN_F64)?;
     let mut args = dev.args(&k);
     args.arg(&sum).arg(&mm).arg(&ci).arg(&mut mean_d);
     // SAFETY: C-element vectors.
     unsafe { dev.launch(&k, args, grid_1d(c), || format!("C={c}")) }?;
     let sqdev = channel_sums(dev, Sum::SqDev, &SumInputs { mean_d: Some(&mean_d), ..none }, m, c)?;
-    let k = dev.kernel(KernelModule::Norm, name)?;
+    let k = dev.kernel(entry)?;
     let mut args = dev.args(&k);
     args.arg(&mean_d).arg(&sqdev).arg(&mm).arg(&ci).arg(&params.eps).arg(&params.momentum);
     args.arg(&mut *mean).arg(&mut *invstd).arg(running_mean).arg(running_var);
@@ -123,12 +123,12 @@ pub fn batch_norm_fwd_eval(
     params: &BatchNormParams,
     y: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
-    let name = "bn_invstd_f32";
-    check_len(name, "running_var", running_var.len(), c)?;
-    check_len(name, "x", x.len(), m * c)?;
-    check_len(name, "y", y.len(), m * c)?;
+    let entry = entries::BATCH_NORM_INVSTD_F32;
+    check_len(entry, "running_var", running_var.len(), c)?;
+    check_len(entry, "x", x.len(), m * c)?;
+    check_len(entry, "y", y.len(), m * c)?;
     let mut invstd = dev.alloc::<f32>(c)?;
-    let k = dev.kernel(KernelModule::Norm, name)?;
+    let k = dev.kernel(entry)?;
     let ci = c as i32;
     let mut args = dev.args(&k);
     args.arg(running_var).arg(&ci).arg(&params.eps).arg(&mut invstd);
@@ -150,11 +150,11 @@ fn normalise(
     relu: bool,
     y: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
-    let name = "bn_normalize_f32";
+    let entry = entries::BATCH_NORM_NORMALIZE_F32;
     for (what, len) in [("mean", mean.len()), ("gamma", gamma.len()), ("beta", beta.len())] {
-        check_len(name, what, len, c)?;
+        check_len(entry, what, len, c)?;
     }
-    let k = dev.kernel(KernelModule::Norm, name)?;
+    let k = dev.kernel(entry)?;
     let (mm, ci, relu_i) = (m as i64, c as i32, relu as i32);
     let mut args = dev.args(&k);
     args.arg(x).arg(&mm).arg(&ci).arg(mean).arg(invstd).arg(gamma).arg(beta).arg(&relu_i).arg(y);
@@ -179,18 +179,18 @@ pub fn batch_norm_bwd(
     dgamma: &mut CudaSlice<f32>,
     dbeta: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
-    let name = "bn_bwd_dx_f32";
+    let entry = entries::BATCH_NORM_BWD_DX_F32;
     for (what, len) in [("dy", dy.len()), ("x", x.len()), ("dx", dx.len())] {
-        check_len(name, what, len, m * c)?;
+        check_len(entry, what, len, m * c)?;
     }
     if let Some(r) = relu_y {
-        check_len(name, "relu_y", r.len(), m * c)?;
+        check_len(entry, "relu_y", r.len(), m * c)?;
     }
     for (what, len) in [("gamma", gamma.len()), ("mean", mean.len()), ("invstd", invstd.len())] {
-        check_len(name, what, len, c)?;
+        check_len(entry, what, len, c)?;
     }
-    check_len(name, "dgamma", dgamma.len(), c)?;
-    check_len(name, "dbeta", dbeta.len(), c)?;
+    check_len(entry, "dgamma", dgamma.len(), c)?;
+    check_len(entry, "dbeta", dbeta.len(), c)?;
     let grads = SumInputs {
         x: Some(x),
         dy: Some(dy),
@@ -203,12 +203,12 @@ pub fn batch_norm_bwd(
     let sum_gx = channel_sums(dev, Sum::GXhat, &grads, m, c)?;
     let (mut mean_g, mut mean_gx) = (dev.alloc::<f32>(c)?, dev.alloc::<f32>(c)?);
     let (mm, ci) = (m as i64, c as i32);
-    let k = dev.kernel(KernelModule::Norm, "bn_bwd_stats_f32")?;
+    let k = dev.kernel(entries::BATCH_NORM_BWD_STATS_F32)?;
     let mut args = dev.args(&k);
     args.arg(&sum_g).arg(&sum_gx).arg(&mm).arg(&ci).arg(&mut mean_g).arg(&mut mean_gx).arg(dgamma).arg(dbeta);
     // SAFETY: C-element vectors.
     unsafe { dev.launch(&k, args, grid_1d(c), || format!("C={c}")) }?;
-    let k = dev.kernel(KernelModule::Norm, name)?;
+    let k = dev.kernel(entry)?;
     let mut args = dev.args(&k);
     args.arg(dy).arg(x);
     push_optional(&mut args, relu_y);

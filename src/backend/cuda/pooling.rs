@@ -1,13 +1,13 @@
-//! The host side of kernels/pool.cu: max pool forward and backward, and the mean over
+//! The host side of kernels/pooling.cu: max pool forward and backward, and the mean over
 //! groups of rows (global average pool with group = H·W, temporal mean with group = T).
 
 use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 
 use super::device::{CudaError, Device, check_len, grid_1d};
 use crate::backend::params::Pool2dGeom;
-use crate::kernels::KernelModule;
+use crate::kernels::entries;
 
-/// kernels/pool.cu's `PoolGeom`, passed by value.
+/// kernels/pooling.cu's `PoolGeom`, passed by value.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 struct PoolGeom {
@@ -49,11 +49,11 @@ pub fn max_pool2d_fwd(
     x: &CudaSlice<f32>,
     y: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
-    let name = "max_pool2d_fwd_f32";
+    let entry = entries::MAX_POOL2D_FWD_F32;
     let [xn, yn] = [g.n * g.h * g.w * g.c, g.n * g.p * g.q * g.c];
-    check_len(name, "x", x.len(), xn)?;
-    check_len(name, "y", y.len(), yn)?;
-    let kernel = dev.kernel(KernelModule::Pool, name)?;
+    check_len(entry, "x", x.len(), xn)?;
+    check_len(entry, "y", y.len(), yn)?;
+    let kernel = dev.kernel(entry)?;
     let geom = PoolGeom::from(g);
     let mut args = dev.args(&kernel);
     args.arg(x).arg(y).arg(&geom);
@@ -69,12 +69,12 @@ pub fn max_pool2d_bwd(
     dy: &CudaSlice<f32>,
     dx: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
-    let name = "max_pool2d_bwd_f32";
+    let entry = entries::MAX_POOL2D_BWD_F32;
     let [xn, yn] = [g.n * g.h * g.w * g.c, g.n * g.p * g.q * g.c];
-    check_len(name, "x", x.len(), xn)?;
-    check_len(name, "dy", dy.len(), yn)?;
-    check_len(name, "dx", dx.len(), xn)?;
-    let kernel = dev.kernel(KernelModule::Pool, name)?;
+    check_len(entry, "x", x.len(), xn)?;
+    check_len(entry, "dy", dy.len(), yn)?;
+    check_len(entry, "dx", dx.len(), xn)?;
+    let kernel = dev.kernel(entry)?;
     let geom = PoolGeom::from(g);
     let mut args = dev.args(&kernel);
     args.arg(x).arg(dy).arg(dx).arg(&geom);
@@ -91,10 +91,10 @@ pub fn mean_rows(
     group: usize,
     c: usize,
 ) -> Result<(), CudaError> {
-    let name = "mean_rows_f32";
-    check_len(name, "x", x.len(), blocks * group * c)?;
-    check_len(name, "y", y.len(), blocks * c)?;
-    let kernel = dev.kernel(KernelModule::Pool, name)?;
+    let entry = entries::MEAN_ROWS_F32;
+    check_len(entry, "x", x.len(), blocks * group * c)?;
+    check_len(entry, "y", y.len(), blocks * c)?;
+    let kernel = dev.kernel(entry)?;
     let (b, gi, ci) = (blocks as i64, group as i32, c as i32);
     let mut args = dev.args(&kernel);
     args.arg(x).arg(y).arg(&b).arg(&gi).arg(&ci);
@@ -111,10 +111,10 @@ pub fn mean_rows_bwd(
     group: usize,
     c: usize,
 ) -> Result<(), CudaError> {
-    let name = "mean_rows_bwd_f32";
-    check_len(name, "dy", dy.len(), blocks * c)?;
-    check_len(name, "dx", dx.len(), blocks * group * c)?;
-    let kernel = dev.kernel(KernelModule::Pool, name)?;
+    let entry = entries::MEAN_ROWS_BWD_F32;
+    check_len(entry, "dy", dy.len(), blocks * c)?;
+    check_len(entry, "dx", dx.len(), blocks * group * c)?;
+    let kernel = dev.kernel(entry)?;
     let (b, gi, ci) = (blocks as i64, group as i32, c as i32);
     let mut args = dev.args(&kernel);
     args.arg(dy).arg(dx).arg(&b).arg(&gi).arg(&ci);

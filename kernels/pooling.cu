@@ -6,7 +6,7 @@
 // means. Consecutive threads take consecutive channels, so every warp reads and writes
 // contiguous runs of a row: coalesced without staging.
 //
-// Determinism and parity with the CPU twin (src/backend/cpu/pool.rs), bit for bit:
+// Determinism and parity with the CPU twin (src/backend/cpu/pooling.rs), bit for bit:
 //  * the max-pool winner is the first maximum in window scan order, NaN wins (PyTorch's
 //    rule); the backward is a gather — each input cell sums, in output order, the
 //    gradients of the windows it won — so no atomics and a fixed summation order;
