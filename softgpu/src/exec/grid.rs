@@ -1,0 +1,113 @@
+//! A launch: checks the configuration, then runs the grid's blocks on worker threads
+//! (one per available core), each worker taking the next block index until none is left
+//! or a block fails.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::block::BlockRunner;
+use super::error::LaunchError;
+use super::warp::{LaunchCtx, Placement};
+use super::{GlobalMemory, LaunchConfig};
+use crate::ptx::Kernel;
+
+/// Threads per block the device accepts (compute capability 8.0).
+const MAX_THREADS_PER_BLOCK: u32 = 1024;
+
+/// What a successful launch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchStats {
+    /// Σ over executed instructions of the lanes that executed them.
+    pub lane_instructions: u64,
+}
+
+fn config_error(kernel: &Kernel, message: String) -> LaunchError {
+    LaunchError { kernel: kernel.name().to_string(), block: None, thread: None, site: None, message }
+}
+
+fn check_config(kernel: &Kernel, cfg: &LaunchConfig, params: &[u8]) -> Result<(), LaunchError> {
+    let [bx, by, bz] = cfg.block;
+    let threads = bx as u64 * by as u64 * bz as u64;
+    if cfg.grid.contains(&0) || cfg.block.contains(&0) {
+        return Err(config_error(kernel, format!("empty launch: grid {:?}, block {:?}", cfg.grid, cfg.block)));
+    }
+    if threads > MAX_THREADS_PER_BLOCK as u64 {
+        return Err(config_error(kernel, format!("block of {threads} threads exceeds {MAX_THREADS_PER_BLOCK}")));
+    }
+    let body = &kernel.body;
+    if let Some(max) = body.maxntid
+        && threads > max.iter().map(|&v| v as u64).product()
+    {
+        return Err(config_error(kernel, format!("block {:?} exceeds the kernel's .maxntid {max:?}", cfg.block)));
+    }
+    if let Some(req) = body.reqntid
+        && req != cfg.block
+    {
+        return Err(config_error(kernel, format!("block {:?} differs from the kernel's .reqntid {req:?}", cfg.block)));
+    }
+    if params.len() < kernel.param_bytes() {
+        return Err(config_error(
+            kernel,
+            format!("parameter buffer of {} bytes, the kernel reads {}", params.len(), kernel.param_bytes()),
+        ));
+    }
+    Ok(())
+}
+
+pub fn launch_with_stats(
+    kernel: &Kernel,
+    cfg: &LaunchConfig,
+    params: &[u8],
+    mem: &dyn GlobalMemory,
+) -> Result<LaunchStats, LaunchError> {
+    check_config(kernel, cfg, params)?;
+    let [gx, gy, gz] = cfg.grid;
+    let blocks = gx as u64 * gy as u64 * gz as u64;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(blocks as usize).max(1);
+    let ctx = LaunchCtx { body: &kernel.body, params, mem };
+    let next = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let total = AtomicU64::new(0);
+    // The failure of the lowest-numbered block wins, so a failing launch reports the same
+    // block whatever the scheduling.
+    let first_error: Mutex<Option<(u64, LaunchError)>> = Mutex::new(None);
+    let work = || {
+        let mut runner = BlockRunner::new();
+        let mut done = 0u64;
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= blocks {
+                break;
+            }
+            let at = Placement {
+                block: cfg.block,
+                block_idx: [(i % gx as u64) as u32, ((i / gx as u64) % gy as u64) as u32, (i / (gx as u64 * gy as u64)) as u32],
+                grid: cfg.grid,
+            };
+            match runner.run(kernel, &ctx, &at, cfg.dynamic_shared) {
+                Ok(n) => done += n,
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                    if slot.as_ref().is_none_or(|(j, _)| i < *j) {
+                        *slot = Some((i, e));
+                    }
+                }
+            }
+        }
+        total.fetch_add(done, Ordering::Relaxed);
+    };
+    if workers == 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(&work);
+            }
+        });
+    }
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some((_, e)) => Err(e),
+        None => Ok(LaunchStats { lane_instructions: total.into_inner() }),
+    }
+}

@@ -1,0 +1,62 @@
+//! The interpreter: runs one kernel launch over a grid, warp by warp.
+
+mod alu;
+mod block;
+pub mod collective;
+mod error;
+mod grid;
+mod lanes;
+mod memory;
+pub mod numeric;
+mod warp;
+
+pub use error::{ErrorSite, LaunchError};
+pub use grid::{LaunchStats, launch_with_stats};
+
+use std::fmt;
+
+/// Grid and block shape of one launch, as `cuLaunchKernel` receives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    /// Bytes of dynamic shared memory (`.extern .shared` arrays).
+    pub dynamic_shared: u32,
+}
+
+/// A global-memory access the device cannot honour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemFault {
+    pub addr: u64,
+    pub len: usize,
+    /// Why, with the nearest mapping, e.g. "unmapped (nearest: 0x7f00_0000..0x7f10_0000)".
+    pub reason: String,
+}
+
+impl fmt::Display for MemFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes at {:#x}: {}", self.len, self.addr, self.reason)
+    }
+}
+
+impl std::error::Error for MemFault {}
+
+/// Device global memory as the interpreter sees it; the driver implements it.
+pub trait GlobalMemory: Sync {
+    /// Host address of `len` bytes at device address `addr`, after checking that the
+    /// whole range lies inside one mapped, access-enabled allocation. The pointer stays
+    /// valid for the rest of the launch (nothing is unmapped while a launch runs on it).
+    fn resolve(&self, addr: u64, len: usize) -> Result<*mut u8, MemFault>;
+}
+
+/// Runs `kernel` over the grid of `cfg` with the packed parameter buffer `params`
+/// (`kernel.params()[i]` at its offset) against device memory `mem`; returns when every
+/// block has finished, or with the first failure.
+pub fn launch(
+    kernel: &crate::ptx::Kernel,
+    cfg: &LaunchConfig,
+    params: &[u8],
+    mem: &dyn GlobalMemory,
+) -> Result<(), LaunchError> {
+    launch_with_stats(kernel, cfg, params, mem).map(|_| ())
+}
