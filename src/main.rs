@@ -9,7 +9,9 @@ use dfengine::backend::cuda::{GpuProbe, probe};
 use dfengine::backend::ops::Backend;
 use dfengine::config::{self, ConfigError, Override, ResolvedConfig};
 use dfengine::data::synth::SynthParams;
-use dfengine::train::run::{RunOptions, TrainError, Trainer};
+use dfengine::train::error::TrainError;
+use dfengine::train::predict::{Prediction, predict_video};
+use dfengine::train::run::{RunOptions, Trainer};
 
 /// dfengine: train deepfake video detectors on your own CUDA kernels, inside a VRAM budget.
 #[derive(FromArgs)]
@@ -224,9 +226,9 @@ fn run_training<B: Backend>(
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e}", run_dir.display())))?;
     eprintln!(
-        "dfengine train {}: {} on {}; data {}: {} train / {} val / {} test clips; effective batch {} ({} × {} accumulation)",
+        "dfengine train {}: backbone = \"{}\" on {}; data {}: {} train / {} val / {} test clips; effective batch {} (micro-batch {} × {} accumulation)",
         config_path.display(),
-        format!("{:?}", config.model.backbone).to_lowercase(),
+        config.model.backbone,
         backend.name(),
         splits.description,
         splits.train.len(),
@@ -247,7 +249,7 @@ fn run_training<B: Backend>(
     let mut mm = dfengine::memory::manager::MemoryManager::start(&config, Box::new(source), Some(&run_dir))
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e}", run_dir.display())))?;
     let mut trainer = Trainer::new(backend, config, splits, opts).map_err(train_failure)?;
-    dfengine::train::run::install_interrupt_handler();
+    dfengine::train::interrupt::install_interrupt_handler();
     let summary = trainer.run(&mut mm).map_err(train_failure)?;
     print_summary(&summary, trainer.run_dir());
     Ok(())
@@ -345,7 +347,7 @@ fn train_failure(e: TrainError) -> Failure {
     }
 }
 
-fn print_summary(s: &dfengine::train::run::Summary, run_dir: &Path) {
+fn print_summary(s: &dfengine::train::record::Summary, run_dir: &Path) {
     let fmt = |m: &Option<dfengine::train::metrics::Metrics>| match m {
         Some(m) => format!(
             "clip AUC {:.4}, frame AUC {:.4}, ACC {:.3}, EER {:.3}, log loss {:.4} ({} clips)",
@@ -567,7 +569,7 @@ fn require_file(path: &Path, what: &str) -> Result<(), Failure> {
 }
 
 fn eval(args: EvalArgs) -> Result<(), Failure> {
-    use dfengine::train::run::{evaluate, load_checkpoint_model};
+    use dfengine::train::evaluate::{evaluate, load_checkpoint_model};
     let resolved = load_config(Some(&args.config), &[])?;
     require_file(&args.checkpoint, "checkpoint")?;
     let backend = cpu_backend(&resolved.config)?;
@@ -602,30 +604,15 @@ fn predict(args: PredictArgs) -> Result<(), Failure> {
         return Err(Failure::Input("predict: name at least one video file".to_string()));
     }
     let backend = CpuBackend::default();
-    let (config, net) =
-        dfengine::train::run::load_checkpoint_model(&backend, &args.checkpoint).map_err(train_failure)?;
-    let results: Vec<serde_json::Value> =
-        args.videos.iter().map(|v| predict_one(&backend, &net, &config, v)).collect();
-    let failed = results.iter().filter(|r| r.get("error").is_some()).count();
+    let (config, net) = dfengine::train::evaluate::load_checkpoint_model(&backend, &args.checkpoint)
+        .map_err(train_failure)?;
+    let results: Vec<Prediction> =
+        args.videos.iter().map(|v| predict_video(&backend, &net, &config, v)).collect();
+    let failed = results.iter().filter(|r| r.is_failure()).count();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results).map_err(|e| Failure::Runtime(e.into()))?);
     } else {
-        for r in &results {
-            match r.get("error") {
-                Some(e) => {
-                    println!("{}: error: {}", r["video"].as_str().unwrap_or("?"), e.as_str().unwrap_or("?"))
-                }
-                None => println!(
-                    "{}: fake probability {:.4} (frames: mean {:.4}, min {:.4}, max {:.4}, {} frames)",
-                    r["video"].as_str().unwrap_or("?"),
-                    r["fake_probability"].as_f64().unwrap_or(f64::NAN),
-                    r["frames"]["mean"].as_f64().unwrap_or(f64::NAN),
-                    r["frames"]["min"].as_f64().unwrap_or(f64::NAN),
-                    r["frames"]["max"].as_f64().unwrap_or(f64::NAN),
-                    r["frames"]["count"].as_u64().unwrap_or(0),
-                ),
-            }
-        }
+        results.iter().for_each(|r| println!("{r}"));
     }
     if failed > 0 {
         return Err(Failure::Runtime(anyhow::anyhow!(
@@ -634,88 +621,6 @@ fn predict(args: PredictArgs) -> Result<(), Failure> {
         )));
     }
     Ok(())
-}
-
-/// Scores one video: a JSON object with the probability and the frame scores, or the error.
-#[cfg(feature = "video")]
-fn predict_one(
-    b: &CpuBackend,
-    net: &dfengine::model::resnet::ResNet<CpuBackend>,
-    config: &config::Config,
-    video: &Path,
-) -> serde_json::Value {
-    use dfengine::data::cache::{ClipSettings, FrameCache};
-    use dfengine::data::loader::{Batch, LoaderSettings, clip_pixels};
-    use dfengine::data::manifest::{Label, Split, VideoEntry};
-    use dfengine::data::sources::ClipSource;
-    use dfengine::data::sources::VideoSource;
-    use dfengine::train::metrics::sigmoid;
-
-    let d = &config.data;
-    let settings = ClipSettings::from_config(d);
-    let name = video.display().to_string();
-    let fail = |e: String| serde_json::json!({"video": name, "error": e});
-    let cache = match FrameCache::new(None, 0) {
-        Ok(c) => std::sync::Arc::new(c),
-        Err(e) => return fail(e.to_string()),
-    };
-    // The label is unknown and unused: the source only decodes.
-    let entry =
-        VideoEntry { path: video.to_path_buf(), label: Label::Real, split: Split::Test, group: name.clone() };
-    let source = VideoSource::new(vec![entry], cache, settings, 2);
-    let frames = match source.load(0) {
-        Ok(f) => f,
-        Err(e) => return fail(e),
-    };
-    let ls = LoaderSettings {
-        batch_size: 1,
-        num_workers: 1,
-        prefetch_factor: 1,
-        input_size: config.model.input_size as usize,
-        seed: 0,
-        train: false,
-        max_bad_fraction: 0.0,
-    };
-    let batch = Batch {
-        index: 0,
-        clips: vec![0],
-        frames_per_clip: frames.frames,
-        side: ls.input_size,
-        pixels: clip_pixels(&ls, &frames, 0, 0),
-        targets: vec![0.0],
-    };
-    let mut micro = 1;
-    match dfengine::train::step::infer(b, net, &batch, &mut micro) {
-        Ok((clip, frame)) => {
-            let probs: Vec<f64> = frame.iter().map(|&f| sigmoid(f as f64)).collect();
-            let mean = probs.iter().sum::<f64>() / probs.len().max(1) as f64;
-            serde_json::json!({
-                "video": name,
-                "fake_probability": sigmoid(clip[0] as f64),
-                "frames": {
-                    "count": probs.len(),
-                    "mean": mean,
-                    "min": probs.iter().copied().fold(f64::INFINITY, f64::min),
-                    "max": probs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                    "scores": probs,
-                },
-            })
-        }
-        Err(e) => fail(e.to_string()),
-    }
-}
-
-#[cfg(not(feature = "video"))]
-fn predict_one(
-    _: &CpuBackend,
-    _: &dfengine::model::resnet::ResNet<CpuBackend>,
-    _: &config::Config,
-    video: &Path,
-) -> serde_json::Value {
-    serde_json::json!({
-        "video": video.display().to_string(),
-        "error": "this dfengine was built without the `video` feature (FFmpeg): it cannot decode videos",
-    })
 }
 
 fn main() -> ExitCode {
@@ -753,7 +658,9 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Runtime(e)) => {
-            eprintln!("error: {e:#}");
+            // Last and alone: after whatever the run printed on its way down (the memory
+            // summary, the governor's actions), so that it is the line a user sees.
+            eprintln!("\nerror: {e:#}");
             ExitCode::FAILURE
         }
     }

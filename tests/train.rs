@@ -12,7 +12,8 @@ use dfengine::backend::ops::Backend;
 use dfengine::config::{self, Config};
 use dfengine::memory::manager::MemoryManager;
 use dfengine::memory::monitor::SystemSource;
-use dfengine::train::run::{RunOptions, Summary, Trainer};
+use dfengine::train::record::Summary;
+use dfengine::train::run::{RunOptions, Trainer};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -141,7 +142,7 @@ fn out_of_memory_shrinks_the_micro_batch_and_keeps_the_loss_curve() {
         1,
         "budget {budget} B (peaks {p4}/{p8}) should force exactly one shrink: {tight_actions:?}"
     );
-    assert!(tight_actions[0].contains("shrink micro-batch to 4 × 2 accumulation steps"), "{tight_actions:?}");
+    assert!(tight_actions[0].contains("shrink to micro-batch 4 × 2 accumulation"), "{tight_actions:?}");
     assert_eq!(full.steps, tight.steps, "same effective batch, same number of optimizer steps");
     // The failed attempt leaves no trace (running statistics restored, nothing applied):
     // the shrunk run is the run planned as 4 × 2 from the start.

@@ -35,6 +35,18 @@ pub enum Backbone {
     Resnet50,
 }
 
+/// The name a config file uses, e.g. `resnet_tiny`.
+impl std::fmt::Display for Backbone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backbone::ResnetTiny => "resnet_tiny",
+            Backbone::Resnet18 => "resnet18",
+            Backbone::Resnet34 => "resnet34",
+            Backbone::Resnet50 => "resnet50",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {

@@ -124,6 +124,98 @@ pub fn read_frames_yuv420(
     decode_wanted(path, indices, threads, Pixel::YUV420P, packed_i420, empty)
 }
 
+/// Display indices from presentation timestamps: frames are numbered by their time from
+/// the stream's first one, so that frames the decoder skips leave no gap in the count.
+struct FrameClock {
+    start: i64,
+    /// Timestamp units per frame; 0 when the stream gives no frame rate.
+    per_frame: f64,
+}
+
+impl FrameClock {
+    fn index_of(&self, ts: i64) -> Option<usize> {
+        (self.per_frame > 0.0)
+            .then(|| (((ts - self.start) as f64 / self.per_frame).round().max(0.0)) as usize)
+    }
+}
+
+/// Collects the wanted frames, in the order of `indices`, as the decoder gives frames out.
+struct Wanted<'a, T> {
+    indices: &'a [usize],
+    /// Position in `indices` of the next frame to collect.
+    next: usize,
+    /// Frames seen, for streams without usable timestamps.
+    shown: usize,
+    out: Vec<T>,
+    empty: T,
+    target: Pixel,
+    pack: fn(&ffmpeg::frame::Video, i32) -> T,
+    rotation: i32,
+    scaler: Option<scaling::Context>,
+}
+
+impl<T: Clone> Wanted<'_, T> {
+    fn complete(&self) -> bool {
+        self.next >= self.indices.len()
+    }
+
+    /// Takes `frame` if it is wanted (converted and packed, once however often it is
+    /// wanted); returns its display index.
+    fn take(&mut self, frame: &ffmpeg::frame::Video, clock: &FrameClock) -> Result<usize, String> {
+        let n = frame.timestamp().and_then(|ts| clock.index_of(ts)).unwrap_or(self.shown);
+        self.shown = n + 1;
+        while !self.complete() && self.indices[self.next] < n {
+            // A wanted frame never came out (a gap, a corrupt packet): an empty frame keeps
+            // its place, and clip assembly puts the nearest decoded frame there.
+            self.next += 1;
+            self.out.push(self.empty.clone());
+        }
+        if self.complete() || self.indices[self.next] != n {
+            return Ok(n);
+        }
+        let converted = self.convert(frame)?;
+        while !self.complete() && self.indices[self.next] == n {
+            self.out.push(converted.clone());
+            self.next += 1;
+        }
+        Ok(n)
+    }
+
+    /// `frame` in the target pixel format, packed (the converter is kept while the input
+    /// format and size stay the same).
+    fn convert(&mut self, frame: &ffmpeg::frame::Video) -> Result<T, String> {
+        let (w, h) = (frame.width(), frame.height());
+        let sc = match &mut self.scaler {
+            Some(s)
+                if s.input().width == w && s.input().height == h && s.input().format == frame.format() =>
+            {
+                s
+            }
+            slot => slot.insert(
+                scaling::Context::get(frame.format(), w, h, self.target, w, h, scaling::Flags::BILINEAR)
+                    .map_err(|e| format!("no converter from {:?}: {e}", frame.format()))?,
+            ),
+        };
+        let mut converted = ffmpeg::frame::Video::empty();
+        sc.run(frame, &mut converted).map_err(|e| format!("colour conversion failed: {e}"))?;
+        Ok((self.pack)(&converted, self.rotation))
+    }
+
+    /// The collected frames; indices past the real end (the container's count was an
+    /// estimate) repeat the last frame that exists.
+    fn finish(mut self, decoded: usize) -> Result<Vec<T>, String> {
+        while self.out.len() < self.indices.len() {
+            let last = self
+                .out
+                .last()
+                .cloned()
+                .ok_or_else(|| format!("none of the wanted frames exist ({decoded} decoded)"))?;
+            self.out.push(last);
+        }
+        Ok(self.out)
+    }
+}
+
 fn decode_wanted<T: Clone>(
     path: &Path,
     indices: &[usize],
@@ -143,105 +235,63 @@ fn decode_wanted<T: Clone>(
         ..Default::default()
     });
     let mut decoder = ctx.decoder().video().map_err(|e| bad(format!("no decoder: {e}")))?;
-
-    let last_wanted = indices.iter().copied().max().unwrap_or(0);
-    let wanted: std::collections::HashSet<usize> = indices.iter().copied().collect();
-    // Display index of a timestamp: frames are numbered by their presentation time from
-    // the stream's first one, so that frames the decoder skips leave no gap in the count.
     let tb = stream.time_base();
-    let start = stream.start_time().max(0);
-    let per_frame = if info.fps > 0.0 {
-        tb.denominator() as f64 / (tb.numerator().max(1) as f64 * info.fps)
-    } else {
-        0.0
+    let clock = FrameClock {
+        start: stream.start_time().max(0),
+        per_frame: if info.fps > 0.0 {
+            tb.denominator() as f64 / (tb.numerator().max(1) as f64 * info.fps)
+        } else {
+            0.0
+        },
     };
-    let index_of = |ts: i64| -> Option<usize> {
-        (per_frame > 0.0).then(|| (((ts - start) as f64 / per_frame).round().max(0.0)) as usize)
+    let last_wanted = indices.iter().copied().max().unwrap_or(0);
+    let wanted_set: std::collections::HashSet<usize> = indices.iter().copied().collect();
+    let mut wanted = Wanted {
+        indices,
+        next: 0,
+        shown: 0,
+        out: Vec::with_capacity(indices.len()),
+        empty,
+        target,
+        pack,
+        rotation: info.rotation,
+        scaler: None,
     };
-    let mut out: Vec<T> = Vec::with_capacity(indices.len());
-    let mut next = 0usize; // position in `indices`
-    let mut decoded = 0usize;
-    let mut shown = 0usize; // frames seen, for streams without usable timestamps
-    let mut scaler: Option<scaling::Context> = None;
     let mut frame = ffmpeg::frame::Video::empty();
-    let mut take = |frame: &ffmpeg::frame::Video,
-                    out: &mut Vec<T>,
-                    next: &mut usize|
-     -> Result<usize, DecodeError> {
-        let n = frame.timestamp().and_then(index_of).unwrap_or(shown);
-        shown = n + 1;
-        while *next < indices.len() && indices[*next] < n {
-            // A wanted frame never came out (a gap, a corrupt packet): an empty frame keeps its
-            // place, and clip assembly puts the nearest decoded frame there.
-            *next += 1;
-            out.push(empty.clone());
-        }
-        if *next >= indices.len() || indices[*next] != n {
-            return Ok(n);
-        }
-        let (w, h) = (frame.width(), frame.height());
-        let sc = match &mut scaler {
-            Some(s)
-                if s.input().width == w && s.input().height == h && s.input().format == frame.format() =>
-            {
-                s
-            }
-            slot => slot.insert(
-                scaling::Context::get(frame.format(), w, h, target, w, h, scaling::Flags::BILINEAR)
-                    .map_err(|e| bad(format!("no converter from {:?}: {e}", frame.format())))?,
-            ),
-        };
-        let mut converted = ffmpeg::frame::Video::empty();
-        sc.run(frame, &mut converted).map_err(|e| bad(format!("colour conversion failed: {e}")))?;
-        let converted = pack(&converted, info.rotation);
-        while *next < indices.len() && indices[*next] == n {
-            out.push(converted.clone());
-            *next += 1;
-        }
-        Ok(n)
-    };
-    let mut last_shown = 0usize;
+    let mut decoded = 0usize;
     for (s, packet) in ictx.packets() {
         if s.index() != index {
             continue;
         }
         // Frames no other frame refers to need not be decoded unless they are wanted:
         // on B-frame video that is a large share of the work.
-        let needed = packet.pts().and_then(index_of).is_none_or(|i| wanted.contains(&i));
+        let needed = packet.pts().and_then(|ts| clock.index_of(ts)).is_none_or(|i| wanted_set.contains(&i));
         decoder.skip_frame(if needed { ffmpeg::Discard::Default } else { ffmpeg::Discard::NonReference });
         // A damaged packet costs its frames, not the video: decoding goes on.
         if decoder.send_packet(&packet).is_err() {
             continue;
         }
+        let mut last_shown = 0;
         while decoder.receive_frame(&mut frame).is_ok() {
-            last_shown = take(&frame, &mut out, &mut next)?;
+            last_shown = wanted.take(&frame, &clock).map_err(bad)?;
             decoded += 1;
         }
-        if next >= indices.len() || last_shown > last_wanted {
+        if wanted.complete() || last_shown > last_wanted {
             break;
         }
     }
-    if next < indices.len() {
+    if !wanted.complete() {
         decoder.skip_frame(ffmpeg::Discard::Default);
         let _ = decoder.send_eof();
         while decoder.receive_frame(&mut frame).is_ok() {
-            take(&frame, &mut out, &mut next)?;
+            wanted.take(&frame, &clock).map_err(bad)?;
             decoded += 1;
         }
     }
     if decoded == 0 {
         return Err(bad("no frame could be decoded (truncated or corrupt)".into()));
     }
-    // Asked past the real end (the container's count was an estimate): the last frame
-    // that exists stands in.
-    while out.len() < indices.len() {
-        let last = out
-            .last()
-            .cloned()
-            .ok_or_else(|| bad(format!("none of the wanted frames exist ({decoded} decoded)")))?;
-        out.push(last);
-    }
-    Ok((out, decoded))
+    Ok((wanted.finish(decoded).map_err(bad)?, decoded))
 }
 
 /// The rows of plane `p` (`row_bytes` wide, `rows` high) without FFmpeg's line padding.

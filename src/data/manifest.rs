@@ -160,7 +160,7 @@ pub fn load(config: &DataConfig) -> Result<Manifest, ManifestError> {
     };
     if entries.is_empty() {
         let detail = match layout {
-            FoundLayout::Faceforensics => format!(" for compression {:?}", config.compression),
+            FoundLayout::Faceforensics => format!(" for compression = \"{}\"", config.compression),
             _ => String::new(),
         };
         return Err(ManifestError::Empty { root, layout, detail });

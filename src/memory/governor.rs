@@ -51,6 +51,13 @@ pub enum Action {
     GrowMicroBatch(BatchPlan),
 }
 
+/// "micro-batch 2 × 4 accumulation", as the config would say it.
+impl fmt::Display for BatchPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "micro-batch {} × {} accumulation", self.micro_batch, self.accumulation)
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -62,7 +69,7 @@ impl fmt::Display for Action {
             Action::RestorePrefetch => f.write_str("restore prefetching"),
             Action::ShrinkMicroBatch(p) | Action::GrowMicroBatch(p) => {
                 let verb = if matches!(self, Action::ShrinkMicroBatch(_)) { "shrink" } else { "grow" };
-                write!(f, "{verb} micro-batch to {} × {} accumulation steps", p.micro_batch, p.accumulation)
+                write!(f, "{verb} to {p}")
             }
         }
     }

@@ -182,7 +182,7 @@ impl MemoryManager {
             ));
         }
         lines.push(format!(
-            "governor level {}, {} actions, plan {:?}",
+            "governor level {}, {} actions, {}",
             self.governor.level(),
             self.governor.log().len(),
             self.governor.plan()

@@ -2,70 +2,34 @@
 //! best, and on Ctrl-C), `metrics.jsonl`, and `summary.json` with the test split
 //! evaluated once, at the end, on the best checkpoint.
 
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
 
 use super::checkpoint::{self, Progress};
-use super::metrics::{Metrics, sigmoid};
+use super::error::{TrainError, io_err};
+use super::evaluate::evaluate;
+use super::interrupt::INTERRUPTED;
+use super::metrics::Metrics;
 use super::optimizer::Optimizer;
+use super::record::{Record, RunLog, Summary};
 use super::scaler::LossScaler;
 use super::schedule::Schedule;
-use super::step::{StepSettings, infer, train_step};
-use crate::backend::OpError;
+use super::step::{StepSettings, train_step};
 use crate::backend::ops::Backend;
 use crate::config::{Config, format_bytes};
-use crate::data::loader::{EpochLoader, LoaderError, LoaderSettings, Workers};
+use crate::data::loader::{Batch, EpochLoader, LoaderSettings, Workers};
 use crate::data::sources::ClipSource;
 use crate::data::splits::Splits;
 use crate::memory::governor::Action;
 use crate::memory::manager::MemoryManager;
 use crate::model::arch::ResNetSpec;
 use crate::model::resnet::ResNet;
-use crate::model::weights::{TensorFile, WeightsError, load_pretrained};
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error("{0}")]
-    Op(#[from] OpError),
-    #[error("{0}")]
-    Weights(#[from] WeightsError),
-    #[error("{0}")]
-    Loader(#[from] LoaderError),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{0}")]
-    Input(String),
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io { path: path.to_path_buf(), source }
-}
-
-/// Set by Ctrl-C: the run finishes its step, writes a checkpoint and stops.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    if INTERRUPTED.swap(true, Ordering::SeqCst) {
-        // A second Ctrl-C: the user does not want to wait for the checkpoint.
-        // SAFETY: _exit is async-signal-safe.
-        unsafe { libc::_exit(130) };
-    }
-}
-
-/// Makes Ctrl-C stop the run cleanly (after the current step, with a checkpoint).
-pub fn install_interrupt_handler() {
-    // SAFETY: the handler only touches an atomic and calls _exit, both async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
-    }
-}
+use crate::model::weights::{TensorFile, load_pretrained};
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -75,97 +39,6 @@ pub struct RunOptions {
     /// Stop after this many optimizer steps in total, as Ctrl-C does (checkpoint, no test
     /// evaluation): for smoke runs and throughput measurements.
     pub max_steps: Option<u64>,
-}
-
-/// The evaluation of one split: metrics and per-clip scores.
-#[derive(Debug, Clone, Serialize)]
-pub struct Evaluation {
-    pub metrics: Metrics,
-    /// (clip name, label, probability of fake)
-    pub scores: Vec<(String, f32, f64)>,
-}
-
-/// Every clip `loader` gives (an evaluation pass over `source`) through `net` in
-/// inference mode.
-pub fn evaluate<B: Backend>(
-    b: &B,
-    net: &ResNet<B>,
-    source: &Arc<dyn ClipSource>,
-    loader: EpochLoader,
-    micro: &mut usize,
-) -> Result<Evaluation, TrainError> {
-    let (mut clip_p, mut clip_l, mut frame_p, mut frame_l) = (vec![], vec![], vec![], vec![]);
-    let mut scores = Vec::new();
-    for batch in loader {
-        let batch = batch?;
-        let (clips, frames) = infer(b, net, &batch, micro)?;
-        for (i, (&c, &label)) in batch.clips.iter().zip(&batch.targets).enumerate() {
-            let p = sigmoid(clips[i] as f64);
-            clip_p.push(p);
-            clip_l.push(label as f64);
-            scores.push((source.name(c), label, p));
-            for f in &frames[i * batch.frames_per_clip..(i + 1) * batch.frames_per_clip] {
-                frame_p.push(sigmoid(*f as f64));
-                frame_l.push(label as f64);
-            }
-        }
-    }
-    Ok(Evaluation { metrics: Metrics::compute(&clip_p, &clip_l, &frame_p, &frame_l), scores })
-}
-
-/// The network a checkpoint holds, built from the config stored in it.
-pub fn load_checkpoint_model<B: Backend>(b: &B, path: &Path) -> Result<(Config, ResNet<B>), TrainError> {
-    let file = TensorFile::read(path)?;
-    let config = checkpoint::config_of(&file)?;
-    let spec = ResNetSpec::of(config.model.backbone);
-    let mut net = ResNet::new(b, spec, config.data.max_frames as usize, 0)?;
-    checkpoint::load_model(b, &mut net, &file)?;
-    Ok((config, net))
-}
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-enum Record {
-    Step {
-        epoch: u32,
-        step: u64,
-        loss: f64,
-        lr: f64,
-        scale: f32,
-        grad_norm: f64,
-        skipped: bool,
-        clips_per_s: f64,
-        micro_batch: u32,
-        accumulation: u32,
-        pool_allocated: u64,
-        pool_reserved: u64,
-    },
-    Val {
-        epoch: u32,
-        step: u64,
-        train_loss: f64,
-        #[serde(flatten)]
-        metrics: Metrics,
-    },
-}
-
-/// `summary.json`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub backend: String,
-    pub data: String,
-    pub epochs: u32,
-    pub steps: u64,
-    pub best_epoch: Option<u32>,
-    pub val: Option<Metrics>,
-    pub test: Option<Metrics>,
-    pub clips_per_s: f64,
-    pub peak_pool_reserved: u64,
-    pub peak_process_rss: u64,
-    pub governor_actions: Vec<String>,
-    pub skipped_steps: u64,
-    pub interrupted: bool,
 }
 
 pub struct Trainer<B: Backend> {
@@ -183,77 +56,80 @@ pub struct Trainer<B: Backend> {
     workers: Option<Arc<Workers>>,
 }
 
+/// Training throughput and memory over a run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    clips: usize,
+    secs: f64,
+    peak_reserved: u64,
+}
+
+impl Tally {
+    fn clips_per_s(&self) -> f64 {
+        self.clips as f64 / self.secs.max(1e-9)
+    }
+}
+
+/// How an epoch's training pass ended.
+enum EpochEnd {
+    /// Every batch trained; the mean loss over them.
+    Completed { train_loss: f64 },
+    /// Ctrl-C or the step limit: a checkpoint is written, the run stops.
+    Stopped,
+}
+
 impl<B: Backend> Trainer<B> {
     pub fn new(b: B, config: Config, splits: Splits, opts: RunOptions) -> Result<Self, TrainError> {
         let spec = ResNetSpec::of(config.model.backbone);
-        let frames = config.data.max_frames as usize;
-        let mut net = ResNet::new(&b, spec, frames, config.train.seed)?;
+        let mut net = ResNet::new(&b, spec, config.data.max_frames as usize, config.train.seed)?;
         if !config.model.pretrained.is_empty() && opts.resume.is_none() {
-            let file = TensorFile::read(Path::new(&config.model.pretrained))?;
-            let r = load_pretrained(&b, &mut net, &file)?;
-            eprintln!(
-                "pretrained: {} tensors from {}{}{}",
-                r.loaded,
-                file.path.display(),
-                if r.head_reinitialised { "; fc has another shape there: re-initialised" } else { "" },
-                if r.unused.is_empty() {
-                    String::new()
-                } else {
-                    format!("; unused: {}", r.unused.join(", "))
-                }
-            );
+            load_pretrained_weights(&b, &mut net, Path::new(&config.model.pretrained))?;
         }
         let t = &config.train;
         let opt = Optimizer::new(&b, t.optimizer, t.weight_decay as f32, &net.trainable_mut())?;
-        let steps_per_epoch = steps_per_epoch(splits.train.len(), &config);
-        let total = steps_per_epoch * t.epochs as u64;
-        let schedule = Schedule::of(t, total);
-        let scaler = LossScaler::of(t);
-        let run_dir = PathBuf::from(&t.out_dir);
+        let schedule = Schedule::of(t, steps_per_epoch(splits.train.len(), &config) * t.epochs as u64);
+        let workers = config
+            .dataloader
+            .persistent_workers
+            .then(|| Workers::new(config.dataloader.num_workers as usize));
         let mut trainer = Trainer {
+            scaler: LossScaler::of(t),
+            run_dir: PathBuf::from(&t.out_dir),
             b,
             config,
             net,
             opt,
-            scaler,
             schedule,
             progress: Progress::default(),
             splits,
-            run_dir,
             opts,
-            workers: None,
+            workers,
         };
-        if trainer.config.dataloader.persistent_workers {
-            trainer.workers = Some(Workers::new(trainer.config.dataloader.num_workers as usize));
-        }
         if let Some(path) = trainer.opts.resume.clone() {
-            let file = TensorFile::read(&path)?;
-            let theirs = checkpoint::config_of(&file)?;
-            if theirs.model != trainer.config.model
-                || theirs.data.max_frames != trainer.config.data.max_frames
-            {
-                return Err(TrainError::Input(format!(
-                    "{}: trained with [model] {:?} and max_frames {}, the config asks for {:?} and {}",
-                    path.display(),
-                    theirs.model,
-                    theirs.data.max_frames,
-                    trainer.config.model,
-                    trainer.config.data.max_frames
-                )));
-            }
-            let (scaler, progress) =
-                checkpoint::load_all(&trainer.b, &mut trainer.net, &mut trainer.opt, &file)?;
-            trainer.scaler = scaler;
-            trainer.progress = progress;
-            eprintln!(
-                "resuming {} at epoch {}, batch {}, step {}",
-                path.display(),
-                progress.epoch + 1,
-                progress.batch,
-                progress.step
-            );
+            trainer.resume(&path)?;
         }
         Ok(trainer)
+    }
+
+    /// Continues from a checkpoint of the same model: weights, optimizer state, loss
+    /// scaler and the position in the run.
+    fn resume(&mut self, path: &Path) -> Result<(), TrainError> {
+        let file = TensorFile::read(path)?;
+        let theirs = checkpoint::config_of(&file)?;
+        if let Some(difference) = model_difference(&theirs, &self.config) {
+            return Err(TrainError::Input(format!("{}: {difference}", path.display())));
+        }
+        let (scaler, progress) = checkpoint::load_all(&self.b, &mut self.net, &mut self.opt, &file)?;
+        self.scaler = scaler;
+        self.progress = progress;
+        eprintln!(
+            "resuming {} at epoch {}, batch {}, step {}",
+            path.display(),
+            progress.epoch + 1,
+            progress.batch,
+            progress.step
+        );
+        Ok(())
     }
 
     pub fn net(&self) -> &ResNet<B> {
@@ -287,151 +163,24 @@ impl<B: Backend> Trainer<B> {
         let config_copy = self.run_dir.join("config.toml");
         fs::write(&config_copy, toml::to_string(&self.config).unwrap_or_default())
             .map_err(io_err(&config_copy))?;
-        let metrics_path = self.run_dir.join("metrics.jsonl");
-        // A resumed run continues its record; a fresh one starts its own.
-        let resumed = self.opts.resume.is_some();
-        let mut metrics = BufWriter::new(
-            fs::OpenOptions::new()
-                .create(true)
-                .append(resumed)
-                .write(true)
-                .truncate(!resumed)
-                .open(&metrics_path)
-                .map_err(io_err(&metrics_path))?,
-        );
-        let epochs = self.config.train.epochs;
-        let (mut clips_done, mut train_time) = (0usize, 0.0f64);
-        let mut peak_reserved = 0u64;
+        let mut log = RunLog::open(&self.run_dir, self.opts.resume.is_some())?;
+        let mut tally = Tally::default();
         let mut best_val: Option<Metrics> = None;
         let mut interrupted = false;
-        let started_epoch = self.progress.epoch;
-        'epochs: for epoch in started_epoch..epochs {
-            let first = if epoch == started_epoch { self.progress.batch } else { 0 };
-            let loader = self.loader(&self.splits.train, true, epoch as u64, first);
-            let bar = self.bar(loader.batches() as u64, epoch);
-            bar.set_position(first as u64);
-            let (mut loss_sum, mut loss_n) = (0.0, 0usize);
-            for batch in loader {
-                let batch = batch?;
-                let (decisions, plan) = mm.step_boundary(self.progress.step, Some(&self.b.pool_stats()));
-                for d in &decisions {
-                    if d.action == Action::TrimPool {
-                        self.b.trim_pool();
+        for epoch in self.progress.epoch..self.config.train.epochs {
+            match self.train_epoch(epoch, mm, &mut log, &mut tally)? {
+                EpochEnd::Completed { train_loss } => {
+                    if let Some(m) = self.end_epoch(epoch, train_loss, mm, &mut log)? {
+                        best_val = Some(m);
                     }
-                    bar.suspend(|| eprintln!("governor: {d}"));
                 }
-                let lr = self.schedule.lr_at(self.progress.step);
-                let settings = StepSettings::of(&self.config.train, lr);
-                let t0 = Instant::now();
-                let step = self.progress.step;
-                let report = train_step(
-                    &self.b,
-                    &mut self.net,
-                    &mut self.opt,
-                    &mut self.scaler,
-                    &batch,
-                    plan,
-                    &settings,
-                    |e| {
-                        let plan = mm.governor().on_out_of_memory(step, &e.to_string()).ok()?;
-                        bar.suspend(|| {
-                            eprintln!(
-                                "governor: out of memory in step {step}, micro-batch now {}",
-                                plan.micro_batch
-                            )
-                        });
-                        Some(plan)
-                    },
-                )?;
-                let dt = t0.elapsed().as_secs_f64();
-                clips_done += batch.clips.len();
-                train_time += dt;
-                self.progress.step += 1;
-                self.progress.batch += 1;
-                let pool = self.b.pool_stats();
-                peak_reserved = peak_reserved.max(pool.reserved_bytes as u64);
-                loss_sum += report.loss;
-                loss_n += 1;
-                let record = Record::Step {
-                    epoch,
-                    step: self.progress.step,
-                    loss: report.loss,
-                    lr,
-                    scale: self.scaler.scale,
-                    grad_norm: report.grad_norm,
-                    skipped: report.skipped,
-                    clips_per_s: batch.clips.len() as f64 / dt,
-                    micro_batch: report.plan.micro_batch,
-                    accumulation: report.plan.accumulation,
-                    pool_allocated: pool.allocated_bytes as u64,
-                    pool_reserved: pool.reserved_bytes as u64,
-                };
-                write_record(&mut metrics, &record, &metrics_path)?;
-                bar.set_message(format!(
-                    "loss {:.4}  {:.1} clips/s  mem {}/{}",
-                    loss_sum / loss_n as f64,
-                    clips_done as f64 / train_time.max(1e-9),
-                    format_bytes(pool.reserved_bytes as u64),
-                    self.config.gpu.vram_budget
-                ));
-                bar.inc(1);
-                let at_limit = self.opts.max_steps.is_some_and(|m| self.progress.step >= m);
-                if INTERRUPTED.load(Ordering::SeqCst) || at_limit {
-                    bar.abandon();
-                    self.save("last.safetensors")?;
-                    eprintln!(
-                        "{}: checkpoint {} written at epoch {}, batch {}; continue with --resume",
-                        if at_limit { "step limit reached" } else { "interrupted" },
-                        self.run_dir.join("last.safetensors").display(),
-                        epoch + 1,
-                        self.progress.batch
-                    );
+                EpochEnd::Stopped => {
                     interrupted = true;
-                    break 'epochs;
+                    break;
                 }
             }
-            bar.finish_and_clear();
-            let mut micro = mm.governor().plan().micro_batch as usize;
-            let val = evaluate(
-                &self.b,
-                &self.net,
-                &self.splits.val,
-                self.loader(&self.splits.val, false, 0, 0),
-                &mut micro,
-            )?;
-            let train_loss = loss_sum / loss_n.max(1) as f64;
-            let m = val.metrics;
-            write_record(
-                &mut metrics,
-                &Record::Val { epoch, step: self.progress.step, train_loss, metrics: m },
-                &metrics_path,
-            )?;
-            self.progress.epoch = epoch + 1;
-            self.progress.batch = 0;
-            let improved = self.progress.improves_on_best(&m);
-            if improved {
-                self.progress.best_val_auc = Some(m.clip_auc);
-                self.progress.best_val_log_loss = Some(m.log_loss);
-                self.progress.best_epoch = Some(epoch + 1);
-                best_val = Some(m);
-                self.save("best.safetensors")?;
-            }
-            self.save("last.safetensors")?;
-            eprintln!(
-                "epoch {}/{epochs}: train loss {train_loss:.4} | val clip AUC {:.4}, frame AUC {:.4}, ACC {:.3}, EER {:.3}, log loss {:.4}{}",
-                epoch + 1,
-                m.clip_auc,
-                m.frame_auc,
-                m.acc,
-                m.eer,
-                m.log_loss,
-                if improved { " (best)" } else { "" }
-            );
         }
-        metrics.flush().map_err(io_err(&metrics_path))?;
-
         let test = if interrupted { None } else { Some(self.test_on_best(mm)?) };
-        let stats = mm.memory_stats();
         let summary = Summary {
             backend: self.b.name(),
             data: self.splits.description.clone(),
@@ -440,17 +189,156 @@ impl<B: Backend> Trainer<B> {
             best_epoch: self.progress.best_epoch,
             val: best_val,
             test,
-            clips_per_s: clips_done as f64 / train_time.max(1e-9),
-            peak_pool_reserved: peak_reserved,
-            peak_process_rss: stats.peak_process_rss,
+            clips_per_s: tally.clips_per_s(),
+            peak_pool_reserved: tally.peak_reserved,
+            peak_process_rss: mm.memory_stats().peak_process_rss,
             governor_actions: mm.governor().log().iter().map(ToString::to_string).collect(),
             skipped_steps: self.scaler.skipped,
             interrupted,
         };
-        let path = self.run_dir.join("summary.json");
-        fs::write(&path, serde_json::to_string_pretty(&summary).expect("plain data serialises"))
-            .map_err(io_err(&path))?;
+        summary.write(&self.run_dir)?;
         Ok(summary)
+    }
+
+    /// The training pass of `epoch` (from the batch a resumed run stopped at).
+    fn train_epoch(
+        &mut self,
+        epoch: u32,
+        mm: &mut MemoryManager,
+        log: &mut RunLog,
+        tally: &mut Tally,
+    ) -> Result<EpochEnd, TrainError> {
+        let first = if epoch == self.progress.epoch { self.progress.batch } else { 0 };
+        let loader = self.loader(&self.splits.train, true, epoch as u64, first);
+        let bar = self.bar(loader.batches() as u64, epoch);
+        bar.set_position(first as u64);
+        let (mut loss_sum, mut loss_n) = (0.0, 0usize);
+        for batch in loader {
+            let record = self.governed_step(&batch?, epoch, mm, &bar, tally)?;
+            log.write(&record)?;
+            if let Record::Step { loss, .. } = record {
+                loss_sum += loss;
+                loss_n += 1;
+            }
+            bar.set_message(format!(
+                "loss {:.4}  {:.1} clips/s  mem {}/{}",
+                loss_sum / loss_n as f64,
+                tally.clips_per_s(),
+                format_bytes(self.b.pool_stats().reserved_bytes as u64),
+                self.config.gpu.vram_budget
+            ));
+            bar.inc(1);
+            let at_limit = self.opts.max_steps.is_some_and(|m| self.progress.step >= m);
+            if INTERRUPTED.load(Ordering::SeqCst) || at_limit {
+                bar.abandon();
+                self.save("last.safetensors")?;
+                eprintln!(
+                    "{}: checkpoint {} written at epoch {}, batch {}; continue with --resume",
+                    if at_limit { "step limit reached" } else { "interrupted" },
+                    self.run_dir.join("last.safetensors").display(),
+                    epoch + 1,
+                    self.progress.batch
+                );
+                return Ok(EpochEnd::Stopped);
+            }
+        }
+        bar.finish_and_clear();
+        Ok(EpochEnd::Completed { train_loss: loss_sum / loss_n.max(1) as f64 })
+    }
+
+    /// One optimizer step on `batch`: the governor's decisions at the step boundary are
+    /// carried out, an out-of-memory inside the step shrinks the micro-batch and redoes it.
+    fn governed_step(
+        &mut self,
+        batch: &Batch,
+        epoch: u32,
+        mm: &mut MemoryManager,
+        bar: &ProgressBar,
+        tally: &mut Tally,
+    ) -> Result<Record, TrainError> {
+        let (decisions, plan) = mm.step_boundary(self.progress.step, Some(&self.b.pool_stats()));
+        for d in &decisions {
+            if d.action == Action::TrimPool {
+                self.b.trim_pool();
+            }
+            bar.suspend(|| eprintln!("governor: {d}"));
+        }
+        let lr = self.schedule.lr_at(self.progress.step);
+        let settings = StepSettings::of(&self.config.train, lr);
+        let step = self.progress.step;
+        let t0 = Instant::now();
+        let report = train_step(
+            &self.b,
+            &mut self.net,
+            &mut self.opt,
+            &mut self.scaler,
+            batch,
+            plan,
+            &settings,
+            |e| {
+                let plan = mm.governor().on_out_of_memory(step, &e.to_string()).ok()?;
+                bar.suspend(|| eprintln!("governor: out of memory in step {step}, now {plan}"));
+                Some(plan)
+            },
+        )?;
+        let dt = t0.elapsed().as_secs_f64();
+        tally.clips += batch.clips.len();
+        tally.secs += dt;
+        self.progress.step += 1;
+        self.progress.batch += 1;
+        let pool = self.b.pool_stats();
+        tally.peak_reserved = tally.peak_reserved.max(pool.reserved_bytes as u64);
+        Ok(Record::Step {
+            epoch,
+            step: self.progress.step,
+            loss: report.loss,
+            lr,
+            scale: self.scaler.scale,
+            grad_norm: report.grad_norm,
+            skipped: report.skipped,
+            clips_per_s: batch.clips.len() as f64 / dt,
+            micro_batch: report.plan.micro_batch,
+            accumulation: report.plan.accumulation,
+            pool_allocated: pool.allocated_bytes as u64,
+            pool_reserved: pool.reserved_bytes as u64,
+        })
+    }
+
+    /// Validation after `epoch`, its record, and the checkpoints (best when it improved,
+    /// last always). Returns the metrics when they are the best so far.
+    fn end_epoch(
+        &mut self,
+        epoch: u32,
+        train_loss: f64,
+        mm: &mut MemoryManager,
+        log: &mut RunLog,
+    ) -> Result<Option<Metrics>, TrainError> {
+        let mut micro = mm.governor().plan().micro_batch as usize;
+        let loader = self.loader(&self.splits.val, false, 0, 0);
+        let m = evaluate(&self.b, &self.net, &self.splits.val, loader, &mut micro)?.metrics;
+        log.write(&Record::Val { epoch, step: self.progress.step, train_loss, metrics: m })?;
+        self.progress.epoch = epoch + 1;
+        self.progress.batch = 0;
+        let improved = self.progress.improves_on_best(&m);
+        if improved {
+            self.progress.best_val_auc = Some(m.clip_auc);
+            self.progress.best_val_log_loss = Some(m.log_loss);
+            self.progress.best_epoch = Some(epoch + 1);
+            self.save("best.safetensors")?;
+        }
+        self.save("last.safetensors")?;
+        eprintln!(
+            "epoch {}/{}: train loss {train_loss:.4} | val clip AUC {:.4}, frame AUC {:.4}, ACC {:.3}, EER {:.3}, log loss {:.4}{}",
+            epoch + 1,
+            self.config.train.epochs,
+            m.clip_auc,
+            m.frame_auc,
+            m.acc,
+            m.eer,
+            m.log_loss,
+            if improved { " (best)" } else { "" }
+        );
+        Ok(improved.then_some(m))
     }
 
     /// The test split, once, with the best checkpoint's weights.
@@ -480,11 +368,6 @@ impl<B: Backend> Trainer<B> {
     }
 }
 
-fn write_record(out: &mut BufWriter<File>, r: &Record, path: &Path) -> Result<(), TrainError> {
-    serde_json::to_writer(&mut *out, r).expect("plain data serialises");
-    out.write_all(b"\n").and_then(|_| out.flush()).map_err(io_err(path))
-}
-
 /// The loader of a run: batches of the effective batch size (the step splits them into
 /// micro-batches), augmentation and shuffling when `train`.
 pub fn loader_settings(c: &Config, train: bool) -> LoaderSettings {
@@ -501,4 +384,39 @@ pub fn loader_settings(c: &Config, train: bool) -> LoaderSettings {
 
 fn steps_per_epoch(train_clips: usize, config: &Config) -> u64 {
     (train_clips as u64).div_ceil(config.effective_batch() as u64).max(1)
+}
+
+/// Loads a torchvision-named state dict into `net` and says what it did.
+fn load_pretrained_weights<B: Backend>(b: &B, net: &mut ResNet<B>, path: &Path) -> Result<(), TrainError> {
+    let file = TensorFile::read(path)?;
+    let r = load_pretrained(b, net, &file)?;
+    eprintln!(
+        "pretrained: {} tensors from {}{}{}",
+        r.loaded,
+        file.path.display(),
+        if r.head_reinitialised { "; fc has another shape there: re-initialised" } else { "" },
+        if r.unused.is_empty() { String::new() } else { format!("; unused: {}", r.unused.join(", ")) }
+    );
+    Ok(())
+}
+
+/// What keeps a checkpoint from continuing under `ours`, in the config's words: a
+/// different `[model]` or `max_frames`.
+fn model_difference(theirs: &Config, ours: &Config) -> Option<String> {
+    let words = |c: &Config| -> Vec<String> {
+        let mut keys: Vec<String> =
+            toml::to_string(&c.model).unwrap_or_default().lines().map(|l| format!("[model] {l}")).collect();
+        keys.push(format!("[data] max_frames = {}", c.data.max_frames));
+        keys
+    };
+    let (t, o) = (words(theirs), words(ours));
+    let differ: Vec<(&String, &String)> = t.iter().zip(&o).filter(|(a, b)| a != b).collect();
+    if differ.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "trained with {}; the config asks for {}",
+        differ.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(", "),
+        differ.iter().map(|(_, b)| b.as_str()).collect::<Vec<_>>().join(", ")
+    ))
 }

@@ -85,6 +85,10 @@ impl StepSettings {
     }
 }
 
+/// The summed gradients of a step, one per trainable tensor, and each micro-batch's mean
+/// loss with its share of the clips.
+type Accumulated<B> = (Vec<T<B>>, Vec<(f64, f64)>);
+
 /// Forward and backward over the micro-batches of `plan`; the summed gradients (scaled
 /// by the loss scale) and each micro-batch's mean loss with its share of the clips.
 fn accumulate<B: Backend>(
@@ -94,7 +98,7 @@ fn accumulate<B: Backend>(
     plan: BatchPlan,
     scale: f32,
     bce: &BceParams,
-) -> Result<(Vec<T<B>>, Vec<(f64, f64)>), OpError> {
+) -> Result<Accumulated<B>, OpError> {
     let clips = batch.targets.len();
     let micro = plan.micro_batch.max(1) as usize;
     let mut acc: Option<Vec<T<B>>> = None;
