@@ -14,7 +14,10 @@ fn reference_dir() -> PathBuf {
 fn every_reference_module_parses() {
     let dir = reference_dir();
     let Ok(entries) = std::fs::read_dir(&dir) else {
-        println!("skipped: {} is absent (generate it with nvcc -ptx, see softgpu/tests/ptx/README.md)", dir.display());
+        println!(
+            "skipped: {} is absent (generate it with nvcc -ptx, see softgpu/tests/ptx/README.md)",
+            dir.display()
+        );
         return;
     };
     let mut kernels = 0;
@@ -45,7 +48,9 @@ fn committed_test_modules_parse() {
 const HEADER: &str = ".version 9.0\n.target sm_80\n.address_size 64\n";
 
 fn parse_body(body: &str) -> Result<ptx::Module, ptx::PtxError> {
-    ptx::parse(&format!("{HEADER}.visible .entry k(\n.param .u64 k_param_0\n)\n{{\n.reg .b32 %r<4>;\n{body}\nret;\n}}\n"))
+    ptx::parse(&format!(
+        "{HEADER}.visible .entry k(\n.param .u64 k_param_0\n)\n{{\n.reg .b32 %r<4>;\n{body}\nret;\n}}\n"
+    ))
 }
 
 #[test]
@@ -73,4 +78,11 @@ fn params_follow_the_alignment_rules() {
     let slots: Vec<(usize, usize)> = k.params().iter().map(|p| (p.offset, p.size)).collect();
     assert_eq!(slots, [(0, 4), (8, 8), (16, 36), (52, 4), (56, 2)]);
     assert_eq!(k.param_bytes(), 58);
+}
+
+#[test]
+fn kernels_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ptx::Module>();
+    assert_send_sync::<ptx::Kernel>();
 }

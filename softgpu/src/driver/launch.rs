@@ -101,10 +101,11 @@ pub unsafe extern "C" fn cuLaunchKernel(
         // SAFETY: caller contract.
         let params = unsafe { marshal(kernel, kernel_params) }?;
         let memory = d.memory();
-        let failure = match catch_unwind(AssertUnwindSafe(|| exec::launch(kernel, &cfg, &params, &*memory))) {
+        let run = || exec::launch(kernel, &cfg, &params, &*memory).map_err(|e| e.to_string());
+        let failure = match catch_unwind(AssertUnwindSafe(run)) {
             Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => format!("kernel {name}: {e}"),
-            Err(_) => format!("kernel {name}: the interpreter panicked (a softgpu bug)"),
+            Ok(Err(e)) => format!("cuLaunchKernel: {e}"),
+            Err(_) => format!("cuLaunchKernel: kernel `{name}`: the interpreter panicked (a softgpu bug)"),
         };
         report(failure);
         set_pending(ctx, CuResult::LaunchFailed);

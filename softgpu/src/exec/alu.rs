@@ -52,10 +52,12 @@ pub(crate) fn int(regs: &mut [Lanes], mask: u32, op: IntOp, ty: Ty, d: Reg, a: R
         IntOp::And => map2(regs, mask, d, a, b, |x, y| x & y),
         IntOp::Or => map2(regs, mask, d, a, b, |x, y| x | y),
         IntOp::Xor => map2(regs, mask, d, a, b, |x, y| x ^ y),
-        IntOp::MulHi if signed => map2(regs, mask, d, a, b, |x, y| {
-            ((sext(x, sh) as i128 * sext(y, sh) as i128) >> bits) as u64
-        }),
-        IntOp::MulHi => map2(regs, mask, d, a, b, |x, y| ((zext(x, sh) as u128 * zext(y, sh) as u128) >> bits) as u64),
+        IntOp::MulHi if signed => {
+            map2(regs, mask, d, a, b, |x, y| ((sext(x, sh) as i128 * sext(y, sh) as i128) >> bits) as u64)
+        }
+        IntOp::MulHi => {
+            map2(regs, mask, d, a, b, |x, y| ((zext(x, sh) as u128 * zext(y, sh) as u128) >> bits) as u64)
+        }
         // Division by zero is unspecified in PTX; all ones is what the hardware gives for
         // unsigned operands. Signed MIN / -1 wraps.
         IntOp::Div if signed => map2(regs, mask, d, a, b, |x, y| {
@@ -64,7 +66,7 @@ pub(crate) fn int(regs: &mut [Lanes], mask: u32, op: IntOp, ty: Ty, d: Reg, a: R
         }),
         IntOp::Div => map2(regs, mask, d, a, b, |x, y| {
             let (x, y) = (zext(x, sh), zext(y, sh));
-            if y == 0 { u64::MAX } else { x / y }
+            x.checked_div(y).unwrap_or(u64::MAX)
         }),
         IntOp::Rem if signed => map2(regs, mask, d, a, b, |x, y| {
             let (x, y) = (sext(x, sh), sext(y, sh));
@@ -72,7 +74,7 @@ pub(crate) fn int(regs: &mut [Lanes], mask: u32, op: IntOp, ty: Ty, d: Reg, a: R
         }),
         IntOp::Rem => map2(regs, mask, d, a, b, |x, y| {
             let (x, y) = (zext(x, sh), zext(y, sh));
-            if y == 0 { x } else { x % y }
+            x.checked_rem(y).unwrap_or(x)
         }),
         IntOp::Min if signed => map2(regs, mask, d, a, b, |x, y| sext(x, sh).min(sext(y, sh)) as u64),
         IntOp::Min => map2(regs, mask, d, a, b, |x, y| zext(x, sh).min(zext(y, sh))),
@@ -82,7 +84,9 @@ pub(crate) fn int(regs: &mut [Lanes], mask: u32, op: IntOp, ty: Ty, d: Reg, a: R
         // shifts give 0, arithmetic right shifts the sign fill.
         IntOp::Shl => map2(regs, mask, d, a, b, |x, y| if (y as u32) >= bits { 0 } else { x << (y as u32) }),
         IntOp::Shr if signed => map2(regs, mask, d, a, b, |x, y| (sext(x, sh) >> (y as u32).min(63)) as u64),
-        IntOp::Shr => map2(regs, mask, d, a, b, |x, y| if (y as u32) >= bits { 0 } else { zext(x, sh) >> (y as u32) }),
+        IntOp::Shr => {
+            map2(regs, mask, d, a, b, |x, y| if (y as u32) >= bits { 0 } else { zext(x, sh) >> (y as u32) })
+        }
     }
 }
 
@@ -134,7 +138,7 @@ pub(crate) fn bfi(regs: &mut [Lanes], mask: u32, ty: Ty, d: Reg, [a, b, pos, len
 
 /// `add/sub/mul/div/min/max` on f32 and f64 (decode admits only the `.rn` forms and
 /// `add.rz.f32`, and min/max on f32).
-pub(crate) fn float(regs: &mut [Lanes], mask: u32, op: FloatOp, rnd: Rnd, ty: Ty, d: Reg, a: Reg, b: Reg) {
+pub(crate) fn float(regs: &mut [Lanes], mask: u32, op: FloatOp, rnd: Rnd, ty: Ty, [d, a, b]: [Reg; 3]) {
     if ty == Ty::F32 {
         let f = |g: fn(f32, f32) -> f32| move |x: u64, y: u64| bits32(g(f32_of(x), f32_of(y)));
         match (op, rnd) {

@@ -45,7 +45,11 @@ impl BlockRunner {
         loop {
             self.stops.clear();
             for (i, w) in self.warps[..nwarps].iter_mut().enumerate() {
-                let stop = if w.live == 0 { Stop::Exited } else { w.run(ctx, &mut self.shared).map_err(|f| error(i, f))? };
+                let stop = if w.live == 0 {
+                    Stop::Exited
+                } else {
+                    w.run(ctx, &mut self.shared).map_err(|f| error(i, f))?
+                };
                 self.stops.push(stop);
             }
             let waiting = self.stops.iter().position(|s| matches!(s, Stop::Barrier { .. }));
@@ -65,8 +69,7 @@ impl BlockRunner {
                     )),
                     Stop::Barrier { id: other, pc: at_pc } if other != id || at_pc != pc => Some(format!(
                         "bar.sync {id} in a divergent block: warp {i} waits at `{}` (PTX line {}) instead",
-                        body.sites[at_pc as usize].text,
-                        body.sites[at_pc as usize].ptx_line
+                        body.sites[at_pc as usize].text, body.sites[at_pc as usize].ptx_line
                     )),
                     Stop::Barrier { .. } => None,
                 };
@@ -84,7 +87,13 @@ impl BlockRunner {
                         "bar.sync {id} in a divergent block: thread {} of warp {i} exited before the barrier",
                         thread_of(i) + gone.trailing_zeros()
                     );
-                    return Err(launch_error(kernel, at, Some(thread_of(i) + w.active().trailing_zeros()), Some(pc), message));
+                    return Err(launch_error(
+                        kernel,
+                        at,
+                        Some(thread_of(i) + w.active().trailing_zeros()),
+                        Some(pc),
+                        message,
+                    ));
                 }
             }
         }
@@ -100,10 +109,12 @@ pub(crate) fn launch_error(
     pc: Option<u32>,
     message: String,
 ) -> LaunchError {
-    let site = pc.and_then(|pc| kernel.body.sites.get(pc as usize)).map(|s| ErrorSite {
-        ptx_line: s.ptx_line,
-        source: kernel.source_location(s.loc),
-        instruction: s.text.to_string(),
+    let site = pc.and_then(|pc| kernel.body.sites.get(pc as usize)).map(|s| {
+        Box::new(ErrorSite {
+            ptx_line: s.ptx_line,
+            source: kernel.source_location(s.loc),
+            instruction: s.text.to_string(),
+        })
     });
     LaunchError {
         kernel: kernel.name().to_string(),

@@ -17,7 +17,8 @@ pub struct LaunchError {
     pub kernel: String,
     pub block: Option<[u32; 3]>,
     pub thread: Option<[u32; 3]>,
-    pub site: Option<ErrorSite>,
+    /// Boxed: errors travel through every `Result` of the hot loop's callers.
+    pub site: Option<Box<ErrorSite>>,
     pub message: String,
 }
 

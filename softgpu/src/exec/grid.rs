@@ -29,21 +29,33 @@ fn check_config(kernel: &Kernel, cfg: &LaunchConfig, params: &[u8]) -> Result<()
     let [bx, by, bz] = cfg.block;
     let threads = bx as u64 * by as u64 * bz as u64;
     if cfg.grid.contains(&0) || cfg.block.contains(&0) {
-        return Err(config_error(kernel, format!("empty launch: grid {:?}, block {:?}", cfg.grid, cfg.block)));
+        return Err(config_error(
+            kernel,
+            format!("empty launch: grid {:?}, block {:?}", cfg.grid, cfg.block),
+        ));
     }
     if threads > MAX_THREADS_PER_BLOCK as u64 {
-        return Err(config_error(kernel, format!("block of {threads} threads exceeds {MAX_THREADS_PER_BLOCK}")));
+        return Err(config_error(
+            kernel,
+            format!("block of {threads} threads exceeds {MAX_THREADS_PER_BLOCK}"),
+        ));
     }
     let body = &kernel.body;
     if let Some(max) = body.maxntid
         && threads > max.iter().map(|&v| v as u64).product()
     {
-        return Err(config_error(kernel, format!("block {:?} exceeds the kernel's .maxntid {max:?}", cfg.block)));
+        return Err(config_error(
+            kernel,
+            format!("block {:?} exceeds the kernel's .maxntid {max:?}", cfg.block),
+        ));
     }
     if let Some(req) = body.reqntid
         && req != cfg.block
     {
-        return Err(config_error(kernel, format!("block {:?} differs from the kernel's .reqntid {req:?}", cfg.block)));
+        return Err(config_error(
+            kernel,
+            format!("block {:?} differs from the kernel's .reqntid {req:?}", cfg.block),
+        ));
     }
     if params.len() < kernel.param_bytes() {
         return Err(config_error(
@@ -81,7 +93,11 @@ pub fn launch_with_stats(
             }
             let at = Placement {
                 block: cfg.block,
-                block_idx: [(i % gx as u64) as u32, ((i / gx as u64) % gy as u64) as u32, (i / (gx as u64 * gy as u64)) as u32],
+                block_idx: [
+                    (i % gx as u64) as u32,
+                    ((i / gx as u64) % gy as u64) as u32,
+                    (i / (gx as u64 * gy as u64)) as u32,
+                ],
                 grid: cfg.grid,
             };
             match runner.run(kernel, &ctx, &at, cfg.dynamic_shared) {
@@ -102,7 +118,7 @@ pub fn launch_with_stats(
     } else {
         std::thread::scope(|s| {
             for _ in 0..workers {
-                s.spawn(&work);
+                s.spawn(work);
             }
         });
     }

@@ -39,7 +39,9 @@ impl Shared {
             ));
         }
         if addr as u64 % len as u64 != 0 {
-            return Err(format!("shared {what} of {len} bytes at {addr:#x}: misaligned (needs {len}-byte alignment)"));
+            return Err(format!(
+                "shared {what} of {len} bytes at {addr:#x}: misaligned (needs {len}-byte alignment)"
+            ));
         }
         Ok(addr as usize..addr as usize + len)
     }
@@ -66,10 +68,17 @@ impl Shared {
 }
 
 /// Reads `out.len()` bytes of global memory at `addr`, which must be `align`-aligned.
-pub(crate) fn global_read(mem: &dyn GlobalMemory, addr: u64, out: &mut [u8], align: usize) -> Result<(), String> {
+pub(crate) fn global_read(
+    mem: &dyn GlobalMemory,
+    addr: u64,
+    out: &mut [u8],
+    align: usize,
+) -> Result<(), String> {
     let len = out.len();
     if addr % align as u64 != 0 {
-        return Err(format!("global load of {len} bytes at {addr:#x}: misaligned (needs {align}-byte alignment)"));
+        return Err(format!(
+            "global load of {len} bytes at {addr:#x}: misaligned (needs {align}-byte alignment)"
+        ));
     }
     let p = mem.resolve(addr, len).map_err(|f| format!("global load of {f}"))?;
     // SAFETY: `resolve` checked that `len` bytes at `p` belong to one mapped allocation
@@ -82,7 +91,9 @@ pub(crate) fn global_read(mem: &dyn GlobalMemory, addr: u64, out: &mut [u8], ali
 pub(crate) fn global_write(mem: &dyn GlobalMemory, addr: u64, data: &[u8]) -> Result<(), String> {
     let len = data.len();
     if addr % len as u64 != 0 {
-        return Err(format!("global store of {len} bytes at {addr:#x}: misaligned (needs {len}-byte alignment)"));
+        return Err(format!(
+            "global store of {len} bytes at {addr:#x}: misaligned (needs {len}-byte alignment)"
+        ));
     }
     let p = mem.resolve(addr, len).map_err(|f| format!("global store of {f}"))?;
     // SAFETY: as in `global_read`. Blocks running in parallel may write the same bytes

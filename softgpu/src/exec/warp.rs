@@ -6,12 +6,12 @@
 //! post-dominator, with all lanes), and the two paths are pushed above it, each running
 //! until it reaches that post-dominator.
 
+use super::GlobalMemory;
 use super::alu;
 use super::collective::{self, MatrixCount};
 use super::error::Fault;
 use super::lanes::{FULL, Lanes, WARP, each};
 use super::memory::{AsyncCopies, Shared, global_read, global_write};
-use super::GlobalMemory;
 use crate::ptx::Body;
 use crate::ptx::ir::{Op, PredOp, Reg, SPECIAL_REGS, Space, Ty};
 
@@ -27,7 +27,10 @@ struct Frame {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stop {
     /// At `bar.sync id`; `pc` is the barrier instruction.
-    Barrier { id: u32, pc: u32 },
+    Barrier {
+        id: u32,
+        pc: u32,
+    },
     Exited,
 }
 
@@ -186,7 +189,7 @@ impl Warp {
                 Op::MulWide { ty, d, a, b } => alu::mul_wide(regs, em, ty, d, a, b),
                 Op::MadLo { d, a, b, c, .. } => alu::mad_lo(regs, em, d, [a, b, c]),
                 Op::Bfi { ty, d, a, b, pos, len } => alu::bfi(regs, em, ty, d, [a, b, pos, len]),
-                Op::Float { op, rnd, ty, d, a, b } => alu::float(regs, em, op, rnd, ty, d, a, b),
+                Op::Float { op, rnd, ty, d, a, b } => alu::float(regs, em, op, rnd, ty, [d, a, b]),
                 Op::FloatUn { op, ty, d, a } => alu::float_un(regs, em, op, ty, d, a),
                 Op::Fma { ty, d, a, b, c } => alu::fma(regs, em, ty, d, [a, b, c]),
                 Op::Setp { cmp, ty, d, a, b } => {
@@ -219,16 +222,28 @@ impl Warp {
                 Op::LdParam { ty, d, off } => {
                     let n = ty.bytes() as usize;
                     let bytes = ctx.params.get(off as usize..off as usize + n).ok_or_else(|| {
-                        fault(pc, None, format!("parameter bytes {off}..{} beyond the {}-byte buffer", off as usize + n, ctx.params.len()))
+                        fault(
+                            pc,
+                            None,
+                            format!(
+                                "parameter bytes {off}..{} beyond the {}-byte buffer",
+                                off as usize + n,
+                                ctx.params.len()
+                            ),
+                        )
                     })?;
                     let v = from_le(bytes, ty);
                     let dv = &mut regs[d as usize];
                     each(em, |l| dv[l] = v);
                 }
-                Op::Ld { space, ty, n, d, addr, off } => load(regs, em, ctx.mem, shared, space, ty, n, d, addr, off)
-                    .map_err(|(l, m)| fault(pc, Some(l), m))?,
-                Op::St { space, ty, n, a, addr, off } => store(regs, em, ctx.mem, shared, space, ty, n, a, addr, off)
-                    .map_err(|(l, m)| fault(pc, Some(l), m))?,
+                Op::Ld { space, ty, n, d, addr, off } => {
+                    load(regs, em, ctx.mem, shared, space, ty, n, d, addr, off)
+                        .map_err(|(l, m)| fault(pc, Some(l), m))?
+                }
+                Op::St { space, ty, n, a, addr, off } => {
+                    store(regs, em, ctx.mem, shared, space, ty, n, a, addr, off)
+                        .map_err(|(l, m)| fault(pc, Some(l), m))?
+                }
                 Op::CpAsync { dst, dst_off, src, src_off, size, src_size } => {
                     let mut result = Ok(());
                     let (dv, sv) = (regs[dst as usize], regs[src as usize]);
@@ -240,7 +255,8 @@ impl Warp {
                         let daddr = (dv[l] as u32) as i64 + dst_off;
                         let saddr = sv[l].wrapping_add(src_off as u64);
                         let bytes = zv.map_or(size, |z| z[l] as u32);
-                        result = cp_async_one(&mut self.copies, shared, ctx.mem, l, daddr, saddr, size, bytes);
+                        result =
+                            cp_async_one(&mut self.copies, shared, ctx.mem, l, daddr, saddr, size, bytes);
                     });
                     result.map_err(|(l, m)| fault(pc, Some(l), m))?;
                 }

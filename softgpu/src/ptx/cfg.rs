@@ -32,24 +32,24 @@ pub fn set_reconvergence(insts: &mut [Inst]) {
     let exit = nb;
     // Successors of each block; `exit` is the virtual exit node.
     let mut succ: Vec<Vec<usize>> = vec![Vec::new(); nb + 1];
-    for b in 0..nb {
+    for (b, out) in succ.iter_mut().enumerate().take(nb) {
         let last = starts.get(b + 1).copied().unwrap_or(n) - 1;
         let inst = &insts[last];
         let next = if last + 1 < n { block_of[last + 1] } else { exit };
         match inst.op {
             Op::Bra { target, .. } => {
-                succ[b].push(block_of[target as usize]);
+                out.push(block_of[target as usize]);
                 if inst.guard.is_some() {
-                    succ[b].push(next);
+                    out.push(next);
                 }
             }
             Op::Exit => {
-                succ[b].push(exit);
+                out.push(exit);
                 if inst.guard.is_some() {
-                    succ[b].push(next);
+                    out.push(next);
                 }
             }
-            _ => succ[b].push(next),
+            _ => out.push(next),
         }
     }
     let mut pred: Vec<Vec<usize>> = vec![Vec::new(); nb + 1];

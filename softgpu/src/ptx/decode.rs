@@ -73,10 +73,12 @@ pub fn decode_body(
         sites.push(s.site.clone());
     }
     // Falling off the end (or branching to a label after the last instruction) exits.
-    let ends_closed = insts.last().is_some_and(|i| i.guard.is_none() && matches!(i.op, Op::Exit | Op::Bra { .. }))
-        && !symbols.labels.values().any(|&t| t as usize == stmts.len());
+    let ends_closed =
+        insts.last().is_some_and(|i| i.guard.is_none() && matches!(i.op, Op::Exit | Op::Bra { .. }))
+            && !symbols.labels.values().any(|&t| t as usize == stmts.len());
     if !ends_closed {
-        let mut site = sites.last().cloned().unwrap_or(Site { ptx_line: 0, loc: Loc::default(), text: "".into() });
+        let mut site =
+            sites.last().cloned().unwrap_or(Site { ptx_line: 0, loc: Loc::default(), text: "".into() });
         site.text = "(end of kernel)".into();
         insts.push(Inst { op: Op::Exit, guard: None });
         sites.push(site);
@@ -237,10 +239,12 @@ impl Decoder<'_, '_> {
     fn addr(&mut self, op: Option<&Operand<'_>>) -> Result<(Reg, i64), String> {
         match op {
             Some(Operand::Addr(Address { base: AddrBase::Reg(r), off })) => Ok((*r, *off)),
-            Some(Operand::Addr(Address { base: AddrBase::Sym(s), off })) => match self.symbols.shared.get(s) {
-                Some(&a) => Ok((self.constant(0), a as i64 + off)),
-                None => Err(format!("unknown address symbol `{s}`")),
-            },
+            Some(Operand::Addr(Address { base: AddrBase::Sym(s), off })) => {
+                match self.symbols.shared.get(s) {
+                    Some(&a) => Ok((self.constant(0), a as i64 + off)),
+                    None => Err(format!("unknown address symbol `{s}`")),
+                }
+            }
             Some(other) => Err(format!("expected an address, found {other:?}")),
             None => Err("missing address operand".into()),
         }
@@ -285,7 +289,9 @@ impl Decoder<'_, '_> {
                 if m.take("pred") {
                     match op(1) {
                         // `mov.pred %p, -1` / `0`: all ones is true.
-                        Some(Operand::Imm(Imm::Int(v))) => Op::PredConst { d: self.pred(op(0))?, value: *v != 0 },
+                        Some(Operand::Imm(Imm::Int(v))) => {
+                            Op::PredConst { d: self.pred(op(0))?, value: *v != 0 }
+                        }
                         a => Op::MovPred { d: self.pred(op(0))?, a: self.pred(a)? },
                     }
                 } else {
@@ -315,7 +321,12 @@ impl Decoder<'_, '_> {
                         _ => return Err(format!("`{}`: .pred is not allowed", s.opcode)),
                     };
                     m.done()?;
-                    return Ok(Op::PredBin { op: pop, d: self.pred(op(0))?, a: self.pred(op(1))?, b: self.pred(op(2))? });
+                    return Ok(Op::PredBin {
+                        op: pop,
+                        d: self.pred(op(0))?,
+                        a: self.pred(op(1))?,
+                        b: self.pred(op(2))?,
+                    });
                 }
                 let ty = m.ty()?;
                 if ty.is_float() {
@@ -534,7 +545,12 @@ impl Decoder<'_, '_> {
                 m.done()?;
                 match ops {
                     [Operand::Imm(Imm::Int(id))] if (0..16).contains(id) => Op::Bar { id: *id as u32 },
-                    _ => return Err(format!("`{}`: only a constant barrier id and no thread count", s.opcode)),
+                    _ => {
+                        return Err(format!(
+                            "`{}`: only a constant barrier id and no thread count",
+                            s.opcode
+                        ));
+                    }
                 }
             }
             "bra" => {
@@ -542,7 +558,8 @@ impl Decoder<'_, '_> {
                 m.done()?;
                 match ops {
                     [Operand::Sym(l)] => {
-                        let target = *self.symbols.labels.get(l).ok_or_else(|| format!("unknown label `{l}`"))?;
+                        let target =
+                            *self.symbols.labels.get(l).ok_or_else(|| format!("unknown label `{l}`"))?;
                         Op::Bra { target, reconverge: u32::MAX }
                     }
                     _ => return Err("bra: expected one label".into()),
@@ -579,7 +596,9 @@ impl Decoder<'_, '_> {
         let bad = || format!("unsupported rounding for `{}`", m.opcode);
         match (sty.is_float(), dty.is_float(), rnd) {
             // float → integer needs an integer rounding; int → float a float rounding.
-            (true, false, CvtRnd::Int(_)) | (false, true, CvtRnd::Float(Rnd::Rn)) | (false, false, CvtRnd::Exact) => {}
+            (true, false, CvtRnd::Int(_))
+            | (false, true, CvtRnd::Float(Rnd::Rn))
+            | (false, false, CvtRnd::Exact) => {}
             (true, true, r) => {
                 let narrowing = dty.bytes() < sty.bytes();
                 let ok = match r {
@@ -621,10 +640,18 @@ impl Decoder<'_, '_> {
             let Some(Operand::Addr(Address { base: AddrBase::Sym(name), off })) = ops.get(1) else {
                 return Err("ld.param: expected [param_name+offset]".into());
             };
-            let slot = self.symbols.params.iter().find(|p| p.name == *name).ok_or_else(|| format!("unknown parameter `{name}`"))?;
+            let slot = self
+                .symbols
+                .params
+                .iter()
+                .find(|p| p.name == *name)
+                .ok_or_else(|| format!("unknown parameter `{name}`"))?;
             let end = *off + ty.bytes() as i64;
             if *off < 0 || end > slot.size as i64 {
-                return Err(format!("ld.param: bytes {off}..{end} outside parameter `{name}` of {} bytes", slot.size));
+                return Err(format!(
+                    "ld.param: bytes {off}..{end} outside parameter `{name}` of {} bytes",
+                    slot.size
+                ));
             }
             return Ok(Op::LdParam { ty, d: self.dst(ops.first())?, off: (slot.offset as i64 + off) as u32 });
         }
@@ -667,7 +694,9 @@ impl Decoder<'_, '_> {
         let (dst, dst_off) = self.addr(ops.first())?;
         let (src, src_off) = self.addr(ops.get(1))?;
         let size = match ops.get(2) {
-            Some(Operand::Imm(Imm::Int(n))) if [4, 8, 16].contains(n) && (cache == "ca" || *n == 16) => *n as u32,
+            Some(Operand::Imm(Imm::Int(n))) if [4, 8, 16].contains(n) && (cache == "ca" || *n == 16) => {
+                *n as u32
+            }
             _ => return Err(format!("`{}`: copy size must be 4, 8 or 16 (16 for .cg)", m.opcode)),
         };
         let src_size = match ops.get(3) {

@@ -13,8 +13,18 @@ pub type Pred = u32;
 
 /// Special registers, in slot order: they occupy slots 0..12 of every kernel.
 pub const SPECIAL_REGS: [&str; 12] = [
-    "%tid.x", "%tid.y", "%tid.z", "%ntid.x", "%ntid.y", "%ntid.z", "%ctaid.x", "%ctaid.y", "%ctaid.z",
-    "%nctaid.x", "%nctaid.y", "%nctaid.z",
+    "%tid.x",
+    "%tid.y",
+    "%tid.z",
+    "%ntid.x",
+    "%ntid.y",
+    "%ntid.z",
+    "%ctaid.x",
+    "%ctaid.y",
+    "%ctaid.z",
+    "%nctaid.x",
+    "%nctaid.y",
+    "%nctaid.z",
 ];
 
 /// Value types of instructions.
@@ -174,40 +184,165 @@ pub enum Space {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Op {
-    Mov { d: Reg, a: Reg },
-    MovPred { d: Pred, a: Pred },
-    PredConst { d: Pred, value: bool },
-    Int { op: IntOp, ty: Ty, d: Reg, a: Reg, b: Reg },
-    IntUn { op: IntUnOp, ty: Ty, d: Reg, a: Reg },
+    Mov {
+        d: Reg,
+        a: Reg,
+    },
+    MovPred {
+        d: Pred,
+        a: Pred,
+    },
+    PredConst {
+        d: Pred,
+        value: bool,
+    },
+    Int {
+        op: IntOp,
+        ty: Ty,
+        d: Reg,
+        a: Reg,
+        b: Reg,
+    },
+    IntUn {
+        op: IntUnOp,
+        ty: Ty,
+        d: Reg,
+        a: Reg,
+    },
     /// `mul.wide`: `ty` is the source type; the result is twice as wide.
-    MulWide { ty: Ty, d: Reg, a: Reg, b: Reg },
+    MulWide {
+        ty: Ty,
+        d: Reg,
+        a: Reg,
+        b: Reg,
+    },
     /// `mad.lo`: d = a * b + c, low half.
-    MadLo { ty: Ty, d: Reg, a: Reg, b: Reg, c: Reg },
+    MadLo {
+        ty: Ty,
+        d: Reg,
+        a: Reg,
+        b: Reg,
+        c: Reg,
+    },
     /// `bfi`: insert the low `len` bits of `a` into `b` at `pos`.
-    Bfi { ty: Ty, d: Reg, a: Reg, b: Reg, pos: Reg, len: Reg },
-    Float { op: FloatOp, rnd: Rnd, ty: Ty, d: Reg, a: Reg, b: Reg },
-    FloatUn { op: FloatUnOp, ty: Ty, d: Reg, a: Reg },
-    Fma { ty: Ty, d: Reg, a: Reg, b: Reg, c: Reg },
-    Setp { cmp: Cmp, ty: Ty, d: Pred, a: Reg, b: Reg },
-    Selp { ty: Ty, d: Reg, a: Reg, b: Reg, p: Pred },
-    PredBin { op: PredOp, d: Pred, a: Pred, b: Pred },
-    PredNot { d: Pred, a: Pred },
-    Cvt { dty: Ty, sty: Ty, rnd: CvtRnd, d: Reg, a: Reg },
+    Bfi {
+        ty: Ty,
+        d: Reg,
+        a: Reg,
+        b: Reg,
+        pos: Reg,
+        len: Reg,
+    },
+    Float {
+        op: FloatOp,
+        rnd: Rnd,
+        ty: Ty,
+        d: Reg,
+        a: Reg,
+        b: Reg,
+    },
+    FloatUn {
+        op: FloatUnOp,
+        ty: Ty,
+        d: Reg,
+        a: Reg,
+    },
+    Fma {
+        ty: Ty,
+        d: Reg,
+        a: Reg,
+        b: Reg,
+        c: Reg,
+    },
+    Setp {
+        cmp: Cmp,
+        ty: Ty,
+        d: Pred,
+        a: Reg,
+        b: Reg,
+    },
+    Selp {
+        ty: Ty,
+        d: Reg,
+        a: Reg,
+        b: Reg,
+        p: Pred,
+    },
+    PredBin {
+        op: PredOp,
+        d: Pred,
+        a: Pred,
+        b: Pred,
+    },
+    PredNot {
+        d: Pred,
+        a: Pred,
+    },
+    Cvt {
+        dty: Ty,
+        sty: Ty,
+        rnd: CvtRnd,
+        d: Reg,
+        a: Reg,
+    },
     /// Vector loads (`.v2`, `.v4`) use the first `n` of `d`.
-    Ld { space: Space, ty: Ty, n: u8, d: [Reg; 4], addr: Reg, off: i64 },
-    St { space: Space, ty: Ty, n: u8, a: [Reg; 4], addr: Reg, off: i64 },
+    Ld {
+        space: Space,
+        ty: Ty,
+        n: u8,
+        d: [Reg; 4],
+        addr: Reg,
+        off: i64,
+    },
+    St {
+        space: Space,
+        ty: Ty,
+        n: u8,
+        a: [Reg; 4],
+        addr: Reg,
+        off: i64,
+    },
     /// `ld.param`: a byte offset into the packed parameter buffer.
-    LdParam { ty: Ty, d: Reg, off: u32 },
+    LdParam {
+        ty: Ty,
+        d: Reg,
+        off: u32,
+    },
     /// `cp.async.{ca,cg}.shared.global [dst], [src], size{, src_size}`.
-    CpAsync { dst: Reg, dst_off: i64, src: Reg, src_off: i64, size: u32, src_size: Option<Reg> },
+    CpAsync {
+        dst: Reg,
+        dst_off: i64,
+        src: Reg,
+        src_off: i64,
+        size: u32,
+        src_size: Option<Reg>,
+    },
     CpAsyncCommit,
-    CpAsyncWait { n: u32 },
-    Mma { d: [Reg; 4], a: [Reg; 4], b: [Reg; 2], c: [Reg; 4] },
-    Ldmatrix { n: u8, trans: bool, d: [Reg; 4], addr: Reg, off: i64 },
-    Bar { id: u32 },
+    CpAsyncWait {
+        n: u32,
+    },
+    Mma {
+        d: [Reg; 4],
+        a: [Reg; 4],
+        b: [Reg; 2],
+        c: [Reg; 4],
+    },
+    Ldmatrix {
+        n: u8,
+        trans: bool,
+        d: [Reg; 4],
+        addr: Reg,
+        off: i64,
+    },
+    Bar {
+        id: u32,
+    },
     /// `reconverge`: the immediate post-dominator of the branch, where divergent lanes
     /// meet again (`u32::MAX`: only at exit).
-    Bra { target: u32, reconverge: u32 },
+    Bra {
+        target: u32,
+        reconverge: u32,
+    },
     Exit,
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::decode::{self, Address, AddrBase, Imm, Operand, Stmt, Symbols};
+use super::decode::{self, AddrBase, Address, Imm, Operand, Stmt, Symbols};
 use super::ir::{Guard, Loc, Pred, Reg, SPECIAL_REGS, Site};
 use super::lexer::{Tok, Token, tokenize};
 use super::{Kernel, Module, ParamSlot, PtxError};
@@ -26,6 +26,9 @@ struct RawEntry<'a> {
     reqntid: Option<[u32; 3]>,
     stmts: Vec<Stmt<'a>>,
     labels: HashMap<&'a str, u32>,
+    /// Function-scope `.shared` arrays (nvcc demotes a kernel's `__shared__` arrays here):
+    /// name, alignment, bytes.
+    local_shared: Vec<(&'a str, usize, usize)>,
     num_regs: u32,
     num_preds: u32,
     line: u32,
@@ -45,10 +48,9 @@ pub fn parse_module(text: &str) -> Result<Module, PtxError> {
     let mut p = Parser { text, toks: tokenize(text)?, pos: 0 };
     let mut files = Vec::new();
     let mut entries = Vec::new();
-    // Static `.shared` arrays get consecutive offsets; all `.extern .shared` arrays alias
-    // the dynamic region placed after them.
+    // Static `.shared` arrays (name, alignment, bytes) get consecutive offsets in each
+    // kernel's window; all `.extern .shared` arrays alias the dynamic region after them.
     let mut static_shared = Vec::new();
-    let mut static_size = 0usize;
     let mut extern_shared = Vec::new();
     let mut extern_align = 1usize;
     while p.pos < p.toks.len() {
@@ -64,7 +66,7 @@ pub fn parse_module(text: &str) -> Result<Module, PtxError> {
             }
             ".target" => {
                 p.word()?;
-                while p.eat(','){
+                while p.eat(',') {
                     p.word()?;
                 }
             }
@@ -86,9 +88,9 @@ pub fn parse_module(text: &str) -> Result<Module, PtxError> {
                 p.word()?;
                 p.skip_braced()?;
             }
-            ".extern" | ".visible" | ".weak" => {
-                let next = p.word()?;
-                match next {
+            ".extern" | ".visible" | ".weak" | ".entry" | ".shared" => {
+                let directive = if word == ".entry" || word == ".shared" { word } else { p.word()? };
+                match directive {
                     ".entry" => entries.push(p.entry()?),
                     ".shared" if word == ".extern" => {
                         let (name, align, size) = p.shared_decl()?;
@@ -98,51 +100,39 @@ pub fn parse_module(text: &str) -> Result<Module, PtxError> {
                         extern_align = extern_align.max(align);
                         extern_shared.push(name);
                     }
-                    ".shared" => {
-                        let (name, align, size) = p.shared_decl()?;
-                        let size = size.ok_or_else(|| p.err_at(line, format!("`.shared {name}[]` without size")))?;
-                        static_size = align_up(static_size, align);
-                        static_shared.push((name, static_size));
-                        static_size += size;
-                    }
+                    ".shared" => static_shared.push(p.sized_shared_decl(line)?),
                     other => return Err(p.err_at(line, format!("unknown directive `{word} {other}`"))),
                 }
-            }
-            ".entry" => entries.push(p.entry()?),
-            ".shared" => {
-                let (name, align, size) = p.shared_decl()?;
-                let size = size.ok_or_else(|| p.err_at(line, format!("`.shared {name}[]` without size")))?;
-                static_size = align_up(static_size, align);
-                static_shared.push((name, static_size));
-                static_size += size;
             }
             other => return Err(p.err_at(line, format!("unknown directive `{other}`"))),
         }
     }
-    let dynamic_offset = align_up(static_size, extern_align);
-    let shared_limit = u32::MAX as usize;
-    if dynamic_offset > shared_limit {
-        return Err(PtxError { line: 1, message: "static shared memory too large".into() });
-    }
-    let mut shared: HashMap<&str, u32> = HashMap::new();
-    for (name, off) in static_shared {
-        shared.insert(name, off as u32);
-    }
-    for name in extern_shared {
-        shared.insert(name, dynamic_offset as u32);
-    }
     let files = Arc::new(files);
     let mut kernels = Vec::with_capacity(entries.len());
     for e in entries {
+        // This kernel's window: module statics, its own (demoted, function-scope)
+        // statics, then the dynamic region every `.extern .shared` array names.
+        let mut shared: HashMap<&str, u32> = HashMap::new();
+        let mut size = 0;
+        for &(name, align, bytes) in static_shared.iter().chain(&e.local_shared) {
+            size = align_up(size, align);
+            shared.insert(name, size as u32);
+            size += bytes;
+        }
+        let dynamic_offset = align_up(size, extern_align);
+        let dynamic_offset = u32::try_from(dynamic_offset).map_err(|_| PtxError {
+            line: e.line,
+            message: format!("`{}`: static shared memory too large", e.name),
+        })?;
+        for &name in &extern_shared {
+            shared.insert(name, dynamic_offset);
+        }
         let symbols = Symbols { shared: &shared, params: &e.params, labels: &e.labels };
         let mut body = decode::decode_body(&e.stmts, &symbols, e.num_regs, e.num_preds)?;
-        body.static_shared = static_size as u32;
-        body.dynamic_offset = dynamic_offset as u32;
+        body.static_shared = size as u32;
+        body.dynamic_offset = dynamic_offset;
         body.maxntid = e.maxntid;
         body.reqntid = e.reqntid;
-        if body.insts.is_empty() {
-            return Err(PtxError { line: e.line, message: format!("entry `{}` has no instructions", e.name) });
-        }
         kernels.push(Kernel {
             name: e.name,
             params: e.params,
@@ -275,6 +265,13 @@ impl<'a> Parser<'a> {
         Ok((name, align.max(elem), size))
     }
 
+    /// A static `.shared` array: its size is required.
+    fn sized_shared_decl(&mut self, line: u32) -> Result<(&'a str, usize, usize), PtxError> {
+        let (name, align, size) = self.shared_decl()?;
+        let size = size.ok_or_else(|| self.err_at(line, format!("`.shared {name}[]` without size")))?;
+        Ok((name, align, size))
+    }
+
     fn entry(&mut self) -> Result<RawEntry<'a>, PtxError> {
         let line = self.line();
         let name = self.word()?.to_string();
@@ -317,6 +314,7 @@ impl<'a> Parser<'a> {
             num_preds: 0,
             stmts: Vec::new(),
             labels: HashMap::new(),
+            local_shared: Vec::new(),
             loc: Loc::default(),
         };
         self.body(&mut body)?;
@@ -328,6 +326,7 @@ impl<'a> Parser<'a> {
             reqntid,
             stmts: body.stmts,
             labels: body.labels,
+            local_shared: body.local_shared,
             num_regs: body.num_regs,
             num_preds: body.num_preds,
             line,
@@ -392,6 +391,7 @@ impl<'a> Parser<'a> {
                 Tok::Punct('{') => b.scopes.push(HashMap::new()),
                 Tok::Word(".reg") => self.reg_decl(b)?,
                 Tok::Word(".loc") => b.loc = self.loc(t.line)?,
+                Tok::Word(".shared") => b.local_shared.push(self.sized_shared_decl(t.line)?),
                 Tok::Word(".pragma") => {
                     let s = self.string()?;
                     if s != "nounroll" {
@@ -417,7 +417,10 @@ impl<'a> Parser<'a> {
                     };
                     let op = self.next()?;
                     let Tok::Word(opcode) = op.tok else {
-                        return Err(self.err_at(op.line, format!("expected an instruction, found {}", Self::describe(op.tok))));
+                        return Err(self.err_at(
+                            op.line,
+                            format!("expected an instruction, found {}", Self::describe(op.tok)),
+                        ));
                     };
                     self.statement(b, Some(Guard { pred, negate }), opcode, t)?;
                 }
@@ -432,8 +435,8 @@ impl<'a> Parser<'a> {
         let ty = self.word()?;
         let pred = match ty {
             ".pred" => true,
-            ".b16" | ".u16" | ".s16" | ".f16" | ".b32" | ".u32" | ".s32" | ".f32" | ".b64" | ".u64" | ".s64"
-            | ".f64" => false,
+            ".b16" | ".u16" | ".s16" | ".f16" | ".b32" | ".u32" | ".s32" | ".f32" | ".b64" | ".u64"
+            | ".s64" | ".f64" => false,
             other => return Err(self.err(format!("unsupported register type `{other}`"))),
         };
         loop {
@@ -512,7 +515,9 @@ impl<'a> Parser<'a> {
                         None => AddrBase::Sym(w),
                     },
                     other => {
-                        return Err(self.err_at(t.line, format!("unsupported address {}", Self::describe(other))));
+                        return Err(
+                            self.err_at(t.line, format!("unsupported address {}", Self::describe(other)))
+                        );
                     }
                 };
                 let mut off = 0i64;
@@ -612,6 +617,7 @@ struct BodyParser<'a> {
     num_preds: u32,
     stmts: Vec<Stmt<'a>>,
     labels: HashMap<&'a str, u32>,
+    local_shared: Vec<(&'a str, usize, usize)>,
     loc: Loc,
 }
 

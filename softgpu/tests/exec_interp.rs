@@ -1,0 +1,174 @@
+//! The interpreter on small test kernels (tests/ptx/interp.cu): results against plain
+//! Rust, and the checks that must fire.
+
+mod exec_support;
+
+use exec_support::{Arg, TestMemory, interp_module, pack};
+use softgpu::exec::{LaunchConfig, launch, launch_with_stats};
+
+fn cfg(grid: u32, block: u32, dynamic_shared: u32) -> LaunchConfig {
+    LaunchConfig { grid: [grid, 1, 1], block: [block, 1, 1], dynamic_shared }
+}
+
+#[test]
+fn vec_add_matches_cpu_with_a_ragged_tail() {
+    let module = interp_module();
+    let k = module.kernel("vec_add_f32").expect("vec_add_f32");
+    let n = 1000;
+    let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+    let b: Vec<f32> = (0..n).map(|i| 3.0 - i as f32).collect();
+    let mut mem = TestMemory::new();
+    let (pa, pb, pc) = (mem.alloc_f32(&a), mem.alloc_f32(&b), mem.alloc_f32(&vec![0.0; n]));
+    let params = pack(k, &[Arg::Ptr(pa), Arg::Ptr(pb), Arg::Ptr(pc), Arg::I32(n as i32)]);
+    let stats = launch_with_stats(k, &cfg(8, 128, 0), &params, &mem).unwrap_or_else(|e| panic!("{e}"));
+    let c = mem.f32s(pc);
+    for i in 0..n {
+        assert_eq!(c[i], a[i] + b[i], "c[{i}]");
+    }
+    assert!(stats.lane_instructions > 0);
+}
+
+#[test]
+fn divergent_paths_reconverge_before_the_barrier() {
+    let module = interp_module();
+    let k = module.kernel("diverge_i32").expect("diverge_i32");
+    let n = 128usize;
+    let input: Vec<i32> = (0..n as i32).map(|i| (i * 7919) % 101).collect();
+    let mut mem = TestMemory::new();
+    let (pin, pout) = (mem.alloc_i32(&input), mem.alloc_i32(&vec![0; n]));
+    let params = pack(k, &[Arg::Ptr(pin), Arg::Ptr(pout)]);
+    launch(k, &cfg(1, n as u32, 0), &params, &mem).unwrap_or_else(|e| panic!("{e}"));
+    let value = |x: i32| match x % 3 {
+        0 => x * 2,
+        1 => (0..x % 7).map(|k| k * x).sum(),
+        _ => -x,
+    };
+    let out = mem.i32s(pout);
+    for t in 0..n {
+        assert_eq!(out[t], value(input[t]) + value(input[(t + 1) % n]), "out[{t}]");
+    }
+}
+
+#[test]
+fn block_reduction_with_barriers() {
+    let module = interp_module();
+    let k = module.kernel("block_sum_f32").expect("block_sum_f32");
+    let (blocks, threads) = (5usize, 256usize);
+    let input: Vec<f32> = (0..blocks * threads).map(|i| (i % 17) as f32 - 8.0).collect();
+    let mut mem = TestMemory::new();
+    let (pin, pout) = (mem.alloc_f32(&input), mem.alloc_f32(&vec![0.0; blocks]));
+    let params = pack(k, &[Arg::Ptr(pin), Arg::Ptr(pout)]);
+    launch(k, &cfg(blocks as u32, threads as u32, 0), &params, &mem).unwrap_or_else(|e| panic!("{e}"));
+    let out = mem.f32s(pout);
+    for b in 0..blocks {
+        // Small integers: every summation order is exact.
+        let want: f32 = input[b * threads..(b + 1) * threads].iter().sum();
+        assert_eq!(out[b], want, "block {b}");
+    }
+}
+
+#[test]
+fn out_of_bounds_store_names_kernel_thread_and_line() {
+    let module = interp_module();
+    let k = module.kernel("vec_add_f32").expect("vec_add_f32");
+    let mut mem = TestMemory::new();
+    let (pa, pb) = (mem.alloc_f32(&[1.0; 64]), mem.alloc_f32(&[2.0; 64]));
+    let pc = mem.alloc_f32(&[0.0; 40]);
+    // n = 64 but c holds 40: thread 40 stores past the end.
+    let params = pack(k, &[Arg::Ptr(pa), Arg::Ptr(pb), Arg::Ptr(pc), Arg::I32(64)]);
+    let err = launch(k, &cfg(1, 64, 0), &params, &mem).expect_err("out-of-bounds store");
+    let msg = err.to_string();
+    assert_eq!(err.block, Some([0, 0, 0]));
+    assert_eq!(err.thread, Some([40, 0, 0]), "{msg}");
+    let site = err.site.as_ref().expect("a PTX site");
+    assert!(site.instruction.starts_with("st.global.f32"), "{msg}");
+    assert!(site.source.as_deref().is_some_and(|s| s.ends_with("interp.cu:8")), "{msg}");
+    assert!(msg.contains(&format!("global store of 4 bytes at {:#x}", pc + 160)), "{msg}");
+    assert!(msg.contains("past the end of allocation"), "{msg}");
+}
+
+#[test]
+fn missing_cp_async_wait_reads_stale_shared_memory() {
+    let module = interp_module();
+    let k = module.kernel("cp_async_copy").expect("cp_async_copy");
+    let threads = 64usize;
+    let input: Vec<f32> = (0..threads * 4).map(|i| i as f32).collect();
+    let run = |wait: i32| {
+        let mut mem = TestMemory::new();
+        let (pin, pout) = (mem.alloc_f32(&input), mem.alloc_f32(&vec![0.0; threads * 4]));
+        let params = pack(k, &[Arg::Ptr(pin), Arg::Ptr(pout), Arg::I32(wait)]);
+        launch(k, &cfg(1, threads as u32, (threads * 16) as u32), &params, &mem)
+            .unwrap_or_else(|e| panic!("{e}"));
+        mem.f32s(pout)
+    };
+    let want: Vec<f32> = (0..threads * 4).map(|i| input[(i + 4) % (threads * 4)]).collect();
+    let waited = run(1);
+    assert_eq!(waited, want, "with cp.async.wait_group 0");
+    let stale = run(0);
+    let mismatches = stale.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    assert_eq!(mismatches, threads * 4, "without the wait every value must be stale: {:?}", &stale[..8]);
+}
+
+#[test]
+fn divergent_barrier_is_an_error() {
+    let module = interp_module();
+    let k = module.kernel("divergent_barrier").expect("divergent_barrier");
+    let mut mem = TestMemory::new();
+    let pout = mem.alloc_f32(&[0.0; 128]);
+    let params = pack(k, &[Arg::Ptr(pout)]);
+    let err = launch(k, &cfg(1, 128, 0), &params, &mem).expect_err("divergent bar.sync");
+    let msg = err.to_string();
+    assert!(msg.contains("bar.sync 0 in a divergent block"), "{msg}");
+    assert!(err.site.as_ref().is_some_and(|s| s.instruction.starts_with("bar.sync")), "{msg}");
+}
+
+/// Threads below `active` run an ldmatrix.x4 over rows at 16·tid in the dynamic window.
+const LDMATRIX_PTX: &str = r#"
+.version 9.0
+.target sm_80
+.address_size 64
+.extern .shared .align 16 .b8 tile[];
+
+.visible .entry ldmatrix_rows(
+	.param .u32 ldmatrix_rows_param_0
+)
+{
+	.reg .pred 	%p<2>;
+	.reg .b32 	%r<8>;
+
+	ld.param.u32 	%r7, [ldmatrix_rows_param_0];
+	mov.u32 	%r1, %tid.x;
+	setp.lt.u32 	%p1, %r1, %r7;
+	@!%p1 bra 	$L__end;
+	shl.b32 	%r2, %r1, 4;
+	mov.u32 	%r3, tile;
+	add.s32 	%r2, %r2, %r3;
+	ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%r3,%r4,%r5,%r6}, [%r2];
+$L__end:
+	ret;
+}
+"#;
+
+fn run_ldmatrix(active: u32, dynamic_shared: u32) -> Result<(), softgpu::exec::LaunchError> {
+    let module = softgpu::ptx::parse(LDMATRIX_PTX).unwrap_or_else(|e| panic!("{e}"));
+    let k = module.kernel("ldmatrix_rows").expect("ldmatrix_rows");
+    let params = active.to_le_bytes();
+    launch(k, &cfg(1, 32, dynamic_shared), &params, &TestMemory::new())
+}
+
+#[test]
+fn ldmatrix_by_a_partial_warp_is_an_error() {
+    run_ldmatrix(32, 512).unwrap_or_else(|e| panic!("full warp: {e}"));
+    let err = run_ldmatrix(16, 512).expect_err("partial warp");
+    let msg = err.to_string();
+    assert!(msg.contains("ldmatrix reached by a partial warp"), "{msg}");
+    assert!(msg.contains("PTX line 21"), "{msg}");
+}
+
+#[test]
+fn shared_out_of_bounds_names_the_window() {
+    let err = run_ldmatrix(32, 256).expect_err("rows past the window");
+    let msg = err.to_string();
+    assert_eq!(err.thread, Some([16, 0, 0]), "{msg}");
+    assert!(msg.contains("outside the shared window of 0x100 bytes (0 static + 256 dynamic)"), "{msg}");
+}
