@@ -1,7 +1,7 @@
 //! The host side of kernels/eltwise.cu: element-wise ops over whole FP32 buffers (and the
 //! FP32 → FP16 cast that feeds the tensor-core kernels).
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::device::{CudaError, Device, check_lens, grid_1d};
@@ -9,29 +9,32 @@ use crate::kernels::{Entry, entries};
 
 /// y[..n] = max(x[..n], 0).
 pub fn relu_fwd(dev: &Device, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>, n: usize) -> Result<(), CudaError> {
-    map(dev, entries::RELU_FWD_F32, x, y, n)
+    map(dev, entries::RELU_FWD_F32, x, y, n, grid_1d(n.div_ceil(4)))
 }
 
 /// y[..n] = σ(x[..n]).
 pub fn sigmoid(dev: &Device, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>, n: usize) -> Result<(), CudaError> {
-    map(dev, entries::SIGMOID_F32, x, y, n)
+    map(dev, entries::SIGMOID_F32, x, y, n, grid_1d(n))
 }
 
-/// The kernels of the form (x, y, n): y = f(x).
-fn map(
+/// The kernels of the form (x, y, n): y = f(x) element by element, over `grid` (one
+/// thread per float4 where the kernel vectorises, per element otherwise).
+fn map<X, Y>(
     dev: &Device,
     entry: Entry,
-    x: &CudaSlice<f32>,
-    y: &mut CudaSlice<f32>,
+    x: &CudaSlice<X>,
+    y: &mut CudaSlice<Y>,
     n: usize,
+    grid: LaunchConfig,
 ) -> Result<(), CudaError> {
     check_lens(entry, &[("x", x.len(), n), ("y", y.len(), n)])?;
     let kernel = dev.kernel(entry)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
     args.arg(x).arg(y).arg(&nn);
-    // SAFETY: (x, y, n) is the kernel's signature; both hold n floats.
-    unsafe { dev.launch(&kernel, args, grid_1d(n.div_ceil(4)), || format!("n = {n}")) }
+    // SAFETY: (x, y, n) is the kernel's signature, with the element types of x and y;
+    // both hold n elements.
+    unsafe { dev.launch(&kernel, args, grid, || format!("n = {n}")) }
 }
 
 /// dx = dy where y > 0, else 0.
@@ -103,14 +106,7 @@ pub fn cast_f32_f16(
     y: &mut CudaSlice<f16>,
     n: usize,
 ) -> Result<(), CudaError> {
-    let entry = entries::CAST_F32_F16;
-    check_lens(entry, &[("x", x.len(), n), ("y", y.len(), n)])?;
-    let kernel = dev.kernel(entry)?;
-    let nn = n as i64;
-    let mut args = dev.args(&kernel);
-    args.arg(x).arg(y).arg(&nn);
-    // SAFETY: cast_f32_f16's signature; x holds n floats, y n halves.
-    unsafe { dev.launch(&kernel, args, grid_1d(n), || format!("n = {n}")) }
+    map(dev, entries::CAST_F32_F16, x, y, n, grid_1d(n))
 }
 
 /// y[..n] = x[..n] widened to FP32.
@@ -120,12 +116,5 @@ pub fn cast_f16_f32(
     y: &mut CudaSlice<f32>,
     n: usize,
 ) -> Result<(), CudaError> {
-    let entry = entries::CAST_F16_F32;
-    check_lens(entry, &[("x", x.len(), n), ("y", y.len(), n)])?;
-    let kernel = dev.kernel(entry)?;
-    let nn = n as i64;
-    let mut args = dev.args(&kernel);
-    args.arg(x).arg(y).arg(&nn);
-    // SAFETY: cast_f16_f32's signature; x holds n halves, y n floats.
-    unsafe { dev.launch(&kernel, args, grid_1d(n), || format!("n = {n}")) }
+    map(dev, entries::CAST_F16_F32, x, y, n, grid_1d(n))
 }
