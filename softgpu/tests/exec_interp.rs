@@ -78,6 +78,7 @@ fn out_of_bounds_store_names_kernel_thread_and_line() {
     let params = pack(k, &[Arg::Ptr(pa), Arg::Ptr(pb), Arg::Ptr(pc), Arg::I32(64)]);
     let err = launch(k, &cfg(1, 64, 0), &params, &mem).expect_err("out-of-bounds store");
     let msg = err.to_string();
+    println!("{msg}");
     assert_eq!(err.block, Some([0, 0, 0]));
     assert_eq!(err.thread, Some([40, 0, 0]), "{msg}");
     let site = err.site.as_ref().expect("a PTX site");
@@ -118,6 +119,7 @@ fn divergent_barrier_is_an_error() {
     let params = pack(k, &[Arg::Ptr(pout)]);
     let err = launch(k, &cfg(1, 128, 0), &params, &mem).expect_err("divergent bar.sync");
     let msg = err.to_string();
+    println!("{msg}");
     assert!(msg.contains("bar.sync 0 in a divergent block"), "{msg}");
     assert!(err.site.as_ref().is_some_and(|s| s.instruction.starts_with("bar.sync")), "{msg}");
 }
