@@ -6,8 +6,9 @@
 #   scripts/pack-gpu.sh                 # here
 #   bash .gpu/run.sh                    # on the GPU machine, from the repository root
 #
-# The GPU tests skip with a reason when no device is present, so run.sh on a machine
-# without one proves only that the binaries start.
+# Every GPU test's name ends in `_cuda`: run.sh runs those (with DFENGINE_REQUIRE_GPU=1,
+# so a GPU test that cannot find its device fails instead of skipping) and the library's
+# unit tests.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -28,19 +29,22 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("name") == name and kind in t.get("kind", []):
         print(m["executable"]); break' "$1" "$2"
 }
-for t in memory_pool_cuda preprocess gemm gpu_ops conv cuda_backend; do strip -o ".gpu/test_$t" "$(pick "$t" test)"; done
+for t in memory_pool_cuda monitor preprocess gemm conv eltwise optim pooling norm loss cuda_backend; do strip -o ".gpu/test_$t" "$(pick "$t" test)"; done
 strip -o .gpu/test_lib "$(pick dfengine lib)"
 strip -o .gpu/bench_cuda_kernels "$(pick cuda_kernels bench)"
 cp benches/torch_yardstick.py .gpu/
 cat > .gpu/run.sh <<'RUN'
 #!/usr/bin/env bash
-# Every GPU test and bench, logs under $OUT (or ./gpu-logs); a table of results last.
+# Every GPU test (the `_cuda` ones; a missing GPU fails them) and bench, logs under $OUT
+# (or ./gpu-logs); a table of results last.
 set -uo pipefail
 out=${OUT:-gpu-logs}; mkdir -p "$out"; cd "$(dirname "$0")"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
+export DFENGINE_REQUIRE_GPU=1
 status=0
 for t in test_*; do
-    ./"$t" --test-threads=1 --nocapture > "$out/$t.log" 2>&1; rc=$?; [ $rc -ne 0 ] && status=1
+    filter=_cuda; [ "$t" = test_lib ] && filter=
+    ./"$t" ${filter:+"$filter"} --test-threads=1 --nocapture > "$out/$t.log" 2>&1; rc=$?; [ $rc -ne 0 ] && status=1
     echo "$t: exit $rc, $(grep -c '^test .* ok$' "$out/$t.log") ok, $(grep -c 'skipped' "$out/$t.log") skipped"
 done
 ./bench_cuda_kernels 2>&1 | tee "$out/bench_cuda_kernels.log"

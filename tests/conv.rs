@@ -1,12 +1,14 @@
-//! conv2d: the CPU reference against the direct definition (forward), the adjoint
-//! identities that tie forward, dgrad and wgrad together exactly, and finite
-//! differences (backward).
+//! conv2d: against the direct definition (forward), the adjoint identities that tie
+//! forward, dgrad and wgrad together exactly, and finite differences (backward) on every
+//! backend (the CUDA backend rounds the inputs to FP16 for the tensor cores: its
+//! tolerances say so); the kernels of kernels/conv.cu against the CPU reference through
+//! the host functions.
 
+#[macro_use]
 mod common;
 
-use common::{Rng, assert_close, check_gradient, cpu, dot, randn_tensor};
+use common::{BTensor, DeviceUnderTest, Rng, assert_close, check_gradient, dot, host, randn, tensor};
 use dfengine::backend::ops::Backend;
-use dfengine::tensor::Shape;
 
 type ConvCase = (usize, usize, usize, usize, usize, usize, [usize; 2], [usize; 2]);
 
@@ -22,6 +24,15 @@ const CASES: &[ConvCase] = &[
     (3, 5, 5, 2, 3, 3, [1, 1], [0, 0]),
     (9, 4, 5, 3, 2, 3, [2, 1], [1, 0]),
     (1, 1, 1, 7, 3, 1, [1, 1], [0, 0]),
+];
+
+/// Cases like the first, second and seventh of `CASES` with K a multiple of 8, so that
+/// the gradients of a device that needs that (`DeviceUnderTest::conv_grad_channels`) run
+/// on 3×3 and 7×7 windows, C = 3 and 5, and mixed strides too.
+const GRAD_CASES: &[ConvCase] = &[
+    (2, 7, 5, 5, 8, 3, [1, 1], [1, 1]),
+    (1, 11, 11, 3, 8, 7, [2, 2], [3, 3]),
+    (9, 4, 5, 3, 16, 3, [2, 1], [1, 0]),
 ];
 
 /// The definition: y[n,p,q,k] = Σ_{r,s,c} x[n, p·sh − ph + r, q·sw − pw + s, c] · w[k,r,s,c].
@@ -65,86 +76,121 @@ fn conv_definition(
     y
 }
 
-#[test]
-fn conv2d_fwd_matches_definition() {
-    let b = cpu();
+fn conv2d_fwd_matches_definition<B: Backend>(b: &B, dut: &DeviceUnderTest) {
     let mut rng = Rng::new(1);
-    for &(n, h, w, c, k, rs, stride, pad) in CASES {
-        let x = randn_tensor(&mut rng, [n, h, w, c], 1.0);
-        let wt = randn_tensor(&mut rng, [k, rs, rs, c], 1.0);
+    // f32 sums of at most 7·7·3 products of O(1) terms against an f64 sum.
+    let tol = dut.product_tol(1e-5, 1e-5);
+    for &(n, h, w, c, k, rs, stride, pad) in CASES.iter().chain(GRAD_CASES) {
+        let x = randn(b, &mut rng, [n, h, w, c], 1.0);
+        let wt = randn(b, &mut rng, [k, rs, rs, c], 1.0);
         let y = b.conv2d_fwd(&x, &wt, stride, pad).unwrap();
-        let want = conv_definition(x.storage(), [n, h, w, c], wt.storage(), [k, rs, rs, c], stride, pad);
-        // f32 sums of at most 7·7·3 products of O(1) terms against an f64 sum.
-        assert_close(
-            &format!("conv2d_fwd {:?}", (n, h, w, c, k, rs, stride, pad)),
-            y.storage(),
-            &want,
-            1e-5,
-            1e-5,
-        );
+        let want = conv_definition(&host(b, &x), [n, h, w, c], &host(b, &wt), [k, rs, rs, c], stride, pad);
+        let what = format!("conv2d_fwd {:?}", (n, h, w, c, k, rs, stride, pad));
+        assert_close(&what, &host(b, &y), &want, tol.atol, tol.rtol);
     }
 }
+test_device!(
+    conv2d_fwd_matches_definition,
+    conv2d_fwd_matches_definition_cpu,
+    conv2d_fwd_matches_definition_cuda
+);
 
-#[test]
-fn conv2d_dgrad_and_wgrad_are_adjoints_of_forward() {
+/// dgrad(dy, w) and wgrad(x, dy) of `case`, or `None` where the device refuses its K —
+/// after checking that both say why.
+fn gradients<B: Backend>(
+    b: &B,
+    dut: &DeviceUnderTest,
+    x: &BTensor<B>,
+    wt: &BTensor<B>,
+    dy: &BTensor<B>,
+    case: ConvCase,
+) -> Option<(BTensor<B>, BTensor<B>)> {
+    let (n, h, w, c, k, rs, stride, pad) = case;
+    let dx = b.conv2d_dgrad(dy, wt, [n, h, w, c], stride, pad);
+    let dw = b.conv2d_wgrad(x, dy, [k, rs, rs, c], stride, pad);
+    if k % dut.conv_grad_channels == 0 {
+        return Some((dx.unwrap(), dw.unwrap()));
+    }
+    let why = format!("multiple of {}", dut.conv_grad_channels);
+    for (op, refused) in [("dgrad", dx.err()), ("wgrad", dw.err())] {
+        let err = refused.unwrap_or_else(|| panic!("{case:?}: {op} ran with K = {k}")).to_string();
+        assert!(err.contains(&why), "{case:?}: {op} refused K = {k} without saying why: {err}");
+    }
+    None
+}
+
+fn conv2d_dgrad_and_wgrad_are_adjoints_of_forward<B: Backend>(b: &B, dut: &DeviceUnderTest) {
     // conv is bilinear, so ⟨conv(x, w), dy⟩ = ⟨x, dgrad(dy, w)⟩ = ⟨w, wgrad(x, dy)⟩ holds
     // exactly up to rounding: a tight check of every index in both backward ops.
-    let b = cpu();
     let mut rng = Rng::new(2);
-    for &(n, h, w, c, k, rs, stride, pad) in CASES {
-        let x = randn_tensor(&mut rng, [n, h, w, c], 1.0);
-        let wt = randn_tensor(&mut rng, [k, rs, rs, c], 1.0);
+    let norm = |v: &[f32]| dot(v, v).sqrt();
+    for &case in CASES.iter().chain(GRAD_CASES) {
+        let (n, h, w, c, k, rs, stride, pad) = case;
+        let x = randn(b, &mut rng, [n, h, w, c], 1.0);
+        let wt = randn(b, &mut rng, [k, rs, rs, c], 1.0);
         let y = b.conv2d_fwd(&x, &wt, stride, pad).unwrap();
-        let dy = randn_tensor(&mut rng, y.shape().clone(), 1.0);
-        let dx = b.conv2d_dgrad(&dy, &wt, [n, h, w, c], stride, pad).unwrap();
-        let dw = b.conv2d_wgrad(&x, &dy, [k, rs, rs, c], stride, pad).unwrap();
+        let dy = randn(b, &mut rng, y.shape().clone(), 1.0);
+        let Some((dx, dw)) = gradients(b, dut, &x, &wt, &dy, case) else { continue };
         assert_eq!(dx.dims(), x.dims());
         assert_eq!(dw.dims(), wt.dims());
-        let lhs = dot(y.storage(), dy.storage());
-        let via_dx = dot(x.storage(), dx.storage());
-        let via_dw = dot(wt.storage(), dw.storage());
-        let tol = 1e-4 * lhs.abs().max(1.0);
-        let case = (n, h, w, c, k, rs, stride, pad);
+        let (ys, dys) = (host(b, &y), host(b, &dy));
+        let lhs = dot(&ys, &dys);
+        let via_dx = dot(&host(b, &x), &host(b, &dx));
+        let via_dw = dot(&host(b, &wt), &host(b, &dw));
+        let tol = 1e-4 * lhs.abs().max(1.0) + dut.adjoint as f64 * norm(&ys) * norm(&dys);
         assert!((lhs - via_dx).abs() < tol, "{case:?}: ⟨y,dy⟩ {lhs} vs ⟨x,dx⟩ {via_dx}");
         assert!((lhs - via_dw).abs() < tol, "{case:?}: ⟨y,dy⟩ {lhs} vs ⟨w,dw⟩ {via_dw}");
     }
 }
+test_device!(
+    conv2d_dgrad_and_wgrad_are_adjoints_of_forward,
+    conv2d_dgrad_and_wgrad_are_adjoints_of_forward_cpu,
+    conv2d_dgrad_and_wgrad_are_adjoints_of_forward_cuda
+);
 
-#[test]
-fn conv2d_dgrad_and_wgrad_match_finite_differences() {
-    let b = cpu();
+fn conv2d_dgrad_and_wgrad_match_finite_differences<B: Backend>(b: &B, dut: &DeviceUnderTest) {
     let mut rng = Rng::new(3);
-    for &(n, h, w, c, k, rs, stride, pad) in &CASES[..5] {
-        let x = randn_tensor(&mut rng, [n, h, w, c], 1.0);
-        let wt = randn_tensor(&mut rng, [k, rs, rs, c], 1.0);
+    let tol = dut.product_fd_tol(1e-2);
+    for &case in CASES[..5].iter().chain(GRAD_CASES) {
+        let (n, h, w, c, k, rs, stride, pad) = case;
+        let x = randn(b, &mut rng, [n, h, w, c], 1.0);
+        let wt = randn(b, &mut rng, [k, rs, rs, c], 1.0);
         let y = b.conv2d_fwd(&x, &wt, stride, pad).unwrap();
-        let r = randn_tensor(&mut rng, y.shape().clone(), 1.0);
-        let dx = b.conv2d_dgrad(&r, &wt, [n, h, w, c], stride, pad).unwrap();
-        let dw = b.conv2d_wgrad(&x, &r, [k, rs, rs, c], stride, pad).unwrap();
+        let r = randn(b, &mut rng, y.shape().clone(), 1.0);
+        let Some((dx, dw)) = gradients(b, dut, &x, &wt, &r, case) else { continue };
+        let (xs, ws, rs_) = (host(b, &x), host(b, &wt), host(b, &r));
         // Σ conv(x, w)·r as a function of the input, or of the weights.
         let loss = |xs: &[f32], ws: &[f32]| {
-            let xt = b.tensor(Shape::from([n, h, w, c]), xs).unwrap();
-            let wt = b.tensor(Shape::from([k, rs, rs, c]), ws).unwrap();
-            dot(b.conv2d_fwd(&xt, &wt, stride, pad).unwrap().storage(), r.storage())
+            let (xt, wt) = (tensor(b, [n, h, w, c], xs), tensor(b, [k, rs, rs, c], ws));
+            dot(&host(b, &b.conv2d_fwd(&xt, &wt, stride, pad).unwrap()), &rs_)
         };
-        let of_x = |xs: &[f32]| loss(xs, wt.storage());
-        check_gradient("conv2d_dgrad", x.storage(), dx.storage(), of_x, 1e-2, 1e-2, 48);
-        let of_w = |ws: &[f32]| loss(x.storage(), ws);
-        check_gradient("conv2d_wgrad", wt.storage(), dw.storage(), of_w, 1e-2, 1e-2, 48);
+        let of_x = |v: &[f32]| loss(v, &ws);
+        check_gradient("conv2d_dgrad", &xs, &host(b, &dx), of_x, 1e-2, tol, 48);
+        let of_w = |v: &[f32]| loss(&xs, v);
+        check_gradient("conv2d_wgrad", &ws, &host(b, &dw), of_w, 1e-2, tol, 48);
     }
 }
+test_device!(
+    conv2d_dgrad_and_wgrad_match_finite_differences,
+    conv2d_dgrad_and_wgrad_match_finite_differences_cpu,
+    conv2d_dgrad_and_wgrad_match_finite_differences_cuda
+);
 
-#[test]
-fn conv2d_rejects_mismatched_shapes_with_context() {
-    let b = cpu();
+fn conv2d_rejects_mismatched_shapes_with_context<B: Backend>(b: &B, _: &DeviceUnderTest) {
     let mut rng = Rng::new(5);
-    let x = randn_tensor(&mut rng, [1, 5, 5, 3], 1.0);
-    let w = randn_tensor(&mut rng, [4, 3, 3, 2], 1.0);
-    let err = b.conv2d_fwd(&x, &w, [1, 1], [1, 1]).unwrap_err().to_string();
+    let x = randn(b, &mut rng, [1, 5, 5, 3], 1.0);
+    let w = randn(b, &mut rng, [4, 3, 3, 2], 1.0);
+    let err =
+        b.conv2d_fwd(&x, &w, [1, 1], [1, 1]).err().expect("3 channels against 2 are refused").to_string();
     assert!(err.contains("conv2d") && err.contains("3 channels") && err.contains("expects 2"), "{err}");
-    let w = randn_tensor(&mut rng, [4, 7, 7, 3], 1.0);
+    let w = randn(b, &mut rng, [4, 7, 7, 3], 1.0);
     assert!(b.conv2d_fwd(&x, &w, [1, 1], [0, 0]).is_err(), "a 7×7 window cannot fit a 5×5 unpadded input");
 }
+test_device!(
+    conv2d_rejects_mismatched_shapes_with_context,
+    conv2d_rejects_mismatched_shapes_with_context_cpu,
+    conv2d_rejects_mismatched_shapes_with_context_cuda
+);
 
 /// The convolution on the GPU against the CPU reference on f16-rounded inputs: forward
 /// (`conv2d_fwd_implicit_f16_<tile>`, the GEMM for pointwise layers, channels padded to 8
@@ -152,12 +198,21 @@ fn conv2d_rejects_mismatched_shapes_with_context() {
 /// input gradient (`conv2d_dgrad_implicit_f16_<tile>`, stride 1 and 2, accumulating with
 /// beta on some) and weight gradient (`conv2d_wgrad_implicit_f16_<tile>` with split-K and
 /// `conv2d_wgrad_reduce_f32`; the same bits on a second run, and close to the unsplit
-/// plan). Shapes: every distinct ResNet-18 and ResNet-50 layer at batch 2 on 64² input
-/// (the stem included) and awkward ones (odd H and W, C not a multiple of 8, stride 2 on
-/// odd sizes, padding 0, 1 and 3). Skips with the reason without a GPU.
+/// plan). Shapes: awkward ones (odd H and W, C not a multiple of 8, stride 2 on odd
+/// sizes, padding 0, 1 and 3), enough 128×128 tiles for the wide tile, and ResNet layers
+/// (the stem included).
+///
+/// Sizes: on a card, every distinct ResNet-18 and ResNet-50 layer at batch 2 on 64²
+/// input and an 8×56×56×64 → 128 layer that fills an H200. On the software GPU (~1000×
+/// slower; each case runs eight passes, one on the scalar reference kernel) the awkward
+/// shapes stay (≤ 7·10⁵ multiply-adds each), the wide-tile case shrinks to one image of
+/// just over 128·(sm_count + 1) pixels with C = 8 (~1·10⁷ at 8 multiprocessors), and the
+/// ResNet layers are ResNet-18's at batch 2 on 32² input (11 shapes, ≤ 5·10⁶ each: the
+/// same stem, 3×3 stride 1 and 2 and 1×1 stride-2 kinds; ResNet-50's bottlenecks add
+/// only channel counts, whose pointwise GEMM path the awkward 1×1 case already takes).
 #[cfg(feature = "cuda")]
 #[test]
-fn conv2d_on_the_gpu_matches_the_cpu() {
+fn conv2d_kernels_match_the_cpu_cuda() {
     use dfengine::backend::cpu::conv as cpu_conv;
     use dfengine::backend::cuda::conv::{
         Epilogue, conv2d_dgrad, conv2d_fwd, conv2d_fwd_reference, conv2d_wgrad, conv2d_wgrad_planned,
@@ -172,6 +227,20 @@ fn conv2d_on_the_gpu_matches_the_cpu() {
 
     let Some(dev) = common::gpu_device() else { return };
     let s = dev.stream().clone();
+    let software = common::is_software_gpu(&dev);
+    // Enough 128×128 tiles to fill the device: the wide tile. An odd side just over
+    // √(128·(sm_count + 1)) on the software GPU.
+    let wide = if software {
+        let side = ((128 * (dev.sm_count + 1)) as f64).sqrt().ceil() as usize | 1;
+        ([1, side, side, 8], 128, 3, 1, 1)
+    } else {
+        ([8, 56, 56, 64], 128, 3, 1, 1)
+    };
+    let (backbones, side) = if software {
+        (&[Backbone::Resnet18][..], 32)
+    } else {
+        (&[Backbone::Resnet18, Backbone::Resnet50][..], 64)
+    };
     // (x dims, k, r, stride, pad)
     let mut shapes: Vec<([usize; 4], usize, usize, usize, usize)> = vec![
         ([2, 9, 11, 16], 24, 3, 1, 1),
@@ -181,12 +250,11 @@ fn conv2d_on_the_gpu_matches_the_cpu() {
         ([2, 10, 9, 5], 12, 3, 1, 1),
         ([3, 9, 9, 3], 16, 3, 2, 1),
         ([2, 7, 5, 24], 136, 1, 1, 0),
-        // Enough 128×128 tiles to fill an H200 (132 multiprocessors): the wide tile.
-        ([8, 56, 56, 64], 128, 3, 1, 1),
+        wide,
     ];
     let mut seen = std::collections::HashSet::new();
-    for backbone in [Backbone::Resnet18, Backbone::Resnet50] {
-        for l in conv_layers(&ResNetSpec::of(backbone), 64) {
+    for &backbone in backbones {
+        for l in conv_layers(&ResNetSpec::of(backbone), side) {
             let key = ([2, l.h_in, l.w_in, l.cin], l.cout, l.kernel, l.stride, l.pad());
             if seen.insert(key) {
                 shapes.push(key);

@@ -2,8 +2,9 @@
 //! same inputs (argument order, shapes, in-place updates, errors), a whole ResNet
 //! training step (logits, loss, every gradient, running statistics) and a few optimizer
 //! steps, and an out-of-memory under a small budget that the governor can act on.
-//! Tolerances allow for the FP16 rounding of the tensor-core inputs. Skips with the
-//! reason without a GPU.
+//! Tolerances allow for the FP16 rounding of the tensor-core inputs. Each test opens the
+//! backend through `common::cuda_backend` (skips with the reason without a GPU, fails
+//! under `DFENGINE_REQUIRE_GPU=1`).
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -12,7 +13,6 @@ use common::{Rng, assert_close, cpu};
 use dfengine::backend::OpError;
 use dfengine::backend::cpu::{CpuBackend, CpuTensor};
 use dfengine::backend::cuda::backend::{CudaBackend, CudaTensor};
-use dfengine::backend::cuda::device::CudaError;
 use dfengine::backend::ops::Backend;
 use dfengine::backend::params::{AdamWParams, BatchNormParams, BceParams, SgdParams};
 use dfengine::config::{Backbone, OptimizerKind};
@@ -20,17 +20,6 @@ use dfengine::model::arch::ResNetSpec;
 use dfengine::model::resnet::ResNet;
 use dfengine::tensor::Shape;
 use dfengine::train::optimizer::Optimizer;
-
-fn gpu(budget: Option<usize>) -> Option<CudaBackend> {
-    match CudaBackend::open(0, budget) {
-        Ok(b) => Some(b),
-        Err(CudaError::Unavailable(why)) => {
-            eprintln!("skipped: no GPU ({why})");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
 
 /// The same values on both backends.
 fn pair(
@@ -59,9 +48,11 @@ fn same(
     assert_close(what, &g.to_vec(got).unwrap(), &c.to_vec(want).unwrap(), atol, rtol);
 }
 
+/// Small shapes (the largest convolution 4·10⁵ multiply-adds): the same on a card and on
+/// the software GPU.
 #[test]
-fn every_op_matches_the_cpu() {
-    let Some(g) = gpu(None) else { return };
+fn every_op_matches_the_cpu_cuda() {
+    let Some((g, _)) = common::cuda_backend() else { return };
     let c = cpu();
     let mut rng = Rng::new(90);
     // Exact FP32 element-wise ops.
@@ -242,11 +233,14 @@ fn rel_dist(a: &[f32], b: &[f32]) -> f64 {
     (diff / norm.max(1e-30)).sqrt()
 }
 
+/// Sizes: on a card, five steps of 4 clips × 2 frames at 64² (~1.5·10⁸ multiply-adds a
+/// step); on the software GPU (~1000× slower) three steps of 2 clips × 2 frames at 32²
+/// (~2·10⁷ a step; the stem still meets C = 3 and the last stage a 1×1 map).
 #[test]
-fn resnet_training_steps_match_the_cpu() {
-    let Some(g) = gpu(None) else { return };
+fn resnet_training_steps_match_the_cpu_cuda() {
+    let Some((g, dut)) = common::cuda_backend() else { return };
     let c = cpu();
-    let (clips, frames, side) = (4, 2, 64);
+    let (clips, frames, side, steps) = if dut.software_gpu { (2, 2, 32, 3) } else { (4, 2, 64, 5) };
     let mut rng = Rng::new(91);
     let x = rng.vec(clips * frames * side * side * 3, -1.0, 1.0);
     let shape = Shape::from([clips * frames, side, side, 3]);
@@ -262,7 +256,7 @@ fn resnet_training_steps_match_the_cpu() {
     let mut opt_c = Optimizer::new(&c, OptimizerKind::Adamw, 0.01, &net_c.trainable_mut()).unwrap();
     let mut opt_g = Optimizer::new(&g, OptimizerKind::Adamw, 0.01, &net_g.trainable_mut()).unwrap();
     let bce = BceParams::default();
-    for step in 0..5 {
+    for step in 0..steps {
         let (lc, cache_c) = net_c.forward_train(&c, &xc).unwrap();
         let (lg, cache_g) = net_g.forward_train(&g, &xg).unwrap();
         same(&format!("step {step} clip logits"), &c, &g, &lc.clips, &lg.clips, 2e-2, 2e-2);
@@ -299,8 +293,8 @@ fn resnet_training_steps_match_the_cpu() {
 }
 
 #[test]
-fn a_small_budget_gives_an_out_of_memory_the_governor_can_act_on() {
-    let Some(g) = gpu(Some(64 << 20)) else { return };
+fn a_small_budget_gives_an_out_of_memory_the_governor_can_act_on_cuda() {
+    let Some((g, _)) = common::cuda_backend_with_budget(Some(64 << 20)) else { return };
     let small = g.zeros(Shape::from([1 << 20])).unwrap();
     match g.zeros(Shape::from([32 << 20])) {
         Err(OpError::OutOfMemory(oom)) => assert!(oom.requested >= 128 << 20, "{oom:?}"),

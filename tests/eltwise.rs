@@ -1,55 +1,69 @@
-//! Elementwise ops: ReLU, add, scale, fill, sigmoid and the f32↔f16 casts.
+//! Elementwise ops: ReLU, add, scale, fill, sigmoid and the f32↔f16 casts, against their
+//! definitions on every backend; the kernels (kernels/eltwise.cu) against their CPU twins
+//! through the host functions, on sizes with and without a float4 tail.
 
+#[macro_use]
 mod common;
 
-use common::{Rng, assert_close, cpu, randn_tensor};
+use common::{DeviceUnderTest, Rng, assert_close, host, randn, tensor};
 use dfengine::backend::cpu::eltwise::{cast_f16_f32, cast_f32_f16};
 use dfengine::backend::ops::Backend;
 use dfengine::tensor::Shape;
 use half::f16;
 
-#[test]
-fn relu_fwd_and_bwd_match_definition() {
-    let b = cpu();
-    let x = b.tensor(Shape::from([5]), &[-2.0, -0.0, 0.0, 0.5, 3.0]).unwrap();
+fn relu_fwd_and_bwd_match_definition<B: Backend>(b: &B, _: &DeviceUnderTest) {
+    let x = tensor(b, [5], &[-2.0, -0.0, 0.0, 0.5, 3.0]);
     let y = b.relu_fwd(&x).unwrap();
-    assert_eq!(&y.storage()[..], &[0.0, 0.0, 0.0, 0.5, 3.0]);
-    let dy = b.tensor(Shape::from([5]), &[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    assert_eq!(host(b, &y), [0.0, 0.0, 0.0, 0.5, 3.0]);
+    let dy = tensor(b, [5], &[1.0, 2.0, 3.0, 4.0, 5.0]);
     // The gradient at exactly 0 is 0, as in PyTorch.
-    assert_eq!(&b.relu_bwd(&dy, &y).unwrap().storage()[..], &[0.0, 0.0, 0.0, 4.0, 5.0]);
+    assert_eq!(host(b, &b.relu_bwd(&dy, &y).unwrap()), [0.0, 0.0, 0.0, 4.0, 5.0]);
 }
+test_device!(
+    relu_fwd_and_bwd_match_definition,
+    relu_fwd_and_bwd_match_definition_cpu,
+    relu_fwd_and_bwd_match_definition_cuda
+);
 
-#[test]
-fn add_scale_fill_on_large_tensors_use_every_element() {
-    // Large enough to take the parallel path.
-    let b = cpu();
+fn add_scale_fill_on_large_tensors_use_every_element<B: Backend>(b: &B, _: &DeviceUnderTest) {
+    // Large enough to take the CPU's parallel path; a float4 tail of 3 on the GPU.
     let mut rng = Rng::new(40);
     let n = 100_003;
-    let x = randn_tensor(&mut rng, [n], 1.0);
-    let mut y = randn_tensor(&mut rng, [n], 1.0);
-    let y0 = y.storage().to_vec();
+    let x = randn(b, &mut rng, [n], 1.0);
+    let mut y = randn(b, &mut rng, [n], 1.0);
+    let (x0, y0) = (host(b, &x), host(b, &y));
     b.add_assign(&mut y, &x).unwrap();
-    let want: Vec<f32> = y0.iter().zip(x.storage().iter()).map(|(a, b)| a + b).collect();
-    assert_close("add", y.storage(), &want, 0.0, 0.0);
+    let want: Vec<f32> = y0.iter().zip(&x0).map(|(a, b)| a + b).collect();
+    assert_close("add", &host(b, &y), &want, 0.0, 0.0);
     b.scale(&mut y, -2.0).unwrap();
     let want: Vec<f32> = want.iter().map(|v| v * -2.0).collect();
-    assert_close("scale", y.storage(), &want, 0.0, 0.0);
+    assert_close("scale", &host(b, &y), &want, 0.0, 0.0);
     b.fill(&mut y, 0.25).unwrap();
-    assert!(y.storage().iter().all(|&v| v == 0.25));
+    assert!(host(b, &y).iter().all(|&v| v == 0.25));
     let mut short = b.zeros(Shape::from([3])).unwrap();
     assert!(b.add_assign(&mut short, &x).is_err(), "add must reject different shapes");
 }
+test_device!(
+    add_scale_fill_on_large_tensors_use_every_element,
+    add_scale_fill_on_large_tensors_use_every_element_cpu,
+    add_scale_fill_on_large_tensors_use_every_element_cuda
+);
 
-#[test]
-fn sigmoid_is_stable_at_extremes() {
-    let b = cpu();
-    let x = b.tensor(Shape::from([5]), &[-100.0, -1.0, 0.0, 1.0, 100.0]).unwrap();
-    let y = b.sigmoid(&x).unwrap();
+fn sigmoid_is_stable_at_extremes<B: Backend>(b: &B, dut: &DeviceUnderTest) {
+    let x = tensor(b, [5], &[-100.0, -1.0, 0.0, 1.0, 100.0]);
+    let y = host(b, &b.sigmoid(&x).unwrap());
     let want: Vec<f32> =
         [-100.0f64, -1.0, 0.0, 1.0, 100.0].iter().map(|v| (1.0 / (1.0 + (-v).exp())) as f32).collect();
-    assert_close("sigmoid", y.storage(), &want, 1e-7, 1e-6);
-    assert!(y.storage()[0] > 0.0, "σ(−100) underflowed to 0");
+    assert_close("sigmoid", &y, &want, 1e-7, 1e-6);
+    assert!(!y.iter().any(|v| v.is_nan()), "sigmoid gave NaN: {y:?}");
+    // A fast exp overflows to inf at 100, so σ(−100) = 1/(1 + inf) = 0 there.
+    assert!(y[0] > 0.0 || dut.fast_exp, "σ(−100) underflowed to 0");
 }
+test_device!(
+    sigmoid_is_stable_at_extremes,
+    sigmoid_is_stable_at_extremes_cpu,
+    sigmoid_is_stable_at_extremes_cuda
+);
 
 #[test]
 fn casts_round_to_nearest_even_and_saturate_to_inf() {
@@ -72,4 +86,73 @@ fn casts_round_to_nearest_even_and_saturate_to_inf() {
     let mut again = vec![f16::ZERO; all.len()];
     cast_f32_f16(&wide, &mut again);
     assert!(all.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "f16 → f32 → f16 is not exact");
+}
+
+/// Each element-wise kernel against its CPU twin, exact where both sides do the same IEEE
+/// FP32 operations (sigmoid: the kernel's fast exp, a couple of ulp). Sizes: a float4
+/// tail of 3 on a short array, 4099, and 1_000_003 on a card; on the software GPU
+/// 65_539 (2¹⁶ + 3: a tail of 3, 257 blocks of the scalar kernels) instead of the
+/// million, a fifteenth of its work.
+#[cfg(feature = "cuda")]
+#[test]
+fn eltwise_kernels_match_the_cpu_cuda() {
+    use common::download;
+    use dfengine::backend::cpu::eltwise;
+    use dfengine::backend::cuda::eltwise as gpu;
+
+    let Some(dev) = common::gpu_device() else { return };
+    let large = if common::is_software_gpu(&dev) { 65_539 } else { 1_000_003 };
+    let mut rng = Rng::new(40);
+    for n in [3, 4099, large] {
+        let x = rng.vec(n, -3.0, 3.0);
+        let y0 = rng.vec(n, -3.0, 3.0);
+        let (dx, dy0) = (dev.upload(&x).unwrap(), dev.upload(&y0).unwrap());
+
+        // relu forward and backward (the forward output of x masks dy0)
+        let mut d_out = dev.alloc::<f32>(n).unwrap();
+        gpu::relu_fwd(&dev, &dx, &mut d_out, n).unwrap();
+        let mut want = vec![0.0; n];
+        eltwise::relu_fwd(&x, &mut want);
+        let y_relu = download(&dev, &d_out);
+        assert_eq!(y_relu, want, "relu_fwd_f32, n = {n}");
+
+        let d_y = dev.upload(&y_relu).unwrap();
+        let mut d_dx = dev.alloc::<f32>(n).unwrap();
+        gpu::relu_bwd(&dev, &dy0, &d_y, &mut d_dx, n).unwrap();
+        eltwise::relu_bwd(&y0, &y_relu, &mut want);
+        assert_eq!(download(&dev, &d_dx), want, "relu_bwd_f32, n = {n}");
+
+        // y += x, then y *= alpha, then fill
+        let mut d_acc = dev.upload(&y0).unwrap();
+        gpu::add_assign(&dev, &mut d_acc, &dx, n).unwrap();
+        let mut want = y0.clone();
+        eltwise::add_assign(&mut want, &x);
+        assert_eq!(download(&dev, &d_acc), want, "add_assign_f32, n = {n}");
+
+        let alpha = 0.37f32;
+        gpu::scale(&dev, &mut d_acc, alpha, n).unwrap();
+        eltwise::scale(&mut want, alpha);
+        assert_eq!(download(&dev, &d_acc), want, "scale_f32, n = {n}");
+
+        let value = -1.5f32;
+        gpu::fill(&dev, &mut d_acc, value, n).unwrap();
+        assert!(download(&dev, &d_acc).iter().all(|&v| v == value), "fill_f32, n = {n}");
+
+        // sigmoid: the kernel's exp is the fast one (a couple of ulp)
+        gpu::sigmoid(&dev, &dx, &mut d_out, n).unwrap();
+        let mut want = vec![0.0; n];
+        eltwise::sigmoid(&x, &mut want);
+        assert_close(&format!("sigmoid_f32, n = {n}"), &download(&dev, &d_out), &want, 1e-6, 1e-6);
+
+        // casts: round to nearest even both ways, bit for bit
+        let mut d_h = dev.alloc::<f16>(n).unwrap();
+        gpu::cast_f32_f16(&dev, &dx, &mut d_h, n).unwrap();
+        let mut want_h = vec![f16::ZERO; n];
+        eltwise::cast_f32_f16(&x, &mut want_h);
+        assert_eq!(common::download(&dev, &d_h), want_h, "cast_f32_f16, n = {n}");
+        gpu::cast_f16_f32(&dev, &d_h, &mut d_out, n).unwrap();
+        let mut want = vec![0.0; n];
+        eltwise::cast_f16_f32(&want_h, &mut want);
+        assert_eq!(download(&dev, &d_out), want, "cast_f16_f32, n = {n}");
+    }
 }

@@ -1,13 +1,15 @@
 //! The pool on device memory (CUDA virtual memory API): mapped memory is usable, grow
 //! and trim are visible in NVML, random alloc/free keeps the invariants, and host-side
-//! alloc/free latency is printed. Skips with the reason when there is no GPU.
+//! alloc/free latency is printed. Each test finds its device through `common::gpu_info`
+//! (skips with the reason without a GPU, fails under `DFENGINE_REQUIRE_GPU=1`).
 #![cfg(feature = "cuda")]
+
+mod common;
 
 use std::time::Instant;
 
 use cudarc::driver::CudaContext;
 use cudarc::driver::sys;
-use dfengine::backend::cuda::{GpuProbe, probe};
 use dfengine::memory::cuda_backing::CudaBacking;
 use dfengine::memory::monitor::{MemorySource, SystemSource};
 use dfengine::memory::{Allocation, Pool};
@@ -15,20 +17,13 @@ use dfengine::memory::{Allocation, Pool};
 const MIB: usize = 1 << 20;
 
 fn device_pool(budget: usize) -> Option<Pool<CudaBacking>> {
-    match probe() {
-        GpuProbe::Ready(_) => {
-            let ctx = CudaContext::new(0).expect("a context on device 0");
-            Some(Pool::new(CudaBacking::reserve(ctx, budget).expect("reserve device address space"), budget))
-        }
-        GpuProbe::Unavailable(why) => {
-            eprintln!("skipped: no GPU ({why})");
-            None
-        }
-    }
+    let info = common::gpu_info()?;
+    let ctx = CudaContext::new(0).unwrap_or_else(|e| panic!("a context on {info}: {e}"));
+    Some(Pool::new(CudaBacking::reserve(ctx, budget).expect("reserve device address space"), budget))
 }
 
 #[test]
-fn mapped_device_memory_holds_data() {
+fn mapped_device_memory_holds_data_cuda() {
     let Some(mut pool) = device_pool(256 * MIB) else { return };
     let a = pool.alloc(3 * MIB + 17, 0).unwrap();
     let mut back = vec![0u8; a.size];
@@ -45,7 +40,7 @@ fn mapped_device_memory_holds_data() {
 }
 
 #[test]
-fn grow_and_trim_show_in_nvml() {
+fn grow_and_trim_show_in_nvml_cuda() {
     let Some(mut pool) = device_pool(2048 * MIB) else { return };
     let mut nvml = SystemSource::new(Some(0));
     let used = |s: &mut SystemSource| s.sample(0.0).gpu.expect("NVML reading on a GPU machine").used as i64;
@@ -69,7 +64,7 @@ fn grow_and_trim_show_in_nvml() {
 }
 
 #[test]
-fn random_device_alloc_free_keeps_invariants_and_is_fast() {
+fn random_device_alloc_free_keeps_invariants_and_is_fast_cuda() {
     let Some(mut pool) = device_pool(1024 * MIB) else { return };
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {

@@ -1,6 +1,8 @@
 //! The monitor: samples on its thread and on demand, keeps them in order, writes every
 //! one to the CSV, stops when dropped; the system source reads real host memory and
-//! works without a GPU.
+//! works without a GPU, and reads the GPU through NVML where there is one.
+
+mod common;
 
 use std::time::Duration;
 
@@ -57,12 +59,21 @@ fn system_source_reads_this_machine() {
     let s = source.sample(0.0);
     assert!(s.host.total > 0 && s.host.used <= s.host.total, "{:?}", s.host);
     assert!(s.host.process_rss > 0, "this process has a resident set");
-    match s.gpu {
-        Some(g) => assert!(g.used <= g.total && g.total > 0),
-        None => {
-            let why = source.gpu_unavailable.as_deref().unwrap_or("");
-            assert!(!why.is_empty(), "no GPU reading and no reason given");
-            eprintln!("no GPU reading: {why}");
-        }
+    if s.gpu.is_none() {
+        let why = source.gpu_unavailable.as_deref().unwrap_or("");
+        assert!(!why.is_empty(), "no GPU reading and no reason given");
+        eprintln!("no GPU reading: {why}");
     }
+}
+
+/// NVML's reading of device 0 where the probe finds one.
+#[cfg(feature = "cuda")]
+#[test]
+fn system_source_reads_the_gpu_through_nvml_cuda() {
+    let Some(info) = common::gpu_info() else { return };
+    let mut source = SystemSource::new(Some(0));
+    let g = source.sample(0.0).gpu.unwrap_or_else(|| {
+        panic!("{info}: no NVML reading ({})", source.gpu_unavailable.as_deref().unwrap_or("no reason given"))
+    });
+    assert!(g.total > 0 && g.used <= g.total, "{info}: NVML reads {g:?}");
 }

@@ -1,14 +1,14 @@
-//! Batch norm: the CPU reference against the definition (training and eval mode,
-//! running statistics) and finite differences for backward (with and without the fused
-//! ReLU).
+//! Batch norm: against the definition (training and eval mode, running statistics) and
+//! finite differences for backward (with and without the fused ReLU) on every backend;
+//! the kernels (kernels/norm.cu) against their CPU twins, bit for bit, through the host
+//! functions.
 
+#[macro_use]
 mod common;
 
-use common::{Rng, assert_close, check_gradient, cpu, dot, randn_tensor};
-use dfengine::backend::cpu::{CpuBackend, CpuTensor};
+use common::{BTensor, DeviceUnderTest, Rng, assert_close, check_gradient, dot, host, randn, tensor};
 use dfengine::backend::ops::Backend;
 use dfengine::backend::params::BatchNormParams;
-use dfengine::tensor::Shape;
 
 /// Per-channel batch mean and biased variance of x [M, C], in f64.
 fn stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
@@ -24,27 +24,26 @@ fn stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, var)
 }
 
-fn vector(b: &CpuBackend, data: Vec<f32>) -> CpuTensor {
-    b.tensor(Shape::from([data.len()]), &data).unwrap()
+fn vector<B: Backend>(b: &B, data: &[f32]) -> BTensor<B> {
+    tensor(b, [data.len()], data)
 }
 
-#[test]
-fn batch_norm_train_matches_definition_and_updates_running_stats() {
-    let b = cpu();
+fn batch_norm_train_matches_definition_and_updates_running_stats<B: Backend>(b: &B, _: &DeviceUnderTest) {
     let mut rng = Rng::new(10);
     for (dims, relu) in [([2, 5, 3, 6], false), ([3, 4, 4, 5], true), ([1, 1, 7, 3], false)] {
         let c = dims[3];
         // An offset mean (3.0) checks that the variance is not computed as E[x²] − E[x]².
         let xs: Vec<f32> =
             rng.vec(dims.iter().product(), -1.0, 1.0).into_iter().map(|v| v * 2.0 + 3.0).collect();
-        let x = b.tensor(Shape::from(dims), &xs).unwrap();
-        let gamma = vector(&b, rng.vec(c, 0.5, 1.5));
-        let beta = vector(&b, rng.vec(c, -0.5, 0.5));
+        let x = tensor(b, dims, &xs);
+        let gamma = rng.vec(c, 0.5, 1.5);
+        let beta = rng.vec(c, -0.5, 0.5);
         let rm0 = rng.vec(c, -1.0, 1.0);
         let rv0 = rng.vec(c, 0.5, 2.0);
-        let (mut rm, mut rv) = (vector(&b, rm0.clone()), vector(&b, rv0.clone()));
+        let (mut rm, mut rv) = (vector(b, &rm0), vector(b, &rv0));
         let p = BatchNormParams { relu, ..BatchNormParams::default() };
-        let out = b.batch_norm_fwd_train(&x, &gamma, &beta, &mut rm, &mut rv, &p).unwrap();
+        let out =
+            b.batch_norm_fwd_train(&x, &vector(b, &gamma), &vector(b, &beta), &mut rm, &mut rv, &p).unwrap();
 
         let (mean, var) = stats(&xs, c);
         let m = (xs.len() / c) as f64;
@@ -53,70 +52,163 @@ fn batch_norm_train_matches_definition_and_updates_running_stats() {
             .enumerate()
             .map(|(i, &v)| {
                 let ch = i % c;
-                let z = (v as f64 - mean[ch]) / (var[ch] + 1e-5).sqrt() * gamma.storage()[ch] as f64
-                    + beta.storage()[ch] as f64;
+                let z = (v as f64 - mean[ch]) / (var[ch] + 1e-5).sqrt() * gamma[ch] as f64 + beta[ch] as f64;
                 (if relu { z.max(0.0) } else { z }) as f32
             })
             .collect();
-        assert_close("batch_norm y", out.y.storage(), &want, 1e-5, 1e-5);
+        assert_close("batch_norm y", &host(b, &out.y), &want, 1e-5, 1e-5);
         let want_rm: Vec<f32> = (0..c).map(|i| (0.9 * rm0[i] as f64 + 0.1 * mean[i]) as f32).collect();
         let want_rv: Vec<f32> =
             (0..c).map(|i| (0.9 * rv0[i] as f64 + 0.1 * var[i] * m / (m - 1.0)) as f32).collect();
-        assert_close("running_mean", rm.storage(), &want_rm, 1e-6, 1e-6);
-        assert_close("running_var (unbiased)", rv.storage(), &want_rv, 1e-6, 1e-6);
+        assert_close("running_mean", &host(b, &rm), &want_rm, 1e-6, 1e-6);
+        assert_close("running_var (unbiased)", &host(b, &rv), &want_rv, 1e-6, 1e-6);
         let want_invstd: Vec<f32> = var.iter().map(|v| (1.0 / (v + 1e-5).sqrt()) as f32).collect();
-        assert_close("saved invstd", out.saved.invstd.storage(), &want_invstd, 1e-6, 1e-6);
+        assert_close("saved invstd", &host(b, &out.saved.invstd), &want_invstd, 1e-6, 1e-6);
     }
 }
+test_device!(
+    batch_norm_train_matches_definition_and_updates_running_stats,
+    batch_norm_train_matches_definition_and_updates_running_stats_cpu,
+    batch_norm_train_matches_definition_and_updates_running_stats_cuda
+);
 
-#[test]
-fn batch_norm_eval_uses_running_stats() {
-    let b = cpu();
+fn batch_norm_eval_uses_running_stats<B: Backend>(b: &B, _: &DeviceUnderTest) {
     let mut rng = Rng::new(11);
-    let x = randn_tensor(&mut rng, [2, 3, 3, 4], 2.0);
-    let gamma = vector(&b, rng.vec(4, 0.5, 1.5));
-    let beta = vector(&b, rng.vec(4, -0.5, 0.5));
-    let rm = vector(&b, rng.vec(4, -1.0, 1.0));
-    let rv = vector(&b, rng.vec(4, 0.5, 2.0));
-    let y = b.batch_norm_fwd_eval(&x, &gamma, &beta, &rm, &rv, &BatchNormParams::default()).unwrap();
-    let want: Vec<f32> = x
-        .storage()
+    let x = randn(b, &mut rng, [2, 3, 3, 4], 2.0);
+    let gamma = rng.vec(4, 0.5, 1.5);
+    let beta = rng.vec(4, -0.5, 0.5);
+    let rm = rng.vec(4, -1.0, 1.0);
+    let rv = rng.vec(4, 0.5, 2.0);
+    let y = b
+        .batch_norm_fwd_eval(
+            &x,
+            &vector(b, &gamma),
+            &vector(b, &beta),
+            &vector(b, &rm),
+            &vector(b, &rv),
+            &BatchNormParams::default(),
+        )
+        .unwrap();
+    let want: Vec<f32> = host(b, &x)
         .iter()
         .enumerate()
         .map(|(i, &v)| {
             let ch = i % 4;
-            (v - rm.storage()[ch]) / (rv.storage()[ch] + 1e-5).sqrt() * gamma.storage()[ch]
-                + beta.storage()[ch]
+            (v - rm[ch]) / (rv[ch] + 1e-5).sqrt() * gamma[ch] + beta[ch]
         })
         .collect();
-    assert_close("batch_norm eval", y.storage(), &want, 1e-6, 1e-6);
+    assert_close("batch_norm eval", &host(b, &y), &want, 1e-6, 1e-6);
 }
+test_device!(
+    batch_norm_eval_uses_running_stats,
+    batch_norm_eval_uses_running_stats_cpu,
+    batch_norm_eval_uses_running_stats_cuda
+);
 
-#[test]
-fn batch_norm_bwd_matches_finite_differences() {
-    let b = cpu();
+fn batch_norm_bwd_matches_finite_differences<B: Backend>(b: &B, _: &DeviceUnderTest) {
     let mut rng = Rng::new(12);
     for relu in [false, true] {
         let dims = [2, 3, 5, 4];
-        let x = randn_tensor(&mut rng, dims, 1.5);
-        let gamma = vector(&b, rng.vec(4, 0.5, 1.5));
-        let beta = vector(&b, rng.vec(4, -0.5, 0.5));
+        let x = randn(b, &mut rng, dims, 1.5);
+        let gamma = vector(b, &rng.vec(4, 0.5, 1.5));
+        let beta = vector(b, &rng.vec(4, -0.5, 0.5));
         let p = BatchNormParams { relu, ..BatchNormParams::default() };
-        let fwd = |x: &CpuTensor, gamma: &CpuTensor, beta: &CpuTensor| {
-            let (mut rm, mut rv) = (vector(&b, vec![0.0; 4]), vector(&b, vec![1.0; 4]));
+        let fwd = |x: &BTensor<B>, gamma: &BTensor<B>, beta: &BTensor<B>| {
+            let (mut rm, mut rv) = (vector(b, &[0.0; 4]), vector(b, &[1.0; 4]));
             b.batch_norm_fwd_train(x, gamma, beta, &mut rm, &mut rv, &p).unwrap()
         };
         let out = fwd(&x, &gamma, &beta);
-        let r = randn_tensor(&mut rng, dims, 1.0);
+        let r = randn(b, &mut rng, dims, 1.0);
+        let rs = host(b, &r);
         let g = b.batch_norm_bwd(&r, &x, &gamma, &out.saved, relu.then_some(&out.y)).unwrap();
         let what = if relu { "batch_norm+relu" } else { "batch_norm" };
-        let loss_x = |xs: &[f32]| {
-            dot(fwd(&b.tensor(Shape::from(dims), xs).unwrap(), &gamma, &beta).y.storage(), r.storage())
-        };
-        check_gradient(&format!("{what} dx"), x.storage(), g.dx.storage(), loss_x, 1e-3, 2e-2, 48);
-        let loss_g = |gs: &[f32]| dot(fwd(&x, &vector(&b, gs.to_vec()), &beta).y.storage(), r.storage());
-        check_gradient(&format!("{what} dgamma"), gamma.storage(), g.dgamma.storage(), loss_g, 1e-3, 2e-2, 8);
-        let loss_b = |bs: &[f32]| dot(fwd(&x, &gamma, &vector(&b, bs.to_vec())).y.storage(), r.storage());
-        check_gradient(&format!("{what} dbeta"), beta.storage(), g.dbeta.storage(), loss_b, 1e-3, 2e-2, 8);
+        let loss_x = |xs: &[f32]| dot(&host(b, &fwd(&tensor(b, dims, xs), &gamma, &beta).y), &rs);
+        check_gradient(&format!("{what} dx"), &host(b, &x), &host(b, &g.dx), loss_x, 1e-3, 2e-2, 48);
+        let loss_g = |gs: &[f32]| dot(&host(b, &fwd(&x, &vector(b, gs), &beta).y), &rs);
+        let (gammas, dgamma) = (host(b, &gamma), host(b, &g.dgamma));
+        check_gradient(&format!("{what} dgamma"), &gammas, &dgamma, loss_g, 1e-3, 2e-2, 8);
+        let loss_b = |bs: &[f32]| dot(&host(b, &fwd(&x, &gamma, &vector(b, bs)).y), &rs);
+        let (betas, dbeta) = (host(b, &beta), host(b, &g.dbeta));
+        check_gradient(&format!("{what} dbeta"), &betas, &dbeta, loss_b, 1e-3, 2e-2, 8);
+    }
+}
+test_device!(
+    batch_norm_bwd_matches_finite_differences,
+    batch_norm_bwd_matches_finite_differences_cpu,
+    batch_norm_bwd_matches_finite_differences_cuda
+);
+
+/// The batch-norm kernels against their CPU twins, bit for bit: row counts around the
+/// 256-row statistics chunk, a mean far from zero, ReLU fused or not. At most 33 k
+/// elements a case: the same shapes on a card and on the software GPU.
+#[cfg(feature = "cuda")]
+#[test]
+fn batch_norm_kernels_match_the_cpu_cuda() {
+    use common::download;
+    use dfengine::backend::cpu::norm;
+    use dfengine::backend::cuda::norm as gpu_norm;
+
+    let Some(dev) = common::gpu_device() else { return };
+    let s = dev.stream().clone();
+    let mut rng = Rng::new(43);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (m, c, relu) in [(1000, 3, false), (513, 64, true), (245, 130, true), (256, 1, false)] {
+        let params = BatchNormParams { relu, ..BatchNormParams::default() };
+        let x: Vec<f32> = rng.vec(m * c, -1.0, 1.0).iter().map(|v| 3.0 + 2.0 * v).collect();
+        let dy = rng.vec(m * c, -1.0, 1.0);
+        let gamma = rng.vec(c, 0.5, 1.5);
+        let beta = rng.vec(c, -0.2, 0.2);
+        let rm0 = rng.vec(c, -0.1, 0.1);
+        let rv0 = rng.vec(c, 0.9, 1.1);
+        let up = |v: &[f32]| s.clone_htod(v).unwrap();
+        let (d_x, d_dy, d_gamma, d_beta) = (up(&x), up(&dy), up(&gamma), up(&beta));
+        let (mut d_rm, mut d_rv) = (up(&rm0), up(&rv0));
+        let mut d_y = s.alloc_zeros::<f32>(m * c).unwrap();
+        let (mut d_mean, mut d_invstd) = (s.alloc_zeros::<f32>(c).unwrap(), s.alloc_zeros::<f32>(c).unwrap());
+        gpu_norm::batch_norm_fwd_train(
+            &dev,
+            &d_x,
+            m,
+            c,
+            &d_gamma,
+            &d_beta,
+            &mut d_rm,
+            &mut d_rv,
+            &params,
+            &mut d_y,
+            &mut d_mean,
+            &mut d_invstd,
+        )
+        .unwrap();
+        let (mut rm, mut rv, mut y) = (rm0.clone(), rv0.clone(), vec![0.0; m * c]);
+        let (mean, invstd) =
+            norm::batch_norm_fwd_train(&x, c, &gamma, &beta, &mut rm, &mut rv, &params, &mut y);
+        let what = format!("M={m} C={c} relu={relu}");
+        assert_eq!(bits(&download(&dev, &d_mean)), bits(&mean), "saved mean, {what}");
+        assert_eq!(bits(&download(&dev, &d_invstd)), bits(&invstd), "saved invstd, {what}");
+        assert_eq!(bits(&download(&dev, &d_rm)), bits(&rm), "running mean, {what}");
+        assert_eq!(bits(&download(&dev, &d_rv)), bits(&rv), "running var, {what}");
+        assert_eq!(bits(&download(&dev, &d_y)), bits(&y), "y, {what}");
+
+        let mut d_ye = s.alloc_zeros::<f32>(m * c).unwrap();
+        gpu_norm::batch_norm_fwd_eval(&dev, &d_x, m, c, &d_gamma, &d_beta, &d_rm, &d_rv, &params, &mut d_ye)
+            .unwrap();
+        let mut ye = vec![0.0; m * c];
+        norm::batch_norm_fwd_eval(&x, c, &gamma, &beta, &rm, &rv, &params, &mut ye);
+        assert_eq!(bits(&download(&dev, &d_ye)), bits(&ye), "eval y, {what}");
+
+        let mut d_dx = s.alloc_zeros::<f32>(m * c).unwrap();
+        let (mut d_dg, mut d_db) = (s.alloc_zeros::<f32>(c).unwrap(), s.alloc_zeros::<f32>(c).unwrap());
+        let relu_y = relu.then_some(&d_y);
+        gpu_norm::batch_norm_bwd(
+            &dev, &d_dy, &d_x, m, c, &d_gamma, &d_mean, &d_invstd, relu_y, &mut d_dx, &mut d_dg, &mut d_db,
+        )
+        .unwrap();
+        let mut dx = vec![0.0; m * c];
+        let (dg, db) =
+            norm::batch_norm_bwd(&dy, &x, c, &gamma, &mean, &invstd, relu.then_some(y.as_slice()), &mut dx);
+        assert_eq!(bits(&download(&dev, &d_dg)), bits(&dg), "dgamma, {what}");
+        assert_eq!(bits(&download(&dev, &d_db)), bits(&db), "dbeta, {what}");
+        assert_eq!(bits(&download(&dev, &d_dx)), bits(&dx), "dx, {what}");
     }
 }

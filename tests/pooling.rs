@@ -1,11 +1,12 @@
 //! Pooling: max pool, global average pool and the temporal mean over a clip's frames,
-//! against their definitions and finite differences.
+//! against their definitions and finite differences on every backend; the kernels
+//! (kernels/pooling.cu) against their CPU twins, bit for bit, through the host functions.
 
+#[macro_use]
 mod common;
 
-use common::{Rng, assert_close, check_gradient, cpu, dot, randn_tensor};
+use common::{DeviceUnderTest, Rng, assert_close, check_gradient, dot, host, randn, tensor};
 use dfengine::backend::ops::Backend;
-use dfengine::tensor::Shape;
 
 /// Distinct values at least 0.05 apart, shuffled: no max-pool window has a tie, and a
 /// finite-difference step of 1e-3 never changes which cell wins.
@@ -17,15 +18,14 @@ fn distinct(rng: &mut Rng, n: usize) -> Vec<f32> {
     v
 }
 
-#[test]
-fn max_pool2d_fwd_matches_definition() {
-    let b = cpu();
+fn max_pool2d_fwd_matches_definition<B: Backend>(b: &B, _: &DeviceUnderTest) {
     let mut rng = Rng::new(20);
     for (dims, win, stride, pad) in
         [([2, 9, 8, 3], 3, 2, 1), ([1, 7, 7, 2], 3, 2, 1), ([1, 4, 6, 5], 2, 2, 0)]
     {
         let [n, h, w, c] = dims;
-        let x = randn_tensor(&mut rng, dims, 1.0);
+        let x = randn(b, &mut rng, dims, 1.0);
+        let xs = host(b, &x);
         let y = b.max_pool2d_fwd(&x, win, stride, pad).unwrap();
         let (p, q) = ((h + 2 * pad - win) / stride + 1, (w + 2 * pad - win) / stride + 1);
         assert_eq!(y.dims(), [n, p, q, c]);
@@ -42,9 +42,7 @@ fn max_pool2d_fwd_matches_definition() {
                                     (qi * stride + s) as isize - pad as isize,
                                 );
                                 if hh >= 0 && ww >= 0 && (hh as usize) < h && (ww as usize) < w {
-                                    m = m.max(
-                                        x.storage()[((ni * h + hh as usize) * w + ww as usize) * c + ci],
-                                    );
+                                    m = m.max(xs[((ni * h + hh as usize) * w + ww as usize) * c + ci]);
                                 }
                             }
                         }
@@ -53,77 +51,138 @@ fn max_pool2d_fwd_matches_definition() {
                 }
             }
         }
-        assert_close("max_pool2d", y.storage(), &want, 0.0, 0.0);
+        assert_close("max_pool2d", &host(b, &y), &want, 0.0, 0.0);
     }
 }
+test_device!(
+    max_pool2d_fwd_matches_definition,
+    max_pool2d_fwd_matches_definition_cpu,
+    max_pool2d_fwd_matches_definition_cuda
+);
 
-#[test]
-fn max_pool2d_bwd_matches_finite_differences() {
-    let b = cpu();
+fn max_pool2d_bwd_matches_finite_differences<B: Backend>(b: &B, _: &DeviceUnderTest) {
     let mut rng = Rng::new(21);
     let dims = [2, 9, 8, 3];
     let xs = distinct(&mut rng, dims.iter().product());
-    let x = b.tensor(Shape::from(dims), &xs).unwrap();
+    let x = tensor(b, dims, &xs);
     let y = b.max_pool2d_fwd(&x, 3, 2, 1).unwrap();
-    let r = randn_tensor(&mut rng, y.shape().clone(), 1.0);
-    let dx = b.max_pool2d_bwd(&x, &r, 3, 2, 1).unwrap();
-    let loss = |v: &[f32]| {
-        dot(
-            b.max_pool2d_fwd(&b.tensor(Shape::from(dims), v).unwrap(), 3, 2, 1).unwrap().storage(),
-            r.storage(),
-        )
-    };
-    check_gradient("max_pool2d dx", &xs, dx.storage(), loss, 1e-3, 1e-2, 96);
+    let r = randn(b, &mut rng, y.shape().clone(), 1.0);
+    let rs = host(b, &r);
+    let dx = host(b, &b.max_pool2d_bwd(&x, &r, 3, 2, 1).unwrap());
+    let loss = |v: &[f32]| dot(&host(b, &b.max_pool2d_fwd(&tensor(b, dims, v), 3, 2, 1).unwrap()), &rs);
+    check_gradient("max_pool2d dx", &xs, &dx, loss, 1e-3, 1e-2, 96);
     // Overlapping windows (3 wide, stride 2) route several gradients to one cell: the
     // total must be conserved.
-    let (sum_dx, sum_dy): (f32, f32) = (dx.storage().iter().sum(), r.storage().iter().sum());
+    let (sum_dx, sum_dy): (f32, f32) = (dx.iter().sum(), rs.iter().sum());
     assert!((sum_dx - sum_dy).abs() < 1e-4, "Σdx {sum_dx} ≠ Σdy {sum_dy}");
 }
+test_device!(
+    max_pool2d_bwd_matches_finite_differences,
+    max_pool2d_bwd_matches_finite_differences_cpu,
+    max_pool2d_bwd_matches_finite_differences_cuda
+);
 
-#[test]
-fn global_avg_pool_and_temporal_mean_match_definition() {
-    let b = cpu();
+fn global_avg_pool_and_temporal_mean_match_definition<B: Backend>(b: &B, _: &DeviceUnderTest) {
     let mut rng = Rng::new(22);
-    let x = randn_tensor(&mut rng, [3, 5, 4, 6], 1.0);
+    let x = randn(b, &mut rng, [3, 5, 4, 6], 1.0);
     let y = b.global_avg_pool_fwd(&x).unwrap();
     let mut want = vec![0.0f32; 3 * 6];
-    for (i, &v) in x.storage().iter().enumerate() {
+    for (i, &v) in host(b, &x).iter().enumerate() {
         want[(i / (5 * 4 * 6)) * 6 + i % 6] += v / 20.0;
     }
-    assert_close("global_avg_pool", y.storage(), &want, 1e-6, 1e-5);
+    assert_close("global_avg_pool", &host(b, &y), &want, 1e-6, 1e-5);
 
-    let frames = randn_tensor(&mut rng, [6, 5], 1.0);
+    let frames = randn(b, &mut rng, [6, 5], 1.0);
     let clips = b.temporal_mean_fwd(&frames, 3).unwrap();
     assert_eq!(clips.dims(), [2, 5]);
-    let f = frames.storage();
+    let f = host(b, &frames);
     let want: Vec<f32> = (0..10)
         .map(|i| (f[(i / 5) * 15 + i % 5] + f[(i / 5) * 15 + 5 + i % 5] + f[(i / 5) * 15 + 10 + i % 5]) / 3.0)
         .collect();
-    assert_close("temporal_mean", clips.storage(), &want, 1e-6, 1e-5);
+    assert_close("temporal_mean", &host(b, &clips), &want, 1e-6, 1e-5);
     assert!(b.temporal_mean_fwd(&frames, 4).is_err(), "6 frames do not split into clips of 4");
 }
+test_device!(
+    global_avg_pool_and_temporal_mean_match_definition,
+    global_avg_pool_and_temporal_mean_match_definition_cpu,
+    global_avg_pool_and_temporal_mean_match_definition_cuda
+);
 
-#[test]
-fn mean_pools_bwd_match_finite_differences() {
-    let b = cpu();
+fn mean_pools_bwd_match_finite_differences<B: Backend>(b: &B, _: &DeviceUnderTest) {
     let mut rng = Rng::new(23);
     let dims = [2, 3, 5, 4];
-    let x = randn_tensor(&mut rng, dims, 1.0);
-    let r = randn_tensor(&mut rng, [2, 4], 1.0);
-    let dx = b.global_avg_pool_bwd(&r, dims).unwrap();
-    let loss = |v: &[f32]| {
-        dot(b.global_avg_pool_fwd(&b.tensor(Shape::from(dims), v).unwrap()).unwrap().storage(), r.storage())
-    };
-    check_gradient("global_avg_pool dx", x.storage(), dx.storage(), loss, 1e-2, 1e-3, 64);
+    let x = randn(b, &mut rng, dims, 1.0);
+    let r = randn(b, &mut rng, [2, 4], 1.0);
+    let rs = host(b, &r);
+    let dx = host(b, &b.global_avg_pool_bwd(&r, dims).unwrap());
+    let loss = |v: &[f32]| dot(&host(b, &b.global_avg_pool_fwd(&tensor(b, dims, v)).unwrap()), &rs);
+    check_gradient("global_avg_pool dx", &host(b, &x), &dx, loss, 1e-2, 1e-3, 64);
 
-    let frames = randn_tensor(&mut rng, [8, 3], 1.0);
-    let r = randn_tensor(&mut rng, [2, 3], 1.0);
-    let dx = b.temporal_mean_bwd(&r, 4).unwrap();
-    let loss = |v: &[f32]| {
-        dot(
-            b.temporal_mean_fwd(&b.tensor(Shape::from([8, 3]), v).unwrap(), 4).unwrap().storage(),
-            r.storage(),
-        )
-    };
-    check_gradient("temporal_mean dx", frames.storage(), dx.storage(), loss, 1e-2, 1e-3, 24);
+    let frames = randn(b, &mut rng, [8, 3], 1.0);
+    let r = randn(b, &mut rng, [2, 3], 1.0);
+    let rs = host(b, &r);
+    let dx = host(b, &b.temporal_mean_bwd(&r, 4).unwrap());
+    let loss = |v: &[f32]| dot(&host(b, &b.temporal_mean_fwd(&tensor(b, [8, 3], v), 4).unwrap()), &rs);
+    check_gradient("temporal_mean dx", &host(b, &frames), &dx, loss, 1e-2, 1e-3, 24);
+}
+test_device!(
+    mean_pools_bwd_match_finite_differences,
+    mean_pools_bwd_match_finite_differences_cpu,
+    mean_pools_bwd_match_finite_differences_cuda
+);
+
+/// The pooling kernels against their CPU twins, bit for bit: max pool on odd sizes with
+/// ties and a NaN, the mean over rows as global average pool (group H·W = 49) and as the
+/// temporal mean (group T = 16). At most 150 k elements a case: the same shapes on a card
+/// and on the software GPU.
+#[cfg(feature = "cuda")]
+#[test]
+fn pooling_kernels_match_the_cpu_cuda() {
+    use common::download;
+    use dfengine::backend::cpu::pooling;
+    use dfengine::backend::cuda::pooling as gpu_pooling;
+    use dfengine::backend::params::Pool2dGeom;
+
+    let Some(dev) = common::gpu_device() else { return };
+    let s = dev.stream().clone();
+    let mut rng = Rng::new(42);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // Odd sizes; values from a few levels so that windows hold ties; one NaN.
+    for (dims, window, stride, pad) in
+        [([2, 17, 15, 5], 3, 2, 1), ([1, 8, 8, 3], 2, 2, 0), ([3, 5, 9, 2], 3, 1, 1)]
+    {
+        let g = Pool2dGeom::new(dims, window, stride, pad).unwrap();
+        let xn = dims.iter().product::<usize>();
+        let mut x: Vec<f32> = (0..xn).map(|_| rng.below(4) as f32 - 1.0).collect();
+        x[xn / 3] = f32::NAN;
+        let yn = g.n * g.p * g.q * g.c;
+        let dy = rng.vec(yn, -1.0, 1.0);
+        let (dx_dev, ddy) = (s.clone_htod(&x).unwrap(), s.clone_htod(&dy).unwrap());
+        let mut d_y = s.alloc_zeros::<f32>(yn).unwrap();
+        gpu_pooling::max_pool2d_fwd(&dev, &g, &dx_dev, &mut d_y).unwrap();
+        let mut want = vec![0.0; yn];
+        pooling::max_pool2d_fwd(&g, &x, &mut want);
+        assert_eq!(bits(&download(&dev, &d_y)), bits(&want), "max pool forward {dims:?}");
+        let mut d_dx = s.alloc_zeros::<f32>(xn).unwrap();
+        gpu_pooling::max_pool2d_bwd(&dev, &g, &dx_dev, &ddy, &mut d_dx).unwrap();
+        let mut want = vec![0.0; xn];
+        pooling::max_pool2d_bwd(&g, &x, &dy, &mut want);
+        assert_eq!(bits(&download(&dev, &d_dx)), bits(&want), "max pool backward {dims:?}");
+    }
+    // Global average pool (group = H·W = 49) and temporal mean (group = T = 16).
+    for (blocks, group, c) in [(6, 49, 512), (4, 16, 2048), (3, 1, 7)] {
+        let x = rng.vec(blocks * group * c, -2.0, 2.0);
+        let dy = rng.vec(blocks * c, -1.0, 1.0);
+        let (d_x, d_dy) = (s.clone_htod(&x).unwrap(), s.clone_htod(&dy).unwrap());
+        let mut d_y = s.alloc_zeros::<f32>(blocks * c).unwrap();
+        gpu_pooling::mean_rows(&dev, &d_x, &mut d_y, blocks, group, c).unwrap();
+        let mut want = vec![0.0; blocks * c];
+        pooling::mean_rows(&x, group, c, &mut want);
+        assert_eq!(bits(&download(&dev, &d_y)), bits(&want), "mean over {group} rows");
+        let mut d_dx = s.alloc_zeros::<f32>(blocks * group * c).unwrap();
+        gpu_pooling::mean_rows_bwd(&dev, &d_dy, &mut d_dx, blocks, group, c).unwrap();
+        let mut want = vec![0.0; blocks * group * c];
+        pooling::mean_rows_bwd(&dy, group, c, &mut want);
+        assert_eq!(bits(&download(&dev, &d_dx)), bits(&want), "mean backward over {group} rows");
+    }
 }

@@ -211,7 +211,7 @@ fn parity_ops() -> [FrameOp; 3] {
 /// with the reason without a GPU.
 #[cfg(feature = "cuda")]
 #[test]
-fn preprocess_u8_f16_matches_cpu() {
+fn preprocess_u8_f16_matches_cpu_cuda() {
     use dfengine::backend::cuda::preprocess::FrameFormat;
     let (n, h, w, side) = (3usize, 37usize, 53usize, 24usize);
     let src = frame(n * h, w, |y, x, c| ((y * 31 + x * 17 + c * 59) % 251) as u8);
@@ -225,7 +225,7 @@ fn preprocess_u8_f16_matches_cpu() {
 /// The kernel `preprocess_yuv420_f16` against the CPU twin on I420 frames of odd size.
 #[cfg(feature = "cuda")]
 #[test]
-fn preprocess_yuv420_f16_matches_cpu() {
+fn preprocess_yuv420_f16_matches_cpu_cuda() {
     use dfengine::backend::cuda::preprocess::FrameFormat;
     let (h, w, side) = (37usize, 53usize, 24usize);
     let ops = parity_ops();
