@@ -69,7 +69,7 @@ fn faceforensics_follows_the_official_pair_splits() {
     assert!(err.contains("\"FaceSwap\", which is not here (found: Deepfakes, NeuralTextures)"), "{err}");
     let c0 = DataConfig { compression: "c0".into(), ..data(dir.path()) };
     let err = manifest::load(&c0).unwrap_err().to_string();
-    assert!(err.contains("holds no videos for compression \"c0\""), "{err}");
+    assert!(err.contains("holds no videos for compression = \"c0\""), "{err}");
 }
 
 #[test]

@@ -3,8 +3,12 @@
 //! holds torchvision's key list and its output; the weights and the input are drawn here
 //! from the same formula the script used, so the 44 MB of weights need not be stored.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+
+use common::torch_init::{pattern, value};
 
 use dfengine::backend::cpu::CpuBackend;
 use dfengine::backend::ops::Backend;
@@ -12,7 +16,6 @@ use dfengine::config::Backbone;
 use dfengine::model::arch::ResNetSpec;
 use dfengine::model::resnet::ResNet;
 use dfengine::model::weights::{HostTensor, TensorFile, load_pretrained, write_safetensors};
-use dfengine::rng::Rng;
 use dfengine::tensor::Shape;
 
 fn fixture() -> TensorFile {
@@ -20,33 +23,6 @@ fn fixture() -> TensorFile {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torchvision_resnet18.safetensors"),
     )
     .unwrap()
-}
-
-/// The script's `pattern`: uniform in [-1, 1) from SplitMix64 of (index + 1) << 32 | j.
-fn pattern(index: i64, n: usize) -> Vec<f64> {
-    (0..n)
-        .map(|j| {
-            let z = Rng::new((((index + 1) as u64) << 32) + j as u64).next_u64();
-            2.0 * ((z >> 11) as f64 / (1u64 << 53) as f64) - 1.0
-        })
-        .collect()
-}
-
-/// The script's `value`.
-fn value(name: &str, index: usize, dims: &[usize]) -> HostTensor {
-    let n: usize = dims.iter().product();
-    let p = pattern(index as i64, n);
-    let data: Vec<f64> = if name.ends_with("running_var") {
-        p.iter().map(|v| 1.0 + 0.5 * v * v).collect()
-    } else if name.ends_with("running_mean") || name.ends_with(".bias") {
-        p.iter().map(|v| 0.1 * v).collect()
-    } else if name.contains(".bn") || name.starts_with("bn") || name.contains("downsample.1") {
-        p.iter().map(|v| 0.8 + 0.1 * v).collect()
-    } else {
-        let fan_in = n / dims[0];
-        p.iter().map(|v| (2.0 / fan_in as f64).sqrt() * 3f64.sqrt() * v).collect()
-    };
-    HostTensor { dims: dims.to_vec(), data: data.into_iter().map(|v| v as f32).collect() }
 }
 
 /// torchvision's state dict as the script built it, with the head reshaped by `head`.

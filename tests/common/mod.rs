@@ -8,6 +8,8 @@
 //! `cargo test --release _cuda` runs exactly the GPU tests and its summary counts them.
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
+pub mod torch_init;
+
 use dfengine::backend::cpu::CpuBackend;
 use dfengine::backend::ops::Backend;
 use dfengine::tensor::{Shape, Tensor};
