@@ -1,19 +1,21 @@
 //! `cuLaunchKernel`: checks the shape against the device's limits, packs the
-//! parameters into the kernel's `.param` layout and runs the grid on the interpreter,
-//! holding device memory read-locked so nothing is unmapped under the kernel.
+//! parameters into the kernel's `.param` layout and runs the grid on the interpreter
+//! (counted when `SOFTGPU_COUNTERS` is set, see `counters`), holding device memory
+//! read-locked so nothing is unmapped under the kernel.
 #![allow(non_snake_case)]
 
 use std::ffi::{c_uint, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::context::{current, set_pending};
+use super::counters;
 use super::device::{MAX_BLOCK_DIM, MAX_GRID_DIM, MAX_SHARED_PER_BLOCK, MAX_THREADS_PER_BLOCK};
 use super::diagnostic::report;
 use super::error::{CuOutcome, CuResult};
 use super::handle::from_ptr;
 use super::state::driver;
 use super::stream::check_stream;
-use crate::exec::{self, LaunchConfig};
+use crate::exec::LaunchConfig;
 use crate::ptx::Kernel;
 
 fn check_shape(cfg: &LaunchConfig) -> CuOutcome {
@@ -101,7 +103,7 @@ pub unsafe extern "C" fn cuLaunchKernel(
         // SAFETY: caller contract.
         let params = unsafe { marshal(kernel, kernel_params) }?;
         let memory = d.memory();
-        let run = || exec::launch(kernel, &cfg, &params, &*memory).map_err(|e| e.to_string());
+        let run = || counters::launch(kernel, &cfg, &params, &*memory).map_err(|e| e.to_string());
         let failure = match catch_unwind(AssertUnwindSafe(run)) {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => format!("cuLaunchKernel: {e}"),

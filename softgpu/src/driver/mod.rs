@@ -11,6 +11,7 @@
 //! do a test binary's threads.
 
 pub mod context;
+pub mod counters;
 pub mod device;
 pub mod diagnostic;
 pub mod error;

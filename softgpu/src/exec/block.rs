@@ -2,6 +2,7 @@
 //! every warp waits at the same barrier they all go on. A block where some threads wait
 //! while others exited or wait elsewhere is an error (on a GPU, a hang or undefined).
 
+use super::counters::Tally;
 use super::error::{ErrorSite, Fault, LaunchError};
 use super::lanes::WARP;
 use super::memory::Shared;
@@ -13,15 +14,18 @@ pub(crate) struct BlockRunner {
     warps: Vec<Warp>,
     stops: Vec<Stop>,
     shared: Shared,
+    /// This worker's counts, when the launch counts.
+    pub tally: Tally,
 }
 
 impl BlockRunner {
     pub fn new() -> BlockRunner {
-        BlockRunner { warps: Vec::new(), stops: Vec::new(), shared: Shared::new() }
+        BlockRunner { warps: Vec::new(), stops: Vec::new(), shared: Shared::new(), tally: Tally::default() }
     }
 
-    /// Runs one block; returns the lane-instructions it executed.
-    pub fn run(
+    /// Runs one block; returns the lane-instructions it executed. With `COUNT` its
+    /// instructions and accesses are added to `self.tally`.
+    pub fn run<const COUNT: bool>(
         &mut self,
         kernel: &Kernel,
         ctx: &LaunchCtx<'_>,
@@ -38,6 +42,9 @@ impl BlockRunner {
             w.reset(body, i as u32, at);
         }
         self.shared.reset(body.static_shared, body.dynamic_offset as usize + dynamic_shared as usize);
+        if COUNT {
+            self.tally.prepare(body);
+        }
         let error = |warp: usize, f: Fault| {
             let lane = f.lane.unwrap_or(0);
             launch_error(kernel, at, Some(warp as u32 * WARP as u32 + lane), Some(f.pc), f.message)
@@ -48,7 +55,7 @@ impl BlockRunner {
                 let stop = if w.live == 0 {
                     Stop::Exited
                 } else {
-                    w.run(ctx, &mut self.shared).map_err(|f| error(i, f))?
+                    w.run::<COUNT>(ctx, &mut self.shared, &mut self.tally).map_err(|f| error(i, f))?
                 };
                 self.stops.push(stop);
             }

@@ -14,16 +14,19 @@
 pub const WARP: usize = 32;
 
 // Every fragment table of the ISA places a lane by these two numbers.
+#[inline(always)]
 fn group_id(lane: usize) -> usize {
     lane >> 2
 }
 
+#[inline(always)]
 fn thread_id_in_group(lane: usize) -> usize {
     lane % 4
 }
 
 /// (row, col) in the 16×16 matrix A of element `a_i` (`i` in `0..8`) held by `lane`:
 /// a0,a1 are the low and high halves of the lane's first `.f16x2` register, and so on.
+#[inline(always)]
 fn a_coord(lane: usize, i: usize) -> (usize, usize) {
     let (g, t) = (group_id(lane), thread_id_in_group(lane));
     let row = if i < 2 || (4..6).contains(&i) { g } else { g + 8 };
@@ -32,6 +35,7 @@ fn a_coord(lane: usize, i: usize) -> (usize, usize) {
 }
 
 /// (row, col) in the 16×8 matrix B of element `b_i` (`i` in `0..4`) held by `lane`.
+#[inline(always)]
 fn b_coord(lane: usize, i: usize) -> (usize, usize) {
     let (g, t) = (group_id(lane), thread_id_in_group(lane));
     let row = if i < 2 { t * 2 + (i & 1) } else { t * 2 + (i & 1) + 8 };
@@ -39,16 +43,11 @@ fn b_coord(lane: usize, i: usize) -> (usize, usize) {
 }
 
 /// (row, col) in the 16×8 matrices C and D of element `c_i` (`i` in `0..4`) held by `lane`.
+#[inline(always)]
 fn c_coord(lane: usize, i: usize) -> (usize, usize) {
     let (g, t) = (group_id(lane), thread_id_in_group(lane));
     let row = if i < 2 { g } else { g + 8 };
     (row, t * 2 + (i & 1))
-}
-
-/// Both f16 halves of a `.f16x2` register, widened exactly: (bits 0..16, bits 16..32),
-/// the lower-numbered element first.
-fn f16x2_to_f64(reg: u32) -> [f64; 2] {
-    [f16_to_f64(reg as u16), f16_to_f64((reg >> 16) as u16)]
 }
 
 /// f16 bits → f64 without branches, so that the widening of a warp's 384 operands
@@ -56,6 +55,7 @@ fn f16x2_to_f64(reg: u32) -> [f64; 2] {
 /// exponent and mantissa bits land in f64's fields as if f16's bias were f64's; one exact
 /// multiplication by 2^(1023 − 15) rebases normals and subnormals alike. Infinity and NaN
 /// (exponent all ones) take f64's all-ones exponent instead.
+#[inline(always)]
 fn f16_to_f64(bits: u16) -> f64 {
     const REBASE: f64 = f64::from_bits((1023 + 1023 - 15) << 52);
     const EXP_ALL_ONES: u64 = 0x7c00 << 42;
@@ -83,26 +83,73 @@ pub fn mma_m16n8k16_f32_f16(
     b: &[[u32; 2]; WARP],
     c: &[[f32; 4]; WARP],
 ) -> [[f32; 4]; WARP] {
-    // Gathered whole onto the stack so that the product below is plain array loops: this
-    // runs ~100k times per convolution launch (about 0.4 µs a call measured here).
-    let mut a_mat = [[0.0f64; 16]; 16];
-    let mut b_mat = [[0.0f64; 8]; 16];
+    // The same body compiled for wider vectors where the CPU has them: the product is
+    // 2,048 f64 multiply-adds a call and runs ~100k times per convolution launch, and
+    // x86-64's baseline SSE2 does two at a time. Every variant performs the same IEEE
+    // operations in the same order (Rust never contracts a·b + c into an FMA), so the
+    // results are bit-identical whichever runs.
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { mma_avx512(a, b, c) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { mma_avx2(a, b, c) };
+        }
+    }
+    mma_body(a, b, c)
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn mma_avx512(a: &[[u32; 4]; WARP], b: &[[u32; 2]; WARP], c: &[[f32; 4]; WARP]) -> [[f32; 4]; WARP] {
+    mma_body(a, b, c)
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn mma_avx2(a: &[[u32; 4]; WARP], b: &[[u32; 2]; WARP], c: &[[f32; 4]; WARP]) -> [[f32; 4]; WARP] {
+    mma_body(a, b, c)
+}
+
+#[inline(always)]
+fn mma_body(a: &[[u32; 4]; WARP], b: &[[u32; 2]; WARP], c: &[[f32; 4]; WARP]) -> [[f32; 4]; WARP] {
+    // The f16 bits are scattered into place first and widened afterwards in one pass
+    // over each matrix, so the widening vectorises; the product below is plain array loops.
+    let mut a_bits = [[0u16; 16]; 16];
+    let mut b_bits = [[0u16; 8]; 16];
     let mut acc = [[0.0f64; 8]; 16];
     for lane in 0..WARP {
-        let a_lane: [[f64; 2]; 4] = a[lane].map(f16x2_to_f64);
-        let b_lane: [[f64; 2]; 2] = b[lane].map(f16x2_to_f64);
-        for (i, &v) in a_lane.as_flattened().iter().enumerate() {
-            let (m, k) = a_coord(lane, i);
-            a_mat[m][k] = v;
+        for (r, &reg) in a[lane].iter().enumerate() {
+            for (h, half) in [reg as u16, (reg >> 16) as u16].into_iter().enumerate() {
+                let (m, k) = a_coord(lane, 2 * r + h);
+                a_bits[m][k] = half;
+            }
         }
-        for (i, &v) in b_lane.as_flattened().iter().enumerate() {
-            let (k, n) = b_coord(lane, i);
-            b_mat[k][n] = v;
+        for (r, &reg) in b[lane].iter().enumerate() {
+            for (h, half) in [reg as u16, (reg >> 16) as u16].into_iter().enumerate() {
+                let (k, n) = b_coord(lane, 2 * r + h);
+                b_bits[k][n] = half;
+            }
         }
         for (i, &v) in c[lane].iter().enumerate() {
             let (m, n) = c_coord(lane, i);
             acc[m][n] = f64::from(v);
         }
+    }
+    let mut a_mat = [[0.0f64; 16]; 16];
+    for (v, bits) in a_mat.as_flattened_mut().iter_mut().zip(a_bits.as_flattened()) {
+        *v = f16_to_f64(*bits);
+    }
+    let mut b_mat = [[0.0f64; 8]; 16];
+    for (v, bits) in b_mat.as_flattened_mut().iter_mut().zip(b_bits.as_flattened()) {
+        *v = f16_to_f64(*bits);
     }
     // One row of accumulators stays in registers across the k loop; each element still
     // sums its products in k order.

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::block::BlockRunner;
+use super::counters::{Counters, Tally};
 use super::error::LaunchError;
 use super::warp::{LaunchCtx, Placement};
 use super::{GlobalMemory, LaunchConfig};
@@ -72,6 +73,28 @@ pub fn launch_with_stats(
     params: &[u8],
     mem: &dyn GlobalMemory,
 ) -> Result<LaunchStats, LaunchError> {
+    run_grid::<false>(kernel, cfg, params, mem).map(|(stats, _)| stats)
+}
+
+/// Runs the launch as `launch` does and counts what it did (exact counts, not timings;
+/// see `counters`). The occupancy is unknown until `Counters::with_registers`.
+pub fn launch_with_counters(
+    kernel: &Kernel,
+    cfg: &LaunchConfig,
+    params: &[u8],
+    mem: &dyn GlobalMemory,
+) -> Result<Counters, LaunchError> {
+    let (stats, tally) = run_grid::<true>(kernel, cfg, params, mem)?;
+    Ok(tally.finish(kernel, cfg, stats.lane_instructions))
+}
+
+/// The grid on worker threads; with `COUNT`, also the workers' merged tallies.
+fn run_grid<const COUNT: bool>(
+    kernel: &Kernel,
+    cfg: &LaunchConfig,
+    params: &[u8],
+    mem: &dyn GlobalMemory,
+) -> Result<(LaunchStats, Tally), LaunchError> {
     check_config(kernel, cfg, params)?;
     let [gx, gy, gz] = cfg.grid;
     let blocks = gx as u64 * gy as u64 * gz as u64;
@@ -83,6 +106,7 @@ pub fn launch_with_stats(
     // The failure of the lowest-numbered block wins, so a failing launch reports the same
     // block whatever the scheduling.
     let first_error: Mutex<Option<(u64, LaunchError)>> = Mutex::new(None);
+    let tally = Mutex::new(Tally::default());
     let work = || {
         let mut runner = BlockRunner::new();
         let mut done = 0u64;
@@ -100,7 +124,7 @@ pub fn launch_with_stats(
                 ],
                 grid: cfg.grid,
             };
-            match runner.run(kernel, &ctx, &at, cfg.dynamic_shared) {
+            match runner.run::<COUNT>(kernel, &ctx, &at, cfg.dynamic_shared) {
                 Ok(n) => done += n,
                 Err(e) => {
                     failed.store(true, Ordering::Relaxed);
@@ -112,6 +136,9 @@ pub fn launch_with_stats(
             }
         }
         total.fetch_add(done, Ordering::Relaxed);
+        if COUNT {
+            tally.lock().unwrap_or_else(|p| p.into_inner()).merge(&runner.tally);
+        }
     };
     if workers == 1 {
         work();
@@ -124,6 +151,9 @@ pub fn launch_with_stats(
     }
     match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some((_, e)) => Err(e),
-        None => Ok(LaunchStats { lane_instructions: total.into_inner() }),
+        None => Ok((
+            LaunchStats { lane_instructions: total.into_inner() },
+            tally.into_inner().unwrap_or_else(|p| p.into_inner()),
+        )),
     }
 }

@@ -3,15 +3,20 @@
 mod alu;
 mod block;
 pub mod collective;
+pub mod counters;
 mod error;
 mod grid;
 mod lanes;
 mod memory;
 pub mod numeric;
+pub mod occupancy;
+mod traffic;
 mod warp;
 
+pub use counters::Counters;
 pub use error::{ErrorSite, LaunchError};
-pub use grid::{LaunchStats, launch_with_stats};
+pub use grid::{LaunchStats, launch_with_counters, launch_with_stats};
+pub use occupancy::{Occupancy, RegisterTable};
 
 use std::fmt;
 
@@ -52,11 +57,35 @@ pub trait GlobalMemory: Sync {
 /// Runs `kernel` over the grid of `cfg` with the packed parameter buffer `params`
 /// (`kernel.params()[i]` at its offset) against device memory `mem`; returns when every
 /// block has finished, or with the first failure.
+///
+/// With `SOFTGPU_TRACE=1` in the environment each launch prints one line to stderr —
+/// `softgpu trace: <kernel> grid [x, y, z] block [x, y, z] <µs> us <n> lane-instructions`
+/// — so a slow run can be broken down per kernel (`scripts/softgpu-trace.sh` sums them).
 pub fn launch(
     kernel: &crate::ptx::Kernel,
     cfg: &LaunchConfig,
     params: &[u8],
     mem: &dyn GlobalMemory,
 ) -> Result<(), LaunchError> {
-    launch_with_stats(kernel, cfg, params, mem).map(|_| ())
+    if !tracing() {
+        return launch_with_stats(kernel, cfg, params, mem).map(|_| ());
+    }
+    let start = std::time::Instant::now();
+    let stats = launch_with_stats(kernel, cfg, params, mem)?;
+    eprintln!(
+        "softgpu trace: {} grid {:?} block {:?} {} us {} lane-instructions",
+        kernel.name(),
+        cfg.grid,
+        cfg.block,
+        start.elapsed().as_micros(),
+        stats.lane_instructions
+    );
+    Ok(())
+}
+
+/// Whether `SOFTGPU_TRACE` is set to something other than empty or `0` (read once).
+fn tracing() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE
+        .get_or_init(|| std::env::var("SOFTGPU_TRACE").is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0"))
 }

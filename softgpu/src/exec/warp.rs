@@ -9,6 +9,7 @@
 use super::GlobalMemory;
 use super::alu;
 use super::collective::{self, MatrixCount};
+use super::counters::{Dir, Tally};
 use super::error::Fault;
 use super::lanes::{FULL, Lanes, WARP, each};
 use super::memory::{AsyncCopies, Shared, global_read, global_write};
@@ -140,7 +141,14 @@ impl Warp {
         self.cur.mask & self.live
     }
 
-    pub fn run(&mut self, ctx: &LaunchCtx<'_>, shared: &mut Shared) -> Result<Stop, Fault> {
+    /// Runs until a barrier or exit. With `COUNT` every issued instruction and memory
+    /// access is also counted into `tally`; without it that code is compiled out.
+    pub fn run<const COUNT: bool>(
+        &mut self,
+        ctx: &LaunchCtx<'_>,
+        shared: &mut Shared,
+        tally: &mut Tally,
+    ) -> Result<Stop, Fault> {
         let insts = &ctx.body.insts[..];
         loop {
             let mask = self.cur.mask & self.live;
@@ -155,6 +163,9 @@ impl Warp {
             }
             let pc = self.cur.pc;
             let inst = &insts[pc as usize];
+            if COUNT {
+                tally.issue(pc);
+            }
             let em = match inst.guard {
                 Some(g) => {
                     let p = self.preds[g.pred as usize];
@@ -237,10 +248,16 @@ impl Warp {
                     each(em, |l| dv[l] = v);
                 }
                 Op::Ld { space, ty, n, d, addr, off } => {
+                    if COUNT {
+                        tally.access(Dir::Load, space, em, &regs[addr as usize], off, ty.bytes() * n as u32);
+                    }
                     load(regs, em, ctx.mem, shared, space, ty, n, d, addr, off)
                         .map_err(|(l, m)| fault(pc, Some(l), m))?
                 }
                 Op::St { space, ty, n, a, addr, off } => {
+                    if COUNT {
+                        tally.access(Dir::Store, space, em, &regs[addr as usize], off, ty.bytes() * n as u32);
+                    }
                     store(regs, em, ctx.mem, shared, space, ty, n, a, addr, off)
                         .map_err(|(l, m)| fault(pc, Some(l), m))?
                 }
@@ -248,6 +265,9 @@ impl Warp {
                     let mut result = Ok(());
                     let (dv, sv) = (regs[dst as usize], regs[src as usize]);
                     let zv = src_size.map(|r| regs[r as usize]);
+                    if COUNT {
+                        tally.cp_async(em, (&dv, dst_off), (&sv, src_off), size, zv.as_ref());
+                    }
                     each(em, |l| {
                         if result.is_err() {
                             return;
@@ -289,6 +309,9 @@ impl Warp {
                     let mut rows = [0u32; WARP];
                     for (l, r) in rows.iter_mut().enumerate() {
                         *r = (av[l] as u32).wrapping_add(off as u32);
+                    }
+                    if COUNT {
+                        tally.ldmatrix(n, &rows);
                     }
                     let count = match n {
                         1 => MatrixCount::X1,

@@ -108,6 +108,7 @@ pub enum Arg {
     I32(i32),
     I64(i64),
     F32(f32),
+    F64(f64),
 }
 
 pub fn pack(kernel: &Kernel, args: &[Arg]) -> Vec<u8> {
@@ -119,6 +120,7 @@ pub fn pack(kernel: &Kernel, args: &[Arg]) -> Vec<u8> {
             Arg::I32(v) => v.to_le_bytes().to_vec(),
             Arg::I64(v) => v.to_le_bytes().to_vec(),
             Arg::F32(v) => v.to_le_bytes().to_vec(),
+            Arg::F64(v) => v.to_le_bytes().to_vec(),
         };
         assert_eq!(bytes.len(), slot.size, "size of parameter {}", slot.name);
         buf[slot.offset..slot.offset + slot.size].copy_from_slice(&bytes);
