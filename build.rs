@@ -45,6 +45,9 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join(".toolchain/cuda/.installed").display());
 
     let ptx_dir = out.join("ptx");
+    // Start empty: PTX of a kernel file since renamed or removed must not linger there
+    // for scripts/check-ptx.py to report.
+    let _ = fs::remove_dir_all(&ptx_dir);
     fs::create_dir_all(&ptx_dir).expect("create OUT_DIR/ptx");
     let compiled = match &nvcc {
         Some(nvcc) => {

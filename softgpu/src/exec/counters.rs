@@ -72,6 +72,7 @@ impl InstClasses {
             }
             Op::Cvt { .. } => &mut self.f16_conversion,
             Op::Mov { .. }
+            | Op::Pack { .. }
             | Op::MovPred { .. }
             | Op::PredConst { .. }
             | Op::Int { .. }

@@ -186,6 +186,12 @@ impl Warp {
                     let dv = &mut regs[d as usize];
                     each(em, |l| dv[l] = av[l]);
                 }
+                Op::Pack { d, lo, hi, half } => {
+                    let (lv, hv) = (regs[lo as usize], regs[hi as usize]);
+                    let mask = (1u64 << half) - 1;
+                    let dv = &mut regs[d as usize];
+                    each(em, |l| dv[l] = (lv[l] & mask) | ((hv[l] & mask) << half));
+                }
                 Op::MovPred { d, a } => {
                     let p = self.preds[a as usize];
                     let dp = &mut self.preds[d as usize];

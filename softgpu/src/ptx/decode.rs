@@ -296,7 +296,16 @@ impl Decoder<'_, '_> {
                     }
                 } else {
                     let ty = m.ty()?;
-                    Op::Mov { d: self.dst(op(0))?, a: self.src(op(1), ty)? }
+                    match (op(1), ty) {
+                        (Some(Operand::Vec(parts)), Ty::B32 | Ty::B64) => {
+                            let [Operand::Reg(lo), Operand::Reg(hi)] = parts[..] else {
+                                return Err(format!("`{}`: packs exactly two registers", s.opcode));
+                            };
+                            let half = if ty == Ty::B32 { 16 } else { 32 };
+                            Op::Pack { d: self.dst(op(0))?, lo, hi, half }
+                        }
+                        _ => Op::Mov { d: self.dst(op(0))?, a: self.src(op(1), ty)? },
+                    }
                 }
             }
             "cvta" => {

@@ -188,6 +188,14 @@ pub enum Op {
         d: Reg,
         a: Reg,
     },
+    /// `mov.b32 d, {lo, hi}` (two 16-bit halves) or `mov.b64 d, {lo, hi}` (two 32-bit):
+    /// d = lo | hi << half, each piece cut to `half` bits.
+    Pack {
+        d: Reg,
+        lo: Reg,
+        hi: Reg,
+        half: u32,
+    },
     MovPred {
         d: Pred,
         a: Pred,
