@@ -477,16 +477,32 @@ fn prepare(args: PrepareArgs) -> Result<(), Failure> {
             "layout": m.layout,
             "videos": m.entries.len(),
             "splits": counts,
+            "faces": resolved.config.data.faces.to_string(),
         });
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?);
         return Ok(());
     }
     println!("{}: {} layout, {} videos", m.root.display(), m.layout, m.entries.len());
+    println!("faces: {}", face_mode(&resolved.config.data));
     println!("{:<6} {:>8} {:>8} {:>8}", "split", "real", "fake", "total");
     for (split, c) in &counts {
         println!("{:<6} {:>8} {:>8} {:>8}", split.to_string(), c.real, c.fake, c.real + c.fake);
     }
     Ok(())
+}
+
+/// What `[data] faces` does, in the config's words.
+fn face_mode(d: &config::DataConfig) -> String {
+    match d.faces {
+        config::FaceSource::None => "none (centre squares)".into(),
+        config::FaceSource::Boxes => {
+            "boxes (sidecar <video>.faces.json where present, else centre squares)".into()
+        }
+        config::FaceSource::Detect => format!(
+            "detect (MTCNN from {}, thresholds {:?}, min face {} px; crops × {})",
+            d.face_detector, d.face_thresholds, d.face_min_size, d.face_margin
+        ),
+    }
 }
 
 /// Decodes every video of the index into the frame cache, `num_workers` at a time.
@@ -518,7 +534,10 @@ fn fill_cache(
         dir.display(),
         config::format_bytes((per_video * total) as u64)
     );
-    let source = VideoSource::new(entries, cache.clone(), settings, 1);
+    let detector = dfengine::data::face_boxes::detector_for(d).map_err(Failure::Input)?;
+    println!("faces: {}", face_mode(d));
+    let faces = dfengine::data::face_boxes::FaceSettings::from_config(d);
+    let source = VideoSource::new(entries, cache.clone(), settings, 1).with_faces(faces, detector);
     let done = AtomicUsize::new(0);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(config.dataloader.num_workers.max(1) as usize)
@@ -539,6 +558,18 @@ fn fill_cache(
     });
     let s = cache.stats();
     println!("{} decoded, {} already cached, {} failed", s.misses, s.disk_hits, failures.len());
+    let f = source.face_stats();
+    if f.videos > 0 {
+        println!(
+            "face detection: {} faces in {} frames of {} videos ({} tracks), {} without a face; {:.0} ms per video",
+            f.faces,
+            f.frames,
+            f.videos,
+            f.tracks,
+            f.without_face,
+            f.seconds * 1e3 / f.videos as f64
+        );
+    }
     for f in &failures {
         println!("  skipped {f}");
     }

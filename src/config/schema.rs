@@ -82,6 +82,29 @@ pub enum DatasetLayout {
     Synthetic,
 }
 
+/// Where the face crops of `prepare` come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaceSource {
+    /// No face crops: the centre square of every frame.
+    None,
+    /// Sidecar boxes `<video>.faces.json` where a video has them, else the centre.
+    Boxes,
+    /// MTCNN on the sampled frames, linked into a track; the boxes are cached as sidecars.
+    Detect,
+}
+
+/// The name a config file uses, e.g. `detect`.
+impl std::fmt::Display for FaceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FaceSource::None => "none",
+            FaceSource::Boxes => "boxes",
+            FaceSource::Detect => "detect",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
@@ -111,6 +134,17 @@ pub struct DataConfig {
     pub synthetic_videos: u32,
     /// Artefact strength of the synthetic fakes: 0 blatant, 1 subtle.
     pub synthetic_difficulty: f64,
+    /// Face crops: "detect" (MTCNN), "boxes" (sidecar files) or "none" (centre square).
+    pub faces: FaceSource,
+    /// Side of the square crop as a multiple of the face box's longer side.
+    pub face_margin: f64,
+    /// The MTCNN weights (`scripts/get-face-detector.sh` writes them).
+    pub face_detector: String,
+    /// Smallest face searched for, in pixels of the frame as detected (frames wider or
+    /// taller than 1280 px are detected at 1/2, 1/3, ... of their size).
+    pub face_min_size: f64,
+    /// Face probability needed at MTCNN's three stages (P-, R-, O-Net).
+    pub face_thresholds: [f64; 3],
 }
 
 impl Default for DataConfig {
@@ -130,6 +164,11 @@ impl Default for DataConfig {
             max_bad_fraction: 0.05,
             synthetic_videos: 200,
             synthetic_difficulty: 0.3,
+            faces: FaceSource::Boxes,
+            face_margin: 1.3,
+            face_detector: "models/mtcnn.safetensors".into(),
+            face_min_size: 20.0,
+            face_thresholds: [0.6, 0.7, 0.7],
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use toml::Value;
 
-use super::schema::{Config, DatasetLayout};
+use super::schema::{Config, DatasetLayout, FaceSource};
 
 #[derive(Debug)]
 pub struct Violation {
@@ -120,6 +120,30 @@ pub fn validate(c: &Config) -> Result<(), Violation> {
     }
     if d.enable_cache {
         non_empty("data.cache_dir", &d.cache_dir, "a folder when enable_cache = true")?;
+    }
+    if !(d.face_margin >= 1.0 && d.face_margin.is_finite()) {
+        return Err(Violation {
+            key: "data.face_margin",
+            value: Some(Value::Float(d.face_margin)),
+            problem: "must be ≥ 1 (1 crops the bare face box)".into(),
+        });
+    }
+    if !(d.face_min_size >= 1.0 && d.face_min_size.is_finite()) {
+        return Err(Violation {
+            key: "data.face_min_size",
+            value: Some(Value::Float(d.face_min_size)),
+            problem: "must be ≥ 1 pixel".into(),
+        });
+    }
+    if let Some(t) = d.face_thresholds.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+        return Err(Violation {
+            key: "data.face_thresholds",
+            value: Some(Value::Array(d.face_thresholds.iter().map(|&v| Value::Float(v)).collect())),
+            problem: format!("{t} is not a probability: each must be in [0, 1]"),
+        });
+    }
+    if d.faces == FaceSource::Detect {
+        non_empty("data.face_detector", &d.face_detector, "the MTCNN weights when faces = \"detect\"")?;
     }
 
     let l = &c.dataloader;

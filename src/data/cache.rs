@@ -26,13 +26,13 @@ pub struct ClipSettings {
 }
 
 impl ClipSettings {
-    /// What `[data]` asks for, faces cropped at the default scale.
+    /// What `[data]` asks for.
     pub fn from_config(d: &crate::config::DataConfig) -> Self {
         ClipSettings {
             max_frames: d.max_frames as usize,
             frame_size: d.frame_size as usize,
             quality_threshold: d.quality_threshold,
-            face_scale: super::faces::DEFAULT_SCALE,
+            face_scale: d.face_margin,
         }
     }
 }
@@ -90,6 +90,11 @@ impl FrameCache {
             h = fnv(&f.to_bits().to_le_bytes(), h);
         }
         Ok(h)
+    }
+
+    /// The folder entries persist in, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {

@@ -1,9 +1,10 @@
 //! One clip, ready for the cache and the loader: the sampled frames of a video, quality
 //! filtered, cropped around the face (or the centre) and resized to `frame_size`, as u8.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use super::faces::{self, Crop};
+use super::faces::{self, Crop, FaceBox};
 use super::quality;
 
 /// `frames` frames of `side × side × 3` bytes, one after the other.
@@ -49,7 +50,8 @@ pub fn crop_resize(rgb: &[u8], w: usize, h: usize, crop: Crop, side: usize) -> V
 
 /// Turns decoded frames (with their frame indices) into a clip: quality filter with
 /// nearest-good replacement (missing frames too), face or centre crop, resize. Also
-/// returns how many frames were rejected or missing.
+/// returns how many frames were rejected or missing. Face boxes come from the video's
+/// sidecar.
 pub fn assemble(
     video: &Path,
     decoded: &[(usize, usize, usize, Vec<u8>)],
@@ -57,7 +59,18 @@ pub fn assemble(
     quality_threshold: f64,
     face_scale: f64,
 ) -> Result<(ClipFrames, usize), String> {
-    let boxes = faces::sidecar(video)?;
+    assemble_with_boxes(&faces::sidecar(video)?, decoded, side, quality_threshold, face_scale)
+}
+
+/// `assemble` with the face boxes given (by frame index; frames without one get the
+/// centre square).
+pub fn assemble_with_boxes(
+    boxes: &HashMap<usize, FaceBox>,
+    decoded: &[(usize, usize, usize, Vec<u8>)],
+    side: usize,
+    quality_threshold: f64,
+    face_scale: f64,
+) -> Result<(ClipFrames, usize), String> {
     // An empty frame is a wanted index the decoder never produced (a gap in a
     // variable-frame-rate stream, a corrupt packet): replaced like a rejected one.
     let good: Vec<bool> = decoded
@@ -72,7 +85,7 @@ pub fn assemble(
     let mut data = Vec::with_capacity(decoded.len() * side * side * 3);
     for &k in &use_frame {
         let (index, w, h, rgb) = &decoded[k];
-        let crop = faces::crop_for(&boxes, *index, face_scale, *w, *h);
+        let crop = faces::crop_for(boxes, *index, face_scale, *w, *h);
         data.extend(crop_resize(rgb, *w, *h, crop, side));
     }
     let rejected = good.iter().filter(|g| !**g).count();

@@ -22,8 +22,6 @@ pub struct Crop {
     pub side: usize,
 }
 
-pub const DEFAULT_SCALE: f64 = 1.3;
-
 /// The square crop around `face` (its longer side × `scale`), shifted to lie inside a
 /// `width × height` frame and no larger than the frame's shorter side.
 pub fn face_crop(face: &FaceBox, scale: f64, width: usize, height: usize) -> Crop {

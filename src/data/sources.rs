@@ -53,17 +53,23 @@ impl ClipSource for SyntheticSource {
 }
 
 #[cfg(feature = "video")]
-pub use video::VideoSource;
+pub use video::{FaceStats, VideoSource};
 
 #[cfg(feature = "video")]
 mod video {
-    use std::sync::Arc;
+    use std::collections::HashMap;
+    use std::path::Path;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, PoisonError};
 
     use super::ClipSource;
+    use crate::config::FaceSource;
     use crate::data::cache::{ClipSettings, FrameCache};
-    use crate::data::clip::{ClipFrames, assemble};
+    use crate::data::clip::{ClipFrames, assemble_with_boxes};
     use crate::data::decode::{probe, read_frames};
+    use crate::data::detect::FaceDetector;
+    use crate::data::face_boxes::{self, FaceSettings};
+    use crate::data::faces::{self, FaceBox};
     use crate::data::manifest::{Label, VideoEntry};
     use crate::data::sampling::{Sampling, sample_indices};
 
@@ -74,6 +80,21 @@ mod video {
         settings: ClipSettings,
         decode_threads: usize,
         decodes: AtomicU64,
+        faces: FaceSettings,
+        detector: Option<Arc<FaceDetector>>,
+        face_stats: Mutex<FaceStats>,
+    }
+
+    /// What face detection did in this source's videos (those detected, not those whose
+    /// boxes came from the cache).
+    #[derive(Debug, Clone, Copy, Default, PartialEq)]
+    pub struct FaceStats {
+        pub videos: usize,
+        pub frames: usize,
+        pub faces: usize,
+        pub tracks: usize,
+        pub without_face: usize,
+        pub seconds: f64,
     }
 
     impl VideoSource {
@@ -83,7 +104,81 @@ mod video {
             settings: ClipSettings,
             decode_threads: usize,
         ) -> Self {
-            VideoSource { entries, cache, settings, decode_threads, decodes: AtomicU64::new(0) }
+            VideoSource {
+                entries,
+                cache,
+                settings,
+                decode_threads,
+                decodes: AtomicU64::new(0),
+                faces: FaceSettings::default(),
+                detector: None,
+                face_stats: Mutex::default(),
+            }
+        }
+
+        /// Where face boxes come from (sidecars unless told otherwise); `detector` is
+        /// needed for `FaceSource::Detect` (see `face_boxes::detector_for`).
+        pub fn with_faces(mut self, faces: FaceSettings, detector: Option<Arc<FaceDetector>>) -> Self {
+            self.faces = faces;
+            self.detector = detector;
+            self
+        }
+
+        pub fn face_stats(&self) -> FaceStats {
+            *self.face_stats.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        /// The boxes to crop `path`'s decoded frames around.
+        fn boxes(
+            &self,
+            path: &Path,
+            decoded: &[(usize, usize, usize, Vec<u8>)],
+        ) -> Result<HashMap<usize, FaceBox>, String> {
+            match self.faces.source {
+                FaceSource::None => Ok(HashMap::new()),
+                FaceSource::Boxes => faces::sidecar(path),
+                FaceSource::Detect => {
+                    let boxes = self.detected_boxes(path, decoded)?;
+                    if boxes.is_empty() {
+                        return Err(format!("no face in any of its {} sampled frames", decoded.len()));
+                    }
+                    Ok(boxes)
+                }
+            }
+        }
+
+        /// Detected boxes from the cache folder, else detected now (and stored there).
+        fn detected_boxes(
+            &self,
+            path: &Path,
+            decoded: &[(usize, usize, usize, Vec<u8>)],
+        ) -> Result<HashMap<usize, FaceBox>, String> {
+            let frame_key =
+                ClipSettings { frame_size: 0, quality_threshold: 0.0, face_scale: 0.0, ..self.settings };
+            let key = crate::rng::mix(FrameCache::key(path, &frame_key)?, self.faces.key());
+            if let Some(dir) = self.cache.dir()
+                && let Some(boxes) = face_boxes::read_cached(dir, key)?
+            {
+                return Ok(boxes);
+            }
+            let det =
+                self.detector.as_ref().ok_or("[data] faces = \"detect\" but no face detector was loaded")?;
+            let start = std::time::Instant::now();
+            let found = face_boxes::detect_clip(det, decoded, &self.faces.track)?;
+            {
+                let mut st = self.face_stats.lock().unwrap_or_else(PoisonError::into_inner);
+                st.videos += 1;
+                st.frames += found.frames;
+                st.faces += found.faces_found;
+                st.tracks += found.tracks;
+                st.without_face += usize::from(found.boxes.is_empty());
+                st.seconds += start.elapsed().as_secs_f64();
+            }
+            if let Some(dir) = self.cache.dir() {
+                // A sidecar that cannot be written only costs a detection next time.
+                let _ = face_boxes::write_cached(dir, key, &found.boxes);
+            }
+            Ok(found.boxes)
         }
 
         /// Videos decoded so far (cache misses).
@@ -102,7 +197,9 @@ mod video {
             let decoded: Vec<(usize, usize, usize, Vec<u8>)> =
                 wanted.iter().zip(frames).map(|(&i, f)| (i, f.width, f.height, f.data)).collect();
             let s = &self.settings;
-            assemble(path, &decoded, s.frame_size, s.quality_threshold, s.face_scale).map(|(clip, _)| clip)
+            let boxes = self.boxes(path, &decoded)?;
+            assemble_with_boxes(&boxes, &decoded, s.frame_size, s.quality_threshold, s.face_scale)
+                .map(|(clip, _)| clip)
         }
     }
 
@@ -118,6 +215,11 @@ mod video {
         }
         fn load(&self, clip: usize) -> Result<Arc<ClipFrames>, String> {
             let key = FrameCache::key(&self.entries[clip].path, &self.settings)?;
+            // Sidecar boxes (key 0) keep the keys caches were written under before detection.
+            let key = match self.faces.key() {
+                0 => key,
+                faces => crate::rng::mix(key, faces),
+            };
             self.cache.get_or_load(key, || self.decode(clip))
         }
     }

@@ -99,9 +99,12 @@ fn video_splits(config: &Config) -> Result<Splits, ManifestError> {
         problem: format!("frame cache: {e}"),
     })?);
     let settings = ClipSettings::from_config(d);
+    let faces = crate::data::face_boxes::FaceSettings::from_config(d);
+    let detector = crate::data::face_boxes::detector_for(d)
+        .map_err(|problem| ManifestError::Invalid { path: d.face_detector.clone().into(), problem })?;
     let pick = |split: Split| -> Arc<dyn ClipSource> {
         let entries = m.split(split).cloned().collect();
-        Arc::new(VideoSource::new(entries, cache.clone(), settings, 1))
+        Arc::new(VideoSource::new(entries, cache.clone(), settings, 1).with_faces(faces, detector.clone()))
     };
     Ok(Splits {
         train: pick(Split::Train),

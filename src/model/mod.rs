@@ -5,5 +5,6 @@
 
 pub mod arch;
 pub mod footprint;
+pub mod mtcnn;
 pub mod resnet;
 pub mod weights;

@@ -97,7 +97,10 @@ fn score<B: Backend>(
         split: Split::Test,
         group: video.display().to_string(),
     };
-    let source = VideoSource::new(vec![entry], cache, ClipSettings::from_config(&config.data), 2);
+    let faces = crate::data::face_boxes::FaceSettings::from_config(&config.data);
+    let detector = crate::data::face_boxes::detector_for(&config.data)?;
+    let source = VideoSource::new(vec![entry], cache, ClipSettings::from_config(&config.data), 2)
+        .with_faces(faces, detector);
     let frames = source.load(0)?;
     let ls = LoaderSettings {
         batch_size: 1,

@@ -4,6 +4,7 @@
 //! The op bodies live in one file per family with the kernel file's name (`conv.rs` ↔
 //! `kernels/conv.cu`); this module checks shapes and allocates outputs.
 
+pub mod activation;
 pub mod conv;
 pub mod eltwise;
 pub mod gemm;

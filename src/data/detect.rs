@@ -1,0 +1,411 @@
+//! Face detection with MTCNN (`model::mtcnn`), following facenet-pytorch 2.6.0's
+//! `detect_face` step by step, so that its thresholds and results carry over:
+//!
+//! 1. Pyramid: scales 12/min_face · factor^k while the shorter side stays ≥ 12 px; each
+//!    level is the image area-resized (PyTorch's `interpolate(mode="area")`) to
+//!    (⌊h·s + 1⌋, ⌊w·s + 1⌋) and scaled to (x − 127.5)/128. P-Net's cells with face
+//!    probability ≥ t0 become boxes ⌊(2·cell + 1)/s⌋ .. ⌊(2·cell + 12)/s⌋; NMS at IoU 0.5
+//!    within each level, then 0.7 over all levels; P-Net's regression (scaled by
+//!    x2 − x1); boxes made square.
+//! 2. R-Net on each box's crop (1-based, truncated, clipped to the image, not padded),
+//!    area-resized to 24²: probability > t1 keeps it, NMS 0.7, regression (scaled by
+//!    x2 − x1 + 1), square.
+//! 3. O-Net on 48² crops: probability > t2, five landmarks placed in the box it saw,
+//!    regression, then NMS at 0.7 overlap over the smaller box ("Min").
+//!
+//! IoU NMS is torchvision's (areas without +1, a box goes when its IoU is above the
+//! threshold); "Min" has facenet-pytorch's +1. Where facenet-pytorch leaves things loose,
+//! sorts are stable (equal scores keep the earlier box) and a box whose clipped crop is
+//! empty is dropped rather than misaligning the boxes after it. Arithmetic is f32, as
+//! theirs. Faces come out by descending score.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::faces::FaceBox;
+use crate::model::mtcnn::{Mtcnn, MtcnnError, Net};
+
+/// The detector's knobs, with facenet-pytorch's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetectSettings {
+    /// Smallest face searched for, in pixels of the image given to `detect`.
+    pub min_face: f64,
+    /// Ratio between pyramid levels.
+    pub factor: f64,
+    /// Face probability needed at P-, R- and O-Net.
+    pub thresholds: [f32; 3],
+}
+
+impl Default for DetectSettings {
+    fn default() -> Self {
+        DetectSettings { min_face: 20.0, factor: 0.709, thresholds: [0.6, 0.7, 0.7] }
+    }
+}
+
+impl DetectSettings {
+    /// The thresholds of the DFDC-winning solution (fewer, surer faces).
+    pub const DFDC_THRESHOLDS: [f32; 3] = [0.85, 0.95, 0.95];
+
+    /// What is wrong with these settings, if anything.
+    pub fn problem(&self) -> Option<String> {
+        if !(self.min_face.is_finite() && self.min_face >= 1.0) {
+            return Some(format!("min_face {} must be ≥ 1 pixel", self.min_face));
+        }
+        if !(self.factor > 0.0 && self.factor < 1.0) {
+            return Some(format!("pyramid factor {} must lie strictly between 0 and 1", self.factor));
+        }
+        if let Some(t) = self.thresholds.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+            return Some(format!("threshold {t} must lie in [0, 1]"));
+        }
+        None
+    }
+}
+
+/// A detected face: its box (x1, y1, x2, y2 in pixels), O-Net's probability, and five
+/// landmarks (x, y): left eye, right eye, nose, left and right mouth corners.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Face {
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    pub score: f32,
+    pub landmarks: [[f32; 2]; 5],
+}
+
+impl Face {
+    /// The box as (left, top, width, height), the sidecars' form.
+    pub fn to_box(&self) -> FaceBox {
+        let [x1, y1, x2, y2] = self.bbox.map(f64::from);
+        FaceBox { x: x1, y: y1, w: x2 - x1, h: y2 - y1 }
+    }
+}
+
+/// An RGB24 image: `height` rows of `width × 3` bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Image<'a> {
+    pub rgb: &'a [u8],
+    pub width: usize,
+    pub height: usize,
+}
+
+/// MTCNN with its settings, ready to run on images.
+pub struct FaceDetector {
+    nets: Mtcnn,
+    settings: DetectSettings,
+}
+
+/// A box on its way through the cascade: corners, score, the last network's regression.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    b: [f32; 4],
+    score: f32,
+    reg: [f32; 4],
+}
+
+impl FaceDetector {
+    /// Loads the weights (`model::mtcnn::DEFAULT_WEIGHTS` from the fetch script).
+    pub fn load(weights: &Path, settings: DetectSettings) -> Result<Self, MtcnnError> {
+        Ok(FaceDetector { nets: Mtcnn::load(weights)?, settings })
+    }
+
+    pub fn settings(&self) -> &DetectSettings {
+        &self.settings
+    }
+
+    /// The faces in `img`, most confident first; none (not an error) in an image with no
+    /// face or one too small to search.
+    pub fn detect(&self, img: Image) -> Result<Vec<Face>, String> {
+        if img.rgb.len() != img.width * img.height * 3 {
+            return Err(format!(
+                "image of {}×{} needs {} RGB bytes, got {}",
+                img.width,
+                img.height,
+                img.width * img.height * 3,
+                img.rgb.len()
+            ));
+        }
+        if let Some(problem) = self.settings.problem() {
+            return Err(format!("face detector settings: {problem}"));
+        }
+        let t = self.settings.thresholds;
+        let boxes = self.proposals(img);
+        let boxes = refine(img, &self.nets.rnet, boxes, t[1]);
+        let mut boxes: Vec<Candidate> =
+            nms_order(&boxes, 0.7, Overlap::Union).into_iter().map(|i| boxes[i]).collect();
+        boxes.iter_mut().for_each(|c| c.b = square(regress(c.b, c.reg)));
+        Ok(self.finish(img, boxes))
+    }
+
+    /// Stage 1: P-Net over the pyramid, NMS per level and across levels, regressed and
+    /// squared.
+    fn proposals(&self, img: Image) -> Vec<Candidate> {
+        let s = &self.settings;
+        let m = 12.0 / s.min_face;
+        let mut shorter = img.width.min(img.height) as f64 * m;
+        let mut scales = Vec::new();
+        let mut scale = m;
+        while shorter >= 12.0 {
+            scales.push(scale);
+            scale *= s.factor;
+            shorter *= s.factor;
+        }
+        let per_level: Vec<Vec<Candidate>> = scales.par_iter().map(|&scale| self.level(img, scale)).collect();
+        let all: Vec<Candidate> = per_level.into_iter().flatten().collect();
+        nms_order(&all, 0.7, Overlap::Union)
+            .into_iter()
+            .map(|i| {
+                let c = all[i];
+                let [x1, y1, x2, y2] = c.b;
+                let (w, h) = (x2 - x1, y2 - y1);
+                let r = c.reg;
+                let b = [x1 + r[0] * w, y1 + r[1] * h, x2 + r[2] * w, y2 + r[3] * h];
+                Candidate { b: square(b), ..c }
+            })
+            .collect()
+    }
+
+    /// P-Net's boxes at one pyramid level, after NMS within the level.
+    fn level(&self, img: Image, scale: f64) -> Vec<Candidate> {
+        let hs = (img.height as f64 * scale + 1.0) as usize;
+        let ws = (img.width as f64 * scale + 1.0) as usize;
+        let side = self.nets.pnet.side();
+        if hs < side || ws < side {
+            return Vec::new();
+        }
+        let mut x = vec![0.0; hs * ws * 3];
+        area_resize(img, [0, 0, img.width, img.height], hs, ws, &mut x);
+        let out = self.nets.pnet.forward(x, [1, hs, ws, 3]);
+        let [_, q] = out.map;
+        let sc = scale as f32;
+        let found: Vec<Candidate> = (0..out.rows)
+            .filter(|&i| out.prob[i] >= self.settings.thresholds[0])
+            .map(|i| {
+                let (cy, cx) = ((i / q) as f32, (i % q) as f32);
+                let e = &out.extra_data[i * out.extra..i * out.extra + 4];
+                Candidate {
+                    b: [
+                        ((2.0 * cx + 1.0) / sc).floor(),
+                        ((2.0 * cy + 1.0) / sc).floor(),
+                        ((2.0 * cx + 12.0) / sc).floor(),
+                        ((2.0 * cy + 12.0) / sc).floor(),
+                    ],
+                    score: out.prob[i],
+                    reg: [e[0], e[1], e[2], e[3]],
+                }
+            })
+            .collect();
+        nms_order(&found, 0.5, Overlap::Union).into_iter().map(|i| found[i]).collect()
+    }
+
+    /// Stage 3: O-Net, landmarks, regression, "Min" NMS.
+    fn finish(&self, img: Image, boxes: Vec<Candidate>) -> Vec<Face> {
+        let Some((kept, out)) = run_on_crops(img, &self.nets.onet, &boxes) else { return Vec::new() };
+        let mut faces: Vec<(Face, [f32; 4])> = Vec::new();
+        for (row, &k) in kept.iter().enumerate() {
+            let score = out.prob[row];
+            if score <= self.settings.thresholds[2] {
+                continue;
+            }
+            let e = &out.extra_data[row * out.extra..(row + 1) * out.extra];
+            let [x1, y1, x2, y2] = boxes[k].b;
+            let (w, h) = (x2 - x1 + 1.0, y2 - y1 + 1.0);
+            let landmarks = std::array::from_fn(|j| [w * e[4 + j] + x1 - 1.0, h * e[9 + j] + y1 - 1.0]);
+            let reg = [e[0], e[1], e[2], e[3]];
+            faces.push((Face { bbox: regress(boxes[k].b, reg), score, landmarks }, reg));
+        }
+        let as_candidates: Vec<Candidate> =
+            faces.iter().map(|(f, reg)| Candidate { b: f.bbox, score: f.score, reg: *reg }).collect();
+        nms_order(&as_candidates, 0.7, Overlap::Min).into_iter().map(|i| faces[i].0).collect()
+    }
+}
+
+/// Stage 2: R-Net keeps the boxes it finds a face in (probability > `threshold`), with
+/// its score and regression.
+fn refine(img: Image, rnet: &Net, boxes: Vec<Candidate>, threshold: f32) -> Vec<Candidate> {
+    let Some((kept, out)) = run_on_crops(img, rnet, &boxes) else { return Vec::new() };
+    kept.iter()
+        .enumerate()
+        .filter(|&(row, _)| out.prob[row] > threshold)
+        .map(|(row, &k)| {
+            let e = &out.extra_data[row * out.extra..row * out.extra + 4];
+            Candidate { b: boxes[k].b, score: out.prob[row], reg: [e[0], e[1], e[2], e[3]] }
+        })
+        .collect()
+}
+
+/// Runs `net` on the crops of `boxes` (at the net's side); returns which boxes had a
+/// non-empty crop, in order, with the outputs row by row. None when no box had one.
+fn run_on_crops(
+    img: Image,
+    net: &Net,
+    boxes: &[Candidate],
+) -> Option<(Vec<usize>, crate::model::mtcnn::NetOutput)> {
+    let side = net.side();
+    let regions: Vec<(usize, [usize; 4])> =
+        boxes.iter().enumerate().filter_map(|(k, c)| crop_region(c.b, img).map(|r| (k, r))).collect();
+    if regions.is_empty() {
+        return None;
+    }
+    let mut x = vec![0.0; regions.len() * side * side * 3];
+    x.par_chunks_mut(side * side * 3)
+        .zip(regions.par_iter())
+        .for_each(|(dst, (_, region))| area_resize(img, *region, side, side, dst));
+    let out = net.forward(x, [regions.len(), side, side, 3]);
+    Some((regions.into_iter().map(|(k, _)| k).collect(), out))
+}
+
+/// facenet-pytorch's crop of a box: corners truncated toward zero, read 1-based and
+/// clipped to the image: columns x1−1 .. x2, rows y1−1 .. y2. As [x0, y0, width, height];
+/// None when nothing is left.
+fn crop_region(b: [f32; 4], img: Image) -> Option<[usize; 4]> {
+    let [x1, y1, x2, y2] = b.map(|v| v.trunc() as i64);
+    let (x, y) = (x1.max(1), y1.max(1));
+    let (ex, ey) = (x2.min(img.width as i64), y2.min(img.height as i64));
+    (ex > x - 1 && ey > y - 1)
+        .then(|| [(x - 1) as usize, (y - 1) as usize, (ex - x + 1) as usize, (ey - y + 1) as usize])
+}
+
+/// The region [x0, y0, w, h] of `img` area-resized to `oh × ow` (each output cell the mean
+/// of input cells ⌊i·in/out⌋ .. ⌈(i+1)·in/out⌉, PyTorch's adaptive average pooling),
+/// scaled to (x − 127.5)/128, into `out` [oh, ow, 3].
+fn area_resize(img: Image, region: [usize; 4], oh: usize, ow: usize, out: &mut [f32]) {
+    let [x0, y0, w, h] = region;
+    let bins = |n_in: usize, n_out: usize| -> Vec<(usize, usize)> {
+        (0..n_out).map(|i| (i * n_in / n_out, ((i + 1) * n_in).div_ceil(n_out))).collect()
+    };
+    let (rows, cols) = (bins(h, oh), bins(w, ow));
+    out.par_chunks_mut(ow * 3).zip(rows.par_iter()).for_each(|(line, &(r0, r1))| {
+        let mut acc = vec![0u32; ow * 3];
+        for y in y0 + r0..y0 + r1 {
+            let src = &img.rgb[(y * img.width + x0) * 3..(y * img.width + x0 + w) * 3];
+            for (o, &(c0, c1)) in cols.iter().enumerate() {
+                for px in src[c0 * 3..c1 * 3].chunks_exact(3) {
+                    for c in 0..3 {
+                        acc[o * 3 + c] += px[c] as u32;
+                    }
+                }
+            }
+        }
+        for (o, &(c0, c1)) in cols.iter().enumerate() {
+            let count = ((r1 - r0) * (c1 - c0)) as f32;
+            for c in 0..3 {
+                let mean = acc[o * 3 + c] as f32 / count;
+                line[o * 3 + c] = (mean - 127.5) * 0.0078125;
+            }
+        }
+    });
+}
+
+/// The box moved by a regression, each offset scaled by the box's side (+1, as MTCNN's
+/// boxes count pixels inclusively).
+fn regress(b: [f32; 4], r: [f32; 4]) -> [f32; 4] {
+    let (w, h) = (b[2] - b[0] + 1.0, b[3] - b[1] + 1.0);
+    [b[0] + r[0] * w, b[1] + r[1] * h, b[2] + r[2] * w, b[3] + r[3] * h]
+}
+
+/// The square with the box's centre and its longer side.
+fn square(b: [f32; 4]) -> [f32; 4] {
+    let (w, h) = (b[2] - b[0], b[3] - b[1]);
+    let l = w.max(h);
+    let (x1, y1) = (b[0] + w * 0.5 - l * 0.5, b[1] + h * 0.5 - l * 0.5);
+    [x1, y1, x1 + l, y1 + l]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overlap {
+    /// Intersection over union, areas (x2 − x1)·(y2 − y1) (torchvision's `nms`).
+    Union,
+    /// Intersection over the smaller area, areas (x2 − x1 + 1)·(y2 − y1 + 1).
+    Min,
+}
+
+/// Greedy NMS: the indices of the boxes kept, by descending score (stable), each
+/// suppressing the later ones that overlap it by more than `threshold`.
+fn nms_order(c: &[Candidate], threshold: f32, how: Overlap) -> Vec<usize> {
+    let plus = if how == Overlap::Min { 1.0 } else { 0.0 };
+    let area = |b: &[f32; 4]| (b[2] - b[0] + plus) * (b[3] - b[1] + plus);
+    let mut order: Vec<usize> = (0..c.len()).collect();
+    order.sort_by(|&a, &b| c[b].score.total_cmp(&c[a].score));
+    let mut gone = vec![false; c.len()];
+    let mut keep = Vec::new();
+    for (n, &i) in order.iter().enumerate() {
+        if gone[i] {
+            continue;
+        }
+        keep.push(i);
+        let (bi, ai) = (&c[i].b, area(&c[i].b));
+        for &j in &order[n + 1..] {
+            if gone[j] {
+                continue;
+            }
+            let bj = &c[j].b;
+            let w = (bi[2].min(bj[2]) - bi[0].max(bj[0]) + plus).max(0.0);
+            let h = (bi[3].min(bj[3]) - bi[1].max(bj[1]) + plus).max(0.0);
+            let inter = w * h;
+            let overlap = match how {
+                Overlap::Union => inter / (ai + area(bj) - inter),
+                Overlap::Min => inter / ai.min(area(bj)),
+            };
+            if overlap > threshold {
+                gone[j] = true;
+            }
+        }
+    }
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(b: [f32; 4], score: f32) -> Candidate {
+        Candidate { b, score, reg: [0.0; 4] }
+    }
+
+    #[test]
+    fn nms_keeps_the_best_of_each_cluster_by_union_and_by_min() {
+        let c = [
+            cand([0.0, 0.0, 10.0, 10.0], 0.8),
+            cand([1.0, 1.0, 11.0, 11.0], 0.9), // IoU with the first: 81/119 = 0.68
+            cand([20.0, 20.0, 30.0, 30.0], 0.7),
+            cand([2.0, 2.0, 6.0, 6.0], 0.95), // inside the first two: small IoU, overlap 1 by min
+        ];
+        assert_eq!(nms_order(&c, 0.5, Overlap::Union), vec![3, 1, 2]);
+        assert_eq!(nms_order(&c, 0.7, Overlap::Union), vec![3, 1, 0, 2]);
+        assert_eq!(nms_order(&c, 0.7, Overlap::Min), vec![3, 2]);
+        // Equal scores keep their order.
+        let tie = [cand([0.0, 0.0, 1.0, 1.0], 0.5), cand([5.0, 5.0, 6.0, 6.0], 0.5)];
+        assert_eq!(nms_order(&tie, 0.5, Overlap::Union), vec![0, 1]);
+    }
+
+    #[test]
+    fn boxes_square_around_their_centre_and_regress_by_their_side() {
+        assert_eq!(square([10.0, 20.0, 14.0, 30.0]), [7.0, 20.0, 17.0, 30.0]);
+        assert_eq!(regress([0.0, 0.0, 9.0, 19.0], [0.1, -0.1, 0.5, 0.0]), [1.0, -2.0, 14.0, 19.0]);
+    }
+
+    #[test]
+    fn crops_are_one_based_truncated_and_clipped() {
+        let rgb = vec![0u8; 20 * 10 * 3];
+        let img = Image { rgb: &rgb, width: 20, height: 10 };
+        assert_eq!(crop_region([2.7, 3.2, 8.9, 7.0], img), Some([1, 2, 7, 5]));
+        assert_eq!(crop_region([-5.0, -0.5, 30.0, 40.0], img), Some([0, 0, 20, 10]));
+        assert_eq!(crop_region([25.0, 1.0, 30.0, 5.0], img), None, "right of the image");
+    }
+
+    #[test]
+    fn area_resize_averages_the_pytorch_bins() {
+        // One row 0, 10, 20, 30, 40 (grey) into 3 cells: bins [0,2) [1,4) [3,5).
+        let rgb: Vec<u8> = [0u8, 10, 20, 30, 40].iter().flat_map(|&v| [v, v, v]).collect();
+        let img = Image { rgb: &rgb, width: 5, height: 1 };
+        let mut out = vec![0.0; 3 * 3];
+        area_resize(img, [0, 0, 5, 1], 1, 3, &mut out);
+        let means: Vec<f32> = out.chunks(3).map(|p| p[0] / 0.0078125 + 127.5).collect();
+        assert_eq!(means, vec![5.0, 20.0, 35.0]);
+        // Up-sampling repeats cells: 2 → 3 gives bins [0,1) [0,2) [1,2).
+        let mut up = vec![0.0; 3 * 3];
+        area_resize(img, [3, 0, 2, 1], 1, 3, &mut up);
+        let means: Vec<f32> = up.chunks(3).map(|p| p[0] / 0.0078125 + 127.5).collect();
+        assert_eq!(means, vec![30.0, 35.0, 40.0]);
+    }
+}
