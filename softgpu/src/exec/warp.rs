@@ -100,11 +100,17 @@ impl Warp {
         }
     }
 
-    /// Prepares warp `index` of a block: zeroed registers, special registers and constants
-    /// filled, threads `32·index..` up to the block size active.
+    /// Prepares warp `index` of a block: special registers and constants filled, the
+    /// registers a thread may read before writing zeroed (the others keep what the last
+    /// block left: each thread writes them before reading), threads `32·index..` up to
+    /// the block size active.
     pub fn reset(&mut self, body: &Body, index: u32, at: &Placement) {
-        self.regs.clear();
         self.regs.resize(body.num_regs as usize, [0; WARP]);
+        for &r in &body.read_before_write {
+            self.regs[r as usize] = [0; WARP];
+        }
+        // Lanes past the block's threads keep a thread index of 0.
+        self.regs[..3].fill([0; WARP]);
         self.preds.clear();
         self.preds.resize(body.num_preds as usize, 0);
         let threads = at.block[0] * at.block[1] * at.block[2];

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::ir::*;
-use super::{ParamSlot, PtxError, cfg};
+use super::{ParamSlot, PtxError, cfg, uninit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Imm {
@@ -86,12 +86,15 @@ pub fn decode_body(
     cfg::set_reconvergence(&mut insts);
     let mut consts: Vec<(Reg, u64)> = dec.consts.iter().map(|(&v, &r)| (r, v)).collect();
     consts.sort_unstable();
+    let preset = (0..SPECIAL_REGS.len() as Reg).chain(consts.iter().map(|&(r, _)| r));
+    let read_before_write = uninit::read_before_write(&insts, dec.num_regs, preset);
     Ok(Body {
         insts,
         sites,
         num_regs: dec.num_regs,
         num_preds,
         consts,
+        read_before_write,
         static_shared: 0,
         dynamic_offset: 0,
         maxntid: None,

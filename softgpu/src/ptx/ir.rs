@@ -394,6 +394,10 @@ pub struct Body {
     pub num_preds: u32,
     /// Slots holding immediates and symbol addresses: (slot, value).
     pub consts: Vec<(Reg, u64)>,
+    /// Data registers some thread may read before writing them (sorted): the only slots,
+    /// besides the special registers and `consts`, that a warp sets (to zero) when it
+    /// starts; every other slot is written by the thread before it is read.
+    pub read_before_write: Vec<Reg>,
     /// Bytes of static `.shared` data; dynamic shared memory starts at `dynamic_offset`.
     pub static_shared: u32,
     pub dynamic_offset: u32,

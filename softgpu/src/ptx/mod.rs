@@ -12,6 +12,7 @@ mod decode;
 pub(crate) mod ir;
 mod lexer;
 mod parser;
+mod uninit;
 
 use std::fmt;
 use std::sync::Arc;
