@@ -13,6 +13,14 @@
 
 DF_DEVICE float df_sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
 
+// Loads widen to FP32 and stores round to nearest even, so that one kernel body templated
+// on the element type serves FP32 and FP16 tensors with FP32 arithmetic (the CPU twins'
+// `Elem` in src/backend/cpu/storage.rs does the same).
+DF_DEVICE float df_load(const float* p, long long i) { return p[i]; }
+DF_DEVICE float df_load(const __half* p, long long i) { return __half2float(p[i]); }
+DF_DEVICE void df_store(float* p, long long i, float v) { p[i] = v; }
+DF_DEVICE void df_store(__half* p, long long i, float v) { p[i] = __float2half_rn(v); }
+
 // Sum of `v` over a block of `blockDim.x` threads (a power of two, at most 1024), in a
 // fixed tree order. Every thread gets the total. `scratch` holds blockDim.x values.
 template <typename T>

@@ -14,20 +14,28 @@
 // writes y once; the backward reads dy and x twice. At ResNet sizes (C ≤ 2048, M in the
 // hundreds of thousands) the statistics passes are bandwidth-bound like the rest; a
 // later version fuses the sum into the producing convolution's epilogue.
+//
+// Activations (x, y, dy, relu_y, dx) are FP32 or FP16: the kernels that touch them are
+// templates on the element type with an `_f32` and an `_f16` entry (`batch_norm_chunk_sums`
+// reads FP32 as `_f64`, named for its f64 partials); loads widen to FP32 and stores round
+// once (`df_load` / `df_store`), so the FP16 entries match the CPU twin bit for bit too.
+// Statistics, γ, β and their gradients are FP32 whatever the activations are. In FP16 the
+// passes move half the bytes of the FP32 ones.
 #include "common.cuh"
 
 // What pass 1 sums, per element i of channel ch.
 enum BnSum { SUM_X = 0, SUM_SQDEV = 1, SUM_G = 2, SUM_G_XHAT = 3 };
 
-DF_DEVICE float bn_grad(const float* dy, const float* relu_y, long long i) {
-    return relu_y ? (relu_y[i] > 0.0f ? dy[i] : 0.0f) : dy[i];
+template <typename T>
+DF_DEVICE float bn_grad(const T* dy, const T* relu_y, long long i) {
+    return relu_y ? (df_load(relu_y, i) > 0.0f ? df_load(dy, i) : 0.0f) : df_load(dy, i);
 }
 
-extern "C" __global__ void batch_norm_chunk_sums_f64(const float* __restrict__ x, const float* __restrict__ dy,
-                                             const float* __restrict__ relu_y, const double* __restrict__ mean_d,
-                                             const float* __restrict__ mean_f, const float* __restrict__ invstd,
-                                             int kind, long long M, int C, long long rows,
-                                             double* __restrict__ partials) {
+template <typename T>
+DF_DEVICE void chunk_sums(const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ relu_y,
+                          const double* __restrict__ mean_d, const float* __restrict__ mean_f,
+                          const float* __restrict__ invstd, int kind, long long M, int C, long long rows,
+                          double* __restrict__ partials) {
     long long chunks = (M + rows - 1) / rows;
     DF_GRID_STRIDE(t, chunks * C) {
         int ch = (int)(t % C);
@@ -38,15 +46,15 @@ extern "C" __global__ void batch_norm_chunk_sums_f64(const float* __restrict__ x
             long long i = row * C + ch;
             double v;
             switch (kind) {
-                case SUM_X: v = (double)x[i]; break;
+                case SUM_X: v = (double)df_load(x, i); break;
                 case SUM_SQDEV: {
-                    double d = __dsub_rn((double)x[i], mean_d[ch]);
+                    double d = __dsub_rn((double)df_load(x, i), mean_d[ch]);
                     v = __dmul_rn(d, d);
                     break;
                 }
                 case SUM_G: v = (double)bn_grad(dy, relu_y, i); break;
                 default: {
-                    float xhat = __fmul_rn(__fsub_rn(x[i], mean_f[ch]), invstd[ch]);
+                    float xhat = __fmul_rn(__fsub_rn(df_load(x, i), mean_f[ch]), invstd[ch]);
                     v = __dmul_rn((double)bn_grad(dy, relu_y, i), (double)xhat);
                 }
             }
@@ -54,6 +62,24 @@ extern "C" __global__ void batch_norm_chunk_sums_f64(const float* __restrict__ x
         }
         partials[t] = acc;
     }
+}
+
+extern "C" __global__ void batch_norm_chunk_sums_f64(const float* __restrict__ x, const float* __restrict__ dy,
+                                                     const float* __restrict__ relu_y,
+                                                     const double* __restrict__ mean_d,
+                                                     const float* __restrict__ mean_f,
+                                                     const float* __restrict__ invstd, int kind, long long M, int C,
+                                                     long long rows, double* __restrict__ partials) {
+    chunk_sums(x, dy, relu_y, mean_d, mean_f, invstd, kind, M, C, rows, partials);
+}
+
+extern "C" __global__ void batch_norm_chunk_sums_f16(const __half* __restrict__ x, const __half* __restrict__ dy,
+                                                     const __half* __restrict__ relu_y,
+                                                     const double* __restrict__ mean_d,
+                                                     const float* __restrict__ mean_f,
+                                                     const float* __restrict__ invstd, int kind, long long M, int C,
+                                                     long long rows, double* __restrict__ partials) {
+    chunk_sums(x, dy, relu_y, mean_d, mean_f, invstd, kind, M, C, rows, partials);
 }
 
 extern "C" __global__ void batch_norm_reduce_chunks_f64(const double* __restrict__ partials, long long chunks, int C,
@@ -97,15 +123,30 @@ extern "C" __global__ void batch_norm_invstd_f32(const float* __restrict__ var, 
 }
 
 // y = (x − mean)·invstd·γ + β, then ReLU if asked.
-extern "C" __global__ void batch_norm_normalize_f32(const float* __restrict__ x, long long M, int C,
-                                            const float* __restrict__ mean, const float* __restrict__ invstd,
-                                            const float* __restrict__ gamma, const float* __restrict__ beta,
-                                            int relu, float* __restrict__ y) {
+template <typename T>
+DF_DEVICE void normalize(const T* __restrict__ x, long long M, int C, const float* __restrict__ mean,
+                         const float* __restrict__ invstd, const float* __restrict__ gamma,
+                         const float* __restrict__ beta, int relu, T* __restrict__ y) {
     DF_GRID_STRIDE(i, M * C) {
         int ch = (int)(i % C);
-        float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(x[i], mean[ch]), invstd[ch]), gamma[ch]), beta[ch]);
-        y[i] = relu ? fmaxf(v, 0.0f) : v;
+        float v =
+            __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(df_load(x, i), mean[ch]), invstd[ch]), gamma[ch]), beta[ch]);
+        df_store(y, i, relu ? fmaxf(v, 0.0f) : v);
     }
+}
+
+extern "C" __global__ void batch_norm_normalize_f32(const float* __restrict__ x, long long M, int C,
+                                                    const float* __restrict__ mean, const float* __restrict__ invstd,
+                                                    const float* __restrict__ gamma, const float* __restrict__ beta,
+                                                    int relu, float* __restrict__ y) {
+    normalize(x, M, C, mean, invstd, gamma, beta, relu, y);
+}
+
+extern "C" __global__ void batch_norm_normalize_f16(const __half* __restrict__ x, long long M, int C,
+                                                    const float* __restrict__ mean, const float* __restrict__ invstd,
+                                                    const float* __restrict__ gamma, const float* __restrict__ beta,
+                                                    int relu, __half* __restrict__ y) {
+    normalize(x, M, C, mean, invstd, gamma, beta, relu, y);
 }
 
 // From Σg and Σg·x̂: dβ, dγ, and their means for the input gradient.
@@ -122,15 +163,31 @@ extern "C" __global__ void batch_norm_bwd_stats_f32(const double* __restrict__ s
 }
 
 // dx = γ·invstd·(g − mean(g) − x̂·mean(g·x̂)).
-extern "C" __global__ void batch_norm_bwd_dx_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                         const float* __restrict__ relu_y, long long M, int C,
-                                         const float* __restrict__ gamma, const float* __restrict__ mean,
-                                         const float* __restrict__ invstd, const float* __restrict__ mean_g,
-                                         const float* __restrict__ mean_gx, float* __restrict__ dx) {
+template <typename T>
+DF_DEVICE void bwd_dx(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ relu_y, long long M,
+                      int C, const float* __restrict__ gamma, const float* __restrict__ mean,
+                      const float* __restrict__ invstd, const float* __restrict__ mean_g,
+                      const float* __restrict__ mean_gx, T* __restrict__ dx) {
     DF_GRID_STRIDE(i, M * C) {
         int ch = (int)(i % C);
-        float xhat = __fmul_rn(__fsub_rn(x[i], mean[ch]), invstd[ch]);
+        float xhat = __fmul_rn(__fsub_rn(df_load(x, i), mean[ch]), invstd[ch]);
         float inner = __fsub_rn(__fsub_rn(bn_grad(dy, relu_y, i), mean_g[ch]), __fmul_rn(xhat, mean_gx[ch]));
-        dx[i] = __fmul_rn(__fmul_rn(gamma[ch], invstd[ch]), inner);
+        df_store(dx, i, __fmul_rn(__fmul_rn(gamma[ch], invstd[ch]), inner));
     }
+}
+
+extern "C" __global__ void batch_norm_bwd_dx_f32(const float* __restrict__ dy, const float* __restrict__ x,
+                                                 const float* __restrict__ relu_y, long long M, int C,
+                                                 const float* __restrict__ gamma, const float* __restrict__ mean,
+                                                 const float* __restrict__ invstd, const float* __restrict__ mean_g,
+                                                 const float* __restrict__ mean_gx, float* __restrict__ dx) {
+    bwd_dx(dy, x, relu_y, M, C, gamma, mean, invstd, mean_g, mean_gx, dx);
+}
+
+extern "C" __global__ void batch_norm_bwd_dx_f16(const __half* __restrict__ dy, const __half* __restrict__ x,
+                                                 const __half* __restrict__ relu_y, long long M, int C,
+                                                 const float* __restrict__ gamma, const float* __restrict__ mean,
+                                                 const float* __restrict__ invstd, const float* __restrict__ mean_g,
+                                                 const float* __restrict__ mean_gx, __half* __restrict__ dx) {
+    bwd_dx(dy, x, relu_y, M, C, gamma, mean, invstd, mean_g, mean_gx, dx);
 }

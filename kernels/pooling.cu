@@ -11,6 +11,10 @@
 //    rule); the backward is a gather — each input cell sums, in output order, the
 //    gradients of the windows it won — so no atomics and a fixed summation order;
 //  * the means accumulate in f64 in row order and scale by 1/group in f64.
+//
+// Every kernel is a template on the element type with an `_f32` and an `_f16` entry (FP16
+// activations under mixed precision): loads widen to FP32, sums stay FP32 (max-pool
+// gradients) or f64 (means), and each result is rounded once on store, as in the CPU twin.
 #include "common.cuh"
 
 struct PoolGeom {
@@ -18,7 +22,8 @@ struct PoolGeom {
 };
 
 // Offset (within image n) of the cell that wins output (p, q, ch).
-DF_DEVICE long long pool_argmax(const PoolGeom& g, const float* x_n, int p, int q, int ch) {
+template <typename T>
+DF_DEVICE long long pool_argmax(const PoolGeom& g, const T* x_n, int p, int q, int ch) {
     long long best = -1;
     float best_v = -INFINITY;
     for (int r = 0; r < g.window; ++r) {
@@ -28,7 +33,7 @@ DF_DEVICE long long pool_argmax(const PoolGeom& g, const float* x_n, int p, int 
             int w = q * g.stride + s - g.pad;
             if (w < 0 || w >= g.W) continue;
             long long at = ((long long)h * g.W + w) * g.C + ch;
-            float v = x_n[at];
+            float v = df_load(x_n, at);
             if (best < 0 || v > best_v || isnan(v)) {
                 best = at;
                 best_v = v;
@@ -38,30 +43,39 @@ DF_DEVICE long long pool_argmax(const PoolGeom& g, const float* x_n, int p, int 
     return best;
 }
 
-extern "C" __global__ void max_pool2d_fwd_f32(const float* __restrict__ x, float* __restrict__ y, PoolGeom g) {
+template <typename T>
+DF_DEVICE void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y, PoolGeom g) {
     long long total = (long long)g.N * g.P * g.Q * g.C;
     DF_GRID_STRIDE(i, total) {
         int ch = (int)(i % g.C);
         int q = (int)((i / g.C) % g.Q);
         int p = (int)((i / ((long long)g.C * g.Q)) % g.P);
         long long n = i / ((long long)g.C * g.Q * g.P);
-        const float* x_n = x + n * g.H * g.W * g.C;
-        y[i] = x_n[pool_argmax(g, x_n, p, q, ch)];
+        const T* x_n = x + n * g.H * g.W * g.C;
+        df_store(y, i, df_load(x_n, pool_argmax(g, x_n, p, q, ch)));
     }
+}
+
+extern "C" __global__ void max_pool2d_fwd_f32(const float* __restrict__ x, float* __restrict__ y, PoolGeom g) {
+    max_pool2d_fwd(x, y, g);
+}
+
+extern "C" __global__ void max_pool2d_fwd_f16(const __half* __restrict__ x, __half* __restrict__ y, PoolGeom g) {
+    max_pool2d_fwd(x, y, g);
 }
 
 // One thread per input cell: the outputs whose window covers (h, w) are
 // p ∈ [⌈(h + pad − window + 1) / stride⌉, ⌊(h + pad) / stride⌋] (and likewise q).
-extern "C" __global__ void max_pool2d_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy,
-                                              float* __restrict__ dx, PoolGeom g) {
+template <typename T>
+DF_DEVICE void max_pool2d_bwd(const T* __restrict__ x, const T* __restrict__ dy, T* __restrict__ dx, PoolGeom g) {
     long long total = (long long)g.N * g.H * g.W * g.C;
     DF_GRID_STRIDE(i, total) {
         int ch = (int)(i % g.C);
         int w = (int)((i / g.C) % g.W);
         int h = (int)((i / ((long long)g.C * g.W)) % g.H);
         long long n = i / ((long long)g.C * g.W * g.H);
-        const float* x_n = x + n * g.H * g.W * g.C;
-        const float* dy_n = dy + n * g.P * g.Q * g.C;
+        const T* x_n = x + n * g.H * g.W * g.C;
+        const T* dy_n = dy + n * g.P * g.Q * g.C;
         long long self = ((long long)h * g.W + w) * g.C + ch;
         int p_lo = max(0, (h + g.pad - g.window + g.stride) / g.stride);
         int p_hi = min(g.P - 1, (h + g.pad) / g.stride);
@@ -70,32 +84,62 @@ extern "C" __global__ void max_pool2d_bwd_f32(const float* __restrict__ x, const
         float sum = 0.0f;
         for (int p = p_lo; p <= p_hi; ++p)
             for (int q = q_lo; q <= q_hi; ++q)
-                if (pool_argmax(g, x_n, p, q, ch) == self) sum += dy_n[((long long)p * g.Q + q) * g.C + ch];
-        dx[i] = sum;
+                if (pool_argmax(g, x_n, p, q, ch) == self) sum += df_load(dy_n, ((long long)p * g.Q + q) * g.C + ch);
+        df_store(dx, i, sum);
     }
 }
 
+extern "C" __global__ void max_pool2d_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy,
+                                              float* __restrict__ dx, PoolGeom g) {
+    max_pool2d_bwd(x, dy, dx, g);
+}
+
+extern "C" __global__ void max_pool2d_bwd_f16(const __half* __restrict__ x, const __half* __restrict__ dy,
+                                              __half* __restrict__ dx, PoolGeom g) {
+    max_pool2d_bwd(x, dy, dx, g);
+}
+
 // y[n, ch] = mean over the `group` rows of block n of x[n·group + r, ch].
-extern "C" __global__ void mean_rows_f32(const float* __restrict__ x, float* __restrict__ y, long long blocks,
-                                         int group, int C) {
+template <typename T>
+DF_DEVICE void mean_rows(const T* __restrict__ x, T* __restrict__ y, long long blocks, int group, int C) {
     double inv = 1.0 / group;
     DF_GRID_STRIDE(i, blocks * C) {
         long long n = i / C;
         int ch = (int)(i % C);
-        const float* base = x + n * group * C + ch;
+        const T* base = x + n * group * C + ch;
         double acc = 0.0;
-        for (int r = 0; r < group; ++r) acc += (double)base[(long long)r * C];
-        y[i] = (float)(acc * inv);
+        for (int r = 0; r < group; ++r) acc += (double)df_load(base, (long long)r * C);
+        df_store(y, i, (float)(acc * inv));
     }
 }
 
+extern "C" __global__ void mean_rows_f32(const float* __restrict__ x, float* __restrict__ y, long long blocks,
+                                         int group, int C) {
+    mean_rows(x, y, blocks, group, C);
+}
+
+extern "C" __global__ void mean_rows_f16(const __half* __restrict__ x, __half* __restrict__ y, long long blocks,
+                                         int group, int C) {
+    mean_rows(x, y, blocks, group, C);
+}
+
 // dx[n·group + r, ch] = dy[n, ch] / group.
-extern "C" __global__ void mean_rows_bwd_f32(const float* __restrict__ dy, float* __restrict__ dx,
-                                             long long blocks, int group, int C) {
+template <typename T>
+DF_DEVICE void mean_rows_bwd(const T* __restrict__ dy, T* __restrict__ dx, long long blocks, int group, int C) {
     float inv = 1.0f / group;
     DF_GRID_STRIDE(i, blocks * group * C) {
         long long n = i / ((long long)group * C);
         int ch = (int)(i % C);
-        dx[i] = dy[n * C + ch] * inv;
+        df_store(dx, i, df_load(dy, n * C + ch) * inv);
     }
+}
+
+extern "C" __global__ void mean_rows_bwd_f32(const float* __restrict__ dy, float* __restrict__ dx,
+                                             long long blocks, int group, int C) {
+    mean_rows_bwd(dy, dx, blocks, group, C);
+}
+
+extern "C" __global__ void mean_rows_bwd_f16(const __half* __restrict__ dy, __half* __restrict__ dx,
+                                             long long blocks, int group, int C) {
+    mean_rows_bwd(dy, dx, blocks, group, C);
 }

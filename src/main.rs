@@ -242,9 +242,13 @@ fn run_training<B: Backend>(
         &config,
         config.dataloader.batch_size as u64,
         config.data.max_frames as u64,
-        false,
+        config.train.mixed_precision,
     );
-    eprintln!("planned step footprint (f32 activations): {}", planned.describe());
+    eprintln!(
+        "planned step footprint ({} activations): {}",
+        dfengine::tensor::DType::activations(config.train.mixed_precision),
+        planned.describe()
+    );
     let source = dfengine::memory::monitor::SystemSource::new(Some(config.gpu.device));
     let mut mm = dfengine::memory::manager::MemoryManager::start(&config, Box::new(source), Some(&run_dir))
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e}", run_dir.display())))?;
@@ -267,11 +271,12 @@ fn auto_batch(config: &mut config::Config) -> Result<(), Failure> {
     };
     let effective = config.effective_batch();
     let frames = config.data.max_frames as u64;
-    let fits = |m: u64| plan_step(config, m, frames, false).total() <= budget;
+    let mixed = config.train.mixed_precision;
+    let fits = |m: u64| plan_step(config, m, frames, mixed).total() <= budget;
     let Some(largest) = largest_fitting(effective as u64, fits) else {
         return Err(Failure::Input(format!(
             "--auto-batch: even one clip needs {} planned, over the {} budget",
-            config::format_bytes(plan_step(config, 1, frames, false).total()),
+            config::format_bytes(plan_step(config, 1, frames, mixed).total()),
             config::format_bytes(budget)
         )));
     };
@@ -281,7 +286,7 @@ fn auto_batch(config: &mut config::Config) -> Result<(), Failure> {
     eprintln!(
         "auto-batch: micro-batch {micro} × {} accumulation steps (effective {effective}; planned {} of {})",
         effective / micro,
-        config::format_bytes(plan_step(config, micro as u64, frames, false).total()),
+        config::format_bytes(plan_step(config, micro as u64, frames, mixed).total()),
         config::format_bytes(budget)
     );
     Ok(())
@@ -537,10 +542,16 @@ fn fill_cache(
     let detector = dfengine::data::face_boxes::detector_for(d).map_err(Failure::Input)?;
     println!("faces: {}", face_mode(d));
     let faces = dfengine::data::face_boxes::FaceSettings::from_config(d);
-    let source = VideoSource::new(entries, cache.clone(), settings, 1).with_faces(faces, detector);
+    // Videos decoded at once share the cores: with fewer videos than cores each decodes
+    // with FFmpeg's frame threads (one video on two cores: two threads).
+    let workers = (config.dataloader.num_workers.max(1) as usize).min(total.max(1));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let decode_threads = (cores / workers).max(1);
+    let source =
+        VideoSource::new(entries, cache.clone(), settings, decode_threads).with_faces(faces, detector);
     let done = AtomicUsize::new(0);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(config.dataloader.num_workers.max(1) as usize)
+        .num_threads(workers)
         .build()
         .map_err(|e| Failure::Runtime(e.into()))?;
     let failures: Vec<String> = pool.install(|| {

@@ -18,7 +18,7 @@ use dfengine::backend::params::{AdamWParams, BatchNormParams, BceParams, SgdPara
 use dfengine::config::{Backbone, OptimizerKind};
 use dfengine::model::arch::ResNetSpec;
 use dfengine::model::resnet::ResNet;
-use dfengine::tensor::Shape;
+use dfengine::tensor::{DType, Shape};
 use dfengine::train::optimizer::Optimizer;
 
 /// The same values on both backends.
@@ -248,6 +248,17 @@ fn rel_dist(a: &[f32], b: &[f32]) -> f64 {
 /// GPU (~3·10⁸ multiply-adds a step: seconds there).
 #[test]
 fn resnet_training_steps_match_the_cpu_cuda() {
+    resnet_training_steps_match_the_cpu(DType::F32);
+}
+
+/// The same steps with FP16 activations on both backends (the CPU stores FP16 too): each
+/// layer's output is rounded to FP16 on both sides, so the CPU sees what the GPU keeps.
+#[test]
+fn resnet_mixed_precision_steps_match_the_cpu_cuda() {
+    resnet_training_steps_match_the_cpu(DType::F16);
+}
+
+fn resnet_training_steps_match_the_cpu(activations: DType) {
     let Some((g, dut)) = common::cuda_backend() else { return };
     let c = cpu();
     let (clips, frames, side) = (4, 2, 64);
@@ -268,6 +279,8 @@ fn resnet_training_steps_match_the_cpu_cuda() {
     let spec = ResNetSpec::of(Backbone::ResnetTiny);
     let mut net_c = ResNet::new(&c, spec, frames, 92).unwrap();
     let mut net_g = ResNet::new(&g, spec, frames, 92).unwrap();
+    net_c.activations = activations;
+    net_g.activations = activations;
     let mut opt_c = Optimizer::new(&c, OptimizerKind::Adamw, 0.01, &net_c.trainable_mut()).unwrap();
     let bce = BceParams::default();
     for step in 0..steps {
@@ -275,6 +288,8 @@ fn resnet_training_steps_match_the_cpu_cuda() {
         for ((_, tc, _), (_, tg, _)) in net_c.named().into_iter().zip(net_g.named_mut()) {
             *tg = g.tensor(tc.shape().clone(), &c.to_vec(tc).unwrap()).unwrap();
         }
+        net_c.prepare_step(&c).unwrap();
+        net_g.prepare_step(&g).unwrap();
         let (lc, cache_c) = net_c.forward_train(&c, &xc).unwrap();
         let (lg, cache_g) = net_g.forward_train(&g, &xg).unwrap();
         same(&format!("step {step} clip logits"), &c, &g, &lc.clips, &lg.clips, 2e-2, 2e-2);
@@ -308,6 +323,7 @@ fn resnet_training_steps_match_the_cpu_cuda() {
                 1e-2,
             );
         }
+        net_c.release_step_weights();
         opt_c.step(&c, net_c.trainable_mut(), &grads_c, 1e-3).unwrap();
     }
 }

@@ -156,3 +156,43 @@ fn eltwise_kernels_match_the_cpu_cuda() {
         assert_eq!(download(&dev, &d_out), want, "cast_f16_f32, n = {n}");
     }
 }
+
+/// The FP16 element-wise kernels (ReLU forward and backward, the residual add: mixed
+/// precision's activations) against their CPU twins on FP16 storage, bit for bit: FP32
+/// arithmetic, one rounding to nearest even, on both sides. Odd sizes, and sums that
+/// round (values up to 3 in FP16 have 2⁻⁹ spacing).
+#[cfg(feature = "cuda")]
+#[test]
+fn eltwise_f16_kernels_match_the_cpu_cuda() {
+    use common::download;
+    use dfengine::backend::cpu::eltwise;
+    use dfengine::backend::cuda::eltwise as gpu;
+
+    let Some(dev) = common::gpu_device() else { return };
+    let large = if common::is_software_gpu(&dev) { 65_539 } else { 1_000_003 };
+    let mut rng = Rng::new(41);
+    let halves = |v: Vec<f32>| v.into_iter().map(f16::from_f32).collect::<Vec<_>>();
+    for n in [3, 4099, large] {
+        let x = halves(rng.vec(n, -3.0, 3.0));
+        let y0 = halves(rng.vec(n, -3.0, 3.0));
+        let (d_x, d_y0) = (dev.upload(&x).unwrap(), dev.upload(&y0).unwrap());
+        let mut d_out = dev.alloc::<f16>(n).unwrap();
+        gpu::relu_fwd(&dev, &d_x, &mut d_out, n).unwrap();
+        let mut want = vec![f16::ZERO; n];
+        eltwise::relu_fwd(&x, &mut want);
+        let y_relu = download(&dev, &d_out);
+        assert_eq!(y_relu, want, "relu_fwd_f16, n = {n}");
+
+        let d_relu = dev.upload(&y_relu).unwrap();
+        let mut d_dx = dev.alloc::<f16>(n).unwrap();
+        gpu::relu_bwd(&dev, &d_y0, &d_relu, &mut d_dx, n).unwrap();
+        eltwise::relu_bwd(&y0, &y_relu, &mut want);
+        assert_eq!(download(&dev, &d_dx), want, "relu_bwd_f16, n = {n}");
+
+        let mut d_acc = dev.upload(&y0).unwrap();
+        gpu::add_assign(&dev, &mut d_acc, &d_x, n).unwrap();
+        let mut want = y0.clone();
+        eltwise::add_assign(&mut want, &x);
+        assert_eq!(download(&dev, &d_acc), want, "add_assign_f16, n = {n}");
+    }
+}

@@ -212,3 +212,81 @@ fn batch_norm_kernels_match_the_cpu_cuda() {
         assert_eq!(bits(&download(&dev, &d_dx)), bits(&dx), "dx, {what}");
     }
 }
+
+/// The FP16 batch-norm kernels (`_f16`: FP16 activations, FP32 statistics) against their
+/// CPU twins on FP16 storage, bit for bit: the same cases as the FP32 test with x, dy
+/// rounded to FP16; statistics, running statistics, dγ, dβ FP32 and identical, y and dx
+/// rounded once on both sides.
+#[cfg(feature = "cuda")]
+#[test]
+fn batch_norm_f16_kernels_match_the_cpu_cuda() {
+    use common::download;
+    use dfengine::backend::cpu::norm;
+    use dfengine::backend::cuda::norm as gpu_norm;
+    use half::f16;
+
+    let Some(dev) = common::gpu_device() else { return };
+    let mut rng = Rng::new(44);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let hbits = |v: &[f16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let halves = |v: Vec<f32>| v.into_iter().map(f16::from_f32).collect::<Vec<_>>();
+    for (m, c, relu) in [(1000, 3, false), (513, 64, true), (245, 130, true)] {
+        let params = BatchNormParams { relu, ..BatchNormParams::default() };
+        let x = halves(rng.vec(m * c, -1.0, 1.0).iter().map(|v| 3.0 + 2.0 * v).collect());
+        let dy = halves(rng.vec(m * c, -1.0, 1.0));
+        let gamma = rng.vec(c, 0.5, 1.5);
+        let beta = rng.vec(c, -0.2, 0.2);
+        let rm0 = rng.vec(c, -0.1, 0.1);
+        let rv0 = rng.vec(c, 0.9, 1.1);
+        let (d_x, d_dy) = (dev.upload(&x).unwrap(), dev.upload(&dy).unwrap());
+        let (d_gamma, d_beta) = (dev.upload(&gamma).unwrap(), dev.upload(&beta).unwrap());
+        let (mut d_rm, mut d_rv) = (dev.upload(&rm0).unwrap(), dev.upload(&rv0).unwrap());
+        let mut d_y = dev.alloc::<f16>(m * c).unwrap();
+        let (mut d_mean, mut d_invstd) = (dev.alloc::<f32>(c).unwrap(), dev.alloc::<f32>(c).unwrap());
+        gpu_norm::batch_norm_fwd_train(
+            &dev,
+            &d_x,
+            m,
+            c,
+            &d_gamma,
+            &d_beta,
+            &mut d_rm,
+            &mut d_rv,
+            &params,
+            &mut d_y,
+            &mut d_mean,
+            &mut d_invstd,
+        )
+        .unwrap();
+        let (mut rm, mut rv, mut y) = (rm0.clone(), rv0.clone(), vec![f16::ZERO; m * c]);
+        let (mean, invstd) =
+            norm::batch_norm_fwd_train(&x, c, &gamma, &beta, &mut rm, &mut rv, &params, &mut y);
+        let what = format!("f16 M={m} C={c} relu={relu}");
+        assert_eq!(bits(&download(&dev, &d_mean)), bits(&mean), "saved mean, {what}");
+        assert_eq!(bits(&download(&dev, &d_invstd)), bits(&invstd), "saved invstd, {what}");
+        assert_eq!(bits(&download(&dev, &d_rm)), bits(&rm), "running mean, {what}");
+        assert_eq!(bits(&download(&dev, &d_rv)), bits(&rv), "running var, {what}");
+        assert_eq!(hbits(&download(&dev, &d_y)), hbits(&y), "y, {what}");
+
+        let mut d_ye = dev.alloc::<f16>(m * c).unwrap();
+        gpu_norm::batch_norm_fwd_eval(&dev, &d_x, m, c, &d_gamma, &d_beta, &d_rm, &d_rv, &params, &mut d_ye)
+            .unwrap();
+        let mut ye = vec![f16::ZERO; m * c];
+        norm::batch_norm_fwd_eval(&x, c, &gamma, &beta, &rm, &rv, &params, &mut ye);
+        assert_eq!(hbits(&download(&dev, &d_ye)), hbits(&ye), "eval y, {what}");
+
+        let mut d_dx = dev.alloc::<f16>(m * c).unwrap();
+        let (mut d_dg, mut d_db) = (dev.alloc::<f32>(c).unwrap(), dev.alloc::<f32>(c).unwrap());
+        let relu_y = relu.then_some(&*d_y);
+        gpu_norm::batch_norm_bwd(
+            &dev, &d_dy, &d_x, m, c, &d_gamma, &d_mean, &d_invstd, relu_y, &mut d_dx, &mut d_dg, &mut d_db,
+        )
+        .unwrap();
+        let mut dx = vec![f16::ZERO; m * c];
+        let (dg, db) =
+            norm::batch_norm_bwd(&dy, &x, c, &gamma, &mean, &invstd, relu.then_some(y.as_slice()), &mut dx);
+        assert_eq!(bits(&download(&dev, &d_dg)), bits(&dg), "dgamma, {what}");
+        assert_eq!(bits(&download(&dev, &d_db)), bits(&db), "dbeta, {what}");
+        assert_eq!(hbits(&download(&dev, &d_dx)), hbits(&dx), "dx, {what}");
+    }
+}

@@ -186,3 +186,57 @@ fn pooling_kernels_match_the_cpu_cuda() {
         assert_eq!(bits(&download(&dev, &d_dx)), bits(&want), "mean backward over {group} rows");
     }
 }
+
+/// The FP16 pooling kernels (`_f16`, mixed precision's activations) against their CPU
+/// twins on FP16 storage, bit for bit: the same cases as the FP32 test, values rounded
+/// to FP16 (windows with ties and a NaN), sums in FP32 or f64 rounded once on both sides.
+#[cfg(feature = "cuda")]
+#[test]
+fn pooling_f16_kernels_match_the_cpu_cuda() {
+    use common::download;
+    use dfengine::backend::cpu::pooling;
+    use dfengine::backend::cuda::pooling as gpu_pooling;
+    use dfengine::backend::params::Pool2dGeom;
+    use half::f16;
+
+    let Some(dev) = common::gpu_device() else { return };
+    let mut rng = Rng::new(47);
+    let halves = |v: Vec<f32>| v.into_iter().map(f16::from_f32).collect::<Vec<_>>();
+    let bits = |v: &[f16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (dims, window, stride, pad) in
+        [([2, 17, 15, 5], 3, 2, 1), ([1, 8, 8, 3], 2, 2, 0), ([3, 5, 9, 2], 3, 1, 1)]
+    {
+        let g = Pool2dGeom::new(dims, window, stride, pad).unwrap();
+        let xn = dims.iter().product::<usize>();
+        let mut x = halves((0..xn).map(|_| rng.below(4) as f32 * 0.3 - 1.0).collect());
+        x[xn / 3] = f16::NAN;
+        let yn = g.n * g.p * g.q * g.c;
+        let dy = halves(rng.vec(yn, -1.0, 1.0));
+        let (d_x, d_dy) = (dev.upload(&x).unwrap(), dev.upload(&dy).unwrap());
+        let mut d_y = dev.alloc::<f16>(yn).unwrap();
+        gpu_pooling::max_pool2d_fwd(&dev, &g, &d_x, &mut d_y).unwrap();
+        let mut want = vec![f16::ZERO; yn];
+        pooling::max_pool2d_fwd(&g, &x, &mut want);
+        assert_eq!(bits(&download(&dev, &d_y)), bits(&want), "max pool forward f16 {dims:?}");
+        let mut d_dx = dev.alloc::<f16>(xn).unwrap();
+        gpu_pooling::max_pool2d_bwd(&dev, &g, &d_x, &d_dy, &mut d_dx).unwrap();
+        let mut want = vec![f16::ZERO; xn];
+        pooling::max_pool2d_bwd(&g, &x, &dy, &mut want);
+        assert_eq!(bits(&download(&dev, &d_dx)), bits(&want), "max pool backward f16 {dims:?}");
+    }
+    for (blocks, group, c) in [(6, 49, 512), (3, 1, 7), (2, 9, 33)] {
+        let x = halves(rng.vec(blocks * group * c, -2.0, 2.0));
+        let dy = halves(rng.vec(blocks * c, -1.0, 1.0));
+        let (d_x, d_dy) = (dev.upload(&x).unwrap(), dev.upload(&dy).unwrap());
+        let mut d_y = dev.alloc::<f16>(blocks * c).unwrap();
+        gpu_pooling::mean_rows(&dev, &d_x, &mut d_y, blocks, group, c).unwrap();
+        let mut want = vec![f16::ZERO; blocks * c];
+        pooling::mean_rows(&x, group, c, &mut want);
+        assert_eq!(bits(&download(&dev, &d_y)), bits(&want), "f16 mean over {group} rows");
+        let mut d_dx = dev.alloc::<f16>(blocks * group * c).unwrap();
+        gpu_pooling::mean_rows_bwd(&dev, &d_dy, &mut d_dx, blocks, group, c).unwrap();
+        let mut want = vec![f16::ZERO; blocks * group * c];
+        pooling::mean_rows_bwd(&dy, group, c, &mut want);
+        assert_eq!(bits(&download(&dev, &d_dx)), bits(&want), "f16 mean backward over {group} rows");
+    }
+}

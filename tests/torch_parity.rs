@@ -81,7 +81,7 @@ fn dims4(t: &CpuTensor) -> [usize; 4] {
 fn assert_matches(got: &CpuTensor, name: &str, atol: f32, rtol: f32) {
     let (dims, want) = load(name);
     assert_eq!(got.dims(), dims.as_slice(), "{name}: dims differ from the fixture's");
-    assert_close(name, got.storage(), &want, atol, rtol);
+    assert_close(name, got.storage().f32s(), &want, atol, rtol);
 }
 
 #[test]

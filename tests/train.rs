@@ -143,6 +143,12 @@ fn out_of_memory_shrinks_the_micro_batch_and_keeps_the_loss_curve() {
         "budget {budget} B (peaks {p4}/{p8}) should force exactly one shrink: {tight_actions:?}"
     );
     assert!(tight_actions[0].contains("shrink to micro-batch 4 × 2 accumulation"), "{tight_actions:?}");
+    // The run's record says so too.
+    let log = std::fs::read_to_string(dir.path().join("tight/governor.csv")).unwrap();
+    assert!(
+        log.lines().skip(1).any(|l| l.contains("shrink to micro-batch 4 × 2 accumulation")),
+        "governor.csv lacks the shrink:\n{log}"
+    );
     assert_eq!(full.steps, tight.steps, "same effective batch, same number of optimizer steps");
     // The failed attempt leaves no trace (running statistics restored, nothing applied):
     // the shrunk run is the run planned as 4 × 2 from the start.

@@ -4,11 +4,28 @@
 //! Layouts: activations NHWC, conv weights KRSC, linear weights [out, in], per-channel
 //! vectors [C]. Ops allocate their outputs from the backend (the CUDA backend's pool);
 //! in-place ops (`add_assign`, optimizer steps) update their first argument.
+//!
+//! Check once, implement per backend: the methods model code calls (`conv2d_fwd`,
+//! `batch_norm_bwd`, ...) are provided here and check shapes, dtypes and exclusivity
+//! (backend/check.rs), so that a mistake gets the same error naming the op, the argument
+//! and the shapes on any device; each backend implements only the `run_*` bodies, which
+//! receive checked arguments and computed geometry. Backends do not override the checked
+//! methods.
+//!
+//! Dtypes: activations and their gradients are FP32 or FP16 (mixed precision), and the
+//! activation ops (convolution forward and input gradient, batch norm, ReLU, add, max
+//! pool, the means) give their input's dtype; a convolution's weight has its input's
+//! dtype (the FP16 copy made once per step). Everything the optimizer touches is FP32:
+//! the weight gradient of a convolution, batch norm's γ, β, statistics and their
+//! gradients, the linear head, the loss, the optimizer's tensors. `cast` converts.
 
+use std::sync::Arc;
+
+use super::check;
 use super::error::OpError;
-use super::params::{AdamWParams, BatchNormParams, BceParams, SgdParams};
+use super::params::{AdamWParams, BatchNormParams, BceParams, Conv2dGeom, Pool2dGeom, SgdParams};
 use crate::memory::PoolStats;
-use crate::tensor::{Shape, Tensor};
+use crate::tensor::{DType, Shape, Tensor};
 
 /// What batch-norm backward needs from its forward.
 #[derive(Debug, Clone)]
@@ -40,8 +57,40 @@ pub struct BnGrads<T> {
     pub dbeta: T,
 }
 
-pub trait Backend: Sync {
-    type Storage: Clone + Send + Sync;
+/// What the op set needs of a backend's tensor storage beyond sharing it.
+pub trait Storage: Clone + Send + Sync {
+    /// Whether no other tensor shares it (an op may then update it in place).
+    fn is_unique(&mut self) -> bool;
+}
+
+impl<X: Send + Sync> Storage for Arc<X> {
+    fn is_unique(&mut self) -> bool {
+        Arc::get_mut(self).is_some()
+    }
+}
+
+/// A checked matrix product c [m, n] = α·op(a) [m, k]·op(b) [k, n] + β·c.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmGeom {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+/// A checked linear layer: x [n, fin], w [fout, fin], b [fout].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearGeom {
+    pub n: usize,
+    pub fin: usize,
+    pub fout: usize,
+}
+
+type T<B> = Tensor<<B as Backend>::Storage>;
+
+pub trait Backend: Sync + Sized {
+    type Storage: Storage;
 
     /// e.g. "cpu" or "cuda:0 NVIDIA H200".
     fn name(&self) -> String;
@@ -52,185 +101,395 @@ pub trait Backend: Sync {
     /// Returns free memory of the pool to the system (the governor's first action);
     /// the bytes released.
     fn trim_pool(&self) -> usize;
-    fn tensor(&self, shape: Shape, data: &[f32]) -> Result<Tensor<Self::Storage>, OpError>;
-    fn zeros(&self, shape: Shape) -> Result<Tensor<Self::Storage>, OpError>;
-    fn to_vec(&self, t: &Tensor<Self::Storage>) -> Result<Vec<f32>, OpError>;
 
-    // ---- matrix products ----
+    // ---- the op bodies, each backend's own: arguments checked by the methods below ----
+    /// A tensor of `data` rounded to `dtype`.
+    fn run_upload(&self, shape: Shape, data: &[f32], dtype: DType) -> Result<T<Self>, OpError>;
+    fn run_zeros(&self, shape: Shape, dtype: DType) -> Result<T<Self>, OpError>;
+    /// The elements widened to f32.
+    fn run_download(&self, t: &T<Self>) -> Result<Vec<f32>, OpError>;
+    /// A copy of `x` (whose dtype differs from `to`) in `to`, rounding to nearest even.
+    fn run_cast(&self, x: &T<Self>, to: DType) -> Result<T<Self>, OpError>;
+    fn run_gemm(
+        &self,
+        g: &GemmGeom,
+        alpha: f32,
+        a: &T<Self>,
+        b: &T<Self>,
+        beta: f32,
+        c: &mut T<Self>,
+    ) -> Result<(), OpError>;
+    fn run_linear_fwd(
+        &self,
+        g: &LinearGeom,
+        x: &T<Self>,
+        w: &T<Self>,
+        b: &T<Self>,
+    ) -> Result<T<Self>, OpError>;
+    fn run_linear_bwd(
+        &self,
+        g: &LinearGeom,
+        dy: &T<Self>,
+        x: &T<Self>,
+        w: &T<Self>,
+    ) -> Result<LinearGrads<T<Self>>, OpError>;
+    fn run_conv2d_fwd(&self, g: &Conv2dGeom, x: &T<Self>, w: &T<Self>) -> Result<T<Self>, OpError>;
+    fn run_conv2d_dgrad(&self, g: &Conv2dGeom, dy: &T<Self>, w: &T<Self>) -> Result<T<Self>, OpError>;
+    /// The FP32 weight gradient.
+    fn run_conv2d_wgrad(&self, g: &Conv2dGeom, x: &T<Self>, dy: &T<Self>) -> Result<T<Self>, OpError>;
+    #[allow(clippy::too_many_arguments)]
+    fn run_batch_norm_fwd_train(
+        &self,
+        c: usize,
+        x: &T<Self>,
+        gamma: &T<Self>,
+        beta: &T<Self>,
+        running_mean: &mut T<Self>,
+        running_var: &mut T<Self>,
+        params: &BatchNormParams,
+    ) -> Result<BnForward<T<Self>>, OpError>;
+    #[allow(clippy::too_many_arguments)]
+    fn run_batch_norm_fwd_eval(
+        &self,
+        c: usize,
+        x: &T<Self>,
+        gamma: &T<Self>,
+        beta: &T<Self>,
+        running_mean: &T<Self>,
+        running_var: &T<Self>,
+        params: &BatchNormParams,
+    ) -> Result<T<Self>, OpError>;
+    fn run_batch_norm_bwd(
+        &self,
+        c: usize,
+        dy: &T<Self>,
+        x: &T<Self>,
+        gamma: &T<Self>,
+        saved: &BnSaved<T<Self>>,
+        relu_y: Option<&T<Self>>,
+    ) -> Result<BnGrads<T<Self>>, OpError>;
+    fn run_relu_fwd(&self, x: &T<Self>) -> Result<T<Self>, OpError>;
+    fn run_relu_bwd(&self, dy: &T<Self>, y: &T<Self>) -> Result<T<Self>, OpError>;
+    fn run_add_assign(&self, y: &mut T<Self>, x: &T<Self>) -> Result<(), OpError>;
+    fn run_scale(&self, y: &mut T<Self>, alpha: f32) -> Result<(), OpError>;
+    fn run_fill(&self, y: &mut T<Self>, value: f32) -> Result<(), OpError>;
+    fn run_sigmoid(&self, x: &T<Self>) -> Result<T<Self>, OpError>;
+    fn run_max_pool2d_fwd(&self, g: &Pool2dGeom, x: &T<Self>) -> Result<T<Self>, OpError>;
+    fn run_max_pool2d_bwd(&self, g: &Pool2dGeom, x: &T<Self>, dy: &T<Self>) -> Result<T<Self>, OpError>;
+    /// y `out` [blocks, C] = the mean of each block of `group` consecutive rows of x
+    /// [blocks·group, C] (global average pool: group = H·W; temporal mean: group = T).
+    fn run_mean_rows(&self, x: &T<Self>, group: usize, out: Shape) -> Result<T<Self>, OpError>;
+    /// dx `out` [blocks·group, C]: each row of a block gets dy [blocks, C] / group.
+    fn run_mean_rows_bwd(&self, dy: &T<Self>, group: usize, out: Shape) -> Result<T<Self>, OpError>;
+    fn run_bce_with_logits_fwd(
+        &self,
+        logits: &T<Self>,
+        targets: &T<Self>,
+        params: &BceParams,
+    ) -> Result<f32, OpError>;
+    fn run_bce_with_logits_bwd(
+        &self,
+        logits: &T<Self>,
+        targets: &T<Self>,
+        params: &BceParams,
+        scale: f32,
+    ) -> Result<T<Self>, OpError>;
+    #[allow(clippy::too_many_arguments)]
+    fn run_adamw_step(
+        &self,
+        p: &mut T<Self>,
+        g: &T<Self>,
+        m: &mut T<Self>,
+        v: &mut T<Self>,
+        hp: &AdamWParams,
+        step: u64,
+    ) -> Result<(), OpError>;
+    fn run_sgd_step(
+        &self,
+        p: &mut T<Self>,
+        g: &T<Self>,
+        momentum_buf: &mut T<Self>,
+        hp: &SgdParams,
+        first_step: bool,
+    ) -> Result<(), OpError>;
+    fn run_unscale_check(&self, g: &mut T<Self>, inv_scale: f32) -> Result<bool, OpError>;
+    fn run_sum_squares(&self, g: &T<Self>) -> Result<f64, OpError>;
+
+    // ---- tensors ----
+    /// An FP32 tensor of `data`.
+    fn tensor(&self, shape: Shape, data: &[f32]) -> Result<T<Self>, OpError> {
+        self.tensor_as(shape, data, DType::F32)
+    }
+    /// A tensor of `data` rounded to `dtype` on the host (no FP32 copy on the device).
+    fn tensor_as(&self, shape: Shape, data: &[f32], dtype: DType) -> Result<T<Self>, OpError> {
+        check::element_count("tensor", &shape, data.len())?;
+        self.run_upload(shape, data, dtype)
+    }
+    fn zeros(&self, shape: Shape) -> Result<T<Self>, OpError> {
+        self.run_zeros(shape, DType::F32)
+    }
+    fn zeros_as(&self, shape: Shape, dtype: DType) -> Result<T<Self>, OpError> {
+        self.run_zeros(shape, dtype)
+    }
+    /// The elements widened to f32.
+    fn to_vec(&self, t: &T<Self>) -> Result<Vec<f32>, OpError> {
+        self.run_download(t)
+    }
+    /// `x` in `to`: `x` itself (shared) when it is already, else a rounded copy.
+    fn cast(&self, x: &T<Self>, to: DType) -> Result<T<Self>, OpError> {
+        if x.dtype() == to { Ok(x.clone()) } else { self.run_cast(x, to) }
+    }
+
+    // ---- matrix products (FP32 tensors) ----
     /// c = α·op(a)·op(b) + β·c with 2-D `a`, `b`, `c`; op transposes when asked.
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
         alpha: f32,
-        a: &Tensor<Self::Storage>,
+        a: &T<Self>,
         trans_a: bool,
-        b: &Tensor<Self::Storage>,
+        b: &T<Self>,
         trans_b: bool,
         beta: f32,
-        c: &mut Tensor<Self::Storage>,
-    ) -> Result<(), OpError>;
+        c: &mut T<Self>,
+    ) -> Result<(), OpError> {
+        let g = check::gemm(a, trans_a, b, trans_b, c)?;
+        check::exclusive("gemm", "c", c)?;
+        self.run_gemm(&g, alpha, a, b, beta, c)
+    }
     /// y [N, out] = x [N, in] · wᵀ + b, with w [out, in] and b [out].
-    fn linear_fwd(
-        &self,
-        x: &Tensor<Self::Storage>,
-        w: &Tensor<Self::Storage>,
-        b: &Tensor<Self::Storage>,
-    ) -> Result<Tensor<Self::Storage>, OpError>;
-    fn linear_bwd(
-        &self,
-        dy: &Tensor<Self::Storage>,
-        x: &Tensor<Self::Storage>,
-        w: &Tensor<Self::Storage>,
-    ) -> Result<LinearGrads<Tensor<Self::Storage>>, OpError>;
+    fn linear_fwd(&self, x: &T<Self>, w: &T<Self>, b: &T<Self>) -> Result<T<Self>, OpError> {
+        let g = check::linear(x, w, b)?;
+        self.run_linear_fwd(&g, x, w, b)
+    }
+    fn linear_bwd(&self, dy: &T<Self>, x: &T<Self>, w: &T<Self>) -> Result<LinearGrads<T<Self>>, OpError> {
+        let g = check::linear_bwd(dy, x, w)?;
+        self.run_linear_bwd(&g, dy, x, w)
+    }
 
     // ---- convolution: x [N, H, W, C], w [K, R, S, C], y [N, P, Q, K] ----
     fn conv2d_fwd(
         &self,
-        x: &Tensor<Self::Storage>,
-        w: &Tensor<Self::Storage>,
+        x: &T<Self>,
+        w: &T<Self>,
         stride: [usize; 2],
         pad: [usize; 2],
-    ) -> Result<Tensor<Self::Storage>, OpError>;
+    ) -> Result<T<Self>, OpError> {
+        let g = check::conv2d_fwd(x, w, stride, pad)?;
+        self.run_conv2d_fwd(&g, x, w)
+    }
     /// Gradient w.r.t. the input, whose dims `x_dims` the output alone cannot tell
-    /// (stride 2 maps two input sizes to one output size).
+    /// (stride 2 maps two input sizes to one output size); in dy's dtype.
     fn conv2d_dgrad(
         &self,
-        dy: &Tensor<Self::Storage>,
-        w: &Tensor<Self::Storage>,
+        dy: &T<Self>,
+        w: &T<Self>,
         x_dims: [usize; 4],
         stride: [usize; 2],
         pad: [usize; 2],
-    ) -> Result<Tensor<Self::Storage>, OpError>;
+    ) -> Result<T<Self>, OpError> {
+        let g = check::conv2d_dgrad(dy, w, x_dims, stride, pad)?;
+        self.run_conv2d_dgrad(&g, dy, w)
+    }
+    /// The weight gradient, FP32 whatever the activations' dtype.
     fn conv2d_wgrad(
         &self,
-        x: &Tensor<Self::Storage>,
-        dy: &Tensor<Self::Storage>,
+        x: &T<Self>,
+        dy: &T<Self>,
         w_dims: [usize; 4],
         stride: [usize; 2],
         pad: [usize; 2],
-    ) -> Result<Tensor<Self::Storage>, OpError>;
+    ) -> Result<T<Self>, OpError> {
+        let g = check::conv2d_wgrad(x, dy, w_dims, stride, pad)?;
+        self.run_conv2d_wgrad(&g, x, dy)
+    }
 
-    // ---- batch norm over the last dimension (channels) ----
+    // ---- batch norm over the last dimension (channels); FP32 statistics ----
     /// Training mode: batch statistics; updates the running statistics in place.
     #[allow(clippy::too_many_arguments)]
     fn batch_norm_fwd_train(
         &self,
-        x: &Tensor<Self::Storage>,
-        gamma: &Tensor<Self::Storage>,
-        beta: &Tensor<Self::Storage>,
-        running_mean: &mut Tensor<Self::Storage>,
-        running_var: &mut Tensor<Self::Storage>,
+        x: &T<Self>,
+        gamma: &T<Self>,
+        beta: &T<Self>,
+        running_mean: &mut T<Self>,
+        running_var: &mut T<Self>,
         params: &BatchNormParams,
-    ) -> Result<BnForward<Tensor<Self::Storage>>, OpError>;
+    ) -> Result<BnForward<T<Self>>, OpError> {
+        let vectors = [
+            ("gamma", gamma),
+            ("beta", beta),
+            ("running_mean", &*running_mean),
+            ("running_var", &*running_var),
+        ];
+        let c = check::batch_norm("batch_norm", x, &vectors)?;
+        check::exclusive("batch_norm", "running_mean", running_mean)?;
+        check::exclusive("batch_norm", "running_var", running_var)?;
+        self.run_batch_norm_fwd_train(c, x, gamma, beta, running_mean, running_var, params)
+    }
     fn batch_norm_fwd_eval(
         &self,
-        x: &Tensor<Self::Storage>,
-        gamma: &Tensor<Self::Storage>,
-        beta: &Tensor<Self::Storage>,
-        running_mean: &Tensor<Self::Storage>,
-        running_var: &Tensor<Self::Storage>,
+        x: &T<Self>,
+        gamma: &T<Self>,
+        beta: &T<Self>,
+        running_mean: &T<Self>,
+        running_var: &T<Self>,
         params: &BatchNormParams,
-    ) -> Result<Tensor<Self::Storage>, OpError>;
+    ) -> Result<T<Self>, OpError> {
+        let vectors =
+            [("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)];
+        let c = check::batch_norm("batch_norm", x, &vectors)?;
+        self.run_batch_norm_fwd_eval(c, x, gamma, beta, running_mean, running_var, params)
+    }
     /// `relu_y` is the forward output when the ReLU was fused, else `None`.
     fn batch_norm_bwd(
         &self,
-        dy: &Tensor<Self::Storage>,
-        x: &Tensor<Self::Storage>,
-        gamma: &Tensor<Self::Storage>,
-        saved: &BnSaved<Tensor<Self::Storage>>,
-        relu_y: Option<&Tensor<Self::Storage>>,
-    ) -> Result<BnGrads<Tensor<Self::Storage>>, OpError>;
+        dy: &T<Self>,
+        x: &T<Self>,
+        gamma: &T<Self>,
+        saved: &BnSaved<T<Self>>,
+        relu_y: Option<&T<Self>>,
+    ) -> Result<BnGrads<T<Self>>, OpError> {
+        let c = check::batch_norm_bwd(dy, x, gamma, saved, relu_y)?;
+        self.run_batch_norm_bwd(c, dy, x, gamma, saved, relu_y)
+    }
 
     // ---- elementwise ----
-    fn relu_fwd(&self, x: &Tensor<Self::Storage>) -> Result<Tensor<Self::Storage>, OpError>;
-    fn relu_bwd(
-        &self,
-        dy: &Tensor<Self::Storage>,
-        y: &Tensor<Self::Storage>,
-    ) -> Result<Tensor<Self::Storage>, OpError>;
-    /// y += x (residual add, gradient accumulation).
-    fn add_assign(&self, y: &mut Tensor<Self::Storage>, x: &Tensor<Self::Storage>) -> Result<(), OpError>;
-    fn scale(&self, y: &mut Tensor<Self::Storage>, alpha: f32) -> Result<(), OpError>;
-    fn fill(&self, y: &mut Tensor<Self::Storage>, value: f32) -> Result<(), OpError>;
-    fn sigmoid(&self, x: &Tensor<Self::Storage>) -> Result<Tensor<Self::Storage>, OpError>;
+    fn relu_fwd(&self, x: &T<Self>) -> Result<T<Self>, OpError> {
+        self.run_relu_fwd(x)
+    }
+    fn relu_bwd(&self, dy: &T<Self>, y: &T<Self>) -> Result<T<Self>, OpError> {
+        check::same_shape_dtype("relu_bwd", ("dy", dy), ("y", y))?;
+        self.run_relu_bwd(dy, y)
+    }
+    /// y += x (residual add, gradient accumulation), both of one dtype.
+    fn add_assign(&self, y: &mut T<Self>, x: &T<Self>) -> Result<(), OpError> {
+        check::same_shape_dtype("add", ("y", y), ("x", x))?;
+        check::exclusive("add", "y", y)?;
+        self.run_add_assign(y, x)
+    }
+    fn scale(&self, y: &mut T<Self>, alpha: f32) -> Result<(), OpError> {
+        check::dtype("scale", "y", y, DType::F32)?;
+        check::exclusive("scale", "y", y)?;
+        self.run_scale(y, alpha)
+    }
+    fn fill(&self, y: &mut T<Self>, value: f32) -> Result<(), OpError> {
+        check::dtype("fill", "y", y, DType::F32)?;
+        check::exclusive("fill", "y", y)?;
+        self.run_fill(y, value)
+    }
+    fn sigmoid(&self, x: &T<Self>) -> Result<T<Self>, OpError> {
+        check::dtype("sigmoid", "x", x, DType::F32)?;
+        self.run_sigmoid(x)
+    }
 
     // ---- pooling ----
     fn max_pool2d_fwd(
         &self,
-        x: &Tensor<Self::Storage>,
+        x: &T<Self>,
         window: usize,
         stride: usize,
         pad: usize,
-    ) -> Result<Tensor<Self::Storage>, OpError>;
+    ) -> Result<T<Self>, OpError> {
+        let g = Pool2dGeom::new(check::dims("max_pool2d", "x", x)?, window, stride, pad)?;
+        self.run_max_pool2d_fwd(&g, x)
+    }
     fn max_pool2d_bwd(
         &self,
-        x: &Tensor<Self::Storage>,
-        dy: &Tensor<Self::Storage>,
+        x: &T<Self>,
+        dy: &T<Self>,
         window: usize,
         stride: usize,
         pad: usize,
-    ) -> Result<Tensor<Self::Storage>, OpError>;
+    ) -> Result<T<Self>, OpError> {
+        let g = check::max_pool2d_bwd(x, dy, window, stride, pad)?;
+        self.run_max_pool2d_bwd(&g, x, dy)
+    }
     /// [N, H, W, C] → [N, C].
-    fn global_avg_pool_fwd(&self, x: &Tensor<Self::Storage>) -> Result<Tensor<Self::Storage>, OpError>;
-    fn global_avg_pool_bwd(
-        &self,
-        dy: &Tensor<Self::Storage>,
-        x_dims: [usize; 4],
-    ) -> Result<Tensor<Self::Storage>, OpError>;
+    fn global_avg_pool_fwd(&self, x: &T<Self>) -> Result<T<Self>, OpError> {
+        let [n, h, w, c] = check::dims("global_avg_pool", "x", x)?;
+        self.run_mean_rows(x, h * w, Shape::from([n, c]))
+    }
+    fn global_avg_pool_bwd(&self, dy: &T<Self>, x_dims: [usize; 4]) -> Result<T<Self>, OpError> {
+        let [n, h, w, c] = x_dims;
+        check::expect_dims("global_avg_pool_bwd", "dy", dy, &[n, c])?;
+        self.run_mean_rows_bwd(dy, h * w, Shape::from(x_dims))
+    }
     /// [B·T, C] (T frames of each clip consecutive) → [B, C].
-    fn temporal_mean_fwd(
-        &self,
-        x: &Tensor<Self::Storage>,
-        t: usize,
-    ) -> Result<Tensor<Self::Storage>, OpError>;
-    fn temporal_mean_bwd(
-        &self,
-        dy: &Tensor<Self::Storage>,
-        t: usize,
-    ) -> Result<Tensor<Self::Storage>, OpError>;
+    fn temporal_mean_fwd(&self, x: &T<Self>, t: usize) -> Result<T<Self>, OpError> {
+        let [bt, c] = check::dims("temporal_mean", "x", x)?;
+        let b = check::clips("temporal_mean", bt, t)?;
+        self.run_mean_rows(x, t, Shape::from([b, c]))
+    }
+    fn temporal_mean_bwd(&self, dy: &T<Self>, t: usize) -> Result<T<Self>, OpError> {
+        let [b, c] = check::dims("temporal_mean_bwd", "dy", dy)?;
+        self.run_mean_rows_bwd(dy, t, Shape::from([b * t, c]))
+    }
 
-    // ---- loss ----
+    // ---- loss (FP32) ----
     /// Mean BCE-with-logits over the batch.
     fn bce_with_logits_fwd(
         &self,
-        logits: &Tensor<Self::Storage>,
-        targets: &Tensor<Self::Storage>,
+        logits: &T<Self>,
+        targets: &T<Self>,
         params: &BceParams,
-    ) -> Result<f32, OpError>;
+    ) -> Result<f32, OpError> {
+        check::f32_pair("bce_with_logits", ("logits", logits), ("targets", targets))?;
+        self.run_bce_with_logits_fwd(logits, targets, params)
+    }
     /// `scale` · ∂(mean loss)/∂logits.
     fn bce_with_logits_bwd(
         &self,
-        logits: &Tensor<Self::Storage>,
-        targets: &Tensor<Self::Storage>,
+        logits: &T<Self>,
+        targets: &T<Self>,
         params: &BceParams,
         scale: f32,
-    ) -> Result<Tensor<Self::Storage>, OpError>;
+    ) -> Result<T<Self>, OpError> {
+        check::f32_pair("bce_with_logits_bwd", ("logits", logits), ("targets", targets))?;
+        self.run_bce_with_logits_bwd(logits, targets, params, scale)
+    }
 
     // ---- optimizer, on fp32 master weights ----
     /// `step` counts from 1.
     fn adamw_step(
         &self,
-        p: &mut Tensor<Self::Storage>,
-        g: &Tensor<Self::Storage>,
-        m: &mut Tensor<Self::Storage>,
-        v: &mut Tensor<Self::Storage>,
+        p: &mut T<Self>,
+        g: &T<Self>,
+        m: &mut T<Self>,
+        v: &mut T<Self>,
         hp: &AdamWParams,
         step: u64,
-    ) -> Result<(), OpError>;
+    ) -> Result<(), OpError> {
+        check::optimizer("adamw", p, g, &mut [("m", &mut *m), ("v", &mut *v)])?;
+        if step == 0 {
+            return Err(super::error::shape_err("adamw", "step counts from 1"));
+        }
+        self.run_adamw_step(p, g, m, v, hp, step)
+    }
     fn sgd_step(
         &self,
-        p: &mut Tensor<Self::Storage>,
-        g: &Tensor<Self::Storage>,
-        momentum_buf: &mut Tensor<Self::Storage>,
+        p: &mut T<Self>,
+        g: &T<Self>,
+        momentum_buf: &mut T<Self>,
         hp: &SgdParams,
         first_step: bool,
-    ) -> Result<(), OpError>;
+    ) -> Result<(), OpError> {
+        check::optimizer("sgd", p, g, &mut [("momentum_buf", &mut *momentum_buf)])?;
+        self.run_sgd_step(p, g, momentum_buf, hp, first_step)
+    }
     /// g ← g·inv_scale; true when any element is non-finite.
-    fn unscale_check(&self, g: &mut Tensor<Self::Storage>, inv_scale: f32) -> Result<bool, OpError>;
-    fn sum_squares(&self, g: &Tensor<Self::Storage>) -> Result<f64, OpError>;
+    fn unscale_check(&self, g: &mut T<Self>, inv_scale: f32) -> Result<bool, OpError> {
+        check::dtype("unscale", "grad", g, DType::F32)?;
+        check::exclusive("unscale", "grad", g)?;
+        self.run_unscale_check(g, inv_scale)
+    }
+    fn sum_squares(&self, g: &T<Self>) -> Result<f64, OpError> {
+        check::dtype("sum_squares", "grad", g, DType::F32)?;
+        self.run_sum_squares(g)
+    }
 
     /// The L2 norm of all gradients together.
-    fn grad_norm(&self, grads: &[&Tensor<Self::Storage>]) -> Result<f64, OpError> {
+    fn grad_norm(&self, grads: &[&T<Self>]) -> Result<f64, OpError> {
         let mut total = 0.0;
         for g in grads {
             total += self.sum_squares(g)?;
@@ -240,7 +499,7 @@ pub trait Backend: Sync {
 
     /// Scales all gradients down so that their global norm is at most `max_norm` (as
     /// `torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
-    fn clip_grad_norm(&self, grads: &mut [Tensor<Self::Storage>], max_norm: f64) -> Result<f64, OpError> {
+    fn clip_grad_norm(&self, grads: &mut [T<Self>], max_norm: f64) -> Result<f64, OpError> {
         let norm = self.grad_norm(&grads.iter().collect::<Vec<_>>())?;
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {

@@ -80,10 +80,21 @@ impl Serialize for VramBudget {
     }
 }
 
+/// A size as text (`"12GiB"`, `"auto"`) or a bare number of bytes (`vram_budget =
+/// 11534336`, and `--vram-budget 11534336`, which reaches TOML as an integer).
 impl<'de> Deserialize<'de> for VramBudget {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Text(String),
+            Bytes(i64),
+        }
+        match Written::deserialize(d)? {
+            Written::Text(text) => text.parse().map_err(serde::de::Error::custom),
+            Written::Bytes(b) if b > 0 => Ok(VramBudget::Bytes(b as u64)),
+            Written::Bytes(b) => Err(serde::de::Error::custom(format!("`{b}` must be a positive size"))),
+        }
     }
 }
 
@@ -114,6 +125,14 @@ mod tests {
             let b: VramBudget = text.parse().unwrap();
             assert_eq!(b.to_string(), text);
         }
+    }
+
+    #[test]
+    fn a_bare_number_is_bytes() {
+        let b: VramBudget = toml::from_str::<toml::Value>("v = 11534336").unwrap()["v"].clone().try_into().unwrap();
+        assert_eq!(b, VramBudget::Bytes(11_534_336));
+        let zero: Result<VramBudget, _> = toml::from_str::<toml::Value>("v = 0").unwrap()["v"].clone().try_into();
+        assert!(zero.unwrap_err().to_string().contains("must be a positive size"));
     }
 
     #[test]

@@ -118,19 +118,36 @@ impl MemoryManager {
         if decisions.iter().any(|d| d.action == Action::ClearCaches) {
             self.cleanup();
         }
-        if let Some((steps, governor)) = &mut self.records {
+        if let Some((steps, _)) = &mut self.records {
             let t = self.started.elapsed().as_secs_f64();
             let (reserved, allocated) = pool.map_or((0, 0), |p| (p.reserved_bytes, p.allocated_bytes));
             // The CSVs are a record of the run, not a dependency of it: a full disk must
             // not stop training.
             let _ = writeln!(steps, "{t:.3},{step},{reserved},{allocated}").and_then(|_| steps.flush());
-            for d in &decisions {
-                let reason = d.reason.replace('"', "'");
-                let _ = writeln!(governor, "{t:.3},{step},{},\"{reason}\"", d.action)
-                    .and_then(|_| governor.flush());
-            }
         }
+        self.write_decisions(&decisions);
         (decisions, self.governor.plan())
+    }
+
+    /// An allocation failed inside `step`: the governor's smaller micro-batch (same
+    /// effective batch), recorded in governor.csv like every other decision; `None` at
+    /// micro-batch 1.
+    pub fn on_out_of_memory(&mut self, step: u64, detail: &str) -> Option<BatchPlan> {
+        let plan = self.governor.on_out_of_memory(step, detail).ok()?;
+        if let Some(d) = self.governor.log().last().cloned() {
+            self.write_decisions(&[d]);
+        }
+        Some(plan)
+    }
+
+    fn write_decisions(&mut self, decisions: &[Decision]) {
+        let Some((_, governor)) = &mut self.records else { return };
+        let t = self.started.elapsed().as_secs_f64();
+        for d in decisions {
+            let reason = d.reason.replace('"', "'");
+            let _ =
+                writeln!(governor, "{t:.3},{},{},\"{reason}\"", d.step, d.action).and_then(|_| governor.flush());
+        }
     }
 
     pub fn governor(&mut self) -> &mut Governor {

@@ -71,7 +71,8 @@ pub fn model_size(config: &Config) -> ModelSize {
 }
 
 /// The footprint of one micro-batch of `clips` clips of `frames` frames. `mixed` counts
-/// f16 activations and an f16 weight copy (the GPU path); otherwise everything is f32.
+/// f16 activations and an f16 weight copy (what both backends store under
+/// `mixed_precision`); otherwise everything is f32.
 pub fn plan_step(config: &Config, clips: u64, frames: u64, mixed: bool) -> Footprint {
     let m = model_size(config);
     let act = if mixed { 2 } else { 4 };

@@ -7,13 +7,20 @@
 //! and every tensor carries torchvision's name (`conv1.weight`, `layer1.0.bn2.running_var`,
 //! `layer2.0.downsample.0.weight`, `fc.bias`), in torchvision's state-dict order, so that
 //! checkpoints and pretrained torchvision weights map one to one.
+//!
+//! Precision: the weights are FP32 masters; activations and their gradients flow in the
+//! network's `activations` dtype (FP16 under mixed precision) from the input to the
+//! global average pool, whose [N, C] features the FP32 head takes. For FP16 activations
+//! `prepare_step` makes the FP16 copy of every convolution weight once per optimizer step
+//! (forward and backward of every micro-batch read it); `release_step_weights` drops it
+//! when the masters change.
 
 use super::arch::{BlockKind, ResNetSpec};
 use crate::backend::OpError;
 use crate::backend::ops::{Backend, BnSaved};
 use crate::backend::params::BatchNormParams;
 use crate::rng::Rng;
-use crate::tensor::{Shape, Tensor};
+use crate::tensor::{DType, Shape, Tensor};
 
 type T<B> = Tensor<<B as Backend>::Storage>;
 
@@ -27,6 +34,8 @@ pub enum ParamKind {
 /// conv (no bias) → batch norm → optional ReLU, fused where the backend fuses them.
 pub struct ConvBn<B: Backend> {
     pub w: T<B>,
+    /// The weight in the activations' dtype when that is not FP32, made once per step.
+    w_compute: Option<T<B>>,
     pub gamma: T<B>,
     pub beta: T<B>,
     pub running_mean: T<B>,
@@ -62,6 +71,7 @@ impl<B: Backend> ConvBn<B> {
         let w: Vec<f32> = (0..cout * k * k * cin).map(|_| std * rng.normal()).collect();
         Ok(ConvBn {
             w: b.tensor(Shape::from([cout, k, k, cin]), &w)?,
+            w_compute: None,
             gamma: b.tensor(Shape::from([cout]), &vec![1.0; cout])?,
             beta: b.zeros(Shape::from([cout]))?,
             running_mean: b.zeros(Shape::from([cout]))?,
@@ -76,8 +86,23 @@ impl<B: Backend> ConvBn<B> {
         BatchNormParams { relu: self.relu, ..BatchNormParams::default() }
     }
 
+    /// Makes the weight's copy in `dtype` for this step's products (none for FP32).
+    fn prepare(&mut self, b: &B, dtype: DType) -> Result<(), OpError> {
+        self.w_compute = if dtype == DType::F32 { None } else { Some(b.cast(&self.w, dtype)?) };
+        Ok(())
+    }
+
+    /// The weight in `dtype`: the master, the step's copy, or (outside a prepared step,
+    /// e.g. evaluation) a copy made for this call.
+    fn weight(&self, b: &B, dtype: DType) -> Result<T<B>, OpError> {
+        match &self.w_compute {
+            Some(w) if w.dtype() == dtype => Ok(w.clone()),
+            _ => b.cast(&self.w, dtype),
+        }
+    }
+
     pub fn forward_train(&mut self, b: &B, x: &T<B>) -> Result<(T<B>, ConvBnCache<B>), OpError> {
-        let z = b.conv2d_fwd(x, &self.w, [self.stride; 2], [self.pad; 2])?;
+        let z = b.conv2d_fwd(x, &self.weight(b, x.dtype())?, [self.stride; 2], [self.pad; 2])?;
         let p = self.bn_params();
         let out = b.batch_norm_fwd_train(
             &z,
@@ -92,7 +117,7 @@ impl<B: Backend> ConvBn<B> {
     }
 
     pub fn forward_eval(&self, b: &B, x: &T<B>) -> Result<T<B>, OpError> {
-        let z = b.conv2d_fwd(x, &self.w, [self.stride; 2], [self.pad; 2])?;
+        let z = b.conv2d_fwd(x, &self.weight(b, x.dtype())?, [self.stride; 2], [self.pad; 2])?;
         b.batch_norm_fwd_eval(
             &z,
             &self.gamma,
@@ -107,7 +132,8 @@ impl<B: Backend> ConvBn<B> {
     pub fn backward(&self, b: &B, dy: &T<B>, c: &ConvBnCache<B>) -> Result<(T<B>, [T<B>; 3]), OpError> {
         let (dz, grads) = self.parameter_backward(b, dy, c)?;
         let x_dims: [usize; 4] = c.x.shape().as_array().expect("NHWC input");
-        let dx = b.conv2d_dgrad(&dz, &self.w, x_dims, [self.stride; 2], [self.pad; 2])?;
+        let dx =
+            b.conv2d_dgrad(&dz, &self.weight(b, dz.dtype())?, x_dims, [self.stride; 2], [self.pad; 2])?;
         Ok((dx, grads))
     }
 
@@ -189,6 +215,10 @@ impl<B: Backend> Block<B> {
             None
         };
         Ok(Block { convs, down })
+    }
+
+    fn convs_mut(&mut self) -> impl Iterator<Item = &mut ConvBn<B>> {
+        self.convs.iter_mut().chain(self.down.as_mut())
     }
 
     fn shortcut_sum(&self, b: &B, x: &T<B>, mut sum: T<B>, down: Option<T<B>>) -> Result<T<B>, OpError> {
@@ -306,6 +336,8 @@ pub struct ResNet<B: Backend> {
     fc_b: T<B>,
     /// Frames per clip.
     pub frames: usize,
+    /// The dtype of activations and their gradients (FP16 under mixed precision).
+    pub activations: DType,
 }
 
 impl<B: Backend> ResNet<B> {
@@ -328,9 +360,27 @@ impl<B: Backend> ResNet<B> {
         let bound = 1.0 / (features as f32).sqrt();
         let fc_w = b.tensor(Shape::from([1, features]), &rng.vec(features, -bound, bound))?;
         let fc_b = b.tensor(Shape::from([1]), &rng.vec(1, -bound, bound))?;
-        Ok(ResNet { spec, stem, stages, fc_w, fc_b, frames })
+        Ok(ResNet { spec, stem, stages, fc_w, fc_b, frames, activations: DType::F32 })
     }
 
+    /// Every convolution of the backbone.
+    fn convs_mut(&mut self) -> impl Iterator<Item = &mut ConvBn<B>> {
+        std::iter::once(&mut self.stem).chain(self.stages.iter_mut().flatten().flat_map(Block::convs_mut))
+    }
+
+    /// Makes this step's weight copies in the activations' dtype (once per optimizer
+    /// step: every micro-batch's forward and backward reads them).
+    pub fn prepare_step(&mut self, b: &B) -> Result<(), OpError> {
+        let dtype = self.activations;
+        self.convs_mut().try_for_each(|c| c.prepare(b, dtype))
+    }
+
+    /// Drops the step's weight copies (the masters are about to change, or a step is over).
+    pub fn release_step_weights(&mut self) {
+        self.convs_mut().for_each(|c| c.w_compute = None);
+    }
+
+    /// The logits from the pooled features (cast to the FP32 head).
     fn head(&self, b: &B, pooled: &T<B>) -> Result<Logits<B::Storage>, OpError> {
         let frames = b.linear_fwd(pooled, &self.fc_w, &self.fc_b)?;
         let clips = b.temporal_mean_fwd(&frames, self.frames)?;
@@ -344,7 +394,8 @@ impl<B: Backend> ResNet<B> {
         b: &B,
         x: &T<B>,
     ) -> Result<(Logits<B::Storage>, ForwardCache<B>), OpError> {
-        let (h0, stem) = self.stem.forward_train(b, x)?;
+        let x = b.cast(x, self.activations)?;
+        let (h0, stem) = self.stem.forward_train(b, &x)?;
         let mut h = b.max_pool2d_fwd(&h0, 3, 2, 1)?;
         let mut blocks = Vec::new();
         for block in self.stages.iter_mut().flatten() {
@@ -353,18 +404,19 @@ impl<B: Backend> ResNet<B> {
             h = y;
         }
         let last_dims: [usize; 4] = h.shape().as_array().expect("NHWC");
-        let pooled = b.global_avg_pool_fwd(&h)?;
+        let pooled = b.cast(&b.global_avg_pool_fwd(&h)?, DType::F32)?;
         let logits = self.head(b, &pooled)?;
         Ok((logits, ForwardCache { stem, stem_out: h0, blocks, last_dims, pooled }))
     }
 
     /// Inference mode (running statistics).
     pub fn forward_eval(&self, b: &B, x: &T<B>) -> Result<Logits<B::Storage>, OpError> {
-        let mut h = b.max_pool2d_fwd(&self.stem.forward_eval(b, x)?, 3, 2, 1)?;
+        let x = b.cast(x, self.activations)?;
+        let mut h = b.max_pool2d_fwd(&self.stem.forward_eval(b, &x)?, 3, 2, 1)?;
         for block in self.stages.iter().flatten() {
             h = block.forward_eval(b, &h)?;
         }
-        self.head(b, &b.global_avg_pool_fwd(&h)?)
+        self.head(b, &b.cast(&b.global_avg_pool_fwd(&h)?, DType::F32)?)
     }
 
     /// The gradient of every trainable tensor, in `trainable_mut()` order, from the
@@ -372,7 +424,7 @@ impl<B: Backend> ResNet<B> {
     pub fn backward(&self, b: &B, dclips: &T<B>, c: &ForwardCache<B>) -> Result<Vec<T<B>>, OpError> {
         let dframes = b.temporal_mean_bwd(dclips, self.frames)?;
         let fc = b.linear_bwd(&dframes, &c.pooled, &self.fc_w)?;
-        let mut dh = b.global_avg_pool_bwd(&fc.dx, c.last_dims)?;
+        let mut dh = b.global_avg_pool_bwd(&b.cast(&fc.dx, self.activations)?, c.last_dims)?;
         // Blocks run backwards; their gradients are collected per block and put back in
         // forward order at the end.
         let mut per_block = Vec::with_capacity(c.blocks.len());

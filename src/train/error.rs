@@ -8,11 +8,13 @@ use crate::model::weights::WeightsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("{0}")]
+    // Transparent: the message is the source's, once (an error-chain printer would repeat
+    // a source shown in its parent's message).
+    #[error(transparent)]
     Op(#[from] OpError),
-    #[error("{0}")]
+    #[error(transparent)]
     Weights(#[from] WeightsError),
-    #[error("{0}")]
+    #[error(transparent)]
     Loader(#[from] LoaderError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

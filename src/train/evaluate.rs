@@ -60,6 +60,7 @@ pub fn load_checkpoint_model<B: Backend>(b: &B, path: &Path) -> Result<(Config, 
     let config = checkpoint::config_of(&file)?;
     let spec = ResNetSpec::of(config.model.backbone);
     let mut net = ResNet::new(b, spec, config.data.max_frames as usize, 0)?;
+    net.activations = crate::tensor::DType::activations(config.train.mixed_precision);
     checkpoint::load_model(b, &mut net, &file)?;
     Ok((config, net))
 }

@@ -30,6 +30,7 @@ use crate::memory::manager::MemoryManager;
 use crate::model::arch::ResNetSpec;
 use crate::model::resnet::ResNet;
 use crate::model::weights::{TensorFile, load_pretrained};
+use crate::tensor::DType;
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -82,6 +83,7 @@ impl<B: Backend> Trainer<B> {
     pub fn new(b: B, config: Config, splits: Splits, opts: RunOptions) -> Result<Self, TrainError> {
         let spec = ResNetSpec::of(config.model.backbone);
         let mut net = ResNet::new(&b, spec, config.data.max_frames as usize, config.train.seed)?;
+        net.activations = DType::activations(config.train.mixed_precision);
         if !config.model.pretrained.is_empty() && opts.resume.is_none() {
             load_pretrained_weights(&b, &mut net, Path::new(&config.model.pretrained))?;
         }
@@ -276,7 +278,7 @@ impl<B: Backend> Trainer<B> {
             plan,
             &settings,
             |e| {
-                let plan = mm.governor().on_out_of_memory(step, &e.to_string()).ok()?;
+                let plan = mm.on_out_of_memory(step, &e.to_string())?;
                 bar.suspend(|| eprintln!("governor: out of memory in step {step}, now {plan}"));
                 Some(plan)
             },

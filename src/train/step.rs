@@ -15,7 +15,7 @@ use crate::data::loader::Batch;
 use crate::memory::governor::BatchPlan;
 use crate::model::resnet::ResNet;
 use crate::model::weights::{HostTensor, assign};
-use crate::tensor::{Shape, Tensor};
+use crate::tensor::{DType, Shape, Tensor};
 
 type T<B> = Tensor<<B as Backend>::Storage>;
 
@@ -33,17 +33,20 @@ pub struct StepReport {
     pub plan: BatchPlan,
 }
 
-/// The frames of clips `range` of `batch` as an NHWC tensor, and their targets [n, 1].
+/// The frames of clips `range` of `batch` as an NHWC tensor of `dtype` (rounded on the
+/// host: no FP32 copy of the input on the device), and their targets [n, 1].
 pub fn batch_tensors<B: Backend>(
     b: &B,
     batch: &Batch,
     range: std::ops::Range<usize>,
+    dtype: DType,
 ) -> Result<(T<B>, T<B>), OpError> {
     let per_clip = batch.frames_per_clip * batch.side * batch.side * 3;
     let n = range.len();
-    let x = b.tensor(
+    let x = b.tensor_as(
         Shape::from([n * batch.frames_per_clip, batch.side, batch.side, 3]),
         &batch.pixels[range.start * per_clip..range.end * per_clip],
+        dtype,
     )?;
     let y = b.tensor(Shape::from([n, 1]), &batch.targets[range])?;
     Ok((x, y))
@@ -106,7 +109,7 @@ fn accumulate<B: Backend>(
     for start in (0..clips).step_by(micro) {
         let range = start..(start + micro).min(clips);
         let weight = range.len() as f32 / clips as f32;
-        let (x, y) = batch_tensors(b, batch, range)?;
+        let (x, y) = batch_tensors(b, batch, range, net.activations)?;
         let (logits, cache) = net.forward_train(b, &x)?;
         losses.push((b.bce_with_logits_fwd(&logits.clips, &y, bce)? as f64, weight as f64));
         // Each micro-batch's mean loss weighs by its share of the clips, so that the sum
@@ -140,6 +143,7 @@ pub fn train_step<B: Backend>(
     mut on_oom: impl FnMut(&OpError) -> Option<BatchPlan>,
 ) -> Result<StepReport, OpError> {
     let saved = snapshot(b, net)?;
+    net.prepare_step(b)?;
     let (mut grads, losses) = loop {
         match accumulate(b, net, batch, plan, scaler.scale, &s.bce) {
             Ok(r) => break r,
@@ -163,6 +167,7 @@ pub fn train_step<B: Backend>(
     };
     finite &= grad_norm.is_finite();
     let apply = scaler.update(finite);
+    net.release_step_weights();
     if apply {
         opt.step(b, net.trainable_mut(), &grads, s.lr)?;
     }
@@ -188,7 +193,8 @@ pub fn infer<B: Backend>(
     let mut start = 0;
     while start < clips {
         let range = start..(start + (*micro).max(1)).min(clips);
-        let attempt = batch_tensors(b, batch, range.clone()).and_then(|(x, _)| net.forward_eval(b, &x));
+        let attempt = batch_tensors(b, batch, range.clone(), net.activations)
+            .and_then(|(x, _)| net.forward_eval(b, &x));
         match attempt {
             Ok(l) => {
                 clip_logits.extend(b.to_vec(&l.clips)?);

@@ -9,10 +9,15 @@
 //! 1×1, stride-1, unpadded convolutions skip the lowering: `col` is the input itself.
 //! Images run in parallel (rayon); wgrad sums fixed chunks of images and adds the chunk
 //! results in order, so the result does not depend on the thread count.
+//!
+//! Activations are FP32 or FP16 (`Elem`), the filter FP32 (an FP16 filter is widened by
+//! the caller, once): each image is widened to f32 on its own, multiplied in f32, and an
+//! FP16 output rounded once at the end, as the tensor-core kernels accumulate in FP32.
 
 use rayon::prelude::*;
 
 use super::gemm::{MatRef, gemm};
+use super::storage::Elem;
 use crate::backend::params::Conv2dGeom;
 
 /// wgrad splits the batch into this many chunks at most (partial sums held at once).
@@ -72,38 +77,44 @@ fn col2im(g: &Conv2dGeom, dcol: &[f32], dx_n: &mut [f32]) {
 }
 
 /// y [N, P, Q, K] = conv(x [N, H, W, C], w [K, R, S, C]).
-pub fn conv2d_fwd(g: &Conv2dGeom, x: &[f32], w: &[f32], y: &mut [f32]) {
+pub fn conv2d_fwd<E: Elem>(g: &Conv2dGeom, x: &[E], w: &[f32], y: &mut [E]) {
     let (hwc, pq, rsc) = (g.h * g.w * g.c, g.p * g.q, g.r * g.s * g.c);
     let wt = MatRef::row_major(w, g.k, rsc).t();
     y.par_chunks_mut(pq * g.k).zip(x.par_chunks(hwc)).for_each(|(y_n, x_n)| {
-        if is_pointwise(g) {
-            gemm(1.0, MatRef::row_major(x_n, pq, rsc), wt, 0.0, y_n);
-        } else {
-            let mut col = vec![0.0; pq * rsc];
-            im2col(g, x_n, &mut col);
-            gemm(1.0, MatRef::row_major(&col, pq, rsc), wt, 0.0, y_n);
-        }
+        let x_n = E::widen(x_n);
+        E::through_f32(y_n, |y_n| {
+            if is_pointwise(g) {
+                gemm(1.0, MatRef::row_major(&x_n, pq, rsc), wt, 0.0, y_n);
+            } else {
+                let mut col = vec![0.0; pq * rsc];
+                im2col(g, &x_n, &mut col);
+                gemm(1.0, MatRef::row_major(&col, pq, rsc), wt, 0.0, y_n);
+            }
+        });
     });
 }
 
 /// dx [N, H, W, C] = ∂(Σ y·dy)/∂x for y = conv(x, w).
-pub fn conv2d_dgrad(g: &Conv2dGeom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+pub fn conv2d_dgrad<E: Elem>(g: &Conv2dGeom, dy: &[E], w: &[f32], dx: &mut [E]) {
     let (hwc, pq, rsc) = (g.h * g.w * g.c, g.p * g.q, g.r * g.s * g.c);
     let wm = MatRef::row_major(w, g.k, rsc);
     dx.par_chunks_mut(hwc).zip(dy.par_chunks(pq * g.k)).for_each(|(dx_n, dy_n)| {
-        let dy_m = MatRef::row_major(dy_n, pq, g.k);
-        if is_pointwise(g) {
-            gemm(1.0, dy_m, wm, 0.0, dx_n);
-        } else {
-            let mut dcol = vec![0.0; pq * rsc];
-            gemm(1.0, dy_m, wm, 0.0, &mut dcol);
-            col2im(g, &dcol, dx_n);
-        }
+        let dy_n = E::widen(dy_n);
+        let dy_m = MatRef::row_major(&dy_n, pq, g.k);
+        E::through_f32(dx_n, |dx_n| {
+            if is_pointwise(g) {
+                gemm(1.0, dy_m, wm, 0.0, dx_n);
+            } else {
+                let mut dcol = vec![0.0; pq * rsc];
+                gemm(1.0, dy_m, wm, 0.0, &mut dcol);
+                col2im(g, &dcol, dx_n);
+            }
+        });
     });
 }
 
 /// dw [K, R, S, C] = ∂(Σ y·dy)/∂w for y = conv(x, w).
-pub fn conv2d_wgrad(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+pub fn conv2d_wgrad<E: Elem>(g: &Conv2dGeom, x: &[E], dy: &[E], dw: &mut [f32]) {
     let (hwc, pq, rsc) = (g.h * g.w * g.c, g.p * g.q, g.r * g.s * g.c);
     let per_chunk = g.n.div_ceil(WGRAD_CHUNKS).max(1);
     let partials: Vec<Vec<f32>> = (0..g.n)
@@ -114,12 +125,13 @@ pub fn conv2d_wgrad(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
             let mut acc = vec![0.0; g.k * rsc];
             let mut col = if is_pointwise(g) { Vec::new() } else { vec![0.0; pq * rsc] };
             for n in first..(first + per_chunk).min(g.n) {
-                let x_n = &x[n * hwc..(n + 1) * hwc];
-                let dy_t = MatRef::row_major(&dy[n * pq * g.k..(n + 1) * pq * g.k], pq, g.k).t();
+                let x_n = E::widen(&x[n * hwc..(n + 1) * hwc]);
+                let dy_n = E::widen(&dy[n * pq * g.k..(n + 1) * pq * g.k]);
+                let dy_t = MatRef::row_major(&dy_n, pq, g.k).t();
                 let cols = if is_pointwise(g) {
-                    x_n
+                    &x_n[..]
                 } else {
-                    im2col(g, x_n, &mut col);
+                    im2col(g, &x_n, &mut col);
                     &col
                 };
                 gemm(1.0, dy_t, MatRef::row_major(cols, pq, rsc), 1.0, &mut acc);

@@ -2,7 +2,8 @@
 //! and a real backend that trains small models on machines with no GPU.
 //!
 //! The op bodies live in one file per family with the kernel file's name (`conv.rs` ↔
-//! `kernels/conv.cu`); this module checks shapes and allocates outputs.
+//! `kernels/conv.cu`); this module allocates outputs and picks each body's element type
+//! (FP32 or FP16 storage, FP32 arithmetic); the checks are `Backend`'s.
 
 pub mod activation;
 pub mod conv;
@@ -16,14 +17,17 @@ pub mod storage;
 
 use std::sync::{Arc, PoisonError};
 
-use super::check::{self, dims, expect_dims, same_shape};
-use super::error::{OpError, shape_err};
-use super::ops::{Backend, BnForward, BnGrads, BnSaved, LinearGrads};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use super::check::unique;
+use super::error::OpError;
+use super::ops::{Backend, BnForward, BnGrads, BnSaved, GemmGeom, LinearGeom, LinearGrads};
 use super::params::{AdamWParams, BatchNormParams, BceParams, Conv2dGeom, Pool2dGeom, SgdParams};
 use crate::memory::{PoolError, PoolStats};
-use crate::tensor::{Shape, Tensor};
+use crate::tensor::{DType, Shape, Tensor};
 use gemm::MatRef;
-use storage::{HostBuf, SharedPool, default_pool, host_pool};
+use storage::{HostBuf, SharedPool, default_pool, host_pool, with_elem};
 
 /// A tensor in host memory, its storage a block of the backend's pool.
 pub type CpuTensor = Tensor<Arc<HostBuf>>;
@@ -44,22 +48,29 @@ impl CpuBackend {
         self.pool.as_ref().unwrap_or_else(|| default_pool())
     }
 
-    /// A zeroed tensor of `shape` from the pool.
-    fn alloc(&self, shape: impl Into<Shape>) -> Result<CpuTensor, OpError> {
+    /// A zeroed tensor of `shape` and `dtype` from the pool.
+    fn alloc(&self, shape: impl Into<Shape>, dtype: DType) -> Result<CpuTensor, OpError> {
         let shape = shape.into();
-        let buf = HostBuf::zeroed(self.pool(), shape.numel()).map_err(OpError::from)?;
-        Ok(Tensor::from_parts(shape, Arc::new(buf)))
+        let buf = HostBuf::zeroed(self.pool(), shape.numel(), dtype).map_err(OpError::from)?;
+        Ok(Tensor::from_parts(shape, dtype, Arc::new(buf)))
+    }
+
+    /// An FP32 tensor of `data`.
+    fn vector(&self, data: &[f32]) -> Result<CpuTensor, OpError> {
+        let mut t = self.alloc([data.len()], DType::F32)?;
+        f32s_mut(&mut t).copy_from_slice(data);
+        Ok(t)
     }
 }
 
-/// The elements of a tensor this backend just allocated (and so holds alone).
-fn fresh(t: &mut CpuTensor) -> &mut [f32] {
-    Arc::get_mut(t.storage_mut()).expect("a freshly allocated tensor is not shared")
+/// The elements of an FP32 tensor.
+fn f32s(t: &CpuTensor) -> &[f32] {
+    t.storage().f32s()
 }
 
-/// The elements of a tensor an op updates in place, which must not be shared.
-fn exclusive<'a>(op: &'static str, name: &str, t: &'a mut CpuTensor) -> Result<&'a mut [f32], OpError> {
-    check::exclusive(op, name, t).map(|b| &mut **b)
+/// The elements of an FP32 tensor that is unshared (checked, or just allocated).
+fn f32s_mut(t: &mut CpuTensor) -> &mut [f32] {
+    unique(t).f32s_mut()
 }
 
 impl Backend for CpuBackend {
@@ -79,138 +90,116 @@ impl Backend for CpuBackend {
         self.pool().lock().unwrap_or_else(PoisonError::into_inner).trim(0).unwrap_or(0)
     }
 
-    fn tensor(&self, shape: Shape, data: &[f32]) -> Result<CpuTensor, OpError> {
-        if shape.numel() != data.len() {
-            return Err(shape_err(
-                "tensor",
-                format!("{} needs {} elements, got {}", shape, shape.numel(), data.len()),
-            ));
+    fn run_upload(&self, shape: Shape, data: &[f32], dtype: DType) -> Result<CpuTensor, OpError> {
+        let mut t = self.alloc(shape, dtype)?;
+        match dtype {
+            DType::F32 => f32s_mut(&mut t).copy_from_slice(data),
+            DType::F16 => unique(&mut t).get_mut::<f16>().convert_from_f32_slice(data),
         }
-        let mut t = self.alloc(shape)?;
-        fresh(&mut t).copy_from_slice(data);
         Ok(t)
     }
 
-    fn zeros(&self, shape: Shape) -> Result<CpuTensor, OpError> {
-        self.alloc(shape)
+    fn run_zeros(&self, shape: Shape, dtype: DType) -> Result<CpuTensor, OpError> {
+        self.alloc(shape, dtype)
     }
 
-    fn to_vec(&self, t: &CpuTensor) -> Result<Vec<f32>, OpError> {
-        Ok(t.storage().to_vec())
+    fn run_download(&self, t: &CpuTensor) -> Result<Vec<f32>, OpError> {
+        Ok(t.storage().to_f32_vec())
     }
 
-    fn gemm(
+    fn run_cast(&self, x: &CpuTensor, to: DType) -> Result<CpuTensor, OpError> {
+        let mut y = self.alloc(x.shape().clone(), to)?;
+        let (src, dst) = (x.storage(), unique(&mut y));
+        match to {
+            DType::F16 => dst.get_mut::<f16>().convert_from_f32_slice(src.f32s()),
+            DType::F32 => src.get::<f16>().convert_to_f32_slice(dst.f32s_mut()),
+        }
+        Ok(y)
+    }
+
+    fn run_gemm(
         &self,
+        g: &GemmGeom,
         alpha: f32,
         a: &CpuTensor,
-        trans_a: bool,
         b: &CpuTensor,
-        trans_b: bool,
         beta: f32,
         c: &mut CpuTensor,
     ) -> Result<(), OpError> {
-        let [ar, ac] = dims("gemm", "a", a)?;
-        let [br, bc] = dims("gemm", "b", b)?;
-        let [cr, cc] = dims("gemm", "c", c)?;
-        let am = MatRef::row_major(a.storage(), ar, ac);
-        let bm = MatRef::row_major(b.storage(), br, bc);
-        let (am, bm) = (if trans_a { am.t() } else { am }, if trans_b { bm.t() } else { bm });
-        if am.cols != bm.rows || am.rows != cr || bm.cols != cc {
-            return Err(shape_err(
-                "gemm",
-                format!(
-                    "op(a) {}×{} · op(b) {}×{} does not give c {}",
-                    am.rows,
-                    am.cols,
-                    bm.rows,
-                    bm.cols,
-                    c.shape()
-                ),
-            ));
-        }
-        gemm::gemm(alpha, am, bm, beta, exclusive("gemm", "c", c)?);
+        // The stored (untransposed) shapes of a and b.
+        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let am = MatRef::row_major(f32s(a), ar, ac);
+        let bm = MatRef::row_major(f32s(b), br, bc);
+        let (am, bm) = (if g.trans_a { am.t() } else { am }, if g.trans_b { bm.t() } else { bm });
+        gemm::gemm(alpha, am, bm, beta, f32s_mut(c));
         Ok(())
     }
 
-    fn linear_fwd(&self, x: &CpuTensor, w: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor, OpError> {
-        let (n, fin, fout) = check::linear(x, w, b)?;
+    fn run_linear_fwd(
+        &self,
+        g: &LinearGeom,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        b: &CpuTensor,
+    ) -> Result<CpuTensor, OpError> {
+        let LinearGeom { n, fin, fout } = *g;
         // Start from the broadcast bias and let the GEMM accumulate onto it (β = 1).
-        let mut y = self.alloc([n, fout])?;
-        let out = fresh(&mut y);
-        out.chunks_exact_mut(fout).for_each(|row| row.copy_from_slice(b.storage()));
+        let mut y = self.alloc([n, fout], DType::F32)?;
+        let out = f32s_mut(&mut y);
+        out.chunks_exact_mut(fout).for_each(|row| row.copy_from_slice(f32s(b)));
         gemm::gemm(
             1.0,
-            MatRef::row_major(x.storage(), n, fin),
-            MatRef::row_major(w.storage(), fout, fin).t(),
+            MatRef::row_major(f32s(x), n, fin),
+            MatRef::row_major(f32s(w), fout, fin).t(),
             1.0,
             out,
         );
         Ok(y)
     }
 
-    fn linear_bwd(
+    fn run_linear_bwd(
         &self,
+        g: &LinearGeom,
         dy: &CpuTensor,
         x: &CpuTensor,
         w: &CpuTensor,
     ) -> Result<LinearGrads<CpuTensor>, OpError> {
-        let (n, fin, fout) = check::linear_bwd(dy, x, w)?;
-        let dym = MatRef::row_major(dy.storage(), n, fout);
-        let mut dx = self.alloc([n, fin])?;
-        gemm::gemm(1.0, dym, MatRef::row_major(w.storage(), fout, fin), 0.0, fresh(&mut dx));
-        let mut dw = self.alloc([fout, fin])?;
-        gemm::gemm(1.0, dym.t(), MatRef::row_major(x.storage(), n, fin), 0.0, fresh(&mut dw));
-        let mut db = self.alloc([fout])?;
-        pooling::mean_rows(dy.storage(), n, fout, fresh(&mut db));
-        eltwise::scale(fresh(&mut db), n as f32);
+        let LinearGeom { n, fin, fout } = *g;
+        let dym = MatRef::row_major(f32s(dy), n, fout);
+        let mut dx = self.alloc([n, fin], DType::F32)?;
+        gemm::gemm(1.0, dym, MatRef::row_major(f32s(w), fout, fin), 0.0, f32s_mut(&mut dx));
+        let mut dw = self.alloc([fout, fin], DType::F32)?;
+        gemm::gemm(1.0, dym.t(), MatRef::row_major(f32s(x), n, fin), 0.0, f32s_mut(&mut dw));
+        let mut db = self.alloc([fout], DType::F32)?;
+        pooling::mean_rows(f32s(dy), n, fout, f32s_mut(&mut db));
+        eltwise::scale(f32s_mut(&mut db), n as f32);
         Ok(LinearGrads { dx, dw, db })
     }
 
-    fn conv2d_fwd(
-        &self,
-        x: &CpuTensor,
-        w: &CpuTensor,
-        stride: [usize; 2],
-        pad: [usize; 2],
-    ) -> Result<CpuTensor, OpError> {
-        let g = Conv2dGeom::new(dims("conv2d", "x", x)?, dims("conv2d", "w", w)?, stride, pad)?;
-        let mut y = self.alloc(g.y_dims())?;
-        conv::conv2d_fwd(&g, x.storage(), w.storage(), fresh(&mut y));
+    fn run_conv2d_fwd(&self, g: &Conv2dGeom, x: &CpuTensor, w: &CpuTensor) -> Result<CpuTensor, OpError> {
+        let mut y = self.alloc(g.y_dims(), x.dtype())?;
+        let w = w.storage().to_f32_vec();
+        with_elem!(x.dtype(), E => conv::conv2d_fwd(g, x.storage().get::<E>(), &w, unique(&mut y).get_mut::<E>()));
         Ok(y)
     }
 
-    fn conv2d_dgrad(
-        &self,
-        dy: &CpuTensor,
-        w: &CpuTensor,
-        x_dims: [usize; 4],
-        stride: [usize; 2],
-        pad: [usize; 2],
-    ) -> Result<CpuTensor, OpError> {
-        let g = Conv2dGeom::new(x_dims, dims("conv2d_dgrad", "w", w)?, stride, pad)?;
-        expect_dims("conv2d_dgrad", "dy", dy, &g.y_dims())?;
-        let mut dx = self.alloc(x_dims)?;
-        conv::conv2d_dgrad(&g, dy.storage(), w.storage(), fresh(&mut dx));
+    fn run_conv2d_dgrad(&self, g: &Conv2dGeom, dy: &CpuTensor, w: &CpuTensor) -> Result<CpuTensor, OpError> {
+        let mut dx = self.alloc([g.n, g.h, g.w, g.c], dy.dtype())?;
+        let w = w.storage().to_f32_vec();
+        with_elem!(dy.dtype(), E => conv::conv2d_dgrad(g, dy.storage().get::<E>(), &w, unique(&mut dx).get_mut::<E>()));
         Ok(dx)
     }
 
-    fn conv2d_wgrad(
-        &self,
-        x: &CpuTensor,
-        dy: &CpuTensor,
-        w_dims: [usize; 4],
-        stride: [usize; 2],
-        pad: [usize; 2],
-    ) -> Result<CpuTensor, OpError> {
-        let g = Conv2dGeom::new(dims("conv2d_wgrad", "x", x)?, w_dims, stride, pad)?;
-        expect_dims("conv2d_wgrad", "dy", dy, &g.y_dims())?;
-        let mut dw = self.alloc(w_dims)?;
-        conv::conv2d_wgrad(&g, x.storage(), dy.storage(), fresh(&mut dw));
+    fn run_conv2d_wgrad(&self, g: &Conv2dGeom, x: &CpuTensor, dy: &CpuTensor) -> Result<CpuTensor, OpError> {
+        let mut dw = self.alloc([g.k, g.r, g.s, g.c], DType::F32)?;
+        with_elem!(x.dtype(), E => conv::conv2d_wgrad(g, x.storage().get::<E>(), dy.storage().get::<E>(), f32s_mut(&mut dw)));
         Ok(dw)
     }
 
-    fn batch_norm_fwd_train(
+    fn run_batch_norm_fwd_train(
         &self,
+        c: usize,
         x: &CpuTensor,
         gamma: &CpuTensor,
         beta: &CpuTensor,
@@ -218,33 +207,24 @@ impl Backend for CpuBackend {
         running_var: &mut CpuTensor,
         params: &BatchNormParams,
     ) -> Result<BnForward<CpuTensor>, OpError> {
-        let vectors = [
-            ("gamma", gamma),
-            ("beta", beta),
-            ("running_mean", &*running_mean),
-            ("running_var", &*running_var),
-        ];
-        let c = check::batch_norm("batch_norm", x, &vectors)?;
-        let mut y = self.alloc(x.shape().clone())?;
-        let (mean, invstd) = norm::batch_norm_fwd_train(
-            x.storage(),
+        let mut y = self.alloc(x.shape().clone(), x.dtype())?;
+        let (mean, invstd) = with_elem!(x.dtype(), E => norm::batch_norm_fwd_train(
+            x.storage().get::<E>(),
             c,
-            gamma.storage(),
-            beta.storage(),
-            exclusive("batch_norm", "running_mean", running_mean)?,
-            exclusive("batch_norm", "running_var", running_var)?,
+            f32s(gamma),
+            f32s(beta),
+            f32s_mut(running_mean),
+            f32s_mut(running_var),
             params,
-            fresh(&mut y),
-        );
-        let saved = BnSaved {
-            mean: self.tensor(Shape::from([c]), &mean)?,
-            invstd: self.tensor(Shape::from([c]), &invstd)?,
-        };
+            unique(&mut y).get_mut::<E>(),
+        ));
+        let saved = BnSaved { mean: self.vector(&mean)?, invstd: self.vector(&invstd)? };
         Ok(BnForward { y, saved })
     }
 
-    fn batch_norm_fwd_eval(
+    fn run_batch_norm_fwd_eval(
         &self,
+        c: usize,
         x: &CpuTensor,
         gamma: &CpuTensor,
         beta: &CpuTensor,
@@ -252,166 +232,138 @@ impl Backend for CpuBackend {
         running_var: &CpuTensor,
         params: &BatchNormParams,
     ) -> Result<CpuTensor, OpError> {
-        let vectors =
-            [("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)];
-        let c = check::batch_norm("batch_norm", x, &vectors)?;
-        let mut y = self.alloc(x.shape().clone())?;
-        norm::batch_norm_fwd_eval(
-            x.storage(),
+        let mut y = self.alloc(x.shape().clone(), x.dtype())?;
+        with_elem!(x.dtype(), E => norm::batch_norm_fwd_eval(
+            x.storage().get::<E>(),
             c,
-            gamma.storage(),
-            beta.storage(),
-            running_mean.storage(),
-            running_var.storage(),
+            f32s(gamma),
+            f32s(beta),
+            f32s(running_mean),
+            f32s(running_var),
             params,
-            fresh(&mut y),
-        );
+            unique(&mut y).get_mut::<E>(),
+        ));
         Ok(y)
     }
 
-    fn batch_norm_bwd(
+    fn run_batch_norm_bwd(
         &self,
+        c: usize,
         dy: &CpuTensor,
         x: &CpuTensor,
         gamma: &CpuTensor,
         saved: &BnSaved<CpuTensor>,
         relu_y: Option<&CpuTensor>,
     ) -> Result<BnGrads<CpuTensor>, OpError> {
-        let c = check::batch_norm_bwd(dy, x, gamma, saved, relu_y)?;
-        let mut dx = self.alloc(x.shape().clone())?;
-        let (dgamma, dbeta) = norm::batch_norm_bwd(
-            dy.storage(),
-            x.storage(),
+        let mut dx = self.alloc(x.shape().clone(), x.dtype())?;
+        let (dgamma, dbeta) = with_elem!(x.dtype(), E => norm::batch_norm_bwd(
+            dy.storage().get::<E>(),
+            x.storage().get::<E>(),
             c,
-            gamma.storage(),
-            saved.mean.storage(),
-            saved.invstd.storage(),
-            relu_y.map(|y| &y.storage()[..]),
-            fresh(&mut dx),
-        );
-        Ok(BnGrads {
-            dx,
-            dgamma: self.tensor(Shape::from([c]), &dgamma)?,
-            dbeta: self.tensor(Shape::from([c]), &dbeta)?,
-        })
+            f32s(gamma),
+            f32s(&saved.mean),
+            f32s(&saved.invstd),
+            relu_y.map(|y| y.storage().get::<E>()),
+            unique(&mut dx).get_mut::<E>(),
+        ));
+        Ok(BnGrads { dx, dgamma: self.vector(&dgamma)?, dbeta: self.vector(&dbeta)? })
     }
 
-    fn relu_fwd(&self, x: &CpuTensor) -> Result<CpuTensor, OpError> {
-        let mut y = self.alloc(x.shape().clone())?;
-        eltwise::relu_fwd(x.storage(), fresh(&mut y));
+    fn run_relu_fwd(&self, x: &CpuTensor) -> Result<CpuTensor, OpError> {
+        let mut y = self.alloc(x.shape().clone(), x.dtype())?;
+        with_elem!(x.dtype(), E => eltwise::relu_fwd(x.storage().get::<E>(), unique(&mut y).get_mut::<E>()));
         Ok(y)
     }
 
-    fn relu_bwd(&self, dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor, OpError> {
-        same_shape("relu_bwd", ("dy", dy), ("y", y))?;
-        let mut dx = self.alloc(y.shape().clone())?;
-        eltwise::relu_bwd(dy.storage(), y.storage(), fresh(&mut dx));
+    fn run_relu_bwd(&self, dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor, OpError> {
+        let mut dx = self.alloc(y.shape().clone(), y.dtype())?;
+        with_elem!(y.dtype(), E => eltwise::relu_bwd(
+            dy.storage().get::<E>(),
+            y.storage().get::<E>(),
+            unique(&mut dx).get_mut::<E>(),
+        ));
         Ok(dx)
     }
 
-    fn add_assign(&self, y: &mut CpuTensor, x: &CpuTensor) -> Result<(), OpError> {
-        same_shape("add", ("y", y), ("x", x))?;
-        eltwise::add_assign(exclusive("add", "y", y)?, x.storage());
+    fn run_add_assign(&self, y: &mut CpuTensor, x: &CpuTensor) -> Result<(), OpError> {
+        with_elem!(x.dtype(), E => eltwise::add_assign(unique(y).get_mut::<E>(), x.storage().get::<E>()));
         Ok(())
     }
 
-    fn scale(&self, y: &mut CpuTensor, alpha: f32) -> Result<(), OpError> {
-        eltwise::scale(exclusive("scale", "y", y)?, alpha);
+    fn run_scale(&self, y: &mut CpuTensor, alpha: f32) -> Result<(), OpError> {
+        eltwise::scale(f32s_mut(y), alpha);
         Ok(())
     }
 
-    fn fill(&self, y: &mut CpuTensor, value: f32) -> Result<(), OpError> {
-        eltwise::fill(exclusive("fill", "y", y)?, value);
+    fn run_fill(&self, y: &mut CpuTensor, value: f32) -> Result<(), OpError> {
+        eltwise::fill(f32s_mut(y), value);
         Ok(())
     }
 
-    fn sigmoid(&self, x: &CpuTensor) -> Result<CpuTensor, OpError> {
-        let mut y = self.alloc(x.shape().clone())?;
-        eltwise::sigmoid(x.storage(), fresh(&mut y));
+    fn run_sigmoid(&self, x: &CpuTensor) -> Result<CpuTensor, OpError> {
+        let mut y = self.alloc(x.shape().clone(), DType::F32)?;
+        eltwise::sigmoid(f32s(x), f32s_mut(&mut y));
         Ok(y)
     }
 
-    fn max_pool2d_fwd(
-        &self,
-        x: &CpuTensor,
-        window: usize,
-        stride: usize,
-        pad: usize,
-    ) -> Result<CpuTensor, OpError> {
-        let g = Pool2dGeom::new(dims("max_pool2d", "x", x)?, window, stride, pad)?;
-        let mut y = self.alloc(g.y_dims())?;
-        pooling::max_pool2d_fwd(&g, x.storage(), fresh(&mut y));
+    fn run_max_pool2d_fwd(&self, g: &Pool2dGeom, x: &CpuTensor) -> Result<CpuTensor, OpError> {
+        let mut y = self.alloc(g.y_dims(), x.dtype())?;
+        with_elem!(x.dtype(), E => pooling::max_pool2d_fwd(g, x.storage().get::<E>(), unique(&mut y).get_mut::<E>()));
         Ok(y)
     }
 
-    fn max_pool2d_bwd(
+    fn run_max_pool2d_bwd(
         &self,
+        g: &Pool2dGeom,
         x: &CpuTensor,
         dy: &CpuTensor,
-        window: usize,
-        stride: usize,
-        pad: usize,
     ) -> Result<CpuTensor, OpError> {
-        let g = Pool2dGeom::new(dims("max_pool2d_bwd", "x", x)?, window, stride, pad)?;
-        expect_dims("max_pool2d_bwd", "dy", dy, &g.y_dims())?;
-        let mut dx = self.alloc(x.shape().clone())?;
-        pooling::max_pool2d_bwd(&g, x.storage(), dy.storage(), fresh(&mut dx));
+        let mut dx = self.alloc(x.shape().clone(), x.dtype())?;
+        with_elem!(x.dtype(), E => pooling::max_pool2d_bwd(
+            g,
+            x.storage().get::<E>(),
+            dy.storage().get::<E>(),
+            unique(&mut dx).get_mut::<E>(),
+        ));
         Ok(dx)
     }
 
-    fn global_avg_pool_fwd(&self, x: &CpuTensor) -> Result<CpuTensor, OpError> {
-        let [n, h, w, c] = dims("global_avg_pool", "x", x)?;
-        let mut y = self.alloc([n, c])?;
-        pooling::mean_rows(x.storage(), h * w, c, fresh(&mut y));
+    fn run_mean_rows(&self, x: &CpuTensor, group: usize, out: Shape) -> Result<CpuTensor, OpError> {
+        let c = *out.dims().last().unwrap_or(&1);
+        let mut y = self.alloc(out, x.dtype())?;
+        with_elem!(x.dtype(), E => pooling::mean_rows(x.storage().get::<E>(), group, c, unique(&mut y).get_mut::<E>()));
         Ok(y)
     }
 
-    fn global_avg_pool_bwd(&self, dy: &CpuTensor, x_dims: [usize; 4]) -> Result<CpuTensor, OpError> {
-        let [n, h, w, c] = x_dims;
-        expect_dims("global_avg_pool_bwd", "dy", dy, &[n, c])?;
-        let mut dx = self.alloc(x_dims)?;
-        pooling::mean_rows_bwd(dy.storage(), h * w, c, fresh(&mut dx));
+    fn run_mean_rows_bwd(&self, dy: &CpuTensor, group: usize, out: Shape) -> Result<CpuTensor, OpError> {
+        let c = *dy.dims().last().unwrap_or(&1);
+        let mut dx = self.alloc(out, dy.dtype())?;
+        with_elem!(dy.dtype(), E => pooling::mean_rows_bwd(dy.storage().get::<E>(), group, c, unique(&mut dx).get_mut::<E>()));
         Ok(dx)
     }
 
-    fn temporal_mean_fwd(&self, x: &CpuTensor, t: usize) -> Result<CpuTensor, OpError> {
-        let [bt, c] = dims("temporal_mean", "x", x)?;
-        let mut y = self.alloc([check::clips("temporal_mean", bt, t)?, c])?;
-        pooling::mean_rows(x.storage(), t, c, fresh(&mut y));
-        Ok(y)
-    }
-
-    fn temporal_mean_bwd(&self, dy: &CpuTensor, t: usize) -> Result<CpuTensor, OpError> {
-        let [b, c] = dims("temporal_mean_bwd", "dy", dy)?;
-        let mut dx = self.alloc([b * t, c])?;
-        pooling::mean_rows_bwd(dy.storage(), t, c, fresh(&mut dx));
-        Ok(dx)
-    }
-
-    fn bce_with_logits_fwd(
+    fn run_bce_with_logits_fwd(
         &self,
         logits: &CpuTensor,
         targets: &CpuTensor,
         params: &BceParams,
     ) -> Result<f32, OpError> {
-        same_shape("bce_with_logits", ("logits", logits), ("targets", targets))?;
-        Ok(loss::bce_with_logits_fwd(logits.storage(), targets.storage(), params))
+        Ok(loss::bce_with_logits_fwd(f32s(logits), f32s(targets), params))
     }
 
-    fn bce_with_logits_bwd(
+    fn run_bce_with_logits_bwd(
         &self,
         logits: &CpuTensor,
         targets: &CpuTensor,
         params: &BceParams,
         scale: f32,
     ) -> Result<CpuTensor, OpError> {
-        same_shape("bce_with_logits_bwd", ("logits", logits), ("targets", targets))?;
-        let mut grad = self.alloc(logits.shape().clone())?;
-        loss::bce_with_logits_bwd(logits.storage(), targets.storage(), params, scale, fresh(&mut grad));
+        let mut grad = self.alloc(logits.shape().clone(), DType::F32)?;
+        loss::bce_with_logits_bwd(f32s(logits), f32s(targets), params, scale, f32s_mut(&mut grad));
         Ok(grad)
     }
 
-    fn adamw_step(
+    fn run_adamw_step(
         &self,
         p: &mut CpuTensor,
         g: &CpuTensor,
@@ -420,19 +372,11 @@ impl Backend for CpuBackend {
         hp: &AdamWParams,
         step: u64,
     ) -> Result<(), OpError> {
-        same_shape("adamw", ("param", p), ("grad", g))?;
-        same_shape("adamw", ("m", m), ("grad", g))?;
-        same_shape("adamw", ("v", v), ("grad", g))?;
-        if step == 0 {
-            return Err(shape_err("adamw", "step counts from 1"));
-        }
-        let (p, m, v) =
-            (exclusive("adamw", "param", p)?, exclusive("adamw", "m", m)?, exclusive("adamw", "v", v)?);
-        optim::adamw_step(p, g.storage(), m, v, hp, step);
+        optim::adamw_step(f32s_mut(p), f32s(g), f32s_mut(m), f32s_mut(v), hp, step);
         Ok(())
     }
 
-    fn sgd_step(
+    fn run_sgd_step(
         &self,
         p: &mut CpuTensor,
         g: &CpuTensor,
@@ -440,18 +384,15 @@ impl Backend for CpuBackend {
         hp: &SgdParams,
         first_step: bool,
     ) -> Result<(), OpError> {
-        same_shape("sgd", ("param", p), ("grad", g))?;
-        same_shape("sgd", ("momentum_buf", momentum_buf), ("grad", g))?;
-        let (p, buf) = (exclusive("sgd", "param", p)?, exclusive("sgd", "momentum_buf", momentum_buf)?);
-        optim::sgd_step(p, g.storage(), buf, hp, first_step);
+        optim::sgd_step(f32s_mut(p), f32s(g), f32s_mut(momentum_buf), hp, first_step);
         Ok(())
     }
 
-    fn unscale_check(&self, g: &mut CpuTensor, inv_scale: f32) -> Result<bool, OpError> {
-        Ok(optim::unscale_check(exclusive("unscale", "grad", g)?, inv_scale))
+    fn run_unscale_check(&self, g: &mut CpuTensor, inv_scale: f32) -> Result<bool, OpError> {
+        Ok(optim::unscale_check(f32s_mut(g), inv_scale))
     }
 
-    fn sum_squares(&self, g: &CpuTensor) -> Result<f64, OpError> {
-        Ok(optim::sum_squares(g.storage()))
+    fn run_sum_squares(&self, g: &CpuTensor) -> Result<f64, OpError> {
+        Ok(optim::sum_squares(f32s(g)))
     }
 }

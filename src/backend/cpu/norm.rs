@@ -4,8 +4,13 @@
 //! order: deterministic whatever the thread count, and exact enough that the f32
 //! variance of a large batch does not drift from PyTorch's. Variance is two-pass (mean
 //! first), which stays accurate when |mean| ≫ std.
+//!
+//! Activations (x, y, dy, dx) are FP32 or FP16 (`Elem`); statistics, γ, β and their
+//! gradients are FP32, and all arithmetic is FP32 or f64, rounded once on store.
 
 use rayon::prelude::*;
+
+use super::storage::Elem;
 
 use crate::backend::params::{BatchNormParams, STATS_CHUNK_ROWS};
 
@@ -34,19 +39,20 @@ fn channel_sums(m: usize, c: usize, f: impl Fn(usize, usize) -> f64 + Sync) -> V
 /// saved `(mean, invstd)` for backward, and updates the running statistics (the running
 /// variance with the unbiased batch variance, as PyTorch does).
 #[allow(clippy::too_many_arguments)]
-pub fn batch_norm_fwd_train(
-    x: &[f32],
+pub fn batch_norm_fwd_train<E: Elem>(
+    x: &[E],
     c: usize,
     gamma: &[f32],
     beta: &[f32],
     running_mean: &mut [f32],
     running_var: &mut [f32],
     params: &BatchNormParams,
-    y: &mut [f32],
+    y: &mut [E],
 ) -> (Vec<f32>, Vec<f32>) {
     let m = x.len() / c;
-    let mean: Vec<f64> = channel_sums(m, c, |i, _| x[i] as f64).into_iter().map(|s| s / m as f64).collect();
-    let var: Vec<f64> = channel_sums(m, c, |i, ch| (x[i] as f64 - mean[ch]).powi(2))
+    let mean: Vec<f64> =
+        channel_sums(m, c, |i, _| x[i].to_f32() as f64).into_iter().map(|s| s / m as f64).collect();
+    let var: Vec<f64> = channel_sums(m, c, |i, ch| (x[i].to_f32() as f64 - mean[ch]).powi(2))
         .into_iter()
         .map(|s| s / m as f64)
         .collect();
@@ -64,36 +70,36 @@ pub fn batch_norm_fwd_train(
 
 /// Eval-mode forward with the running statistics.
 #[allow(clippy::too_many_arguments)]
-pub fn batch_norm_fwd_eval(
-    x: &[f32],
+pub fn batch_norm_fwd_eval<E: Elem>(
+    x: &[E],
     c: usize,
     gamma: &[f32],
     beta: &[f32],
     running_mean: &[f32],
     running_var: &[f32],
     params: &BatchNormParams,
-    y: &mut [f32],
+    y: &mut [E],
 ) {
     let invstd: Vec<f32> = running_var.iter().map(|&v| 1.0 / (v + params.eps).sqrt()).collect();
     normalise(x, c, running_mean, &invstd, gamma, beta, params.relu, y);
 }
 
 #[allow(clippy::too_many_arguments)]
-fn normalise(
-    x: &[f32],
+fn normalise<E: Elem>(
+    x: &[E],
     c: usize,
     mean: &[f32],
     invstd: &[f32],
     gamma: &[f32],
     beta: &[f32],
     relu: bool,
-    y: &mut [f32],
+    y: &mut [E],
 ) {
     y.par_chunks_mut(STATS_CHUNK_ROWS * c).zip(x.par_chunks(STATS_CHUNK_ROWS * c)).for_each(|(yc, xc)| {
         for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
             for ch in 0..c {
-                let v = (xr[ch] - mean[ch]) * invstd[ch] * gamma[ch] + beta[ch];
-                yr[ch] = if relu { v.max(0.0) } else { v };
+                let v = (xr[ch].to_f32() - mean[ch]) * invstd[ch] * gamma[ch] + beta[ch];
+                yr[ch] = E::from_f32(if relu { v.max(0.0) } else { v });
             }
         }
     });
@@ -102,28 +108,28 @@ fn normalise(
 /// Backward of the training-mode forward. `y` is the forward output, needed only when
 /// the ReLU was fused (it masks `dy`). Writes `dx`, returns `(dgamma, dbeta)`.
 #[allow(clippy::too_many_arguments)]
-pub fn batch_norm_bwd(
-    dy: &[f32],
-    x: &[f32],
+pub fn batch_norm_bwd<E: Elem>(
+    dy: &[E],
+    x: &[E],
     c: usize,
     gamma: &[f32],
     mean: &[f32],
     invstd: &[f32],
-    relu_y: Option<&[f32]>,
-    dx: &mut [f32],
+    relu_y: Option<&[E]>,
+    dx: &mut [E],
 ) -> (Vec<f32>, Vec<f32>) {
     let m = x.len() / c;
     // The gradient reaching the normalisation: dy, zeroed where the fused ReLU clipped.
-    let masked: Vec<f32>;
-    let g: &[f32] = match relu_y {
-        Some(y) => {
-            masked = dy.par_iter().zip(y.par_iter()).map(|(&d, &v)| if v > 0.0 { d } else { 0.0 }).collect();
-            &masked
-        }
-        None => dy,
+    let g: Vec<f32> = match relu_y {
+        Some(y) => dy
+            .par_iter()
+            .zip(y.par_iter())
+            .map(|(d, v)| if v.to_f32() > 0.0 { d.to_f32() } else { 0.0 })
+            .collect(),
+        None => dy.par_iter().map(|d| d.to_f32()).collect(),
     };
     let dbeta = channel_sums(m, c, |i, _| g[i] as f64);
-    let dgamma = channel_sums(m, c, |i, ch| g[i] as f64 * ((x[i] - mean[ch]) * invstd[ch]) as f64);
+    let dgamma = channel_sums(m, c, |i, ch| g[i] as f64 * ((x[i].to_f32() - mean[ch]) * invstd[ch]) as f64);
     let (db32, dg32): (Vec<f32>, Vec<f32>) =
         dbeta.iter().zip(&dgamma).map(|(&b, &g)| ((b / m as f64) as f32, (g / m as f64) as f32)).unzip();
     dx.par_chunks_mut(STATS_CHUNK_ROWS * c)
@@ -132,8 +138,8 @@ pub fn batch_norm_bwd(
         .for_each(|((dxc, gc), xc)| {
             for ((dr, gr), xr) in dxc.chunks_exact_mut(c).zip(gc.chunks_exact(c)).zip(xc.chunks_exact(c)) {
                 for ch in 0..c {
-                    let xhat = (xr[ch] - mean[ch]) * invstd[ch];
-                    dr[ch] = gamma[ch] * invstd[ch] * (gr[ch] - db32[ch] - xhat * dg32[ch]);
+                    let xhat = (xr[ch].to_f32() - mean[ch]) * invstd[ch];
+                    dr[ch] = E::from_f32(gamma[ch] * invstd[ch] * (gr[ch] - db32[ch] - xhat * dg32[ch]));
                 }
             }
         });

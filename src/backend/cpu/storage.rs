@@ -5,11 +5,86 @@
 //! Storage is reference-counted (`Arc<HostBuf>`): a layer's output is also what its
 //! backward needs, and sharing it costs nothing. Ops that write in place require the
 //! tensor to be unshared.
+//!
+//! A buffer holds FP32 or FP16 elements, as the CUDA backend's do, so that a run plans
+//! and measures the same footprint on either; arithmetic is FP32 (`Elem` widens on load
+//! and rounds to nearest even on store, as the kernels' `__half2float` / `__float2half_rn`).
 
-use std::ops::{Deref, DerefMut};
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
 use crate::memory::{Allocation, HostBacking, Pool, PoolError};
+use crate::tensor::DType;
+
+/// An element type a host buffer stores: loaded as f32, stored from f32.
+pub trait Elem: Copy + Send + Sync + PartialOrd + 'static {
+    const DTYPE: DType;
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32) -> Self;
+    /// The elements as f32: borrowed when they are, else widened (`half`'s slice
+    /// conversion) into a new vector.
+    fn widen(x: &[Self]) -> Cow<'_, [f32]>;
+    /// Runs `f` on an f32 view of `out`: `out` itself when it is f32, else scratch that is
+    /// then rounded into `out`.
+    fn through_f32(out: &mut [Self], f: impl FnOnce(&mut [f32]));
+}
+
+impl Elem for f32 {
+    const DTYPE: DType = DType::F32;
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn widen(x: &[f32]) -> Cow<'_, [f32]> {
+        Cow::Borrowed(x)
+    }
+    fn through_f32(out: &mut [f32], f: impl FnOnce(&mut [f32])) {
+        f(out)
+    }
+}
+
+impl Elem for f16 {
+    const DTYPE: DType = DType::F16;
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    fn widen(x: &[f16]) -> Cow<'_, [f32]> {
+        let mut wide = vec![0.0; x.len()];
+        x.convert_to_f32_slice(&mut wide);
+        Cow::Owned(wide)
+    }
+    fn through_f32(out: &mut [f16], f: impl FnOnce(&mut [f32])) {
+        let mut wide = vec![0.0; out.len()];
+        f(&mut wide);
+        out.convert_from_f32_slice(&wide);
+    }
+}
+
+/// Runs `$body` with the type alias `$E` set to the element type of `$dtype`: one
+/// generic op body serves FP32 and FP16 tensors.
+macro_rules! with_elem {
+    ($dtype:expr, $E:ident => $body:expr) => {
+        match $dtype {
+            $crate::tensor::DType::F32 => {
+                type $E = f32;
+                $body
+            }
+            $crate::tensor::DType::F16 => {
+                type $E = half::f16;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_elem;
 
 pub type SharedPool = Arc<Mutex<Pool<HostBacking>>>;
 
@@ -33,11 +108,12 @@ pub fn default_pool() -> &'static SharedPool {
     })
 }
 
-/// `len` f32 elements in a pool block, returned to the pool on drop.
+/// `len` elements of `dtype` in a pool block, returned to the pool on drop.
 pub struct HostBuf {
     pool: SharedPool,
     alloc: Allocation,
     len: usize,
+    dtype: DType,
 }
 
 // SAFETY: a HostBuf owns its block exclusively (like a Vec<f32>); the pool it returns the
@@ -46,28 +122,45 @@ unsafe impl Send for HostBuf {}
 unsafe impl Sync for HostBuf {}
 
 impl HostBuf {
-    /// `len` zeros from `pool`.
-    pub fn zeroed(pool: &SharedPool, len: usize) -> Result<Self, PoolError> {
-        let alloc = pool.lock().unwrap_or_else(PoisonError::into_inner).alloc(len * 4, 0)?;
-        let mut buf = HostBuf { pool: pool.clone(), alloc, len };
-        buf.fill(0.0);
-        Ok(buf)
+    /// `len` zeros of `dtype` from `pool`.
+    pub fn zeroed(pool: &SharedPool, len: usize, dtype: DType) -> Result<Self, PoolError> {
+        let bytes = len * dtype.size();
+        let alloc = pool.lock().unwrap_or_else(PoisonError::into_inner).alloc(bytes, 0)?;
+        // SAFETY: the block is mapped read-write and holds at least `bytes` bytes.
+        unsafe { std::ptr::write_bytes(alloc.ptr as *mut u8, 0, bytes) };
+        Ok(HostBuf { pool: pool.clone(), alloc, len, dtype })
     }
-}
 
-impl Deref for HostBuf {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        // SAFETY: the block is mapped read-write, 512-byte aligned, at least len·4 bytes,
-        // and owned by this buffer alone until drop.
-        unsafe { std::slice::from_raw_parts(self.alloc.ptr as *const f32, self.len) }
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
-}
 
-impl DerefMut for HostBuf {
-    fn deref_mut(&mut self) -> &mut [f32] {
-        // SAFETY: as in `deref`; `&mut self` makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.alloc.ptr as *mut f32, self.len) }
+    /// The elements as `E`, which must be the buffer's dtype (the op checks saw to it).
+    pub fn get<E: Elem>(&self) -> &[E] {
+        assert_eq!(E::DTYPE, self.dtype, "a {} buffer read as {}", self.dtype, E::DTYPE);
+        // SAFETY: the block is mapped read-write, 512-byte aligned, at least len elements
+        // of E (its dtype, asserted), and owned by this buffer alone until drop.
+        unsafe { std::slice::from_raw_parts(self.alloc.ptr as *const E, self.len) }
+    }
+
+    pub fn get_mut<E: Elem>(&mut self) -> &mut [E] {
+        assert_eq!(E::DTYPE, self.dtype, "a {} buffer written as {}", self.dtype, E::DTYPE);
+        // SAFETY: as in `get`; `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.alloc.ptr as *mut E, self.len) }
+    }
+
+    /// The FP32 elements (weights, gradients, statistics: FP32 by the op checks).
+    pub fn f32s(&self) -> &[f32] {
+        self.get::<f32>()
+    }
+
+    pub fn f32s_mut(&mut self) -> &mut [f32] {
+        self.get_mut::<f32>()
+    }
+
+    /// The elements widened to f32.
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        with_elem!(self.dtype, E => self.get::<E>().iter().map(|v| v.to_f32()).collect())
     }
 }
 
@@ -81,12 +174,13 @@ impl Drop for HostBuf {
 
 impl std::fmt::Debug for HostBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
+        write!(f, "{} ", self.dtype)?;
+        f.debug_list().entries(self.to_f32_vec()).finish()
     }
 }
 
 impl PartialEq for HostBuf {
     fn eq(&self, other: &Self) -> bool {
-        **self == **other
+        self.dtype == other.dtype && self.to_f32_vec() == other.to_f32_vec()
     }
 }

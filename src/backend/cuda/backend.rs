@@ -1,38 +1,57 @@
 //! The CUDA backend: every op of `ops::Backend` on the GPU, tensors in blocks of the
 //! device pool.
 //!
-//! Precision: tensors are FP32 (master weights, activations, gradients), and the
-//! convolutions and linear layers feed the tensor cores FP16 copies made by a cast kernel
-//! into pool scratch just before the product — PyTorch autocast's recipe, with FP32
-//! accumulation and output. Keeping activations in FP16 between layers (half the
-//! activation memory the planner's mixed mode assumes) is the next step; runs on this
-//! backend plan as FP32 until then.
+//! Precision: tensors are FP32 or FP16 (`DeviceBuf`). Under mixed precision activations
+//! and their gradients are FP16 from the input on: the tensor-core convolutions read them
+//! (and the FP16 weight copy the model makes once per step) directly and write FP16
+//! outputs from their FP32 accumulators, and batch norm, ReLU, the residual add and the
+//! pools have FP16 kernels with FP32 arithmetic — no cast pass between layers. With
+//! `mixed_precision = false` tensors are FP32 and each product casts FP16 copies of its
+//! operands into pool scratch just before it (PyTorch autocast's recipe), with FP32
+//! output. The linear head, the loss and the optimizer are FP32 in both.
 
 use std::sync::{Arc, PoisonError};
 
 use cudarc::driver::CudaSlice;
 use half::f16;
 
-use super::buffer::PoolSlice;
+use super::buffer::{DeviceBuf, DeviceElem, PoolSlice, with_elem};
 use super::conv::{self, Epilogue};
 use super::device::{CudaError, Device};
 use super::eltwise;
 use super::gemm::{GemmNt, GemmOut, GemmRef, gemm_nt, gemm_reference};
 use super::{loss, norm, optim, pooling};
-use crate::backend::check::{self, dims, expect_dims, same_shape};
-use crate::backend::error::{OpError, shape_err};
-use crate::backend::ops::{Backend, BnForward, BnGrads, BnSaved, LinearGrads};
+use crate::backend::check::unique;
+use crate::backend::error::OpError;
+use crate::backend::ops::{Backend, BnForward, BnGrads, BnSaved, GemmGeom, LinearGeom, LinearGrads};
 use crate::backend::params::{AdamWParams, BatchNormParams, BceParams, Conv2dGeom, Pool2dGeom, SgdParams};
 use crate::memory::PoolStats;
-use crate::tensor::{Shape, Tensor};
+use crate::tensor::{DType, Shape, Tensor};
 
 /// A tensor in device memory.
-pub type CudaTensor = Tensor<Arc<PoolSlice<f32>>>;
+pub type CudaTensor = Tensor<Arc<DeviceBuf>>;
 
 /// The CUDA backend on one device.
 #[derive(Clone)]
 pub struct CudaBackend {
     dev: Arc<Device>,
+}
+
+/// An FP16 operand of a tensor-core kernel: the tensor's own buffer when it is FP16, else
+/// an FP16 copy in pool scratch (FP32 tensors, and the FP32 linear head).
+enum Half<'a> {
+    Borrowed(&'a CudaSlice<f16>),
+    Copied(PoolSlice<f16>),
+}
+
+impl std::ops::Deref for Half<'_> {
+    type Target = CudaSlice<f16>;
+    fn deref(&self) -> &CudaSlice<f16> {
+        match self {
+            Half::Borrowed(s) => s,
+            Half::Copied(s) => s,
+        }
+    }
 }
 
 impl CudaBackend {
@@ -49,36 +68,46 @@ impl CudaBackend {
         &self.dev
     }
 
-    fn alloc(&self, shape: impl Into<Shape>) -> Result<CudaTensor, OpError> {
+    fn alloc(&self, shape: impl Into<Shape>, dtype: DType) -> Result<CudaTensor, OpError> {
         let shape = shape.into();
-        let buf = self.dev.alloc::<f32>(shape.numel())?;
-        Ok(Tensor::from_parts(shape, Arc::new(buf)))
+        let n = shape.numel();
+        let buf = with_elem!(dtype, E => E::wrap(self.dev.alloc::<E>(n)?));
+        Ok(Tensor::from_parts(shape, dtype, Arc::new(buf)))
     }
 
-    /// An FP16 copy of `t` in pool scratch, for the tensor-core kernels.
-    fn half(&self, t: &CudaTensor) -> Result<PoolSlice<f16>, OpError> {
-        let mut h = self.dev.alloc::<f16>(t.numel())?;
-        eltwise::cast_f32_f16(&self.dev, t.storage(), &mut h, t.numel())?;
-        Ok(h)
+    /// `t` as an FP16 operand of the tensor cores.
+    fn half<'a>(&self, t: &'a CudaTensor) -> Result<Half<'a>, OpError> {
+        match &**t.storage() {
+            DeviceBuf::F16(s) => Ok(Half::Borrowed(s)),
+            DeviceBuf::F32(s) => {
+                let mut h = self.dev.alloc::<f16>(t.numel())?;
+                eltwise::cast_f32_f16(&self.dev, s, &mut h, t.numel())?;
+                Ok(Half::Copied(h))
+            }
+        }
     }
 }
 
-/// The device buffer of a tensor this backend just allocated (and so holds alone).
-fn fresh(t: &mut CudaTensor) -> &mut CudaSlice<f32> {
-    Arc::get_mut(t.storage_mut()).expect("a freshly allocated tensor is not shared")
+/// The FP32 elements of a tensor.
+fn f32s(t: &CudaTensor) -> &CudaSlice<f32> {
+    t.storage().f32s()
 }
 
-/// The buffer of a tensor an op updates in place, which must not be shared.
-fn exclusive<'a>(
-    op: &'static str,
-    name: &str,
-    t: &'a mut CudaTensor,
-) -> Result<&'a mut CudaSlice<f32>, OpError> {
-    check::exclusive(op, name, t).map(|b| &mut **b)
+/// The FP32 elements of a tensor that is unshared (checked, or just allocated).
+fn f32s_mut(t: &mut CudaTensor) -> &mut CudaSlice<f32> {
+    unique(t).f32s_mut()
+}
+
+/// The output of a tensor-core kernel writing `t` in its own dtype.
+fn gemm_out(t: &mut CudaTensor) -> GemmOut<'_> {
+    match unique(t) {
+        DeviceBuf::F32(s) => GemmOut::F32(s),
+        DeviceBuf::F16(s) => GemmOut::F16(s),
+    }
 }
 
 impl Backend for CudaBackend {
-    type Storage = Arc<PoolSlice<f32>>;
+    type Storage = Arc<DeviceBuf>;
 
     fn name(&self) -> String {
         let model = self.dev.context().name().unwrap_or_else(|_| "unknown GPU".into());
@@ -94,73 +123,73 @@ impl Backend for CudaBackend {
         self.dev.pool().lock().unwrap_or_else(PoisonError::into_inner).trim(0).unwrap_or(0)
     }
 
-    fn tensor(&self, shape: Shape, data: &[f32]) -> Result<CudaTensor, OpError> {
-        if shape.numel() != data.len() {
-            return Err(shape_err(
-                "tensor",
-                format!("{} needs {} elements, got {}", shape, shape.numel(), data.len()),
-            ));
-        }
-        let mut t = self.alloc(shape)?;
-        if !data.is_empty() {
-            self.dev
-                .stream()
-                .memcpy_htod(data, fresh(&mut t))
-                .map_err(|e| OpError::Device(format!("copy to device: {e}")))?;
-        }
-        Ok(t)
+    fn run_upload(&self, shape: Shape, data: &[f32], dtype: DType) -> Result<CudaTensor, OpError> {
+        let buf = match dtype {
+            DType::F32 => DeviceBuf::F32(self.dev.upload(data)?),
+            DType::F16 => {
+                let halves: Vec<f16> = data.iter().map(|&v| f16::from_f32(v)).collect();
+                DeviceBuf::F16(self.dev.upload(&halves)?)
+            }
+        };
+        Ok(Tensor::from_parts(shape, dtype, Arc::new(buf)))
     }
 
-    fn zeros(&self, shape: Shape) -> Result<CudaTensor, OpError> {
-        self.alloc(shape)
+    fn run_zeros(&self, shape: Shape, dtype: DType) -> Result<CudaTensor, OpError> {
+        self.alloc(shape, dtype)
     }
 
-    fn to_vec(&self, t: &CudaTensor) -> Result<Vec<f32>, OpError> {
+    fn run_download(&self, t: &CudaTensor) -> Result<Vec<f32>, OpError> {
         if t.numel() == 0 {
             return Ok(Vec::new());
         }
-        self.dev
-            .stream()
-            .clone_dtoh(&***t.storage())
-            .map_err(|e| OpError::Device(format!("copy to host: {e}")))
+        Ok(match &**t.storage() {
+            DeviceBuf::F32(s) => self.dev.download(s)?,
+            DeviceBuf::F16(s) => self.dev.download(s)?.into_iter().map(f16::to_f32).collect(),
+        })
     }
 
-    fn gemm(
+    fn run_cast(&self, x: &CudaTensor, to: DType) -> Result<CudaTensor, OpError> {
+        let mut y = self.alloc(x.shape().clone(), to)?;
+        let n = x.numel();
+        match (&**x.storage(), unique(&mut y)) {
+            (DeviceBuf::F32(src), DeviceBuf::F16(dst)) => eltwise::cast_f32_f16(&self.dev, src, dst, n)?,
+            (DeviceBuf::F16(src), DeviceBuf::F32(dst)) => eltwise::cast_f16_f32(&self.dev, src, dst, n)?,
+            _ => unreachable!("Backend::cast runs a cast only between different dtypes"),
+        }
+        Ok(y)
+    }
+
+    fn run_gemm(
         &self,
+        g: &GemmGeom,
         alpha: f32,
         a: &CudaTensor,
-        trans_a: bool,
         b: &CudaTensor,
-        trans_b: bool,
         beta: f32,
         c: &mut CudaTensor,
     ) -> Result<(), OpError> {
-        let [ar, ac] = dims("gemm", "a", a)?;
-        let [br, bc] = dims("gemm", "b", b)?;
-        let [cr, cc] = dims("gemm", "c", c)?;
-        let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
-        let (kb, n) = if trans_b { (bc, br) } else { (br, bc) };
-        if k != kb || m != cr || n != cc {
-            return Err(shape_err(
-                "gemm",
-                format!("op(a) {m}×{k} · op(b) {kb}×{n} does not give c {}", c.shape()),
-            ));
-        }
         let (a16, b16) = (self.half(a)?, self.half(b)?);
+        let GemmGeom { m, n, k, trans_a, trans_b } = *g;
         let r = GemmRef { m, n, k, alpha, a: &a16, trans_a, b: &b16, trans_b, beta };
-        gemm_reference(&self.dev, &r, exclusive("gemm", "c", c)?)?;
+        gemm_reference(&self.dev, &r, f32s_mut(c))?;
         Ok(())
     }
 
-    fn linear_fwd(&self, x: &CudaTensor, w: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor, OpError> {
-        let (n, fin, fout) = check::linear(x, w, b)?;
+    fn run_linear_fwd(
+        &self,
+        g: &LinearGeom,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        b: &CudaTensor,
+    ) -> Result<CudaTensor, OpError> {
+        let LinearGeom { n, fin, fout } = *g;
         let (x16, w16) = (self.half(x)?, self.half(w)?);
         if super::gemm::uses_tensor_cores(fin) {
-            let mut y = self.alloc([n, fout])?;
-            let bias = Some(&***b.storage());
+            let mut y = self.alloc([n, fout], DType::F32)?;
+            let bias = Some(f32s(b));
             let g =
                 GemmNt { m: n, n: fout, k: fin, alpha: 1.0, a: &x16, b: &w16, beta: 0.0, bias, relu: false };
-            gemm_nt(&self.dev, &g, GemmOut::F32(fresh(&mut y)))?;
+            gemm_nt(&self.dev, &g, GemmOut::F32(f32s_mut(&mut y)))?;
             return Ok(y);
         }
         // In-features the tensor-core loader cannot take (no ResNet head has them): the
@@ -179,19 +208,20 @@ impl Backend for CudaBackend {
             trans_b: true,
             beta: 1.0,
         };
-        gemm_reference(&self.dev, &r, fresh(&mut y))?;
+        gemm_reference(&self.dev, &r, f32s_mut(&mut y))?;
         Ok(y)
     }
 
-    fn linear_bwd(
+    fn run_linear_bwd(
         &self,
+        g: &LinearGeom,
         dy: &CudaTensor,
         x: &CudaTensor,
         w: &CudaTensor,
     ) -> Result<LinearGrads<CudaTensor>, OpError> {
-        let (n, fin, fout) = check::linear_bwd(dy, x, w)?;
+        let LinearGeom { n, fin, fout } = *g;
         let (dy16, x16, w16) = (self.half(dy)?, self.half(x)?, self.half(w)?);
-        let mut dx = self.alloc([n, fin])?;
+        let mut dx = self.alloc([n, fin], DType::F32)?;
         let r = GemmRef {
             m: n,
             n: fin,
@@ -203,8 +233,8 @@ impl Backend for CudaBackend {
             trans_b: false,
             beta: 0.0,
         };
-        gemm_reference(&self.dev, &r, fresh(&mut dx))?;
-        let mut dw = self.alloc([fout, fin])?;
+        gemm_reference(&self.dev, &r, f32s_mut(&mut dx))?;
+        let mut dw = self.alloc([fout, fin], DType::F32)?;
         let r = GemmRef {
             m: fout,
             n: fin,
@@ -216,61 +246,47 @@ impl Backend for CudaBackend {
             trans_b: false,
             beta: 0.0,
         };
-        gemm_reference(&self.dev, &r, fresh(&mut dw))?;
-        let mut db = self.alloc([fout])?;
-        pooling::mean_rows(&self.dev, dy.storage(), fresh(&mut db), 1, n, fout)?;
-        eltwise::scale(&self.dev, fresh(&mut db), n as f32, fout)?;
+        gemm_reference(&self.dev, &r, f32s_mut(&mut dw))?;
+        let mut db = self.alloc([fout], DType::F32)?;
+        pooling::mean_rows(&self.dev, f32s(dy), f32s_mut(&mut db), 1, n, fout)?;
+        eltwise::scale(&self.dev, f32s_mut(&mut db), n as f32, fout)?;
         Ok(LinearGrads { dx, dw, db })
     }
 
-    fn conv2d_fwd(
-        &self,
-        x: &CudaTensor,
-        w: &CudaTensor,
-        stride: [usize; 2],
-        pad: [usize; 2],
-    ) -> Result<CudaTensor, OpError> {
-        let g = Conv2dGeom::new(dims("conv2d", "x", x)?, dims("conv2d", "w", w)?, stride, pad)?;
+    fn run_conv2d_fwd(&self, g: &Conv2dGeom, x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor, OpError> {
         let (x16, w16) = (self.half(x)?, self.half(w)?);
-        let mut y = self.alloc(g.y_dims())?;
-        conv::conv2d_fwd(&self.dev, &g, &x16, &w16, GemmOut::F32(fresh(&mut y)), Epilogue::default())?;
+        let mut y = self.alloc(g.y_dims(), x.dtype())?;
+        conv::conv2d_fwd(&self.dev, g, &x16, &w16, gemm_out(&mut y), Epilogue::default())?;
         Ok(y)
     }
 
-    fn conv2d_dgrad(
+    fn run_conv2d_dgrad(
         &self,
+        g: &Conv2dGeom,
         dy: &CudaTensor,
         w: &CudaTensor,
-        x_dims: [usize; 4],
-        stride: [usize; 2],
-        pad: [usize; 2],
     ) -> Result<CudaTensor, OpError> {
-        let g = Conv2dGeom::new(x_dims, dims("conv2d_dgrad", "w", w)?, stride, pad)?;
-        expect_dims("conv2d_dgrad", "dy", dy, &g.y_dims())?;
         let (dy16, w16) = (self.half(dy)?, self.half(w)?);
-        let mut dx = self.alloc(x_dims)?;
-        conv::conv2d_dgrad(&self.dev, &g, &dy16, &w16, GemmOut::F32(fresh(&mut dx)), 0.0)?;
+        let mut dx = self.alloc([g.n, g.h, g.w, g.c], dy.dtype())?;
+        conv::conv2d_dgrad(&self.dev, g, &dy16, &w16, gemm_out(&mut dx), 0.0)?;
         Ok(dx)
     }
 
-    fn conv2d_wgrad(
+    fn run_conv2d_wgrad(
         &self,
+        g: &Conv2dGeom,
         x: &CudaTensor,
         dy: &CudaTensor,
-        w_dims: [usize; 4],
-        stride: [usize; 2],
-        pad: [usize; 2],
     ) -> Result<CudaTensor, OpError> {
-        let g = Conv2dGeom::new(dims("conv2d_wgrad", "x", x)?, w_dims, stride, pad)?;
-        expect_dims("conv2d_wgrad", "dy", dy, &g.y_dims())?;
         let (x16, dy16) = (self.half(x)?, self.half(dy)?);
-        let mut dw = self.alloc(w_dims)?;
-        conv::conv2d_wgrad(&self.dev, &g, &x16, &dy16, fresh(&mut dw), 0.0)?;
+        let mut dw = self.alloc([g.k, g.r, g.s, g.c], DType::F32)?;
+        conv::conv2d_wgrad(&self.dev, g, &x16, &dy16, f32s_mut(&mut dw), 0.0)?;
         Ok(dw)
     }
 
-    fn batch_norm_fwd_train(
+    fn run_batch_norm_fwd_train(
         &self,
+        c: usize,
         x: &CudaTensor,
         gamma: &CudaTensor,
         beta: &CudaTensor,
@@ -278,35 +294,29 @@ impl Backend for CudaBackend {
         running_var: &mut CudaTensor,
         params: &BatchNormParams,
     ) -> Result<BnForward<CudaTensor>, OpError> {
-        let vectors = [
-            ("gamma", gamma),
-            ("beta", beta),
-            ("running_mean", &*running_mean),
-            ("running_var", &*running_var),
-        ];
-        let c = check::batch_norm("batch_norm", x, &vectors)?;
         let m = x.numel() / c;
-        let mut y = self.alloc(x.shape().clone())?;
-        let (mut mean, mut invstd) = (self.alloc([c])?, self.alloc([c])?);
-        norm::batch_norm_fwd_train(
+        let mut y = self.alloc(x.shape().clone(), x.dtype())?;
+        let (mut mean, mut invstd) = (self.alloc([c], DType::F32)?, self.alloc([c], DType::F32)?);
+        with_elem!(x.dtype(), E => norm::batch_norm_fwd_train(
             &self.dev,
-            x.storage(),
+            x.storage().get::<E>(),
             m,
             c,
-            gamma.storage(),
-            beta.storage(),
-            exclusive("batch_norm", "running_mean", running_mean)?,
-            exclusive("batch_norm", "running_var", running_var)?,
+            f32s(gamma),
+            f32s(beta),
+            f32s_mut(running_mean),
+            f32s_mut(running_var),
             params,
-            fresh(&mut y),
-            fresh(&mut mean),
-            fresh(&mut invstd),
-        )?;
+            unique(&mut y).get_mut::<E>(),
+            f32s_mut(&mut mean),
+            f32s_mut(&mut invstd),
+        ))?;
         Ok(BnForward { y, saved: BnSaved { mean, invstd } })
     }
 
-    fn batch_norm_fwd_eval(
+    fn run_batch_norm_fwd_eval(
         &self,
+        c: usize,
         x: &CudaTensor,
         gamma: &CudaTensor,
         beta: &CudaTensor,
@@ -314,191 +324,173 @@ impl Backend for CudaBackend {
         running_var: &CudaTensor,
         params: &BatchNormParams,
     ) -> Result<CudaTensor, OpError> {
-        let vectors =
-            [("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)];
-        let c = check::batch_norm("batch_norm", x, &vectors)?;
-        let mut y = self.alloc(x.shape().clone())?;
-        norm::batch_norm_fwd_eval(
+        let mut y = self.alloc(x.shape().clone(), x.dtype())?;
+        with_elem!(x.dtype(), E => norm::batch_norm_fwd_eval(
             &self.dev,
-            x.storage(),
+            x.storage().get::<E>(),
             x.numel() / c,
             c,
-            gamma.storage(),
-            beta.storage(),
-            running_mean.storage(),
-            running_var.storage(),
+            f32s(gamma),
+            f32s(beta),
+            f32s(running_mean),
+            f32s(running_var),
             params,
-            fresh(&mut y),
-        )?;
+            unique(&mut y).get_mut::<E>(),
+        ))?;
         Ok(y)
     }
 
-    fn batch_norm_bwd(
+    fn run_batch_norm_bwd(
         &self,
+        c: usize,
         dy: &CudaTensor,
         x: &CudaTensor,
         gamma: &CudaTensor,
         saved: &BnSaved<CudaTensor>,
         relu_y: Option<&CudaTensor>,
     ) -> Result<BnGrads<CudaTensor>, OpError> {
-        let c = check::batch_norm_bwd(dy, x, gamma, saved, relu_y)?;
-        let mut dx = self.alloc(x.shape().clone())?;
-        let (mut dgamma, mut dbeta) = (self.alloc([c])?, self.alloc([c])?);
-        norm::batch_norm_bwd(
+        let mut dx = self.alloc(x.shape().clone(), x.dtype())?;
+        let (mut dgamma, mut dbeta) = (self.alloc([c], DType::F32)?, self.alloc([c], DType::F32)?);
+        with_elem!(x.dtype(), E => norm::batch_norm_bwd(
             &self.dev,
-            dy.storage(),
-            x.storage(),
+            dy.storage().get::<E>(),
+            x.storage().get::<E>(),
             x.numel() / c,
             c,
-            gamma.storage(),
-            saved.mean.storage(),
-            saved.invstd.storage(),
-            relu_y.map(|y| &***y.storage()),
-            fresh(&mut dx),
-            fresh(&mut dgamma),
-            fresh(&mut dbeta),
-        )?;
+            f32s(gamma),
+            f32s(&saved.mean),
+            f32s(&saved.invstd),
+            relu_y.map(|y| y.storage().get::<E>()),
+            unique(&mut dx).get_mut::<E>(),
+            f32s_mut(&mut dgamma),
+            f32s_mut(&mut dbeta),
+        ))?;
         Ok(BnGrads { dx, dgamma, dbeta })
     }
 
-    fn relu_fwd(&self, x: &CudaTensor) -> Result<CudaTensor, OpError> {
-        let mut y = self.alloc(x.shape().clone())?;
-        eltwise::relu_fwd(&self.dev, x.storage(), fresh(&mut y), x.numel())?;
+    fn run_relu_fwd(&self, x: &CudaTensor) -> Result<CudaTensor, OpError> {
+        let mut y = self.alloc(x.shape().clone(), x.dtype())?;
+        let n = x.numel();
+        with_elem!(x.dtype(), E => eltwise::relu_fwd(&self.dev, x.storage().get::<E>(), unique(&mut y).get_mut::<E>(), n))?;
         Ok(y)
     }
 
-    fn relu_bwd(&self, dy: &CudaTensor, y: &CudaTensor) -> Result<CudaTensor, OpError> {
-        same_shape("relu_bwd", ("dy", dy), ("y", y))?;
-        let mut dx = self.alloc(y.shape().clone())?;
-        eltwise::relu_bwd(&self.dev, dy.storage(), y.storage(), fresh(&mut dx), y.numel())?;
+    fn run_relu_bwd(&self, dy: &CudaTensor, y: &CudaTensor) -> Result<CudaTensor, OpError> {
+        let mut dx = self.alloc(y.shape().clone(), y.dtype())?;
+        let n = y.numel();
+        with_elem!(y.dtype(), E => eltwise::relu_bwd(
+            &self.dev,
+            dy.storage().get::<E>(),
+            y.storage().get::<E>(),
+            unique(&mut dx).get_mut::<E>(),
+            n,
+        ))?;
         Ok(dx)
     }
 
-    fn add_assign(&self, y: &mut CudaTensor, x: &CudaTensor) -> Result<(), OpError> {
-        same_shape("add", ("y", y), ("x", x))?;
+    fn run_add_assign(&self, y: &mut CudaTensor, x: &CudaTensor) -> Result<(), OpError> {
         let n = x.numel();
-        eltwise::add_assign(&self.dev, exclusive("add", "y", y)?, x.storage(), n)?;
+        with_elem!(x.dtype(), E => eltwise::add_assign(&self.dev, unique(y).get_mut::<E>(), x.storage().get::<E>(), n))?;
         Ok(())
     }
 
-    fn scale(&self, y: &mut CudaTensor, alpha: f32) -> Result<(), OpError> {
+    fn run_scale(&self, y: &mut CudaTensor, alpha: f32) -> Result<(), OpError> {
         let n = y.numel();
-        eltwise::scale(&self.dev, exclusive("scale", "y", y)?, alpha, n)?;
+        eltwise::scale(&self.dev, f32s_mut(y), alpha, n)?;
         Ok(())
     }
 
-    fn fill(&self, y: &mut CudaTensor, value: f32) -> Result<(), OpError> {
+    fn run_fill(&self, y: &mut CudaTensor, value: f32) -> Result<(), OpError> {
         let n = y.numel();
-        eltwise::fill(&self.dev, exclusive("fill", "y", y)?, value, n)?;
+        eltwise::fill(&self.dev, f32s_mut(y), value, n)?;
         Ok(())
     }
 
-    fn sigmoid(&self, x: &CudaTensor) -> Result<CudaTensor, OpError> {
-        let mut y = self.alloc(x.shape().clone())?;
-        eltwise::sigmoid(&self.dev, x.storage(), fresh(&mut y), x.numel())?;
+    fn run_sigmoid(&self, x: &CudaTensor) -> Result<CudaTensor, OpError> {
+        let mut y = self.alloc(x.shape().clone(), DType::F32)?;
+        eltwise::sigmoid(&self.dev, f32s(x), f32s_mut(&mut y), x.numel())?;
         Ok(y)
     }
 
-    fn max_pool2d_fwd(
-        &self,
-        x: &CudaTensor,
-        window: usize,
-        stride: usize,
-        pad: usize,
-    ) -> Result<CudaTensor, OpError> {
-        let g = Pool2dGeom::new(dims("max_pool2d", "x", x)?, window, stride, pad)?;
-        let mut y = self.alloc(g.y_dims())?;
-        pooling::max_pool2d_fwd(&self.dev, &g, x.storage(), fresh(&mut y))?;
+    fn run_max_pool2d_fwd(&self, g: &Pool2dGeom, x: &CudaTensor) -> Result<CudaTensor, OpError> {
+        let mut y = self.alloc(g.y_dims(), x.dtype())?;
+        with_elem!(x.dtype(), E => pooling::max_pool2d_fwd(&self.dev, g, x.storage().get::<E>(), unique(&mut y).get_mut::<E>()))?;
         Ok(y)
     }
 
-    fn max_pool2d_bwd(
+    fn run_max_pool2d_bwd(
         &self,
+        g: &Pool2dGeom,
         x: &CudaTensor,
         dy: &CudaTensor,
-        window: usize,
-        stride: usize,
-        pad: usize,
     ) -> Result<CudaTensor, OpError> {
-        let g = Pool2dGeom::new(dims("max_pool2d_bwd", "x", x)?, window, stride, pad)?;
-        expect_dims("max_pool2d_bwd", "dy", dy, &g.y_dims())?;
-        let mut dx = self.alloc(x.shape().clone())?;
-        pooling::max_pool2d_bwd(&self.dev, &g, x.storage(), dy.storage(), fresh(&mut dx))?;
+        let mut dx = self.alloc(x.shape().clone(), x.dtype())?;
+        with_elem!(x.dtype(), E => pooling::max_pool2d_bwd(
+            &self.dev,
+            g,
+            x.storage().get::<E>(),
+            dy.storage().get::<E>(),
+            unique(&mut dx).get_mut::<E>(),
+        ))?;
         Ok(dx)
     }
 
-    fn global_avg_pool_fwd(&self, x: &CudaTensor) -> Result<CudaTensor, OpError> {
-        let [n, h, w, c] = dims("global_avg_pool", "x", x)?;
-        let mut y = self.alloc([n, c])?;
-        pooling::mean_rows(&self.dev, x.storage(), fresh(&mut y), n, h * w, c)?;
+    fn run_mean_rows(&self, x: &CudaTensor, group: usize, out: Shape) -> Result<CudaTensor, OpError> {
+        let c = *out.dims().last().unwrap_or(&1);
+        let blocks = out.numel() / c.max(1);
+        let mut y = self.alloc(out, x.dtype())?;
+        with_elem!(x.dtype(), E => pooling::mean_rows(&self.dev, x.storage().get::<E>(), unique(&mut y).get_mut::<E>(), blocks, group, c))?;
         Ok(y)
     }
 
-    fn global_avg_pool_bwd(&self, dy: &CudaTensor, x_dims: [usize; 4]) -> Result<CudaTensor, OpError> {
-        let [n, h, w, c] = x_dims;
-        expect_dims("global_avg_pool_bwd", "dy", dy, &[n, c])?;
-        let mut dx = self.alloc(x_dims)?;
-        pooling::mean_rows_bwd(&self.dev, dy.storage(), fresh(&mut dx), n, h * w, c)?;
+    fn run_mean_rows_bwd(&self, dy: &CudaTensor, group: usize, out: Shape) -> Result<CudaTensor, OpError> {
+        let c = *dy.dims().last().unwrap_or(&1);
+        let blocks = dy.numel() / c.max(1);
+        let mut dx = self.alloc(out, dy.dtype())?;
+        with_elem!(dy.dtype(), E => pooling::mean_rows_bwd(&self.dev, dy.storage().get::<E>(), unique(&mut dx).get_mut::<E>(), blocks, group, c))?;
         Ok(dx)
     }
 
-    fn temporal_mean_fwd(&self, x: &CudaTensor, t: usize) -> Result<CudaTensor, OpError> {
-        let [bt, c] = dims("temporal_mean", "x", x)?;
-        let b = check::clips("temporal_mean", bt, t)?;
-        let mut y = self.alloc([b, c])?;
-        pooling::mean_rows(&self.dev, x.storage(), fresh(&mut y), b, t, c)?;
-        Ok(y)
-    }
-
-    fn temporal_mean_bwd(&self, dy: &CudaTensor, t: usize) -> Result<CudaTensor, OpError> {
-        let [b, c] = dims("temporal_mean_bwd", "dy", dy)?;
-        let mut dx = self.alloc([b * t, c])?;
-        pooling::mean_rows_bwd(&self.dev, dy.storage(), fresh(&mut dx), b, t, c)?;
-        Ok(dx)
-    }
-
-    fn bce_with_logits_fwd(
+    fn run_bce_with_logits_fwd(
         &self,
         logits: &CudaTensor,
         targets: &CudaTensor,
         params: &BceParams,
     ) -> Result<f32, OpError> {
-        same_shape("bce_with_logits", ("logits", logits), ("targets", targets))?;
-        let mut out = self.alloc([1])?;
+        let mut out = self.alloc([1], DType::F32)?;
         loss::bce_with_logits_fwd(
             &self.dev,
-            logits.storage(),
-            targets.storage(),
+            f32s(logits),
+            f32s(targets),
             logits.numel(),
             params,
-            fresh(&mut out),
+            f32s_mut(&mut out),
         )?;
         Ok(self.to_vec(&out)?[0])
     }
 
-    fn bce_with_logits_bwd(
+    fn run_bce_with_logits_bwd(
         &self,
         logits: &CudaTensor,
         targets: &CudaTensor,
         params: &BceParams,
         scale: f32,
     ) -> Result<CudaTensor, OpError> {
-        same_shape("bce_with_logits_bwd", ("logits", logits), ("targets", targets))?;
-        let mut grad = self.alloc(logits.shape().clone())?;
+        let mut grad = self.alloc(logits.shape().clone(), DType::F32)?;
         let n = logits.numel();
         loss::bce_with_logits_bwd(
             &self.dev,
-            logits.storage(),
-            targets.storage(),
+            f32s(logits),
+            f32s(targets),
             n,
             params,
             scale,
-            fresh(&mut grad),
+            f32s_mut(&mut grad),
         )?;
         Ok(grad)
     }
 
-    fn adamw_step(
+    fn run_adamw_step(
         &self,
         p: &mut CudaTensor,
         g: &CudaTensor,
@@ -507,20 +499,12 @@ impl Backend for CudaBackend {
         hp: &AdamWParams,
         step: u64,
     ) -> Result<(), OpError> {
-        if step == 0 {
-            return Err(shape_err("adamw", "step counts from 1"));
-        }
-        same_shape("adamw", ("p", p), ("g", g))?;
-        same_shape("adamw", ("m", m), ("g", g))?;
-        same_shape("adamw", ("v", v), ("g", g))?;
         let n = g.numel();
-        let (p, m, v) =
-            (exclusive("adamw", "p", p)?, exclusive("adamw", "m", m)?, exclusive("adamw", "v", v)?);
-        optim::adamw_step(&self.dev, p, g.storage(), m, v, n, hp, step)?;
+        optim::adamw_step(&self.dev, f32s_mut(p), f32s(g), f32s_mut(m), f32s_mut(v), n, hp, step)?;
         Ok(())
     }
 
-    fn sgd_step(
+    fn run_sgd_step(
         &self,
         p: &mut CudaTensor,
         g: &CudaTensor,
@@ -528,20 +512,17 @@ impl Backend for CudaBackend {
         hp: &SgdParams,
         first_step: bool,
     ) -> Result<(), OpError> {
-        same_shape("sgd", ("p", p), ("g", g))?;
-        same_shape("sgd", ("momentum_buf", momentum_buf), ("g", g))?;
         let n = g.numel();
-        let (p, buf) = (exclusive("sgd", "p", p)?, exclusive("sgd", "momentum_buf", momentum_buf)?);
-        optim::sgd_step(&self.dev, p, g.storage(), buf, n, hp, first_step)?;
+        optim::sgd_step(&self.dev, f32s_mut(p), f32s(g), f32s_mut(momentum_buf), n, hp, first_step)?;
         Ok(())
     }
 
-    fn unscale_check(&self, g: &mut CudaTensor, inv_scale: f32) -> Result<bool, OpError> {
+    fn run_unscale_check(&self, g: &mut CudaTensor, inv_scale: f32) -> Result<bool, OpError> {
         let n = g.numel();
-        Ok(optim::unscale_check(&self.dev, exclusive("unscale", "g", g)?, n, inv_scale)?)
+        Ok(optim::unscale_check(&self.dev, f32s_mut(g), n, inv_scale)?)
     }
 
-    fn sum_squares(&self, g: &CudaTensor) -> Result<f64, OpError> {
-        Ok(optim::sum_squares(&self.dev, g.storage(), g.numel())?)
+    fn run_sum_squares(&self, g: &CudaTensor) -> Result<f64, OpError> {
+        Ok(optim::sum_squares(&self.dev, f32s(g), g.numel())?)
     }
 }

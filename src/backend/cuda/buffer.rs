@@ -7,9 +7,12 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, LaunchArgs, PushKernelArg, ValidAsZeroBits};
+use half::f16;
 
+use crate::kernels::Entry;
 use crate::memory::cuda_backing::CudaBacking;
 use crate::memory::{Allocation, Pool, PoolError};
+use crate::tensor::DType;
 
 /// The device pool, shared by a device's tensors and scratch.
 pub type DevicePool = Arc<Mutex<Pool<CudaBacking>>>;
@@ -89,3 +92,110 @@ impl<T> std::fmt::Debug for PoolSlice<T> {
         write!(f, "PoolSlice({} × {} B at {:#x})", self.slice.len(), std::mem::size_of::<T>(), self.alloc.ptr)
     }
 }
+
+/// The storage of a tensor: a pool block of FP32 or FP16 elements.
+#[derive(Debug)]
+pub enum DeviceBuf {
+    F32(PoolSlice<f32>),
+    F16(PoolSlice<f16>),
+}
+
+impl DeviceBuf {
+    pub fn dtype(&self) -> DType {
+        match self {
+            DeviceBuf::F32(_) => DType::F32,
+            DeviceBuf::F16(_) => DType::F16,
+        }
+    }
+
+    /// The elements as `E`, which must be the buffer's dtype (the op checks saw to it).
+    pub fn get<E: DeviceElem>(&self) -> &CudaSlice<E> {
+        E::of(self).unwrap_or_else(|| panic!("a {} tensor read as {}", self.dtype(), E::DTYPE))
+    }
+
+    pub fn get_mut<E: DeviceElem>(&mut self) -> &mut CudaSlice<E> {
+        let dtype = self.dtype();
+        E::of_mut(self).unwrap_or_else(|| panic!("a {dtype} tensor written as {}", E::DTYPE))
+    }
+
+    /// The FP32 elements (weights, gradients, statistics: FP32 by the op checks).
+    pub fn f32s(&self) -> &CudaSlice<f32> {
+        self.get::<f32>()
+    }
+
+    pub fn f32s_mut(&mut self) -> &mut CudaSlice<f32> {
+        self.get_mut::<f32>()
+    }
+}
+
+/// An element type of device tensors; host functions generic over it launch the entry
+/// point of its dtype.
+pub trait DeviceElem: DeviceRepr + ValidAsZeroBits + Default + Clone + Unpin + 'static {
+    const DTYPE: DType;
+    fn of(buf: &DeviceBuf) -> Option<&CudaSlice<Self>>;
+    fn of_mut(buf: &mut DeviceBuf) -> Option<&mut CudaSlice<Self>>;
+    fn wrap(slice: PoolSlice<Self>) -> DeviceBuf;
+    /// `f32` or `f16` of a kernel with both entries.
+    fn entry(f32: Entry, f16: Entry) -> Entry {
+        match Self::DTYPE {
+            DType::F32 => f32,
+            DType::F16 => f16,
+        }
+    }
+}
+
+impl DeviceElem for f32 {
+    const DTYPE: DType = DType::F32;
+    fn of(buf: &DeviceBuf) -> Option<&CudaSlice<f32>> {
+        match buf {
+            DeviceBuf::F32(s) => Some(s),
+            DeviceBuf::F16(_) => None,
+        }
+    }
+    fn of_mut(buf: &mut DeviceBuf) -> Option<&mut CudaSlice<f32>> {
+        match buf {
+            DeviceBuf::F32(s) => Some(s),
+            DeviceBuf::F16(_) => None,
+        }
+    }
+    fn wrap(slice: PoolSlice<f32>) -> DeviceBuf {
+        DeviceBuf::F32(slice)
+    }
+}
+
+impl DeviceElem for f16 {
+    const DTYPE: DType = DType::F16;
+    fn of(buf: &DeviceBuf) -> Option<&CudaSlice<f16>> {
+        match buf {
+            DeviceBuf::F16(s) => Some(s),
+            DeviceBuf::F32(_) => None,
+        }
+    }
+    fn of_mut(buf: &mut DeviceBuf) -> Option<&mut CudaSlice<f16>> {
+        match buf {
+            DeviceBuf::F16(s) => Some(s),
+            DeviceBuf::F32(_) => None,
+        }
+    }
+    fn wrap(slice: PoolSlice<f16>) -> DeviceBuf {
+        DeviceBuf::F16(slice)
+    }
+}
+
+/// Runs `$body` with the type alias `$E` set to the element type of `$dtype`: one
+/// generic launch serves FP32 and FP16 tensors.
+macro_rules! with_elem {
+    ($dtype:expr, $E:ident => $body:expr) => {
+        match $dtype {
+            $crate::tensor::DType::F32 => {
+                type $E = f32;
+                $body
+            }
+            $crate::tensor::DType::F16 => {
+                type $E = half::f16;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_elem;

@@ -51,7 +51,7 @@ impl From<CudaError> for crate::backend::OpError {
         match e {
             // Out of memory under the budget stays one, for the governor to act on.
             CudaError::Memory(pool) => pool.into(),
-            other => crate::backend::OpError::Device(other.to_string()),
+            other => crate::backend::OpError::Cuda(Box::new(other)),
         }
     }
 }

@@ -1,15 +1,30 @@
-//! The host side of kernels/eltwise.cu: element-wise ops over whole FP32 buffers (and the
-//! FP32 → FP16 cast that feeds the tensor-core kernels).
+//! The host side of kernels/eltwise.cu: element-wise ops over whole FP32 buffers (ReLU and
+//! the residual add over FP16 ones too), and the FP32 ↔ FP16 casts.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::f16;
 
+use super::buffer::DeviceElem;
 use super::device::{CudaError, Device, check_lens, grid_1d};
 use crate::kernels::{Entry, entries};
+use crate::tensor::DType;
+
+/// The grid of a kernel over n elements: float4 vectors for FP32, single halves for FP16.
+fn grid_of<T: DeviceElem>(n: usize) -> LaunchConfig {
+    match T::DTYPE {
+        DType::F32 => grid_1d(n.div_ceil(4)),
+        DType::F16 => grid_1d(n),
+    }
+}
 
 /// y[..n] = max(x[..n], 0).
-pub fn relu_fwd(dev: &Device, x: &CudaSlice<f32>, y: &mut CudaSlice<f32>, n: usize) -> Result<(), CudaError> {
-    map(dev, entries::RELU_FWD_F32, x, y, n, grid_1d(n.div_ceil(4)))
+pub fn relu_fwd<T: DeviceElem>(
+    dev: &Device,
+    x: &CudaSlice<T>,
+    y: &mut CudaSlice<T>,
+    n: usize,
+) -> Result<(), CudaError> {
+    map(dev, T::entry(entries::RELU_FWD_F32, entries::RELU_FWD_F16), x, y, n, grid_of::<T>(n))
 }
 
 /// y[..n] = σ(x[..n]).
@@ -38,38 +53,38 @@ fn map<X, Y>(
 }
 
 /// dx = dy where y > 0, else 0.
-pub fn relu_bwd(
+pub fn relu_bwd<T: DeviceElem>(
     dev: &Device,
-    dy: &CudaSlice<f32>,
-    y: &CudaSlice<f32>,
-    dx: &mut CudaSlice<f32>,
+    dy: &CudaSlice<T>,
+    y: &CudaSlice<T>,
+    dx: &mut CudaSlice<T>,
     n: usize,
 ) -> Result<(), CudaError> {
-    let entry = entries::RELU_BWD_F32;
+    let entry = T::entry(entries::RELU_BWD_F32, entries::RELU_BWD_F16);
     check_lens(entry, &[("dy", dy.len(), n), ("y", y.len(), n), ("dx", dx.len(), n)])?;
     let kernel = dev.kernel(entry)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
     args.arg(dy).arg(y).arg(dx).arg(&nn);
-    // SAFETY: relu_bwd_f32's signature; all hold n floats.
-    unsafe { dev.launch(&kernel, args, grid_1d(n.div_ceil(4)), || format!("n = {n}")) }
+    // SAFETY: relu_bwd_f32's / _f16's signature; all hold n elements of T.
+    unsafe { dev.launch(&kernel, args, grid_of::<T>(n), || format!("n = {n}")) }
 }
 
 /// y += x.
-pub fn add_assign(
+pub fn add_assign<T: DeviceElem>(
     dev: &Device,
-    y: &mut CudaSlice<f32>,
-    x: &CudaSlice<f32>,
+    y: &mut CudaSlice<T>,
+    x: &CudaSlice<T>,
     n: usize,
 ) -> Result<(), CudaError> {
-    let entry = entries::ADD_ASSIGN_F32;
+    let entry = T::entry(entries::ADD_ASSIGN_F32, entries::ADD_ASSIGN_F16);
     check_lens(entry, &[("y", y.len(), n), ("x", x.len(), n)])?;
     let kernel = dev.kernel(entry)?;
     let nn = n as i64;
     let mut args = dev.args(&kernel);
     args.arg(y).arg(x).arg(&nn);
-    // SAFETY: add_assign_f32's signature; both hold n floats.
-    unsafe { dev.launch(&kernel, args, grid_1d(n.div_ceil(4)), || format!("n = {n}")) }
+    // SAFETY: add_assign_f32's / _f16's signature; both hold n elements of T.
+    unsafe { dev.launch(&kernel, args, grid_of::<T>(n), || format!("n = {n}")) }
 }
 
 /// y[..n] ← alpha·y.

@@ -1,11 +1,12 @@
 //! The host side of kernels/norm.cu: batch norm over the channels of an [M, C] tensor,
 //! the statistics reduced in two deterministic passes (chunk partials, then their sum).
 //! The f64 scratch of a call (C·⌈M/256⌉ partials and a few per-channel vectors) comes
-//! from the device pool.
+//! from the device pool. Activations (x, y, dy, relu_y, dx) are FP32 or FP16 (`T`);
+//! statistics, γ, β and their gradients FP32.
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::buffer::PoolSlice;
+use super::buffer::{DeviceElem, PoolSlice};
 use super::device::{CudaError, Device, check_len, grid_1d, push_optional};
 use crate::backend::params::{BatchNormParams, STATS_CHUNK_ROWS};
 use crate::kernels::entries;
@@ -21,20 +22,20 @@ enum Sum {
 
 /// A per-channel vector the caller passes (γ, β, running statistics, saved statistics).
 /// Optional tensors of the sums kernel; absent ones are null pointers.
-struct SumInputs<'a> {
-    x: Option<&'a CudaSlice<f32>>,
-    dy: Option<&'a CudaSlice<f32>>,
-    relu_y: Option<&'a CudaSlice<f32>>,
+struct SumInputs<'a, T> {
+    x: Option<&'a CudaSlice<T>>,
+    dy: Option<&'a CudaSlice<T>>,
+    relu_y: Option<&'a CudaSlice<T>>,
     mean_d: Option<&'a CudaSlice<f64>>,
     mean_f: Option<&'a CudaSlice<f32>>,
     invstd: Option<&'a CudaSlice<f32>>,
 }
 
 /// Per-channel f64 sums of `kind` over M rows, in the CPU twin's order.
-fn channel_sums(
+fn channel_sums<T: DeviceElem>(
     dev: &Device,
     kind: Sum,
-    inp: &SumInputs<'_>,
+    inp: &SumInputs<'_, T>,
     m: usize,
     c: usize,
 ) -> Result<PoolSlice<f64>, CudaError> {
@@ -43,7 +44,8 @@ fn channel_sums(
     let mut out = dev.alloc::<f64>(c)?;
     let (kind_i, mm, ci, chunks_i) = (kind as i32, m as i64, c as i32, chunks as i64);
     let rows = STATS_CHUNK_ROWS as i64;
-    let pass1 = dev.kernel(entries::BATCH_NORM_CHUNK_SUMS_F64)?;
+    let pass1 =
+        dev.kernel(T::entry(entries::BATCH_NORM_CHUNK_SUMS_F64, entries::BATCH_NORM_CHUNK_SUMS_F16))?;
     let mut args = dev.args(&pass1);
     push_optional(&mut args, inp.x);
     push_optional(&mut args, inp.dy);
@@ -67,9 +69,9 @@ fn channel_sums(
 /// Training-mode forward: y, and the saved (mean, invstd) written to `mean`, `invstd`;
 /// the running statistics updated in place.
 #[allow(clippy::too_many_arguments)]
-pub fn batch_norm_fwd_train(
+pub fn batch_norm_fwd_train<T: DeviceElem>(
     dev: &Device,
-    x: &CudaSlice<f32>,
+    x: &CudaSlice<T>,
     m: usize,
     c: usize,
     gamma: &CudaSlice<f32>,
@@ -77,7 +79,7 @@ pub fn batch_norm_fwd_train(
     running_mean: &mut CudaSlice<f32>,
     running_var: &mut CudaSlice<f32>,
     params: &BatchNormParams,
-    y: &mut CudaSlice<f32>,
+    y: &mut CudaSlice<T>,
     mean: &mut CudaSlice<f32>,
     invstd: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
@@ -111,9 +113,9 @@ pub fn batch_norm_fwd_train(
 
 /// Eval-mode forward with the running statistics.
 #[allow(clippy::too_many_arguments)]
-pub fn batch_norm_fwd_eval(
+pub fn batch_norm_fwd_eval<T: DeviceElem>(
     dev: &Device,
-    x: &CudaSlice<f32>,
+    x: &CudaSlice<T>,
     m: usize,
     c: usize,
     gamma: &CudaSlice<f32>,
@@ -121,7 +123,7 @@ pub fn batch_norm_fwd_eval(
     running_mean: &CudaSlice<f32>,
     running_var: &CudaSlice<f32>,
     params: &BatchNormParams,
-    y: &mut CudaSlice<f32>,
+    y: &mut CudaSlice<T>,
 ) -> Result<(), CudaError> {
     let entry = entries::BATCH_NORM_INVSTD_F32;
     check_len(entry, "running_var", running_var.len(), c)?;
@@ -138,9 +140,9 @@ pub fn batch_norm_fwd_eval(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn normalise(
+fn normalise<T: DeviceElem>(
     dev: &Device,
-    x: &CudaSlice<f32>,
+    x: &CudaSlice<T>,
     m: usize,
     c: usize,
     mean: &CudaSlice<f32>,
@@ -148,9 +150,9 @@ fn normalise(
     gamma: &CudaSlice<f32>,
     beta: &CudaSlice<f32>,
     relu: bool,
-    y: &mut CudaSlice<f32>,
+    y: &mut CudaSlice<T>,
 ) -> Result<(), CudaError> {
-    let entry = entries::BATCH_NORM_NORMALIZE_F32;
+    let entry = T::entry(entries::BATCH_NORM_NORMALIZE_F32, entries::BATCH_NORM_NORMALIZE_F16);
     for (what, len) in [("mean", mean.len()), ("gamma", gamma.len()), ("beta", beta.len())] {
         check_len(entry, what, len, c)?;
     }
@@ -165,21 +167,21 @@ fn normalise(
 /// Backward of the training forward: dx, and dγ, dβ. `relu_y` is the forward output when
 /// the ReLU was fused (it masks dy).
 #[allow(clippy::too_many_arguments)]
-pub fn batch_norm_bwd(
+pub fn batch_norm_bwd<T: DeviceElem>(
     dev: &Device,
-    dy: &CudaSlice<f32>,
-    x: &CudaSlice<f32>,
+    dy: &CudaSlice<T>,
+    x: &CudaSlice<T>,
     m: usize,
     c: usize,
     gamma: &CudaSlice<f32>,
     mean: &CudaSlice<f32>,
     invstd: &CudaSlice<f32>,
-    relu_y: Option<&CudaSlice<f32>>,
-    dx: &mut CudaSlice<f32>,
+    relu_y: Option<&CudaSlice<T>>,
+    dx: &mut CudaSlice<T>,
     dgamma: &mut CudaSlice<f32>,
     dbeta: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
-    let entry = entries::BATCH_NORM_BWD_DX_F32;
+    let entry = T::entry(entries::BATCH_NORM_BWD_DX_F32, entries::BATCH_NORM_BWD_DX_F16);
     for (what, len) in [("dy", dy.len()), ("x", x.len()), ("dx", dx.len())] {
         check_len(entry, what, len, m * c)?;
     }

@@ -1,8 +1,10 @@
 //! The host side of kernels/pooling.cu: max pool forward and backward, and the mean over
-//! groups of rows (global average pool with group = H·W, temporal mean with group = T).
+//! groups of rows (global average pool with group = H·W, temporal mean with group = T);
+//! each on FP32 or FP16 elements.
 
 use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 
+use super::buffer::DeviceElem;
 use super::device::{CudaError, Device, check_len, grid_1d};
 use crate::backend::params::Pool2dGeom;
 use crate::kernels::entries;
@@ -43,13 +45,13 @@ impl From<&Pool2dGeom> for PoolGeom {
 }
 
 /// y [N, P, Q, C] = max over each window of x [N, H, W, C].
-pub fn max_pool2d_fwd(
+pub fn max_pool2d_fwd<T: DeviceElem>(
     dev: &Device,
     g: &Pool2dGeom,
-    x: &CudaSlice<f32>,
-    y: &mut CudaSlice<f32>,
+    x: &CudaSlice<T>,
+    y: &mut CudaSlice<T>,
 ) -> Result<(), CudaError> {
-    let entry = entries::MAX_POOL2D_FWD_F32;
+    let entry = T::entry(entries::MAX_POOL2D_FWD_F32, entries::MAX_POOL2D_FWD_F16);
     let [xn, yn] = [g.n * g.h * g.w * g.c, g.n * g.p * g.q * g.c];
     check_len(entry, "x", x.len(), xn)?;
     check_len(entry, "y", y.len(), yn)?;
@@ -62,14 +64,14 @@ pub fn max_pool2d_fwd(
 }
 
 /// dx [N, H, W, C]: each cell gets the gradients of the windows it won in the forward.
-pub fn max_pool2d_bwd(
+pub fn max_pool2d_bwd<T: DeviceElem>(
     dev: &Device,
     g: &Pool2dGeom,
-    x: &CudaSlice<f32>,
-    dy: &CudaSlice<f32>,
-    dx: &mut CudaSlice<f32>,
+    x: &CudaSlice<T>,
+    dy: &CudaSlice<T>,
+    dx: &mut CudaSlice<T>,
 ) -> Result<(), CudaError> {
-    let entry = entries::MAX_POOL2D_BWD_F32;
+    let entry = T::entry(entries::MAX_POOL2D_BWD_F32, entries::MAX_POOL2D_BWD_F16);
     let [xn, yn] = [g.n * g.h * g.w * g.c, g.n * g.p * g.q * g.c];
     check_len(entry, "x", x.len(), xn)?;
     check_len(entry, "dy", dy.len(), yn)?;
@@ -83,15 +85,15 @@ pub fn max_pool2d_bwd(
 }
 
 /// y [blocks, C] = mean of each block of `group` rows of x [blocks·group, C].
-pub fn mean_rows(
+pub fn mean_rows<T: DeviceElem>(
     dev: &Device,
-    x: &CudaSlice<f32>,
-    y: &mut CudaSlice<f32>,
+    x: &CudaSlice<T>,
+    y: &mut CudaSlice<T>,
     blocks: usize,
     group: usize,
     c: usize,
 ) -> Result<(), CudaError> {
-    let entry = entries::MEAN_ROWS_F32;
+    let entry = T::entry(entries::MEAN_ROWS_F32, entries::MEAN_ROWS_F16);
     check_len(entry, "x", x.len(), blocks * group * c)?;
     check_len(entry, "y", y.len(), blocks * c)?;
     let kernel = dev.kernel(entry)?;
@@ -103,15 +105,15 @@ pub fn mean_rows(
 }
 
 /// dx [blocks·group, C] = dy [blocks, C] / group, repeated over each block's rows.
-pub fn mean_rows_bwd(
+pub fn mean_rows_bwd<T: DeviceElem>(
     dev: &Device,
-    dy: &CudaSlice<f32>,
-    dx: &mut CudaSlice<f32>,
+    dy: &CudaSlice<T>,
+    dx: &mut CudaSlice<T>,
     blocks: usize,
     group: usize,
     c: usize,
 ) -> Result<(), CudaError> {
-    let entry = entries::MEAN_ROWS_BWD_F32;
+    let entry = T::entry(entries::MEAN_ROWS_BWD_F32, entries::MEAN_ROWS_BWD_F16);
     check_len(entry, "dy", dy.len(), blocks * c)?;
     check_len(entry, "dx", dx.len(), blocks * group * c)?;
     let kernel = dev.kernel(entry)?;
