@@ -238,6 +238,9 @@ fn run_training<B: Backend>(
         config.dataloader.batch_size,
         config.train.accumulation_steps,
     );
+    for setting in config.not_yet_effective() {
+        eprintln!("warning: {setting}");
+    }
     let planned = dfengine::model::footprint::plan_step(
         &config,
         config.dataloader.batch_size as u64,

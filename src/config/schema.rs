@@ -24,6 +24,25 @@ impl Config {
     pub fn effective_batch(&self) -> u32 {
         self.dataloader.batch_size * self.train.accumulation_steps
     }
+
+    /// Settings this config asks for that training does not carry out yet, in the
+    /// config's words, for a warning at the start of a run.
+    pub fn not_yet_effective(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.dataloader.pin_memory {
+            out.push(
+                "[dataloader] pin_memory = true: batches are not staged in page-locked memory yet; it has no effect"
+                    .to_string(),
+            );
+        }
+        if self.gpu.preprocess == PreprocessDevice::Gpu {
+            out.push(
+                "[gpu] preprocess = \"gpu\": preprocessing runs on the loader threads (CPU) for now"
+                    .to_string(),
+            );
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,5 +320,25 @@ impl Default for MemoryManagementConfig {
             force_cleanup_every: 0,
             calm_steps: 50,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_not_carried_out_yet_are_named() {
+        let mut c = Config::default();
+        c.dataloader.pin_memory = false;
+        c.gpu.preprocess = PreprocessDevice::Auto;
+        assert!(c.not_yet_effective().is_empty());
+        c.dataloader.pin_memory = true;
+        c.gpu.preprocess = PreprocessDevice::Gpu;
+        let said = c.not_yet_effective();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(
+            said[0].starts_with("[dataloader] pin_memory = true") && said[1].starts_with("[gpu] preprocess")
+        );
     }
 }
