@@ -129,9 +129,11 @@ mod tests {
 
     #[test]
     fn a_bare_number_is_bytes() {
-        let b: VramBudget = toml::from_str::<toml::Value>("v = 11534336").unwrap()["v"].clone().try_into().unwrap();
+        let b: VramBudget =
+            toml::from_str::<toml::Value>("v = 11534336").unwrap()["v"].clone().try_into().unwrap();
         assert_eq!(b, VramBudget::Bytes(11_534_336));
-        let zero: Result<VramBudget, _> = toml::from_str::<toml::Value>("v = 0").unwrap()["v"].clone().try_into();
+        let zero: Result<VramBudget, _> =
+            toml::from_str::<toml::Value>("v = 0").unwrap()["v"].clone().try_into();
         assert!(zero.unwrap_err().to_string().contains("must be a positive size"));
     }
 

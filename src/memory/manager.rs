@@ -145,8 +145,8 @@ impl MemoryManager {
         let t = self.started.elapsed().as_secs_f64();
         for d in decisions {
             let reason = d.reason.replace('"', "'");
-            let _ =
-                writeln!(governor, "{t:.3},{},{},\"{reason}\"", d.step, d.action).and_then(|_| governor.flush());
+            let _ = writeln!(governor, "{t:.3},{},{},\"{reason}\"", d.step, d.action)
+                .and_then(|_| governor.flush());
         }
     }
 
