@@ -14,7 +14,7 @@ use dfengine::data::preprocess::{
 };
 use dfengine::data::sampling::{Sampling, sample_indices};
 use dfengine::data::synth::{ClipSpec, SynthParams, render};
-use dfengine::data::synth_video::{clip_path, write_clip_timed, write_dataset};
+use dfengine::data::synth_video::{Encoding, clip_path, write_clip_timed, write_clip_with, write_dataset};
 
 fn params() -> SynthParams {
     SynthParams { seed: 11, size: 48, frames: 16, difficulty: 0.3 }
@@ -94,6 +94,57 @@ fn asking_past_the_end_repeats_the_last_frame() {
     for (i, full) in all.iter().enumerate() {
         let (one, _) = read_frames(&path, &[i], 1).unwrap();
         assert_eq!(&one[0], full, "frame {i} alone differs from frame {i} of a full decode");
+    }
+}
+
+#[test]
+fn sampled_frames_are_bit_identical_to_decoding_everything() {
+    // 90 frames, a keyframe every 10, up to 3 B-frames in a row in x264's pyramid (on these
+    // clips 33–38 of the 90 frames are references to nothing). Closed groups start at IDR
+    // pictures, open ones at recovery points that B-frames refer back across. Sampling sends
+    // unwanted non-reference frames to be dropped and, before an IDR picture, does not
+    // send what follows a group's last wanted frame (nor groups with nothing wanted); with
+    // 2 threads closed groups are shared between two decoders, the second starting at an
+    // IDR picture, open ones decoded with frame threads. What comes back must be the very
+    // bytes of a full decode.
+    let dir = tempfile::tempdir().unwrap();
+    let p = SynthParams { size: 64, frames: 90, ..params() };
+    let clip = ClipSpec { source: 2, swapped_from: None };
+    for closed_gop in [true, false] {
+        let path = dir.path().join(format!("groups_closed_{closed_gop}.mp4"));
+        let encoding = Encoding { keyint: 10, b_frames: 3, closed_gop };
+        write_clip_with(&path, 64, encoding, (0..90).map(|t| (t as i64, render(&p, clip, t)))).unwrap();
+        let n = probe(&path).unwrap().frames;
+        assert_eq!(n, 90);
+        let everything: Vec<usize> = (0..n).collect();
+        let (all, decoded_all) = read_frames(&path, &everything, 1).unwrap();
+        let (all_i420, _) = read_frames_yuv420(&path, &everything, 1).unwrap();
+        assert_eq!(decoded_all, n, "asking for every frame decodes every frame");
+        let samplings = [
+            sample_indices(n, 8, Sampling::Eval),
+            sample_indices(n, 16, Sampling::Train { seed: 1 }),
+            sample_indices(n, 32, Sampling::Train { seed: 2 }),
+            vec![0],
+            vec![n - 1],
+            vec![3, 3, 4, 47, 75],
+        ];
+        for threads in [1, 2] {
+            for wanted in &samplings {
+                let (frames, decoded) = read_frames(&path, wanted, threads).unwrap();
+                let (frames_i420, _) = read_frames_yuv420(&path, wanted, threads).unwrap();
+                let case = format!("frames {wanted:?}, {threads} threads, closed groups {closed_gop}");
+                for ((&i, rgb), i420) in wanted.iter().zip(&frames).zip(&frames_i420) {
+                    assert!(rgb == &all[i], "{case}: RGB frame {i} is not the full decode's");
+                    assert!(i420 == &all_i420[i], "{case}: I420 frame {i} is not the full decode's");
+                }
+                assert!(decoded < n, "{case}: decoded all {n} frames");
+            }
+        }
+        // Frames 3 and 75: with closed groups the seven groups between cost nothing.
+        let (_, decoded) = read_frames(&path, &[3, 75], 1).unwrap();
+        if closed_gop {
+            assert!(decoded <= 12, "decoded {decoded} frames for frames 3 and 75");
+        }
     }
 }
 

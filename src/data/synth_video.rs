@@ -34,6 +34,39 @@ pub fn write_clip_timed(
     size: usize,
     frames: impl Iterator<Item = (i64, Vec<u8>)>,
 ) -> Result<(), SynthError> {
+    write_clip_with(path, size, Encoding::default(), frames)
+}
+
+/// How a clip is encoded: x264's veryfast preset at CRF 20, with keyframes and B-frames
+/// as given. The default is what `write_clip` has always written: a keyframe at least
+/// every 250 frames (more at scene cuts), up to 3 B-frames in a row, the middle one of
+/// three a reference (a B-pyramid) and the others not, and open groups of pictures (only
+/// the first keyframe is an IDR picture; the others are recovery points, and B-frames
+/// after them may refer back across them). The `ffmpeg` command line's libx264 closes
+/// its groups (every keyframe an IDR picture).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoding {
+    /// Most frames from one keyframe to the next.
+    pub keyint: u32,
+    /// Most consecutive B-frames (0: none).
+    pub b_frames: u32,
+    /// Every keyframe an IDR picture: nothing after it refers to anything before it.
+    pub closed_gop: bool,
+}
+
+impl Default for Encoding {
+    fn default() -> Self {
+        Encoding { keyint: 250, b_frames: 3, closed_gop: false }
+    }
+}
+
+/// As `write_clip_timed`, encoded as `encoding` says.
+pub fn write_clip_with(
+    path: &Path,
+    size: usize,
+    encoding: Encoding,
+    frames: impl Iterator<Item = (i64, Vec<u8>)>,
+) -> Result<(), SynthError> {
     let bad = |reason: String| SynthError { path: path.to_path_buf(), reason };
     super::decode::init_ffmpeg().map_err(|e| bad(format!("FFmpeg failed to initialise: {e}")))?;
     let codec = ffmpeg::encoder::find_by_name("libx264")
@@ -51,9 +84,12 @@ pub fn write_clip_timed(
     enc.set_format(Pixel::YUV420P);
     enc.set_time_base((1, FPS));
     enc.set_frame_rate(Some((FPS, 1)));
-    if global_header {
-        enc.set_flags(ffmpeg::codec::Flags::GLOBAL_HEADER);
-    }
+    enc.set_gop(encoding.keyint);
+    enc.set_max_b_frames(encoding.b_frames as usize);
+    let mut flags = ffmpeg::codec::Flags::empty();
+    flags.set(ffmpeg::codec::Flags::GLOBAL_HEADER, global_header);
+    flags.set(ffmpeg::codec::Flags::CLOSED_GOP, encoding.closed_gop);
+    enc.set_flags(flags);
     let mut opts = ffmpeg::Dictionary::new();
     opts.set("preset", "veryfast");
     opts.set("crf", "20");
