@@ -19,7 +19,7 @@ fn every_reference_module_parses() {
         println!("skipped: {why}");
         return;
     };
-    let mut kernels = 0;
+    let mut modules = 0;
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().is_none_or(|e| e != "ptx") {
@@ -27,9 +27,13 @@ fn every_reference_module_parses() {
         }
         let text = std::fs::read_to_string(&path).expect("readable PTX");
         let module = ptx::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        kernels += module.kernels().count();
+        // Every `.entry` nvcc wrote is a kernel the driver can look up.
+        let declared = text.lines().filter(|l| l.trim_start().starts_with(".visible .entry ")).count();
+        assert_eq!(module.kernels().count(), declared, "{}: kernels parsed vs declared", path.display());
+        assert!(declared > 0, "{}: no entry point", path.display());
+        modules += 1;
     }
-    assert_eq!(kernels, 42, "entry points across target/ptx-ref");
+    assert!(modules >= 8, "{modules} modules in {}: one per kernels/*.cu expected", dir.display());
 }
 
 #[test]
