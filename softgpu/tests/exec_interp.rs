@@ -4,7 +4,7 @@
 mod exec_support;
 
 use exec_support::{Arg, TestMemory, interp_module, pack};
-use softgpu::exec::{LaunchConfig, launch, launch_with_stats};
+use softgpu::exec::{Checks, LaunchConfig, launch, launch_with_checks, launch_with_stats};
 
 fn cfg(grid: u32, block: u32, dynamic_shared: u32) -> LaunchConfig {
     LaunchConfig { grid: [grid, 1, 1], block: [block, 1, 1], dynamic_shared }
@@ -89,25 +89,129 @@ fn out_of_bounds_store_names_kernel_thread_and_line() {
 }
 
 #[test]
-fn missing_cp_async_wait_reads_stale_shared_memory() {
+fn missing_cp_async_wait_reads_unwritten_or_stale_shared_memory() {
     let module = interp_module();
     let k = module.kernel("cp_async_copy").expect("cp_async_copy");
     let threads = 64usize;
     let input: Vec<f32> = (0..threads * 4).map(|i| i as f32).collect();
-    let run = |wait: i32| {
+    let run = |wait: i32, checks: &Checks| {
         let mut mem = TestMemory::new();
         let (pin, pout) = (mem.alloc_f32(&input), mem.alloc_f32(&vec![0.0; threads * 4]));
         let params = pack(k, &[Arg::Ptr(pin), Arg::Ptr(pout), Arg::I32(wait)]);
-        launch(k, &cfg(1, threads as u32, (threads * 16) as u32), &params, &mem)
-            .unwrap_or_else(|e| panic!("{e}"));
-        mem.f32s(pout)
+        launch_with_checks(k, &cfg(1, threads as u32, (threads * 16) as u32), &params, &mem, checks)
+            .map(|_| mem.f32s(pout))
     };
     let want: Vec<f32> = (0..threads * 4).map(|i| input[(i + 4) % (threads * 4)]).collect();
-    let waited = run(1);
+    let checked = Checks::default();
+    let waited = run(1, &checked).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(waited, want, "with cp.async.wait_group 0");
-    let stale = run(0);
+    // Without the wait no copy lands: the shared reads find bytes no thread wrote.
+    let err = run(0, &checked).expect_err("unwritten shared memory");
+    let msg = err.to_string();
+    println!("{msg}");
+    assert_eq!(err.thread, Some([0, 0, 0]), "{msg}");
+    assert!(err.site.as_ref().is_some_and(|s| s.instruction.starts_with("ld.shared.v4.u32")), "{msg}");
+    assert!(msg.contains("shared load of 16 bytes at 0x10 reads byte 0x10, which no thread"), "{msg}");
+    assert!(msg.contains("— shared window of 0x400 bytes (0 static + 1024 dynamic)"), "{msg}");
+    // With that check off, the reads see what was there before the copies: every value stale.
+    let unchecked = Checks { shared_unwritten: false, shared_races: false, ..Checks::default() };
+    let stale = run(0, &unchecked).unwrap_or_else(|e| panic!("{e}"));
     let mismatches = stale.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
     assert_eq!(mismatches, threads * 4, "without the wait every value must be stale: {:?}", &stale[..8]);
+}
+
+#[test]
+fn read_of_unwritten_shared_memory_names_the_offset() {
+    let module = interp_module();
+    let k = module.kernel("shared_unwritten").expect("shared_unwritten");
+    let run = |skip: i32| {
+        let mut mem = TestMemory::new();
+        let pout = mem.alloc_f32(&[0.0; 128]);
+        launch(k, &cfg(1, 128, 0), &pack(k, &[Arg::Ptr(pout), Arg::I32(skip)]), &mem).map(|_| mem.f32s(pout))
+    };
+    let all = run(-1).unwrap_or_else(|e| panic!("every word written: {e}"));
+    assert_eq!(all[127], 0.0);
+    assert_eq!(all[4], 5.0);
+    let err = run(37).expect_err("thread 36 reads s[37], never written");
+    let msg = err.to_string();
+    println!("{msg}");
+    assert_eq!(err.block, Some([0, 0, 0]));
+    assert_eq!(err.thread, Some([36, 0, 0]), "{msg}");
+    let site = err.site.as_ref().expect("a PTX site");
+    assert!(site.instruction.starts_with("ld.shared.f32"), "{msg}");
+    assert!(site.source.as_deref().is_some_and(|s| s.contains("interp.cu:")), "{msg}");
+    assert!(
+        msg.contains("shared load of 4 bytes at 0x94 reads byte 0x94, which no thread of this block"),
+        "{msg}"
+    );
+    assert!(msg.contains("— shared window of 0x200 bytes (512 static + 0 dynamic)"), "{msg}");
+}
+
+#[test]
+fn shared_race_across_a_missing_barrier_names_both_accesses() {
+    let module = interp_module();
+    let k = module.kernel("shared_mirror").expect("shared_mirror");
+    let run = |sync: i32| {
+        let mut mem = TestMemory::new();
+        let pout = mem.alloc_f32(&[0.0; 64]);
+        launch(k, &cfg(1, 64, 0), &pack(k, &[Arg::Ptr(pout), Arg::I32(sync)]), &mem).map(|_| mem.f32s(pout))
+    };
+    let synced = run(1).unwrap_or_else(|e| panic!("with the barrier: {e}"));
+    let want: Vec<f32> = (0..64).map(|t| 2.0 * (63 - t) as f32).collect();
+    assert_eq!(synced, want);
+    // Warp 0 runs first and reads words 32..63 (written before the first barrier); then
+    // warp 1 overwrites them in the same barrier interval.
+    let err = run(0).expect_err("race");
+    let msg = err.to_string();
+    println!("{msg}");
+    assert_eq!(err.thread, Some([32, 0, 0]), "{msg}");
+    assert!(err.site.as_ref().is_some_and(|s| s.instruction.starts_with("st.shared.f32")), "{msg}");
+    assert!(
+        msg.contains(
+            "shared-memory race: shared store of 4 bytes at 0x80 by warp 1 overwrites the 4 bytes at 0x80, \
+             which warp 0 read in the same barrier interval (no bar.sync between the two); the read: \
+             thread (31,0,0), PTX line"
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("`ld.shared.f32"), "{msg}");
+}
+
+#[test]
+fn watchdog_stops_an_endless_loop() {
+    let module = interp_module();
+    let k = module.kernel("spin_until").expect("spin_until");
+    let checks = Checks { max_lane_instructions: 1_000_000, ..Checks::default() };
+    let run = |flag: i32| {
+        let mut mem = TestMemory::new();
+        let (pflag, pout) = (mem.alloc_i32(&[flag]), mem.alloc_i32(&[0; 64]));
+        launch_with_checks(k, &cfg(2, 64, 0), &pack(k, &[Arg::Ptr(pflag), Arg::Ptr(pout)]), &mem, &checks)
+    };
+    run(1).unwrap_or_else(|e| panic!("flag set: {e}"));
+    let err = run(0).expect_err("endless loop");
+    let msg = err.to_string();
+    println!("{msg}");
+    assert_eq!(err.block, Some([0, 0, 0]), "{msg}");
+    assert!(err.site.as_ref().is_some_and(|s| s.instruction.starts_with("@%p2 bra")), "{msg}");
+    assert!(msg.contains("watchdog: the launch ran past SOFTGPU_MAX_LANE_INSTRUCTIONS = 1000000"), "{msg}");
+}
+
+#[test]
+fn watchdog_counts_every_block() {
+    let module = interp_module();
+    let k = module.kernel("vec_add_f32").expect("vec_add_f32");
+    let n = 1024;
+    let mut mem = TestMemory::new();
+    let (pa, pb, pc) =
+        (mem.alloc_f32(&vec![1.0; n]), mem.alloc_f32(&vec![2.0; n]), mem.alloc_f32(&vec![0.0; n]));
+    let params = pack(k, &[Arg::Ptr(pa), Arg::Ptr(pb), Arg::Ptr(pc), Arg::I32(n as i32)]);
+    let stats = launch_with_stats(k, &cfg(8, 128, 0), &params, &mem).unwrap_or_else(|e| panic!("{e}"));
+    // No loop: the budget is checked as blocks finish.
+    let checks = Checks { max_lane_instructions: stats.lane_instructions - 1, ..Checks::default() };
+    let err = launch_with_checks(k, &cfg(8, 128, 0), &params, &mem, &checks).expect_err("over budget");
+    assert!(err.to_string().contains("watchdog"), "{err}");
+    let checks = Checks { max_lane_instructions: stats.lane_instructions, ..Checks::default() };
+    launch_with_checks(k, &cfg(8, 128, 0), &params, &mem, &checks).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
@@ -155,7 +259,9 @@ fn run_ldmatrix(active: u32, dynamic_shared: u32) -> Result<(), softgpu::exec::L
     let module = softgpu::ptx::parse(LDMATRIX_PTX).unwrap_or_else(|e| panic!("{e}"));
     let k = module.kernel("ldmatrix_rows").expect("ldmatrix_rows");
     let params = active.to_le_bytes();
-    launch(k, &cfg(1, 32, dynamic_shared), &params, &TestMemory::new())
+    // The rows are never written: these tests are about the warp and the window.
+    let checks = Checks { shared_unwritten: false, ..Checks::default() };
+    launch_with_checks(k, &cfg(1, 32, dynamic_shared), &params, &TestMemory::new(), &checks).map(|_| ())
 }
 
 #[test]

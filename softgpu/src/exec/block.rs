@@ -4,6 +4,7 @@
 
 use super::counters::Tally;
 use super::error::{ErrorSite, Fault, LaunchError};
+use super::hazards::MAX_INSTRUCTIONS;
 use super::lanes::WARP;
 use super::memory::Shared;
 use super::warp::{LaunchCtx, Placement, Stop, Warp, thread_index};
@@ -24,13 +25,15 @@ impl BlockRunner {
     }
 
     /// Runs one block; returns the lane-instructions it executed. With `COUNT` its
-    /// instructions and accesses are added to `self.tally`.
+    /// instructions and accesses are added to `self.tally`. `budget`: the lane-instructions
+    /// the launch may still execute before the watchdog stops it.
     pub fn run<const COUNT: bool>(
         &mut self,
         kernel: &Kernel,
         ctx: &LaunchCtx<'_>,
         at: &Placement,
         dynamic_shared: u32,
+        budget: u64,
     ) -> Result<u64, LaunchError> {
         let body = ctx.body;
         let threads = at.block[0] * at.block[1] * at.block[2];
@@ -41,21 +44,36 @@ impl BlockRunner {
         for (i, w) in self.warps[..nwarps].iter_mut().enumerate() {
             w.reset(body, i as u32, at);
         }
-        self.shared.reset(body.static_shared, body.dynamic_offset as usize + dynamic_shared as usize);
+        let window = body.dynamic_offset as usize + dynamic_shared as usize;
+        let races = ctx.checks.shared_races && body.insts.len() < MAX_INSTRUCTIONS;
+        self.shared.reset(body.static_shared, window, ctx.checks.shared_unwritten, races);
         if COUNT {
             self.tally.prepare(body);
         }
         let error = |warp: usize, f: Fault| {
             let lane = f.lane.unwrap_or(0);
-            launch_error(kernel, at, Some(warp as u32 * WARP as u32 + lane), Some(f.pc), f.message)
+            let mut message = f.message;
+            if let Some(other) = f.other {
+                message.push(' ');
+                message.push_str(&describe(kernel, at, other.thread, other.pc));
+            }
+            launch_error(kernel, at, Some(warp as u32 * WARP as u32 + lane), Some(f.pc), message)
         };
+        // Lane-instructions of the block's warps so far, for the watchdog.
+        let mut ran = 0u64;
         loop {
             self.stops.clear();
             for (i, w) in self.warps[..nwarps].iter_mut().enumerate() {
                 let stop = if w.live == 0 {
                     Stop::Exited
                 } else {
-                    w.run::<COUNT>(ctx, &mut self.shared, &mut self.tally).map_err(|f| error(i, f))?
+                    let before = w.lane_instructions;
+                    let limit = budget.saturating_sub(ran - before);
+                    let stop = w
+                        .run::<COUNT>(ctx, &mut self.shared, &mut self.tally, limit)
+                        .map_err(|f| error(i, f))?;
+                    ran += w.lane_instructions - before;
+                    stop
                 };
                 self.stops.push(stop);
             }
@@ -103,9 +121,24 @@ impl BlockRunner {
                     ));
                 }
             }
+            self.shared.barrier();
         }
-        Ok(self.warps[..nwarps].iter().map(|w| w.lane_instructions).sum())
+        Ok(ran)
     }
+}
+
+/// "thread (x,y,z), PTX line N (file.cu:M) `instruction`" for linear thread `thread` at `pc`.
+fn describe(kernel: &Kernel, at: &Placement, thread: u32, pc: u32) -> String {
+    let [x, y, z] = thread_index(at.block, thread);
+    let mut s = format!("thread ({x},{y},{z})");
+    if let Some(site) = kernel.body.sites.get(pc as usize) {
+        s.push_str(&format!(", PTX line {}", site.ptx_line));
+        if let Some(src) = kernel.source_location(site.loc) {
+            s.push_str(&format!(" ({src})"));
+        }
+        s.push_str(&format!(" `{}`", site.text));
+    }
+    s
 }
 
 /// Builds the error for block `at`, linear thread `thread`, instruction `pc`.

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::hazards::Access;
+
 /// Where in the kernel a launch failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorSite {
@@ -51,4 +53,6 @@ pub(crate) struct Fault {
     /// The lane at fault; `None` for warp-wide failures (collectives).
     pub lane: Option<u32>,
     pub message: String,
+    /// For a race: the other access, which the block names after the message.
+    pub other: Option<Access>,
 }

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::block::BlockRunner;
+use super::checks::Checks;
 use super::counters::{Counters, Tally};
 use super::error::LaunchError;
 use super::warp::{LaunchCtx, Placement};
@@ -67,13 +68,27 @@ fn check_config(kernel: &Kernel, cfg: &LaunchConfig, params: &[u8]) -> Result<()
     Ok(())
 }
 
+/// Runs the launch as `launch` does, with the checks the environment sets
+/// (`Checks::from_env`), and says how much it executed.
 pub fn launch_with_stats(
     kernel: &Kernel,
     cfg: &LaunchConfig,
     params: &[u8],
     mem: &dyn GlobalMemory,
 ) -> Result<LaunchStats, LaunchError> {
-    run_grid::<false>(kernel, cfg, params, mem).map(|(stats, _)| stats)
+    let checks = Checks::from_env().map_err(|m| config_error(kernel, m))?;
+    launch_with_checks(kernel, cfg, params, mem, &checks)
+}
+
+/// Runs the launch with the given checks instead of the environment's.
+pub fn launch_with_checks(
+    kernel: &Kernel,
+    cfg: &LaunchConfig,
+    params: &[u8],
+    mem: &dyn GlobalMemory,
+    checks: &Checks,
+) -> Result<LaunchStats, LaunchError> {
+    run_grid::<false>(kernel, cfg, params, mem, checks).map(|(stats, _)| stats)
 }
 
 /// Runs the launch as `launch` does and counts what it did (exact counts, not timings;
@@ -84,7 +99,8 @@ pub fn launch_with_counters(
     params: &[u8],
     mem: &dyn GlobalMemory,
 ) -> Result<Counters, LaunchError> {
-    let (stats, tally) = run_grid::<true>(kernel, cfg, params, mem)?;
+    let checks = Checks::from_env().map_err(|m| config_error(kernel, m))?;
+    let (stats, tally) = run_grid::<true>(kernel, cfg, params, mem, &checks)?;
     Ok(tally.finish(kernel, cfg, stats.lane_instructions))
 }
 
@@ -94,14 +110,17 @@ fn run_grid<const COUNT: bool>(
     cfg: &LaunchConfig,
     params: &[u8],
     mem: &dyn GlobalMemory,
+    checks: &Checks,
 ) -> Result<(LaunchStats, Tally), LaunchError> {
     check_config(kernel, cfg, params)?;
     let [gx, gy, gz] = cfg.grid;
     let blocks = gx as u64 * gy as u64 * gz as u64;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(blocks as usize).max(1);
-    let ctx = LaunchCtx { body: &kernel.body, params, mem };
+    let ctx = LaunchCtx { body: &kernel.body, params, mem, checks: *checks };
+    let max = checks.max_lane_instructions;
     let next = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
+    // Lane-instructions of the finished blocks, which the watchdog's budget counts.
     let total = AtomicU64::new(0);
     // The failure of the lowest-numbered block wins, so a failing launch reports the same
     // block whatever the scheduling.
@@ -109,7 +128,6 @@ fn run_grid<const COUNT: bool>(
     let tally = Mutex::new(Tally::default());
     let work = || {
         let mut runner = BlockRunner::new();
-        let mut done = 0u64;
         while !failed.load(Ordering::Relaxed) {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= blocks {
@@ -124,18 +142,34 @@ fn run_grid<const COUNT: bool>(
                 ],
                 grid: cfg.grid,
             };
-            match runner.run::<COUNT>(kernel, &ctx, &at, cfg.dynamic_shared) {
-                Ok(n) => done += n,
-                Err(e) => {
-                    failed.store(true, Ordering::Relaxed);
-                    let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                    if slot.as_ref().is_none_or(|(j, _)| i < *j) {
-                        *slot = Some((i, e));
-                    }
+            // Blocks running at the same time each may use what is left when they start:
+            // the watchdog is a bound against endless loops, not an exact limit.
+            let budget = max.saturating_sub(total.load(Ordering::Relaxed));
+            let outcome = runner.run::<COUNT>(kernel, &ctx, &at, cfg.dynamic_shared, budget).and_then(|n| {
+                let sum = total.fetch_add(n, Ordering::Relaxed) + n;
+                if sum <= max {
+                    return Ok(());
+                }
+                // A launch of many short blocks: no backward branch went past the budget.
+                Err(LaunchError {
+                    kernel: kernel.name().to_string(),
+                    block: Some(at.block_idx),
+                    thread: None,
+                    site: None,
+                    message: format!(
+                        "watchdog: the launch ran past SOFTGPU_MAX_LANE_INSTRUCTIONS = {max} lane-instructions \
+                         ({sum} when this block finished)"
+                    ),
+                })
+            });
+            if let Err(e) = outcome {
+                failed.store(true, Ordering::Relaxed);
+                let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.as_ref().is_none_or(|(j, _)| i < *j) {
+                    *slot = Some((i, e));
                 }
             }
         }
-        total.fetch_add(done, Ordering::Relaxed);
         if COUNT {
             tally.lock().unwrap_or_else(|p| p.into_inner()).merge(&runner.tally);
         }

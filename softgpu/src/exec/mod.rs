@@ -2,10 +2,12 @@
 
 mod alu;
 mod block;
+mod checks;
 pub mod collective;
 pub mod counters;
 mod error;
 mod grid;
+mod hazards;
 mod lanes;
 mod memory;
 pub mod numeric;
@@ -13,9 +15,10 @@ pub mod occupancy;
 mod traffic;
 mod warp;
 
+pub use checks::Checks;
 pub use counters::Counters;
 pub use error::{ErrorSite, LaunchError};
-pub use grid::{LaunchStats, launch_with_counters, launch_with_stats};
+pub use grid::{LaunchStats, launch_with_checks, launch_with_counters, launch_with_stats};
 pub use occupancy::{Occupancy, RegisterTable};
 
 use std::fmt;
@@ -56,7 +59,8 @@ pub trait GlobalMemory: Sync {
 
 /// Runs `kernel` over the grid of `cfg` with the packed parameter buffer `params`
 /// (`kernel.params()[i]` at its offset) against device memory `mem`; returns when every
-/// block has finished, or with the first failure.
+/// block has finished, or with the first failure. The checks beyond bounds and alignment
+/// are those the environment sets (`Checks::from_env`: shared-memory hazards, watchdog).
 ///
 /// With `SOFTGPU_TRACE=1` in the environment each launch prints one line to stderr —
 /// `softgpu trace: <kernel> grid [x, y, z] block [x, y, z] <µs> us <n> lane-instructions`

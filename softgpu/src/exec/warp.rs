@@ -8,11 +8,13 @@
 
 use super::GlobalMemory;
 use super::alu;
+use super::checks::Checks;
 use super::collective::{self, MatrixCount};
 use super::counters::{Dir, Tally};
 use super::error::Fault;
+use super::hazards::Access;
 use super::lanes::{FULL, Lanes, WARP, each};
-use super::memory::{AsyncCopies, Shared, global_read, global_write};
+use super::memory::{AccessError, AsyncCopies, Shared, global_read, global_write};
 use crate::ptx::Body;
 use crate::ptx::ir::{Op, PredOp, Reg, SPECIAL_REGS, Space, Ty};
 
@@ -35,11 +37,13 @@ pub(crate) enum Stop {
     Exited,
 }
 
-/// What every warp of a launch reads: the kernel body, parameters and global memory.
+/// What every warp of a launch reads: the kernel body, parameters, global memory and
+/// the launch's checks.
 pub(crate) struct LaunchCtx<'a> {
     pub body: &'a Body,
     pub params: &'a [u8],
     pub mem: &'a dyn GlobalMemory,
+    pub checks: Checks,
 }
 
 pub(crate) struct Warp {
@@ -49,6 +53,8 @@ pub(crate) struct Warp {
     stack: Vec<Frame>,
     /// Lanes that are threads of the block and have not exited.
     pub live: u32,
+    /// Linear thread index of lane 0 in the block.
+    first_thread: u32,
     copies: AsyncCopies,
     pub lane_instructions: u64,
 }
@@ -66,7 +72,11 @@ pub(crate) fn thread_index(block: [u32; 3], linear: u32) -> [u32; 3] {
 }
 
 fn fault(pc: u32, lane: Option<usize>, message: String) -> Fault {
-    Fault { pc, lane: lane.map(|l| l as u32), message }
+    Fault { pc, lane: lane.map(|l| l as u32), message, other: None }
+}
+
+fn shared_fault(pc: u32, lane: usize, e: AccessError) -> Fault {
+    Fault { pc, lane: Some(lane as u32), message: e.message, other: e.other }
 }
 
 fn le_bytes(v: u64, out: &mut [u8]) {
@@ -95,6 +105,7 @@ impl Warp {
             cur: Frame { pc: 0, mask: 0, rpc: u32::MAX },
             stack: Vec::new(),
             live: 0,
+            first_thread: 0,
             copies: AsyncCopies::new(),
             lane_instructions: 0,
         }
@@ -138,6 +149,7 @@ impl Warp {
         self.cur = Frame { pc: 0, mask: lanes, rpc: u32::MAX };
         self.stack.clear();
         self.live = lanes;
+        self.first_thread = index * WARP as u32;
         self.copies.reset();
         self.lane_instructions = 0;
     }
@@ -148,12 +160,15 @@ impl Warp {
     }
 
     /// Runs until a barrier or exit. With `COUNT` every issued instruction and memory
-    /// access is also counted into `tally`; without it that code is compiled out.
+    /// access is also counted into `tally`; without it that code is compiled out. The
+    /// watchdog stops the warp at a backward branch once its count of lane-instructions
+    /// exceeds `limit`.
     pub fn run<const COUNT: bool>(
         &mut self,
         ctx: &LaunchCtx<'_>,
         shared: &mut Shared,
         tally: &mut Tally,
+        limit: u64,
     ) -> Result<Stop, Fault> {
         let insts = &ctx.body.insts[..];
         loop {
@@ -263,15 +278,17 @@ impl Warp {
                     if COUNT {
                         tally.access(Dir::Load, space, em, &regs[addr as usize], off, ty.bytes() * n as u32);
                     }
-                    load(regs, em, ctx.mem, shared, space, ty, n, d, addr, off)
-                        .map_err(|(l, m)| fault(pc, Some(l), m))?
+                    let by = Access { pc, thread: self.first_thread };
+                    load(regs, em, ctx.mem, shared, by, space, ty, n, d, addr, off)
+                        .map_err(|(l, e)| shared_fault(pc, l, e))?
                 }
                 Op::St { space, ty, n, a, addr, off } => {
                     if COUNT {
                         tally.access(Dir::Store, space, em, &regs[addr as usize], off, ty.bytes() * n as u32);
                     }
-                    store(regs, em, ctx.mem, shared, space, ty, n, a, addr, off)
-                        .map_err(|(l, m)| fault(pc, Some(l), m))?
+                    let by = Access { pc, thread: self.first_thread };
+                    store(regs, em, ctx.mem, shared, by, space, ty, n, a, addr, off)
+                        .map_err(|(l, e)| shared_fault(pc, l, e))?
                 }
                 Op::CpAsync { dst, dst_off, src, src_off, size, src_size } => {
                     let mut result = Ok(());
@@ -286,14 +303,25 @@ impl Warp {
                         }
                         let daddr = (dv[l] as u32) as i64 + dst_off;
                         let saddr = sv[l].wrapping_add(src_off as u64);
-                        let bytes = zv.map_or(size, |z| z[l] as u32);
-                        result =
-                            cp_async_one(&mut self.copies, shared, ctx.mem, l, daddr, saddr, size, bytes);
+                        let bytes = zv.as_ref().map_or(size, |z| z[l] as u32);
+                        result = cp_async_one(
+                            &mut self.copies,
+                            shared,
+                            ctx.mem,
+                            (pc, l),
+                            daddr,
+                            saddr,
+                            size,
+                            bytes,
+                        );
                     });
                     result.map_err(|(l, m)| fault(pc, Some(l), m))?;
                 }
                 Op::CpAsyncCommit => self.copies.commit(em),
-                Op::CpAsyncWait { n } => self.copies.wait(em, n, shared),
+                Op::CpAsyncWait { n } => self
+                    .copies
+                    .wait(em, n, shared, self.first_thread)
+                    .map_err(|(l, at, e)| shared_fault(at, l, e))?,
                 Op::Mma { d, a, b, c } => {
                     full_warp(pc, em, "mma.sync")?;
                     let mut fa = [[0u32; 4]; WARP];
@@ -331,10 +359,14 @@ impl Warp {
                         _ => MatrixCount::X4,
                     };
                     let out = collective::ldmatrix_m8n8_b16(count, trans, &rows, |lane, a| {
-                        let mut row = [0u8; 16];
-                        shared.read(a as i64, &mut row).map(|_| row).map_err(|m| (lane, m))
+                        shared.read_row(a as i64).map_err(|m| (lane, m))
                     })
-                    .map_err(|(l, m)| fault(pc, Some(l), format!("ldmatrix row address: {m}")))?;
+                    .map_err(|(l, m)| fault(pc, Some(l), m))?;
+                    if shared.tracking() {
+                        shared
+                            .track_rows(&rows[..8 * n as usize], self.first_thread, pc)
+                            .map_err(|(l, e)| shared_fault(pc, l, e))?;
+                    }
                     for (l, vals) in out.iter().enumerate() {
                         for k in 0..n as usize {
                             regs[d[k] as usize][l] = vals[k] as u64;
@@ -355,6 +387,17 @@ impl Warp {
                     return Ok(Stop::Barrier { id, pc });
                 }
                 Op::Bra { target, reconverge } => {
+                    if target <= pc && self.lane_instructions > limit {
+                        return Err(fault(
+                            pc,
+                            Some(em.trailing_zeros() as usize),
+                            format!(
+                                "watchdog: the launch ran past SOFTGPU_MAX_LANE_INSTRUCTIONS = {} lane-instructions \
+                                 (this warp ran {} of them in this block) and is still looping; an endless loop?",
+                                ctx.checks.max_lane_instructions, self.lane_instructions
+                            ),
+                        ));
+                    }
                     let not_taken = mask & !em;
                     if not_taken == 0 {
                         self.cur.pc = target;
@@ -382,14 +425,17 @@ fn full_warp(pc: u32, em: u32, what: &str) -> Result<(), Fault> {
     ))
 }
 
-type LaneError = (usize, String);
+/// A failed access of one lane: the lane and why.
+type LaneError = (usize, AccessError);
 
+/// `by` names the instruction and lane 0's thread; each lane adds its number.
 #[allow(clippy::too_many_arguments)]
 fn load(
     regs: &mut [Lanes],
     em: u32,
     mem: &dyn GlobalMemory,
-    shared: &Shared,
+    shared: &mut Shared,
+    by: Access,
     space: Space,
     ty: Ty,
     n: u8,
@@ -408,8 +454,12 @@ fn load(
         }
         let mut buf = [0u8; 32];
         let r = match space {
-            Space::Global => global_read(mem, av[l].wrapping_add(off as u64), &mut buf[..total], total),
-            Space::Shared => shared.read((av[l] as u32) as i64 + off, &mut buf[..total]),
+            Space::Global => global_read(mem, av[l].wrapping_add(off as u64), &mut buf[..total], total)
+                .map_err(AccessError::from),
+            Space::Shared => {
+                let by = Access { pc: by.pc, thread: by.thread + l as u32 };
+                shared.read((av[l] as u32) as i64 + off, &mut buf[..total], by)
+            }
         };
         match r {
             Ok(()) => {
@@ -434,6 +484,7 @@ fn store(
     em: u32,
     mem: &dyn GlobalMemory,
     shared: &mut Shared,
+    by: Access,
     space: Space,
     ty: Ty,
     n: u8,
@@ -454,8 +505,13 @@ fn store(
             le_bytes(regs[a[k] as usize][l], &mut buf[k * size..(k + 1) * size]);
         }
         let r = match space {
-            Space::Global => global_write(mem, av[l].wrapping_add(off as u64), &buf[..total]),
-            Space::Shared => shared.write((av[l] as u32) as i64 + off, &buf[..total]),
+            Space::Global => {
+                global_write(mem, av[l].wrapping_add(off as u64), &buf[..total]).map_err(AccessError::from)
+            }
+            Space::Shared => {
+                let by = Access { pc: by.pc, thread: by.thread + l as u32 };
+                shared.write((av[l] as u32) as i64 + off, &buf[..total], by)
+            }
         };
         if let Err(m) = r {
             result = Err((l, m));
@@ -471,12 +527,12 @@ fn cp_async_one(
     copies: &mut AsyncCopies,
     shared: &Shared,
     mem: &dyn GlobalMemory,
-    lane: usize,
+    (pc, lane): (u32, usize),
     dst: i64,
     src: u64,
     size: u32,
     src_bytes: u32,
-) -> Result<(), LaneError> {
+) -> Result<(), (usize, String)> {
     if src_bytes > size {
         return Err((lane, format!("cp.async src-size {src_bytes} exceeds the copy size {size}")));
     }
@@ -487,6 +543,6 @@ fn cp_async_one(
         global_read(mem, src, &mut data[..src_bytes as usize], size as usize)
             .map_err(|m| (lane, format!("cp.async source: {m}")))?;
     }
-    copies.issue(lane as u32, range.start as u32, size, &data[..src_bytes as usize]);
+    copies.issue(lane as u32, range.start as u32, size, &data[..src_bytes as usize], pc, shared.epoch());
     Ok(())
 }

@@ -1,7 +1,7 @@
 // Small kernels for softgpu's interpreter tests (softgpu/tests/exec_*.rs). Each one
 // exercises one mechanism: plain SIMT, divergence and reconvergence, barriers, cp.async
 // groups, and the checks that must fire (out-of-bounds store, missing wait, divergent
-// barrier). Regenerate interp.ptx with the command in README.md.
+// barrier, unwritten shared memory, a missing barrier, an endless loop). See README.md.
 
 extern "C" __global__ void vec_add_f32(const float* a, const float* b, float* c, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -64,4 +64,38 @@ extern "C" __global__ void divergent_barrier(float* out) {
         out[threadIdx.x] = 1.0f;
         __syncthreads();
     }
+}
+
+// Thread `skip` writes nothing, so its left neighbour reads a shared word no thread wrote
+// (skip = -1: every word is written).
+extern "C" __global__ void shared_unwritten(float* out, int skip) {
+    __shared__ float s[128];
+    int t = threadIdx.x;
+    if (t != skip) s[t] = t;
+    __syncthreads();
+    out[t] = s[(t + 1) % blockDim.x];
+}
+
+// 64 threads: after the first barrier each thread overwrites its word and reads the
+// mirror word, which the other warp writes; without the second barrier (sync = 0) that
+// read races with the other warp's write.
+extern "C" __global__ void shared_mirror(float* out, int sync) {
+    __shared__ float s[64];
+    int t = threadIdx.x;
+    s[t] = 0.0f;
+    __syncthreads();
+    s[t] = 2.0f * t;
+    if (sync) __syncthreads();
+    out[t] = s[63 - t];
+}
+
+// Spins while *flag is 0: with flag = 0 it never ends, and the watchdog must stop it. The
+// empty asm keeps the loop (and its reload of *flag) in the PTX.
+extern "C" __global__ void spin_until(const int* flag, int* out) {
+    int n = 0;
+    while (*flag == 0) {
+        ++n;
+        asm volatile("" ::: "memory");
+    }
+    out[threadIdx.x] = n;
 }
