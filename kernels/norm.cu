@@ -1,5 +1,11 @@
 // Batch norm over the channels of an NHWC tensor seen as [M, C] (M = N·H·W): training
-// forward (batch statistics, running statistics updated), eval forward, backward.
+// forward (batch statistics, running statistics updated), eval forward, backward, and
+// the two that let backward recompute instead of keep ([train] activation_memory =
+// "lean"): `batch_norm_normalize` is also the recomputation of a training forward's output
+// from its input and saved statistics, and `batch_norm_relu_bwd_dx` is the backward of a
+// fused ReLU whose mask is recomputed from the input x and β rather than read from the
+// stored output (the same `bn_value` formula rounded to the stored dtype, so the mask is
+// the one the output would give, and the gradients match `batch_norm_bwd_dx`'s bit for bit).
 //
 // Statistics are reduced deterministically and in the very order of the CPU twin
 // (src/backend/cpu/norm.rs), so they agree bit for bit: the rows are cut into chunks of
@@ -26,16 +32,48 @@
 // What pass 1 sums, per element i of channel ch.
 enum BnSum { SUM_X = 0, SUM_SQDEV = 1, SUM_G = 2, SUM_G_XHAT = 3 };
 
+// The normalised value before the ReLU and the rounding: one formula for the forward
+// and for the mask recomputed in backward.
+DF_DEVICE float bn_value(float x, float mean, float invstd, float gamma, float beta) {
+    return __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(x, mean), invstd), gamma), beta);
+}
+
+// v as a tensor of x's element type stores it.
+DF_DEVICE float rounded_as(const float*, float v) { return v; }
+DF_DEVICE float rounded_as(const __half*, float v) { return __half2float(__float2half_rn(v)); }
+
+// Where a fused ReLU's mask comes from in backward: the stored output `relu_y`, or (when
+// `mask_beta` is given) the output recomputed from x, rounded to T as the forward stored it.
+// Neither: no ReLU was fused.
 template <typename T>
-DF_DEVICE float bn_grad(const T* dy, const T* relu_y, long long i) {
-    return relu_y ? (df_load(relu_y, i) > 0.0f ? df_load(dy, i) : 0.0f) : df_load(dy, i);
+struct ReluMask {
+    const T* relu_y;
+    const T* x;
+    const float* mean;
+    const float* invstd;
+    const float* gamma;
+    const float* beta;
+};
+
+template <typename T>
+DF_DEVICE float bn_grad(const T* dy, ReluMask<T> mask, long long i, int ch) {
+    float g = df_load(dy, i);
+    if (mask.relu_y) return df_load(mask.relu_y, i) > 0.0f ? g : 0.0f;
+    if (mask.beta) {
+        float y = fmaxf(bn_value(df_load(mask.x, i), mask.mean[ch], mask.invstd[ch], mask.gamma[ch], mask.beta[ch]),
+                        0.0f);
+        return rounded_as(mask.x, y) > 0.0f ? g : 0.0f;
+    }
+    return g;
 }
 
 template <typename T>
 DF_DEVICE void chunk_sums(const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ relu_y,
                           const double* __restrict__ mean_d, const float* __restrict__ mean_f,
-                          const float* __restrict__ invstd, int kind, long long M, int C, long long rows,
+                          const float* __restrict__ invstd, const float* __restrict__ mask_gamma,
+                          const float* __restrict__ mask_beta, int kind, long long M, int C, long long rows,
                           double* __restrict__ partials) {
+    ReluMask<T> mask{relu_y, x, mean_f, invstd, mask_gamma, mask_beta};
     long long chunks = (M + rows - 1) / rows;
     DF_GRID_STRIDE(t, chunks * C) {
         int ch = (int)(t % C);
@@ -52,10 +90,10 @@ DF_DEVICE void chunk_sums(const T* __restrict__ x, const T* __restrict__ dy, con
                     v = __dmul_rn(d, d);
                     break;
                 }
-                case SUM_G: v = (double)bn_grad(dy, relu_y, i); break;
+                case SUM_G: v = (double)bn_grad(dy, mask, i, ch); break;
                 default: {
                     float xhat = __fmul_rn(__fsub_rn(df_load(x, i), mean_f[ch]), invstd[ch]);
-                    v = __dmul_rn((double)bn_grad(dy, relu_y, i), (double)xhat);
+                    v = __dmul_rn((double)bn_grad(dy, mask, i, ch), (double)xhat);
                 }
             }
             acc = __dadd_rn(acc, v);
@@ -68,18 +106,22 @@ extern "C" __global__ void batch_norm_chunk_sums_f64(const float* __restrict__ x
                                                      const float* __restrict__ relu_y,
                                                      const double* __restrict__ mean_d,
                                                      const float* __restrict__ mean_f,
-                                                     const float* __restrict__ invstd, int kind, long long M, int C,
-                                                     long long rows, double* __restrict__ partials) {
-    chunk_sums(x, dy, relu_y, mean_d, mean_f, invstd, kind, M, C, rows, partials);
+                                                     const float* __restrict__ invstd,
+                                                     const float* __restrict__ mask_gamma,
+                                                     const float* __restrict__ mask_beta, int kind, long long M,
+                                                     int C, long long rows, double* __restrict__ partials) {
+    chunk_sums(x, dy, relu_y, mean_d, mean_f, invstd, mask_gamma, mask_beta, kind, M, C, rows, partials);
 }
 
 extern "C" __global__ void batch_norm_chunk_sums_f16(const __half* __restrict__ x, const __half* __restrict__ dy,
                                                      const __half* __restrict__ relu_y,
                                                      const double* __restrict__ mean_d,
                                                      const float* __restrict__ mean_f,
-                                                     const float* __restrict__ invstd, int kind, long long M, int C,
-                                                     long long rows, double* __restrict__ partials) {
-    chunk_sums(x, dy, relu_y, mean_d, mean_f, invstd, kind, M, C, rows, partials);
+                                                     const float* __restrict__ invstd,
+                                                     const float* __restrict__ mask_gamma,
+                                                     const float* __restrict__ mask_beta, int kind, long long M,
+                                                     int C, long long rows, double* __restrict__ partials) {
+    chunk_sums(x, dy, relu_y, mean_d, mean_f, invstd, mask_gamma, mask_beta, kind, M, C, rows, partials);
 }
 
 extern "C" __global__ void batch_norm_reduce_chunks_f64(const double* __restrict__ partials, long long chunks, int C,
@@ -129,8 +171,7 @@ DF_DEVICE void normalize(const T* __restrict__ x, long long M, int C, const floa
                          const float* __restrict__ beta, int relu, T* __restrict__ y) {
     DF_GRID_STRIDE(i, M * C) {
         int ch = (int)(i % C);
-        float v =
-            __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(df_load(x, i), mean[ch]), invstd[ch]), gamma[ch]), beta[ch]);
+        float v = bn_value(df_load(x, i), mean[ch], invstd[ch], gamma[ch], beta[ch]);
         df_store(y, i, relu ? fmaxf(v, 0.0f) : v);
     }
 }
@@ -164,30 +205,40 @@ extern "C" __global__ void batch_norm_bwd_stats_f32(const double* __restrict__ s
 
 // dx = γ·invstd·(g − mean(g) − x̂·mean(g·x̂)).
 template <typename T>
-DF_DEVICE void bwd_dx(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ relu_y, long long M,
-                      int C, const float* __restrict__ gamma, const float* __restrict__ mean,
+DF_DEVICE void bwd_dx(const T* __restrict__ dy, const T* __restrict__ x, ReluMask<T> mask, long long M, int C,
+                      const float* __restrict__ gamma, const float* __restrict__ mean,
                       const float* __restrict__ invstd, const float* __restrict__ mean_g,
                       const float* __restrict__ mean_gx, T* __restrict__ dx) {
     DF_GRID_STRIDE(i, M * C) {
         int ch = (int)(i % C);
         float xhat = __fmul_rn(__fsub_rn(df_load(x, i), mean[ch]), invstd[ch]);
-        float inner = __fsub_rn(__fsub_rn(bn_grad(dy, relu_y, i), mean_g[ch]), __fmul_rn(xhat, mean_gx[ch]));
+        float inner = __fsub_rn(__fsub_rn(bn_grad(dy, mask, i, ch), mean_g[ch]), __fmul_rn(xhat, mean_gx[ch]));
         df_store(dx, i, __fmul_rn(__fmul_rn(gamma[ch], invstd[ch]), inner));
     }
 }
 
-extern "C" __global__ void batch_norm_bwd_dx_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                                 const float* __restrict__ relu_y, long long M, int C,
-                                                 const float* __restrict__ gamma, const float* __restrict__ mean,
-                                                 const float* __restrict__ invstd, const float* __restrict__ mean_g,
-                                                 const float* __restrict__ mean_gx, float* __restrict__ dx) {
-    bwd_dx(dy, x, relu_y, M, C, gamma, mean, invstd, mean_g, mean_gx, dx);
-}
+#define DF_BN_BWD_DX(name, T)                                                                                    \
+    extern "C" __global__ void name(const T* __restrict__ dy, const T* __restrict__ x,                           \
+                                    const T* __restrict__ relu_y, long long M, int C,                            \
+                                    const float* __restrict__ gamma, const float* __restrict__ mean,             \
+                                    const float* __restrict__ invstd, const float* __restrict__ mean_g,          \
+                                    const float* __restrict__ mean_gx, T* __restrict__ dx) {                     \
+        ReluMask<T> mask{relu_y, x, mean, invstd, gamma, nullptr};                                               \
+        bwd_dx(dy, x, mask, M, C, gamma, mean, invstd, mean_g, mean_gx, dx);                                     \
+    }
 
-extern "C" __global__ void batch_norm_bwd_dx_f16(const __half* __restrict__ dy, const __half* __restrict__ x,
-                                                 const __half* __restrict__ relu_y, long long M, int C,
-                                                 const float* __restrict__ gamma, const float* __restrict__ mean,
-                                                 const float* __restrict__ invstd, const float* __restrict__ mean_g,
-                                                 const float* __restrict__ mean_gx, __half* __restrict__ dx) {
-    bwd_dx(dy, x, relu_y, M, C, gamma, mean, invstd, mean_g, mean_gx, dx);
-}
+// The mask recomputed from x and β (no stored output).
+#define DF_BN_RELU_BWD_DX(name, T)                                                                               \
+    extern "C" __global__ void name(const T* __restrict__ dy, const T* __restrict__ x, long long M, int C,      \
+                                    const float* __restrict__ gamma, const float* __restrict__ beta,             \
+                                    const float* __restrict__ mean, const float* __restrict__ invstd,            \
+                                    const float* __restrict__ mean_g, const float* __restrict__ mean_gx,         \
+                                    T* __restrict__ dx) {                                                        \
+        ReluMask<T> mask{nullptr, x, mean, invstd, gamma, beta};                                                 \
+        bwd_dx(dy, x, mask, M, C, gamma, mean, invstd, mean_g, mean_gx, dx);                                     \
+    }
+
+DF_BN_BWD_DX(batch_norm_bwd_dx_f32, float)
+DF_BN_BWD_DX(batch_norm_bwd_dx_f16, __half)
+DF_BN_RELU_BWD_DX(batch_norm_relu_bwd_dx_f32, float)
+DF_BN_RELU_BWD_DX(batch_norm_relu_bwd_dx_f16, __half)

@@ -241,15 +241,19 @@ fn run_training<B: Backend>(
     for setting in config.not_yet_effective() {
         eprintln!("warning: {setting}");
     }
-    let planned = dfengine::model::footprint::plan_step(
-        &config,
-        config.dataloader.batch_size as u64,
-        config.data.max_frames as u64,
-        config.train.mixed_precision,
-    );
+    let (micro, frames, mixed) =
+        (config.dataloader.batch_size as u64, config.data.max_frames as u64, config.train.mixed_precision);
+    let budget = backend.pool_stats().budget_bytes as u64;
+    let mode = dfengine::model::footprint::resolve_mode(&config, micro, frames, mixed, budget);
+    let planned = dfengine::model::footprint::plan_step(&config, micro, frames, mixed, mode);
     eprintln!(
-        "planned step footprint ({} activations): {}",
-        dfengine::tensor::DType::activations(config.train.mixed_precision),
+        "planned step footprint ({} activations, activation_memory = \"{mode}\"{}): {}",
+        dfengine::tensor::DType::activations(mixed),
+        match config.train.activation_memory {
+            config::ActivationMemory::Auto =>
+                format!(", picked by \"auto\" for the {} budget", config::format_bytes(budget)),
+            _ => String::new(),
+        },
         planned.describe()
     );
     let source = dfengine::memory::monitor::SystemSource::new(Some(config.gpu.device));
@@ -266,7 +270,7 @@ fn run_training<B: Backend>(
 /// searched by bisection on the plan, rounded down to a divisor of the effective batch so
 /// that the effective batch stays what the config says.
 fn auto_batch(config: &mut config::Config) -> Result<(), Failure> {
-    use dfengine::model::footprint::{largest_fitting, plan_step};
+    use dfengine::model::footprint::{largest_fitting, plan_step, resolve_mode};
     let config::VramBudget::Bytes(budget) = config.gpu.vram_budget else {
         return Err(Failure::Input(
             "--auto-batch needs a size to fit: set [gpu] vram_budget or pass --vram-budget".to_string(),
@@ -275,21 +279,27 @@ fn auto_batch(config: &mut config::Config) -> Result<(), Failure> {
     let effective = config.effective_batch();
     let frames = config.data.max_frames as u64;
     let mixed = config.train.mixed_precision;
-    let fits = |m: u64| plan_step(config, m, frames, mixed).total() <= budget;
+    // The plan in the mode the run would pick at that micro-batch ("auto": "lean" when
+    // "saved" does not fit).
+    let plan = |m: u64| plan_step(config, m, frames, mixed, resolve_mode(config, m, frames, mixed, budget));
+    let fits = |m: u64| plan(m).total() <= budget;
     let Some(largest) = largest_fitting(effective as u64, fits) else {
         return Err(Failure::Input(format!(
             "--auto-batch: even one clip needs {} planned, over the {} budget",
-            config::format_bytes(plan_step(config, 1, frames, mixed).total()),
+            config::format_bytes(plan(1).total()),
             config::format_bytes(budget)
         )));
     };
     let micro = (1..=largest as u32).rev().find(|m| effective % m == 0).unwrap_or(1);
+    let (mode, planned) =
+        (resolve_mode(config, micro as u64, frames, mixed, budget), plan(micro as u64).total());
     config.dataloader.batch_size = micro;
     config.train.accumulation_steps = effective / micro;
     eprintln!(
-        "auto-batch: micro-batch {micro} × {} accumulation steps (effective {effective}; planned {} of {})",
+        "auto-batch: micro-batch {micro} × {} accumulation steps (effective {effective}; activation_memory = \"{}\"; planned {} of {})",
         effective / micro,
-        config::format_bytes(plan_step(config, micro as u64, frames, mixed).total()),
+        mode,
+        config::format_bytes(planned),
         config::format_bytes(budget)
     );
     Ok(())
@@ -615,6 +625,7 @@ fn require_file(path: &Path, what: &str) -> Result<(), Failure> {
 
 fn eval(args: EvalArgs) -> Result<(), Failure> {
     use dfengine::train::evaluate::{evaluate, load_checkpoint_model};
+    use dfengine::train::step::PreprocessOn;
     let resolved = load_config(Some(&args.config), &[])?;
     require_file(&args.checkpoint, "checkpoint")?;
     let backend = cpu_backend(&resolved.config)?;
@@ -627,7 +638,8 @@ fn eval(args: EvalArgs) -> Result<(), Failure> {
     let settings = dfengine::train::run::loader_settings(&config, false);
     let mut micro = config.dataloader.batch_size as usize;
     let loader = dfengine::data::loader::EpochLoader::start(splits.test.clone(), settings, 0);
-    let e = evaluate(&backend, &net, &splits.test, loader, &mut micro).map_err(train_failure)?;
+    let e = evaluate(&backend, &net, &splits.test, loader, &mut micro, PreprocessOn::Host)
+        .map_err(train_failure)?;
     let m = e.metrics;
     println!(
         "test ({} clips of {}): clip AUC {:.4}, frame AUC {:.4}, ACC {:.3}, EER {:.3}, log loss {:.4}",

@@ -303,8 +303,8 @@ fn resnet_training_steps_match_the_cpu(activations: DType) {
         );
         let dc = c.bce_with_logits_bwd(&lc.clips, &yc, &bce, 1.0).unwrap();
         let dg = g.bce_with_logits_bwd(&lg.clips, &yg, &bce, 1.0).unwrap();
-        let grads_c = net_c.backward(&c, &dc, &cache_c).unwrap();
-        let grads_g = net_g.backward(&g, &dg, &cache_g).unwrap();
+        let grads_c = net_c.backward(&c, &dc, cache_c).unwrap();
+        let grads_g = net_g.backward(&g, &dg, cache_g).unwrap();
         assert_eq!(grads_c.len(), grads_g.len());
         for (i, (gc, gg)) in grads_c.iter().zip(&grads_g).enumerate() {
             let d = rel_dist(&g.to_vec(gg).unwrap(), &c.to_vec(gc).unwrap());

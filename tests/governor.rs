@@ -134,3 +134,18 @@ fn a_micro_batch_that_does_not_divide_the_effective_batch_is_rounded_down() {
     let g = Governor::new(GovernorConfig { effective_batch: 12, micro_batch: 5, ..config() });
     assert_eq!(g.plan(), plan(4, 3));
 }
+
+#[test]
+fn a_switch_the_run_cannot_make_is_passed_over_unlogged() {
+    use dfengine::memory::governor::Switches;
+    let mut g = Governor::new(config());
+    // Preprocessing on the CPU already; one batch per worker ahead already.
+    g.set_switches(Switches { preprocess_to_cpu: false, fewer_prefetch: false });
+    let actions = run(&mut g, &[sample(Some(0.95), 0.3); 3], 1);
+    assert_eq!(actions, [Action::TrimPool, Action::ClearCaches, Action::ShrinkMicroBatch(plan(3, 4))]);
+    let actions = run(&mut g, &[sample(Some(0.3), 0.3); 12], 10);
+    assert_eq!(actions, [Action::GrowMicroBatch(plan(6, 2))], "nothing to undo at level 3");
+    assert_eq!(g.level(), 0);
+    let actions = run(&mut g, &[sample(Some(0.3), 0.9); 3], 30);
+    assert_eq!(actions, [Action::TrimPool, Action::ClearCaches, Action::ShrinkMicroBatch(plan(3, 4))]);
+}

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use cudarc::driver::CudaContext;
@@ -16,6 +17,13 @@ use dfengine::memory::{Allocation, Pool};
 
 const MIB: usize = 1 << 20;
 
+/// The tests of this file one at a time: NVML's "used" is the whole device's, so another
+/// test mapping memory while `grow_and_trim_show_in_nvml_cuda` reads it would move it.
+fn serial() -> MutexGuard<'static, ()> {
+    static DEVICE_MEMORY: Mutex<()> = Mutex::new(());
+    DEVICE_MEMORY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn device_pool(budget: usize) -> Option<Pool<CudaBacking>> {
     let info = common::gpu_info()?;
     let ctx = CudaContext::new(0).unwrap_or_else(|e| panic!("a context on {info}: {e}"));
@@ -24,6 +32,7 @@ fn device_pool(budget: usize) -> Option<Pool<CudaBacking>> {
 
 #[test]
 fn mapped_device_memory_holds_data_cuda() {
+    let _serial = serial();
     let Some(mut pool) = device_pool(256 * MIB) else { return };
     let a = pool.alloc(3 * MIB + 17, 0).unwrap();
     let mut back = vec![0u8; a.size];
@@ -41,6 +50,7 @@ fn mapped_device_memory_holds_data_cuda() {
 
 #[test]
 fn grow_and_trim_show_in_nvml_cuda() {
+    let _serial = serial();
     let Some(mut pool) = device_pool(2048 * MIB) else { return };
     let mut nvml = SystemSource::new(Some(0));
     let used = |s: &mut SystemSource| s.sample(0.0).gpu.expect("NVML reading on a GPU machine").used as i64;
@@ -65,6 +75,7 @@ fn grow_and_trim_show_in_nvml_cuda() {
 
 #[test]
 fn random_device_alloc_free_keeps_invariants_and_is_fast_cuda() {
+    let _serial = serial();
     let Some(mut pool) = device_pool(1024 * MIB) else { return };
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {

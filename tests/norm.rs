@@ -1,7 +1,8 @@
 //! Batch norm: against the definition (training and eval mode, running statistics) and
 //! finite differences for backward (with and without the fused ReLU) on every backend;
 //! the kernels (kernels/norm.cu) against their CPU twins, bit for bit, through the host
-//! functions.
+//! functions; and the recomputations "lean" activation memory relies on
+//! (`batch_norm_normalize`, `batch_norm_relu_bwd`) against what they replace.
 
 #[macro_use]
 mod common;
@@ -9,6 +10,7 @@ mod common;
 use common::{BTensor, DeviceUnderTest, Rng, assert_close, check_gradient, dot, host, randn, tensor};
 use dfengine::backend::ops::Backend;
 use dfengine::backend::params::BatchNormParams;
+use dfengine::tensor::{DType, Shape};
 
 /// Per-channel batch mean and biased variance of x [M, C], in f64.
 fn stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
@@ -288,5 +290,127 @@ fn batch_norm_f16_kernels_match_the_cpu_cuda() {
         assert_eq!(bits(&download(&dev, &d_dg)), bits(&dg), "dgamma, {what}");
         assert_eq!(bits(&download(&dev, &d_db)), bits(&db), "dbeta, {what}");
         assert_eq!(hbits(&download(&dev, &d_dx)), hbits(&dx), "dx, {what}");
+    }
+}
+
+/// x [m, c] whose channel 0 has the mean 0.5 exactly (0.5, 0.75, 0.25 repeated), so that
+/// with β₀ = 10⁻⁸ its 0.5s normalise to a positive output that FP16 rounds to zero: the
+/// case where a mask recomputed without the rounding would differ from the stored
+/// output's. The other channels are random; β and dy too.
+fn relu_edge_case(rng: &mut Rng, m: usize, c: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut x = rng.vec(m * c, -1.0, 2.0);
+    for row in 0..m {
+        x[row * c] = [0.5, 0.75, 0.25][row % 3];
+    }
+    let x = x.into_iter().map(|v| half::f16::from_f32(v).to_f32()).collect();
+    let gamma = rng.vec(c, 0.5, 1.5);
+    let mut beta = rng.vec(c, -0.5, 0.5);
+    beta[0] = 1e-8;
+    (x, gamma, beta, rng.vec(m * c, -1.0, 1.0))
+}
+
+/// "lean" activation memory's two batch-norm ops give the bits of what they replace, in
+/// FP32 and FP16: `batch_norm_normalize` the training forward's output (with and without
+/// the ReLU), and `batch_norm_relu_bwd` (the fused ReLU's mask recomputed from x and β)
+/// the gradients of `batch_norm_bwd` given that output, including outputs that round to
+/// FP16's zero.
+fn batch_norm_recomputation_matches_the_stored_output<B: Backend>(b: &B, _: &DeviceUnderTest) {
+    let mut rng = Rng::new(14);
+    let (m, c) = (300, 5);
+    let bits = |t: &BTensor<B>| host(b, t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for dtype in [DType::F32, DType::F16] {
+        for relu in [false, true] {
+            let (x, gamma, beta, dy) = relu_edge_case(&mut rng, m, c);
+            let shape = Shape::from([m, c]);
+            let (x, dy) =
+                (b.tensor_as(shape.clone(), &x, dtype).unwrap(), b.tensor_as(shape, &dy, dtype).unwrap());
+            let (gamma, beta) = (vector(b, &gamma), vector(b, &beta));
+            let p = BatchNormParams { relu, ..BatchNormParams::default() };
+            let (mut rm, mut rv) = (vector(b, &[0.0; 5]), vector(b, &[1.0; 5]));
+            let fwd = b.batch_norm_fwd_train(&x, &gamma, &beta, &mut rm, &mut rv, &p).unwrap();
+            let what = format!("{dtype} relu={relu}");
+            let y = b.batch_norm_normalize(&x, &gamma, &beta, &fwd.saved, relu).unwrap();
+            assert_eq!((y.dtype(), bits(&y)), (dtype, bits(&fwd.y)), "batch_norm_normalize, {what}");
+            if !relu {
+                continue;
+            }
+            let want = b.batch_norm_bwd(&dy, &x, &gamma, &fwd.saved, Some(&fwd.y)).unwrap();
+            let got = b.batch_norm_relu_bwd(&dy, &x, &gamma, &beta, &fwd.saved).unwrap();
+            assert_eq!(bits(&got.dx), bits(&want.dx), "batch_norm_relu_bwd dx, {what}");
+            assert_eq!(bits(&got.dgamma), bits(&want.dgamma), "batch_norm_relu_bwd dgamma, {what}");
+            assert_eq!(bits(&got.dbeta), bits(&want.dbeta), "batch_norm_relu_bwd dbeta, {what}");
+            if dtype == DType::F16 {
+                let zeroed = host(b, &fwd.y).iter().step_by(c).filter(|v| **v == 0.0).count();
+                assert!(zeroed >= m / 3, "{what}: the edge case rounds channel 0's 0.5s to zero");
+            }
+        }
+    }
+}
+test_device!(
+    batch_norm_recomputation_matches_the_stored_output,
+    batch_norm_recomputation_matches_the_stored_output_cpu,
+    batch_norm_recomputation_matches_the_stored_output_cuda
+);
+
+/// `batch_norm_relu_bwd_f32`/`_f16` (kernels/norm.cu, through the host function) against
+/// the CPU twin, bit for bit, on the FP16 rounding edge case and around the 256-row
+/// statistics chunk.
+#[cfg(feature = "cuda")]
+#[test]
+fn batch_norm_relu_bwd_matches_cpu_cuda() {
+    use common::download;
+    use dfengine::backend::cpu::norm;
+    use dfengine::backend::cuda::buffer::DeviceElem;
+    use dfengine::backend::cuda::device::Device;
+    use dfengine::backend::cuda::norm as gpu_norm;
+    use half::f16;
+
+    fn case<E: DeviceElem + dfengine::backend::cpu::storage::Elem>(
+        dev: &Device,
+        rng: &mut Rng,
+        m: usize,
+        c: usize,
+        round: impl Fn(f32) -> E,
+        widen: impl Fn(E) -> f32,
+    ) {
+        let (x, gamma, beta, dy) = relu_edge_case(rng, m, c);
+        let (x, dy): (Vec<E>, Vec<E>) =
+            (x.into_iter().map(&round).collect(), dy.into_iter().map(&round).collect());
+        // Channel 0's mean is its 0.5s, exactly: they normalise to β₀ = 10⁻⁸.
+        let mut mean = rng.vec(c, -0.1, 0.1);
+        mean[0] = 0.5;
+        let invstd = rng.vec(c, 0.5, 2.0);
+        let (mut dx, mut d_dx) = (x.clone(), dev.alloc::<E>(m * c).unwrap());
+        let (dg, db) = norm::batch_norm_relu_bwd(&dy, &x, c, &gamma, &beta, &mean, &invstd, &mut dx);
+        let (mut d_dg, mut d_db) = (dev.alloc::<f32>(c).unwrap(), dev.alloc::<f32>(c).unwrap());
+        let up = |v: &[f32]| dev.upload(v).unwrap();
+        gpu_norm::batch_norm_relu_bwd(
+            dev,
+            &dev.upload(&dy).unwrap(),
+            &dev.upload(&x).unwrap(),
+            m,
+            c,
+            &up(&gamma),
+            &up(&beta),
+            &up(&mean),
+            &up(&invstd),
+            &mut d_dx,
+            &mut d_dg,
+            &mut d_db,
+        )
+        .unwrap();
+        let what = format!("M={m} C={c} {}", std::any::type_name::<E>());
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&download(dev, &d_dg)), bits(&dg), "dgamma, {what}");
+        assert_eq!(bits(&download(dev, &d_db)), bits(&db), "dbeta, {what}");
+        let wide = |v: Vec<E>| bits(&v.into_iter().map(&widen).collect::<Vec<_>>());
+        assert_eq!(wide(download(dev, &d_dx)), wide(dx), "dx, {what}");
+    }
+
+    let Some(dev) = common::gpu_device() else { return };
+    let mut rng = Rng::new(45);
+    for (m, c) in [(300, 5), (513, 64), (255, 3)] {
+        case::<f32>(&dev, &mut rng, m, c, |v| v, |v| v);
+        case::<f16>(&dev, &mut rng, m, c, f16::from_f32, f16::to_f32);
     }
 }

@@ -2,6 +2,7 @@
 //! only normalises, a mirrored frame mirrors, resizing averages as bilinear sampling
 //! says, jitter is the affine map it claims, and crops read the right pixels.
 
+#[macro_use]
 mod common;
 
 use common::assert_close;
@@ -234,3 +235,77 @@ fn preprocess_yuv420_f16_matches_cpu_cuda() {
     let Some(got) = run_preprocess_kernel(FrameFormat::I420, &src, h, w, &ops, side) else { return };
     assert_close("preprocess_yuv420_f16 vs CPU", &got, &want, 2e-3, 1e-3);
 }
+
+/// The quick demo's first training batch, as the loader stores it (u8 frames and each
+/// clip's crop, flip and jitter).
+fn stored_demo_batch() -> (dfengine::config::Config, dfengine::data::loader::Batch) {
+    use dfengine::data::loader::{EpochLoader, LoaderControl, Workers};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quick_demo.toml");
+    let mut c = dfengine::config::load(Some(&path), &[]).unwrap().config;
+    c.data.synthetic_videos = 40;
+    c.train.mixed_precision = true;
+    let splits = dfengine::data::splits::splits(&c).unwrap();
+    let s = dfengine::train::run::loader_settings(&c, true);
+    let control = LoaderControl::new(false);
+    let mut loader = EpochLoader::start_on(Workers::new(1), splits.train.clone(), s, 0, 0, control);
+    (c, loader.next().unwrap().unwrap())
+}
+
+/// `[gpu] preprocess = "gpu"` and `"cpu"` give the same batches: the model's FP16 input
+/// made on the device from the u8 frames agrees with the CPU twin's within the kernels'
+/// parity tolerance, only the u8 frames cross to the device, and three training steps
+/// from the same weights follow the same losses.
+fn device_and_host_preprocessing_train_alike<B: dfengine::backend::ops::Backend>(
+    b: &B,
+    _: &common::DeviceUnderTest,
+) {
+    use dfengine::data::loader::Pixels;
+    use dfengine::memory::governor::BatchPlan;
+    use dfengine::model::arch::ResNetSpec;
+    use dfengine::model::resnet::ResNet;
+    use dfengine::tensor::DType;
+    use dfengine::train::optimizer::Optimizer;
+    use dfengine::train::scaler::LossScaler;
+    use dfengine::train::step::{PreprocessOn, StepSettings, batch_input, train_step};
+
+    let (c, batch) = stored_demo_batch();
+    let Pixels::Stored(stored) = &batch.pixels else { panic!("the loader was told to store") };
+    let n = batch.clips.len();
+    let (on_device, device_bytes) = batch_input(b, &batch, 0..n, DType::F16, PreprocessOn::Device).unwrap();
+    let (on_host, host_bytes) = batch_input(b, &batch, 0..n, DType::F16, PreprocessOn::Host).unwrap();
+    assert_eq!(device_bytes, stored.data.len(), "the u8 frames, {n} clips × 4 frames × 40² × 3");
+    assert_eq!(host_bytes, n * 4 * 32 * 32 * 3 * 2, "the FP16 input");
+    assert_eq!(on_device.dtype(), DType::F16);
+    assert_close(
+        "input, device vs host",
+        &b.to_vec(&on_device).unwrap(),
+        &b.to_vec(&on_host).unwrap(),
+        2e-3,
+        1e-3,
+    );
+
+    let t = &c.train;
+    let losses = |on: PreprocessOn| {
+        let mut net =
+            ResNet::new(b, ResNetSpec::of(c.model.backbone), batch.frames_per_clip, t.seed).unwrap();
+        net.activations = DType::F16;
+        let mut opt = Optimizer::new(b, t.optimizer, t.weight_decay as f32, &net.trainable_mut()).unwrap();
+        let mut scaler = LossScaler::of(t);
+        let plan = BatchPlan { micro_batch: 4, accumulation: 2 };
+        let s = StepSettings { preprocess: on, ..StepSettings::of(t, t.lr) };
+        (0..3)
+            .map(|_| train_step(b, &mut net, &mut opt, &mut scaler, &batch, plan, &s, |_| None).unwrap().loss)
+            .collect::<Vec<f64>>()
+    };
+    let (device, host) = (losses(PreprocessOn::Device), losses(PreprocessOn::Host));
+    for (step, (d, h)) in device.iter().zip(&host).enumerate() {
+        // FP16 rounding of one input in a thousand moves the loss by far less than this.
+        assert!((d - h).abs() < 2e-3 * (1.0 + h.abs()), "step {}: device {d} vs host {h}", step + 1);
+    }
+}
+
+test_device!(
+    device_and_host_preprocessing_train_alike,
+    device_and_host_preprocessing_train_alike_cpu,
+    device_and_host_preprocessing_train_alike_cuda
+);

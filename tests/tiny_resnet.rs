@@ -29,7 +29,7 @@ fn loss_and_grads(
     let (logits, cache) = net.forward_train(b, x).unwrap();
     let loss = b.bce_with_logits_fwd(&logits.clips, y, &Default::default()).unwrap();
     let d = b.bce_with_logits_bwd(&logits.clips, y, &Default::default(), 1.0).unwrap();
-    (loss, net.backward(b, &d, &cache).unwrap())
+    (loss, net.backward(b, &d, cache).unwrap())
 }
 
 #[test]

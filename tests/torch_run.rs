@@ -21,7 +21,7 @@ use common::assert_close;
 use common::torch_init::{pattern, value};
 use dfengine::backend::cpu::CpuBackend;
 use dfengine::config::Config;
-use dfengine::data::loader::Batch;
+use dfengine::data::loader::{Batch, Pixels};
 use dfengine::memory::governor::BatchPlan;
 use dfengine::model::arch::ResNetSpec;
 use dfengine::model::resnet::{ParamKind, ResNet};
@@ -170,7 +170,7 @@ fn train(config: &Config) -> Run {
             clips: clips.clone().collect(),
             frames_per_clip: frames,
             side,
-            pixels: pixels[clips.start * per_clip..clips.end * per_clip].to_vec(),
+            pixels: Pixels::Prepared(pixels[clips.start * per_clip..clips.end * per_clip].to_vec()),
             targets: labels[clips].to_vec(),
         };
         let lr = schedule.lr_at(step);

@@ -137,9 +137,13 @@ fn quick_demo_trains_on_the_cuda_backend_cuda() {
 fn out_of_memory_under_a_small_budget_shrinks_the_micro_batch_cuda() {
     let Some(_gpu) = common::gpu_device() else { return };
     let dir = tempfile::tempdir().unwrap();
+    // Frames of 64² (the demo's are 32²): large enough that the two micro-batches' peaks
+    // differ by more than the pool's granule (2 MiB on the software GPU), now that
+    // backward frees each layer's activations as it goes.
+    let frames: Vec<String> =
+        ["--set", "model.input_size=64", "--set", "data.frame_size=72"].map(String::from).to_vec();
     // The pool's peak reservation in one step as micro-batch 8 × 1 and as 4 × 2 (the
-    // same effective batch): measured, as it moves with the pool's granule (2 MiB on the
-    // software GPU: 12 and 10 MiB there).
+    // same effective batch): measured, as it moves with the granule.
     let peak = |micro: u32| {
         let run = dir.path().join(format!("probe{micro}"));
         let plan =
@@ -147,6 +151,7 @@ fn out_of_memory_under_a_small_budget_shrinks_the_micro_batch_cuda() {
         let args = ["--max-steps".to_string(), "1".to_string()]
             .into_iter()
             .chain(plan.into_iter().flat_map(|p| ["--set".to_string(), p]))
+            .chain(frames.iter().cloned())
             .collect::<Vec<_>>();
         train("cuda", &run, &args);
         summary(&run)["peak_pool_reserved"].as_u64().unwrap()
@@ -156,9 +161,13 @@ fn out_of_memory_under_a_small_budget_shrinks_the_micro_batch_cuda() {
     // Between the two: 8 × 1 runs out, 4 × 2 fits.
     let budget = (p4 + p8) / 2;
     let run = dir.path().join("tight");
-    // In bytes with their unit: `--vram-budget 11534336` is refused (the flag becomes a
-    // TOML integer where the config wants a string).
-    train("cuda", &run, &["--vram-budget", &format!("{budget}B"), "--max-steps", "3"].map(String::from));
+    // A bare number of bytes, as a user would pass it.
+    let args: Vec<String> =
+        ["--vram-budget".to_string(), budget.to_string(), "--max-steps".into(), "3".into()]
+            .into_iter()
+            .chain(frames.iter().cloned())
+            .collect();
+    train("cuda", &run, &args);
     let s = summary(&run);
     let actions: Vec<&str> =
         s["governor_actions"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();

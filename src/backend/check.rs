@@ -229,13 +229,13 @@ pub fn batch_norm<S>(
 
 /// The channels of a batch norm's backward, every argument checked against x.
 pub fn batch_norm_bwd<S>(
+    op: &'static str,
     dy: &Tensor<S>,
     x: &Tensor<S>,
     gamma: &Tensor<S>,
     saved: &BnSaved<Tensor<S>>,
     relu_y: Option<&Tensor<S>>,
 ) -> Result<usize, OpError> {
-    let op = "batch_norm_bwd";
     same_shape_dtype(op, ("dy", dy), ("x", x))?;
     if let Some(y) = relu_y {
         same_shape_dtype(op, ("relu_y", y), ("x", x))?;

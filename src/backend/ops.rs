@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use super::check;
 use super::error::OpError;
-use super::params::{AdamWParams, BatchNormParams, BceParams, Conv2dGeom, Pool2dGeom, SgdParams};
+use super::params::{AdamWParams, BatchNormParams, BceParams, Conv2dGeom, FrameBatch, Pool2dGeom, SgdParams};
 use crate::memory::PoolStats;
 use crate::tensor::{DType, Shape, Tensor};
 
@@ -94,6 +94,11 @@ pub trait Backend: Sync + Sized {
 
     /// e.g. "cpu" or "cuda:0 NVIDIA H200".
     fn name(&self) -> String;
+    /// Whether tensors live on a GPU: inputs then cross a bus, and `preprocess` runs
+    /// kernels there rather than the CPU twin.
+    fn on_gpu(&self) -> bool {
+        false
+    }
 
     // ---- memory ----
     /// The stats of the pool this backend allocates from.
@@ -168,6 +173,25 @@ pub trait Backend: Sync + Sized {
         saved: &BnSaved<T<Self>>,
         relu_y: Option<&T<Self>>,
     ) -> Result<BnGrads<T<Self>>, OpError>;
+    #[allow(clippy::too_many_arguments)]
+    fn run_batch_norm_normalize(
+        &self,
+        c: usize,
+        x: &T<Self>,
+        gamma: &T<Self>,
+        beta: &T<Self>,
+        saved: &BnSaved<T<Self>>,
+        relu: bool,
+    ) -> Result<T<Self>, OpError>;
+    fn run_batch_norm_relu_bwd(
+        &self,
+        c: usize,
+        dy: &T<Self>,
+        x: &T<Self>,
+        gamma: &T<Self>,
+        beta: &T<Self>,
+        saved: &BnSaved<T<Self>>,
+    ) -> Result<BnGrads<T<Self>>, OpError>;
     fn run_relu_fwd(&self, x: &T<Self>) -> Result<T<Self>, OpError>;
     fn run_relu_bwd(&self, dy: &T<Self>, y: &T<Self>) -> Result<T<Self>, OpError>;
     fn run_add_assign(&self, y: &mut T<Self>, x: &T<Self>) -> Result<(), OpError>;
@@ -214,11 +238,21 @@ pub trait Backend: Sync + Sized {
     ) -> Result<(), OpError>;
     fn run_unscale_check(&self, g: &mut T<Self>, inv_scale: f32) -> Result<bool, OpError>;
     fn run_sum_squares(&self, g: &T<Self>) -> Result<f64, OpError>;
+    /// The model's input from frames as stored (the preprocessing kernels on CUDA, the
+    /// CPU twin here), rounded to `dtype`.
+    fn run_preprocess(&self, frames: &FrameBatch<'_>, dtype: DType) -> Result<T<Self>, OpError>;
 
     // ---- tensors ----
     /// An FP32 tensor of `data`.
     fn tensor(&self, shape: Shape, data: &[f32]) -> Result<T<Self>, OpError> {
         self.tensor_as(shape, data, DType::F32)
+    }
+    /// The network input [frames, side, side, 3] in `dtype` from frames as stored: each
+    /// cropped, resized, flipped, jittered and normalised as its `FrameOp` says, on this
+    /// backend's device (only the stored bytes cross to a GPU).
+    fn preprocess(&self, frames: &FrameBatch<'_>, dtype: DType) -> Result<T<Self>, OpError> {
+        frames.check()?;
+        self.run_preprocess(frames, dtype)
     }
     /// A tensor of `data` rounded to `dtype` on the host (no FP32 copy on the device).
     fn tensor_as(&self, shape: Shape, data: &[f32], dtype: DType) -> Result<T<Self>, OpError> {
@@ -350,8 +384,39 @@ pub trait Backend: Sync + Sized {
         saved: &BnSaved<T<Self>>,
         relu_y: Option<&T<Self>>,
     ) -> Result<BnGrads<T<Self>>, OpError> {
-        let c = check::batch_norm_bwd(dy, x, gamma, saved, relu_y)?;
+        let c = check::batch_norm_bwd("batch_norm_bwd", dy, x, gamma, saved, relu_y)?;
         self.run_batch_norm_bwd(c, dy, x, gamma, saved, relu_y)
+    }
+    /// A training forward's output recomputed from its input `x` and its saved
+    /// statistics: bit for bit what `batch_norm_fwd_train` returned (with `relu` as its
+    /// params had it), so that backward may recompute instead of keeping it.
+    fn batch_norm_normalize(
+        &self,
+        x: &T<Self>,
+        gamma: &T<Self>,
+        beta: &T<Self>,
+        saved: &BnSaved<T<Self>>,
+        relu: bool,
+    ) -> Result<T<Self>, OpError> {
+        let vectors = [("gamma", gamma), ("beta", beta), ("mean", &saved.mean), ("invstd", &saved.invstd)];
+        let c = check::batch_norm("batch_norm_normalize", x, &vectors)?;
+        self.run_batch_norm_normalize(c, x, gamma, beta, saved, relu)
+    }
+    /// Backward of a batch norm with a fused ReLU whose mask is recomputed from the input
+    /// `x` and β: the gradients `batch_norm_bwd` gives with the forward's output, without
+    /// keeping that output.
+    fn batch_norm_relu_bwd(
+        &self,
+        dy: &T<Self>,
+        x: &T<Self>,
+        gamma: &T<Self>,
+        beta: &T<Self>,
+        saved: &BnSaved<T<Self>>,
+    ) -> Result<BnGrads<T<Self>>, OpError> {
+        let op = "batch_norm_relu_bwd";
+        let c = check::batch_norm_bwd(op, dy, x, gamma, saved, None)?;
+        check::batch_norm(op, x, &[("beta", beta)])?;
+        self.run_batch_norm_relu_bwd(c, dy, x, gamma, beta, saved)
     }
 
     // ---- elementwise ----

@@ -1,6 +1,7 @@
 //! Geometry and hyper-parameters of the ops, shared by every backend.
 
 use super::error::{OpError, shape_err};
+use crate::data::preprocess::{FrameFormat, FrameOp};
 
 /// Rows per partial sum of the batch-norm statistics: both backends cut the rows of
 /// [M, C] into chunks of this many, sum each chunk in order and then the chunks in order,
@@ -21,6 +22,63 @@ pub struct FrameParams {
 pub struct Normalize {
     pub mean: [f32; 3],
     pub std: [f32; 3],
+}
+
+/// A batch of frames as stored, for `Backend::preprocess`: `ops.len()` frames of `h × w`
+/// in `format`, one after the other in `data`, each with its crop, flip and jitter; the
+/// output is [frames, side, side, 3], normalised with `norm`.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameBatch<'a> {
+    pub format: FrameFormat,
+    pub h: usize,
+    pub w: usize,
+    pub data: &'a [u8],
+    pub ops: &'a [FrameOp],
+    pub side: usize,
+    pub norm: Normalize,
+}
+
+impl FrameBatch<'_> {
+    /// The checks of `Backend::preprocess`: the bytes of `ops.len()` frames, crops inside
+    /// the frame and not empty, an output side of at least 1.
+    pub fn check(&self) -> Result<(), OpError> {
+        const OP: &str = "preprocess";
+        let need = self.ops.len() * self.format.frame_bytes(self.h, self.w);
+        if self.data.len() != need {
+            return Err(shape_err(
+                OP,
+                format!(
+                    "{} frames of {}×{} {:?} need {need} bytes, got {}",
+                    self.ops.len(),
+                    self.h,
+                    self.w,
+                    self.format,
+                    self.data.len()
+                ),
+            ));
+        }
+        if self.side == 0 {
+            return Err(shape_err(OP, "the output side must be at least 1"));
+        }
+        for (i, op) in self.ops.iter().enumerate() {
+            let c = op.crop;
+            if c.h == 0 || c.w == 0 || c.y0 + c.h > self.h || c.x0 + c.w > self.w {
+                return Err(shape_err(
+                    OP,
+                    format!(
+                        "frame {i}: crop {}×{} at ({}, {}) is not inside the {}×{} frame",
+                        c.h, c.w, c.y0, c.x0, self.h, self.w
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The output shape.
+    pub fn shape(&self) -> crate::tensor::Shape {
+        crate::tensor::Shape::from([self.ops.len(), self.side, self.side, 3])
+    }
 }
 
 /// A 2-D convolution of `x` [N, H, W, C] with `w` [K, R, S, C] into `y` [N, P, Q, K].

@@ -10,6 +10,6 @@ pub use bytesize::{VramBudget, format_bytes, parse_bytes};
 pub use error::ConfigError;
 pub use load::{Override, ResolvedConfig, Source, load};
 pub use schema::{
-    Backbone, Config, DataConfig, DataloaderConfig, DatasetLayout, FaceSource, GpuConfig,
+    ActivationMemory, Backbone, Config, DataConfig, DataloaderConfig, DatasetLayout, FaceSource, GpuConfig,
     MemoryManagementConfig, ModelConfig, OptimizerKind, PreprocessDevice, TrainConfig,
 };

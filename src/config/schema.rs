@@ -35,12 +35,6 @@ impl Config {
                     .to_string(),
             );
         }
-        if self.gpu.preprocess == PreprocessDevice::Gpu {
-            out.push(
-                "[gpu] preprocess = \"gpu\": preprocessing runs on the loader threads (CPU) for now"
-                    .to_string(),
-            );
-        }
         out
     }
 }
@@ -233,6 +227,9 @@ pub struct TrainConfig {
     pub optimizer: OptimizerKind,
     /// f16 compute with fp32 master weights and dynamic loss scaling (GPU only).
     pub mixed_precision: bool,
+    /// What a training step keeps of its activations for backward: "saved", "lean" or
+    /// "auto" (the cheapest that fits the budget at the configured micro-batch).
+    pub activation_memory: ActivationMemory,
     /// Micro-batches whose gradients are summed before one optimizer step.
     pub accumulation_steps: u32,
     /// Fraction of the optimizer steps spent warming the learning rate up from 0; the rest
@@ -252,6 +249,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             optimizer: OptimizerKind::Adamw,
             mixed_precision: true,
+            activation_memory: ActivationMemory::Auto,
             accumulation_steps: 1,
             warmup_fraction: 0.05,
             grad_clip: 1.0,
@@ -261,12 +259,43 @@ impl Default for TrainConfig {
     }
 }
 
+/// `[train] activation_memory`: what the forward of a training step keeps for backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationMemory {
+    /// What PyTorch AMP's autograd keeps: each convolution's input and output, each batch
+    /// norm's output, each residual block's output.
+    Saved,
+    /// Only what cannot be recomputed cheaply: the convolution outputs, each stage's input
+    /// and the image; batch-norm and ReLU outputs, residual sums and max-pool outputs are
+    /// recomputed from them in backward (element-wise work).
+    Lean,
+    /// The cheaper of the two that fits the memory budget at the configured micro-batch
+    /// ("saved" when both fit: it does no recomputation).
+    Auto,
+}
+
+impl std::fmt::Display for ActivationMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ActivationMemory::Saved => "saved",
+            ActivationMemory::Lean => "lean",
+            ActivationMemory::Auto => "auto",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PreprocessDevice {
+    /// The preprocessing kernels, on the u8 (or I420) frames uploaded as stored; the CPU
+    /// twin, with a warning, when the run has no GPU.
     Gpu,
+    /// The CPU twin on the loader threads; the FP16/FP32 input is uploaded.
     Cpu,
-    /// GPU while there is room for it, CPU under GPU memory pressure.
+    /// The GPU when the run is on one and the planned step, frames included, fits
+    /// `vram_budget`; else the CPU. Under GPU memory pressure the governor moves it to
+    /// the CPU, and back when the pressure is gone.
     Auto,
 }
 
@@ -333,12 +362,11 @@ mod tests {
         c.dataloader.pin_memory = false;
         c.gpu.preprocess = PreprocessDevice::Auto;
         assert!(c.not_yet_effective().is_empty());
-        c.dataloader.pin_memory = true;
         c.gpu.preprocess = PreprocessDevice::Gpu;
+        assert!(c.not_yet_effective().is_empty(), "[gpu] preprocess is carried out");
+        c.dataloader.pin_memory = true;
         let said = c.not_yet_effective();
-        assert_eq!(said.len(), 2, "{said:?}");
-        assert!(
-            said[0].starts_with("[dataloader] pin_memory = true") && said[1].starts_with("[gpu] preprocess")
-        );
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].starts_with("[dataloader] pin_memory = true"));
     }
 }

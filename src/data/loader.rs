@@ -1,22 +1,30 @@
-//! The loader: batches of preprocessed clips, produced by `num_workers` threads ahead of
-//! the trainer, in an order fixed by the seed and the epoch.
+//! The loader: batches of clips, produced by `num_workers` threads ahead of the trainer,
+//! in an order fixed by the seed and the epoch.
 //!
-//! Workers take batches in order from a shared queue and send them through a bounded
-//! channel (`prefetch_factor` batches per worker): a slow trainer stops the workers
-//! rather than growing a queue. With `persistent_workers` one pool of threads serves
-//! every epoch. The consumer re-orders by batch index, so timing never changes what
-//! the trainer sees. A clip that fails to load is skipped with one warning, counted, and
-//! listed; past `max_bad_fraction` of the clips tried, the epoch stops with an error.
+//! A batch holds its frames as stored (u8 RGB, or I420) and each clip's crop, flip and
+//! jitter (`FrameOp`): the conversion to the network's normalised input happens on the
+//! device that preprocesses. When the run preprocesses on the CPU, the workers also run
+//! the CPU twin (`data::preprocess`) and the batch carries its result, so that it costs
+//! the step nothing; a `LoaderControl` switches that between batches, and sets how many
+//! batches may be made ahead (`prefetch_factor` per worker, or one per worker when the
+//! governor asks for fewer).
+//!
+//! Workers take batches in order from a shared queue; batch b starts only once the
+//! trainer has taken batch b − depth, so a slow trainer stops the workers rather than
+//! growing a queue, and the batch the trainer waits for is always among those started.
+//! With `persistent_workers` one pool of threads serves every epoch. The consumer
+//! re-orders by batch index, so timing never changes what the trainer sees. A clip that
+//! fails to load is skipped with one warning, counted, and listed; past
+//! `max_bad_fraction` of the clips tried, the epoch stops with an error.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 
-use super::clip::ClipFrames;
 use super::sources::ClipSource;
-use crate::data::preprocess::{FrameOp, IMAGENET_MEAN, IMAGENET_STD, Rect, preprocess};
+use crate::data::preprocess::{FrameFormat, FrameOp, IMAGENET_MEAN, IMAGENET_STD, Rect, preprocess_as};
 use crate::rng::mix;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,15 +40,165 @@ pub struct LoaderSettings {
     pub max_bad_fraction: f64,
 }
 
-/// A batch: `clips × frames` frames of `side × side × 3` f32 (NHWC), one target per clip.
+/// The frames of a batch's clips as the cache stores them, one clip after the other, and
+/// each clip's crop, flip and jitter (the same for all its frames).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFrames {
+    pub format: FrameFormat,
+    /// Height and width of every frame.
+    pub h: usize,
+    pub w: usize,
+    pub data: Vec<u8>,
+    /// One per clip.
+    pub ops: Vec<FrameOp>,
+}
+
+impl StoredFrames {
+    /// The bytes of clips `clips` (of `frames_per_clip` frames each) and one op per frame.
+    pub fn clips(&self, clips: std::ops::Range<usize>, frames_per_clip: usize) -> (&[u8], Vec<FrameOp>) {
+        let per_clip = frames_per_clip * self.format.frame_bytes(self.h, self.w);
+        let ops = self.ops[clips.clone()].iter().flat_map(|&op| std::iter::repeat_n(op, frames_per_clip));
+        (&self.data[clips.start * per_clip..clips.end * per_clip], ops.collect())
+    }
+
+    /// The CPU twin on clips `clips`: the network input, NHWC f32, `side²` per frame.
+    pub fn preprocess_cpu(
+        &self,
+        clips: std::ops::Range<usize>,
+        frames_per_clip: usize,
+        side: usize,
+    ) -> Vec<f32> {
+        let (data, ops) = self.clips(clips, frames_per_clip);
+        preprocess_as(self.format, data, (self.h, self.w), &ops, side, IMAGENET_MEAN, IMAGENET_STD)
+    }
+}
+
+/// A batch's network input, before or after preprocessing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pixels {
+    /// As stored: the step preprocesses them on its backend's device (or the CPU twin,
+    /// when the run preprocesses on the CPU).
+    Stored(StoredFrames),
+    /// Preprocessed already (by the loader's CPU twin, or made elsewhere): `clips ×
+    /// frames` frames of `side × side × 3` f32, NHWC.
+    Prepared(Vec<f32>),
+}
+
+/// A batch: `clips × frames_per_clip` frames, the network input `side²` per frame, one
+/// target per clip.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub index: usize,
     pub clips: Vec<usize>,
     pub frames_per_clip: usize,
     pub side: usize,
-    pub pixels: Vec<f32>,
+    pub pixels: Pixels,
     pub targets: Vec<f32>,
+}
+
+impl Batch {
+    /// Host memory the batch holds.
+    pub fn bytes(&self) -> usize {
+        let pixels = match &self.pixels {
+            Pixels::Stored(f) => f.data.len() + f.ops.len() * std::mem::size_of::<FrameOp>(),
+            Pixels::Prepared(p) => p.len() * 4,
+        };
+        pixels + self.targets.len() * 4 + self.clips.len() * 8
+    }
+}
+
+/// What the trainer changes in a running loader between steps: whether the workers run
+/// the CPU preprocessing, and whether they make fewer batches ahead. Shared by every
+/// epoch's loader of a run.
+#[derive(Default)]
+pub struct LoaderControl {
+    prepare_on_cpu: AtomicBool,
+    fewer_ahead: AtomicBool,
+    /// The epochs running now, woken when the depth changes.
+    gates: Mutex<Vec<Weak<Gate>>>,
+}
+
+impl LoaderControl {
+    /// Batches `Pixels::Prepared` by the workers' CPU twin when `prepare_on_cpu`, else
+    /// `Pixels::Stored`.
+    pub fn new(prepare_on_cpu: bool) -> Arc<Self> {
+        let c = LoaderControl::default();
+        c.prepare_on_cpu.store(prepare_on_cpu, Ordering::Relaxed);
+        Arc::new(c)
+    }
+
+    pub fn prepares_on_cpu(&self) -> bool {
+        self.prepare_on_cpu.load(Ordering::Relaxed)
+    }
+
+    /// Batches started from now on are preprocessed on the CPU by the workers (or not).
+    pub fn set_prepare_on_cpu(&self, on: bool) {
+        self.prepare_on_cpu.store(on, Ordering::Relaxed);
+    }
+
+    pub fn fewer_ahead(&self) -> bool {
+        self.fewer_ahead.load(Ordering::Relaxed)
+    }
+
+    /// One batch per worker ahead (as `prefetch_factor = 1`), or `prefetch_factor` again.
+    pub fn set_fewer_ahead(&self, on: bool) {
+        self.fewer_ahead.store(on, Ordering::Relaxed);
+        for gate in self.live_gates() {
+            // Taking the lock orders the change before any worker's next check.
+            drop(gate.lock());
+            gate.wake.notify_all();
+        }
+    }
+
+    /// Batches made ahead and not yet taken by the trainer, over the running epochs, and
+    /// the host memory they hold.
+    pub fn held(&self) -> (usize, usize) {
+        self.live_gates().iter().map(|g| g.lock().held).fold((0, 0), |a, h| (a.0 + h.0, a.1 + h.1))
+    }
+
+    fn live_gates(&self) -> Vec<Arc<Gate>> {
+        let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+        gates.retain(|g| g.strong_count() > 0);
+        gates.iter().filter_map(Weak::upgrade).collect()
+    }
+}
+
+/// The flow control of one epoch: batch b may start once the trainer has taken batch
+/// b − depth.
+struct Gate {
+    state: Mutex<GateState>,
+    wake: Condvar,
+    threads: usize,
+    prefetch_factor: usize,
+    control: Arc<LoaderControl>,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// The index of the next batch the trainer takes.
+    taken: usize,
+    stop: bool,
+    /// Batches made and not taken, and their bytes.
+    held: (usize, usize),
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn depth(&self) -> usize {
+        self.threads * if self.control.fewer_ahead() { 1 } else { self.prefetch_factor.max(1) }
+    }
+
+    /// Waits until batch `b` may start; false when the epoch stopped.
+    fn enter(&self, b: usize) -> bool {
+        let mut st = self.lock();
+        while !st.stop && b >= st.taken + self.depth() {
+            st = self.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        !st.stop
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +222,7 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool) -> Vec<usize>
 
 /// The crop, flip and jitter of one clip (the same for all its frames, so that motion
 /// between frames stays what the video shows).
-fn clip_op(s: &LoaderSettings, frame_side: usize, epoch: u64, clip: usize) -> FrameOp {
+pub fn clip_op(s: &LoaderSettings, frame_side: usize, epoch: u64, clip: usize) -> FrameOp {
     let crop = s.input_size.min(frame_side);
     if !s.train {
         let off = (frame_side - crop) / 2;
@@ -86,23 +244,16 @@ fn clip_op(s: &LoaderSettings, frame_side: usize, epoch: u64, clip: usize) -> Fr
     }
 }
 
-/// The network input of one clip: its frames cropped, flipped and jittered as
-/// `clip_op` says for (epoch, clip), normalised, NHWC f32.
-pub fn clip_pixels(s: &LoaderSettings, f: &ClipFrames, epoch: u64, clip: usize) -> Vec<f32> {
-    let op = clip_op(s, f.side, epoch, clip);
-    preprocess(&f.data, f.side, f.side, &vec![op; f.frames], s.input_size, IMAGENET_MEAN, IMAGENET_STD)
-}
-
 /// One epoch's batches, produced in the background.
 pub struct EpochLoader {
-    /// Dropped first on drop, so that workers blocked on a full channel wake and stop.
+    /// Dropped first on drop, so that nothing more is received.
     rx: Option<Receiver<(usize, Produced)>>,
     pending: BTreeMap<usize, Produced>,
     next: usize,
     batches: usize,
     /// Released after `rx` on drop; the last user of a pool joins its threads.
     workers: Option<Arc<Workers>>,
-    stop: Arc<AtomicBool>,
+    gate: Arc<Gate>,
     bad: Vec<String>,
     tried: usize,
     limit: f64,
@@ -172,37 +323,55 @@ impl EpochLoader {
     }
 
     /// The epoch's batches from `first` on (a run resumed inside an epoch continues with
-    /// the very batch it would have seen next), on `num_workers` threads of its own.
+    /// the very batch it would have seen next), on `num_workers` threads of its own,
+    /// preprocessed on the CPU by the workers.
     pub fn start_at(source: Arc<dyn ClipSource>, s: LoaderSettings, epoch: u64, first: usize) -> Self {
         let batches = source.len().div_ceil(s.batch_size.max(1));
         let workers = Workers::new(s.num_workers.clamp(1, batches.max(1)));
-        Self::start_on(workers, source, s, epoch, first)
+        Self::start_on(workers, source, s, epoch, first, LoaderControl::new(true))
     }
 
-    /// As `start_at`, on a pool of loader threads that may serve other epochs too.
+    /// As `start_at`, on a pool of loader threads that may serve other epochs too, under
+    /// `control` (CPU preprocessing on the workers or not; how many batches ahead).
     pub fn start_on(
         workers: Arc<Workers>,
         source: Arc<dyn ClipSource>,
         s: LoaderSettings,
         epoch: u64,
         first: usize,
+        control: Arc<LoaderControl>,
     ) -> Self {
         let order = Arc::new(epoch_order(source.len(), s.seed, epoch, s.train));
         let batch = s.batch_size.max(1);
         let batches = order.len().div_ceil(batch);
-        // Bounded: a worker that finished a batch waits here until the trainer takes one,
-        // so at most threads + capacity batches exist at once.
-        let (tx, rx) = sync_channel(workers.threads() * s.prefetch_factor.max(1));
-        let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(Gate {
+            state: Mutex::new(GateState { taken: first, ..GateState::default() }),
+            wake: Condvar::new(),
+            threads: workers.threads(),
+            prefetch_factor: s.prefetch_factor,
+            control: control.clone(),
+        });
+        control.gates.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::downgrade(&gate));
+        // Unbounded: the gate bounds what is made ahead.
+        let (tx, rx) = channel();
         for b in first..batches {
-            let (tx, source, order, stop) = (tx.clone(), source.clone(), order.clone(), stop.clone());
+            let (tx, source, order, gate) = (tx.clone(), source.clone(), order.clone(), gate.clone());
             workers.submit(Box::new(move || {
-                if stop.load(Ordering::Relaxed) {
+                if !gate.enter(b) {
                     return;
                 }
                 let clips = &order[b * batch..((b + 1) * batch).min(order.len())];
+                let made = make_batch(&*source, &s, epoch, b, clips, gate.control.prepares_on_cpu());
+                let bytes = made.batch.bytes();
+                {
+                    let mut st = gate.lock();
+                    if st.stop {
+                        return;
+                    }
+                    st.held = (st.held.0 + 1, st.held.1 + bytes);
+                }
                 // A send fails only when the epoch was dropped early: nothing to do then.
-                let _ = tx.send((b, make_batch(&*source, &s, epoch, b, clips)));
+                let _ = tx.send((b, made));
             }));
         }
         EpochLoader {
@@ -211,7 +380,7 @@ impl EpochLoader {
             next: first,
             batches,
             workers: Some(workers),
-            stop,
+            gate,
             bad: Vec::new(),
             tried: 0,
             limit: s.max_bad_fraction,
@@ -235,13 +404,15 @@ struct Produced {
     failures: Vec<String>,
 }
 
-/// Loads and preprocesses the clips of batch `b`.
+/// Loads the clips of batch `b` and gives each its crop, flip and jitter; runs the CPU
+/// preprocessing too when `prepare_on_cpu`.
 fn make_batch(
     source: &dyn ClipSource,
     s: &LoaderSettings,
     epoch: u64,
     b: usize,
     clips: &[usize],
+    prepare_on_cpu: bool,
 ) -> Produced {
     let mut loaded = Vec::new();
     let mut failures = Vec::new();
@@ -251,25 +422,38 @@ fn make_batch(
             Err(e) => failures.push(format!("{}: {e}", source.name(c))),
         }
     }
-    let frames_per_clip = loaded.first().map_or(0, |(_, f)| f.frames);
-    let side = s.input_size;
-    let mut pixels = Vec::new();
+    let (frames_per_clip, frame_side) = loaded.first().map_or((0, 0), |(_, f)| (f.frames, f.side));
+    let mut stored = StoredFrames {
+        format: FrameFormat::Rgb,
+        h: frame_side,
+        w: frame_side,
+        data: Vec::new(),
+        ops: Vec::new(),
+    };
     let mut targets = Vec::new();
     let mut kept = Vec::new();
     for (c, f) in &loaded {
-        if f.frames != frames_per_clip {
+        if f.frames != frames_per_clip || f.side != frame_side {
             failures.push(format!(
-                "{}: {} frames where the batch has {frames_per_clip}",
+                "{}: {} frames of {}² where the batch has {frames_per_clip} of {frame_side}²",
                 source.name(*c),
-                f.frames
+                f.frames,
+                f.side
             ));
             continue;
         }
-        pixels.extend(clip_pixels(s, f, epoch, *c));
+        stored.data.extend_from_slice(&f.data);
+        stored.ops.push(clip_op(s, f.side, epoch, *c));
         targets.push(source.target(*c));
         kept.push(*c);
     }
-    Produced { batch: Batch { index: b, clips: kept, frames_per_clip, side, pixels, targets }, failures }
+    let pixels = if prepare_on_cpu && !kept.is_empty() {
+        Pixels::Prepared(stored.preprocess_cpu(0..kept.len(), frames_per_clip, s.input_size))
+    } else {
+        Pixels::Stored(stored)
+    };
+    let batch = Batch { index: b, clips: kept, frames_per_clip, side: s.input_size, pixels, targets };
+    Produced { batch, failures }
 }
 
 impl Iterator for EpochLoader {
@@ -282,13 +466,19 @@ impl Iterator for EpochLoader {
             }
             if let Some(Produced { batch, failures }) = self.pending.remove(&self.next) {
                 self.next += 1;
+                {
+                    let mut st = self.gate.lock();
+                    st.taken = self.next;
+                    st.held = (st.held.0.saturating_sub(1), st.held.1.saturating_sub(batch.bytes()));
+                }
+                self.gate.wake.notify_all();
                 self.tried += batch.clips.len() + failures.len();
                 for line in failures {
                     eprintln!("warning: skipping {line}");
                     self.bad.push(line);
                 }
                 if self.bad.len() as f64 > self.limit * self.tried.max(1) as f64 {
-                    self.stop.store(true, Ordering::Relaxed);
+                    self.stop();
                     return Some(Err(LoaderError::TooManyBad {
                         bad: self.bad.len(),
                         tried: self.tried,
@@ -311,11 +501,20 @@ impl Iterator for EpochLoader {
     }
 }
 
+impl EpochLoader {
+    /// Queued jobs of this epoch return without loading; workers waiting at the gate wake.
+    fn stop(&self) {
+        let mut st = self.gate.lock();
+        st.stop = true;
+        st.held = (0, 0);
+        drop(st);
+        self.gate.wake.notify_all();
+    }
+}
+
 impl Drop for EpochLoader {
     fn drop(&mut self) {
-        // Queued jobs of this epoch see `stop` and return; a worker blocked on a full
-        // channel wakes when `rx` goes.
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop();
         self.rx.take();
         self.workers.take();
     }

@@ -35,6 +35,41 @@ pub fn frame_params(ops: &[FrameOp]) -> FrameParams {
     }
 }
 
+/// How frames are stored: what the loader hands over and the preprocessing reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameFormat {
+    /// h·w·3 bytes per frame.
+    Rgb,
+    /// h·w luma bytes, then ⌈h/2⌉·⌈w/2⌉ bytes of U and of V per frame.
+    I420,
+}
+
+impl FrameFormat {
+    /// Bytes of one `h × w` frame.
+    pub fn frame_bytes(self, h: usize, w: usize) -> usize {
+        match self {
+            FrameFormat::Rgb => h * w * 3,
+            FrameFormat::I420 => yuv420_len(h, w),
+        }
+    }
+}
+
+/// `preprocess` or `preprocess_yuv420`, as `format` says.
+pub fn preprocess_as(
+    format: FrameFormat,
+    src: &[u8],
+    (h, w): (usize, usize),
+    ops: &[FrameOp],
+    side: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> Vec<f32> {
+    match format {
+        FrameFormat::Rgb => preprocess(src, h, w, ops, side, mean, std),
+        FrameFormat::I420 => preprocess_yuv420(src, h, w, ops, side, mean, std),
+    }
+}
+
 /// ImageNet statistics, the default for ResNets pretrained on it.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];

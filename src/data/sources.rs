@@ -17,6 +17,11 @@ pub trait ClipSource: Send + Sync {
     /// A name for warnings (the video's path).
     fn name(&self, clip: usize) -> String;
     fn load(&self, clip: usize) -> Result<Arc<ClipFrames>, String>;
+    /// Drops what the source keeps in memory (the frame cache's LRU) and returns the
+    /// bytes freed: the governor's "clear caches".
+    fn clear_memory(&self) -> u64 {
+        0
+    }
 }
 
 /// Synthetic clips rendered on demand: `frames` frames of `size²` per clip.
@@ -221,6 +226,9 @@ mod video {
                 faces => crate::rng::mix(key, faces),
             };
             self.cache.get_or_load(key, || self.decode(clip))
+        }
+        fn clear_memory(&self) -> u64 {
+            self.cache.clear_memory() as u64
         }
     }
 }

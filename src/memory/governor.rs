@@ -4,7 +4,9 @@
 //! use passes its threshold it escalates one level per observation:
 //!   1. trim the pool (free granules back to the driver);
 //!   2. clear caches (frame cache, autotune workspaces, registered callbacks);
-//!   3. GPU pressure: preprocess on the CPU; host pressure: fewer prefetched batches;
+//!   3. GPU pressure: preprocess on the CPU; host pressure: fewer prefetched batches —
+//!      each only where the run can make that switch (`Switches`); where it cannot,
+//!      this level is passed over without a word;
 //!   4. a smaller micro-batch with more accumulation steps — repeated while pressure lasts,
 //!      down to micro-batch 1. The effective batch (micro × accumulation) never changes:
 //!      micro-batches are always divisors of it.
@@ -89,6 +91,15 @@ impl fmt::Display for Decision {
     }
 }
 
+/// The level-3 switches a run can make: preprocessing can move to the CPU only when it
+/// runs on the GPU, and prefetching can only fall when more than one batch per worker is
+/// made ahead. The trainer says which, from its backend and config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switches {
+    pub preprocess_to_cpu: bool,
+    pub fewer_prefetch: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShrinkError {
     /// Micro-batch 1 already; nothing left to give.
@@ -103,6 +114,7 @@ pub struct Governor {
     /// What level 3 switched (CPU preprocessing or less prefetch), to undo on the way down.
     level3: Option<Action>,
     plan: BatchPlan,
+    switches: Switches,
     /// The plans each shrink replaced, most recent last: growing back is their exact inverse.
     shrunk_from: Vec<BatchPlan>,
     calm: u64,
@@ -113,7 +125,22 @@ impl Governor {
     pub fn new(cfg: GovernorConfig) -> Self {
         let micro = largest_divisor_at_most(cfg.effective_batch, cfg.micro_batch.max(1));
         let plan = BatchPlan { micro_batch: micro, accumulation: cfg.effective_batch / micro };
-        Governor { cfg, level: 0, level3: None, plan, shrunk_from: Vec::new(), calm: 0, log: Vec::new() }
+        let switches = Switches { preprocess_to_cpu: true, fewer_prefetch: true };
+        Governor {
+            cfg,
+            level: 0,
+            level3: None,
+            plan,
+            switches,
+            shrunk_from: Vec::new(),
+            calm: 0,
+            log: Vec::new(),
+        }
+    }
+
+    /// Which level-3 switches the run can carry out (both, until told otherwise).
+    pub fn set_switches(&mut self, switches: Switches) {
+        self.switches = switches;
     }
 
     pub fn plan(&self) -> BatchPlan {
@@ -178,7 +205,16 @@ impl Governor {
             1 => Action::TrimPool,
             2 => Action::ClearCaches,
             3 => {
-                let switch = if gpu { Action::PreprocessOnCpu } else { Action::ReducePrefetch };
+                let (switch, possible) = if gpu {
+                    (Action::PreprocessOnCpu, self.switches.preprocess_to_cpu)
+                } else {
+                    (Action::ReducePrefetch, self.switches.fewer_prefetch)
+                };
+                if !possible {
+                    // Nothing to switch: on to the next level in this observation.
+                    self.level = 3;
+                    return self.escalate(step, gpu, reason);
+                }
                 self.level3 = Some(switch);
                 switch
             }

@@ -62,6 +62,8 @@ pub struct ConvLayer {
     pub w_in: usize,
     /// Ends a residual block (its output is added to the shortcut, then ReLU).
     pub block_end: bool,
+    /// The first convolution of a stage (`layer1` …): its input is the stage's input.
+    pub stage_start: bool,
 }
 
 impl ConvLayer {
@@ -97,6 +99,7 @@ pub fn conv_layers(spec: &ResNetSpec, side: usize) -> Vec<ConvLayer> {
         h_in: side,
         w_in: side,
         block_end: false,
+        stage_start: false,
     };
     layers.push(stem);
     let pooled = |x: usize| (x + 2 - 3) / 2 + 1;
@@ -126,6 +129,7 @@ pub fn conv_layers(spec: &ResNetSpec, side: usize) -> Vec<ConvLayer> {
                     h_in: h,
                     w_in: w,
                     block_end: i == last,
+                    stage_start: block == 0 && i == 0,
                 };
                 h = layer.h_out();
                 w = layer.w_out();
@@ -141,6 +145,7 @@ pub fn conv_layers(spec: &ResNetSpec, side: usize) -> Vec<ConvLayer> {
                     h_in: h0,
                     w_in: w0,
                     block_end: false,
+                    stage_start: false,
                 });
             }
             cin = cout;

@@ -2,13 +2,34 @@
 //! gradients, optimizer state, the activations backward needs, inputs and the largest
 //! transient workspace, summed from the model's layer list.
 //!
-//! Counted per frame (every frame of every clip goes through the backbone): for each
-//! convolution its output and its batch-norm output (both kept for backward), for each
-//! residual block its post-add output, the stem's max-pool output, and the input itself.
+//! Counted per frame (every frame of every clip goes through the backbone), per
+//! `ActivationMode`: "saved" keeps each convolution's output, each fused batch-norm +
+//! ReLU output, each residual block's output and the stem's max-pool output; "lean" keeps
+//! each convolution's output and each stage's input. The input itself is an input.
 
 use super::arch::{ResNetSpec, conv_layers};
-use crate::config::{Config, OptimizerKind, format_bytes};
+use crate::config::{ActivationMemory, Config, OptimizerKind, format_bytes};
 use crate::memory::{Allocation, Backing, Pool, PoolError};
+
+/// What a training forward keeps for backward, resolved from `[train] activation_memory`
+/// (`ActivationMemory`, whose "auto" the planner turns into one of these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationMode {
+    /// What PyTorch AMP's autograd keeps.
+    Saved,
+    /// The convolution outputs, each stage's input and the image; the rest recomputed.
+    Lean,
+}
+
+impl std::fmt::Display for ActivationMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ActivationMode::Saved => "saved",
+            ActivationMode::Lean => "lean",
+        })
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Footprint {
@@ -45,8 +66,10 @@ impl Footprint {
 #[derive(Debug, Clone, Copy)]
 pub struct ModelSize {
     pub params: u64,
-    /// Activation elements kept for backward, per frame.
+    /// Activation elements a "saved" training forward keeps for backward, per frame.
     pub saved_per_frame: u64,
+    /// Activation elements a "lean" training forward keeps for backward, per frame.
+    pub lean_per_frame: u64,
     /// The largest tensor of one frame anywhere in the network.
     pub largest_per_frame: u64,
 }
@@ -56,24 +79,55 @@ pub fn model_size(config: &Config) -> ModelSize {
     let side = config.model.input_size as usize;
     let layers = conv_layers(&spec, side);
     let mut params = (spec.feature_channels() + 1) as u64;
-    let mut saved = 0u64;
+    let (mut saved, mut lean) = (0u64, 0u64);
     let mut largest = (3 * side * side) as u64;
     for l in &layers {
         params += (l.params() + 2 * l.cout) as u64;
         let out = l.out_elems() as u64;
-        saved += 2 * out + if l.block_end { out } else { 0 };
+        // The convolution's output; "saved" also keeps the fused ReLU's output (the
+        // layers that do not end a block, but the shortcuts) and each block's output.
+        let relu = l.name != "downsample" && !l.block_end;
+        saved += out + if relu || l.block_end { out } else { 0 };
+        lean += out + if l.stage_start { (l.cin * l.h_in * l.w_in) as u64 } else { 0 };
         largest = largest.max(out).max((l.cin * l.h_in * l.w_in) as u64);
     }
     let stem = layers[0];
     let pooled = |x: usize| (x + 2 - 3) / 2 + 1;
     saved += (stem.cout * pooled(stem.h_out()) * pooled(stem.w_out())) as u64;
-    ModelSize { params, saved_per_frame: saved, largest_per_frame: largest }
+    ModelSize { params, saved_per_frame: saved, lean_per_frame: lean, largest_per_frame: largest }
 }
 
-/// The footprint of one micro-batch of `clips` clips of `frames` frames. `mixed` counts
-/// f16 activations and an f16 weight copy (what both backends store under
-/// `mixed_precision`); otherwise everything is f32.
-pub fn plan_step(config: &Config, clips: u64, frames: u64, mixed: bool) -> Footprint {
+impl ModelSize {
+    /// Activation elements kept for backward per frame in `mode`.
+    pub fn kept_per_frame(&self, mode: ActivationMode) -> u64 {
+        match mode {
+            ActivationMode::Saved => self.saved_per_frame,
+            ActivationMode::Lean => self.lean_per_frame,
+        }
+    }
+}
+
+/// `[train] activation_memory` for a micro-batch of `clips` clips of `frames` frames in
+/// `budget` bytes: "saved" and "lean" as they are; "auto" the cheaper in time that fits,
+/// "saved" (no recomputation) when its plan fits, else "lean".
+pub fn resolve_mode(config: &Config, clips: u64, frames: u64, mixed: bool, budget: u64) -> ActivationMode {
+    match config.train.activation_memory {
+        ActivationMemory::Saved => ActivationMode::Saved,
+        ActivationMemory::Lean => ActivationMode::Lean,
+        ActivationMemory::Auto => {
+            if plan_step(config, clips, frames, mixed, ActivationMode::Saved).total() <= budget {
+                ActivationMode::Saved
+            } else {
+                ActivationMode::Lean
+            }
+        }
+    }
+}
+
+/// The footprint of one micro-batch of `clips` clips of `frames` frames keeping `mode`'s
+/// activations. `mixed` counts f16 activations and an f16 weight copy (what both
+/// backends store under `mixed_precision`); otherwise everything is f32.
+pub fn plan_step(config: &Config, clips: u64, frames: u64, mixed: bool, mode: ActivationMode) -> Footprint {
     let m = model_size(config);
     let act = if mixed { 2 } else { 4 };
     let n = clips * frames;
@@ -87,7 +141,7 @@ pub fn plan_step(config: &Config, clips: u64, frames: u64, mixed: bool) -> Footp
         weights: m.params * if mixed { 6 } else { 4 },
         gradients: m.params * 4,
         optimizer: m.params * state_per_param,
-        activations: n * m.saved_per_frame * act,
+        activations: n * m.kept_per_frame(mode) * act,
         // The normalised input tensor and the u8 frames it was made from.
         inputs: n * (3 * side * side * act + raw_frame),
         // Backward holds a layer's output gradient and input gradient at once.
@@ -188,18 +242,40 @@ mod tests {
         let m = model_size(&c);
         // torchvision's 11,689,512 with a 1000-way head; here the head has one output.
         assert_eq!(m.params, 11_689_512 - 512 * 999 - 999);
-        let f = plan_step(&c, 1, 1, true);
+        let f = plan_step(&c, 1, 1, true, ActivationMode::Saved);
         assert_eq!((f.weights, f.gradients, f.optimizer), (m.params * 6, m.params * 4, m.params * 8));
     }
 
     #[test]
     fn activations_scale_with_clips_and_frames() {
         let c = Config::default();
-        let one = plan_step(&c, 1, 1, true);
-        let many = plan_step(&c, 6, 16, true);
-        assert_eq!(many.activations, 96 * one.activations);
-        assert_eq!(many.weights, one.weights);
-        assert_eq!(plan_step(&c, 1, 1, false).activations, 2 * one.activations);
+        for mode in [ActivationMode::Saved, ActivationMode::Lean] {
+            let one = plan_step(&c, 1, 1, true, mode);
+            let many = plan_step(&c, 6, 16, true, mode);
+            assert_eq!(many.activations, 96 * one.activations);
+            assert_eq!(many.weights, one.weights);
+            assert_eq!(plan_step(&c, 1, 1, false, mode).activations, 2 * one.activations);
+        }
+    }
+
+    #[test]
+    fn lean_keeps_less_and_auto_picks_saved_only_when_it_fits() {
+        let mut c = Config::default();
+        c.model.backbone = Backbone::Resnet18;
+        c.model.input_size = 224;
+        let m = model_size(&c);
+        // FP16 bytes a frame, the 224² input included: lean 6.08 MiB, saved 9.81 (PyTorch
+        // AMP's autograd saves 12.7, issue 16).
+        let mib = |elems: u64| (2 * (elems + 3 * 224 * 224)) as f64 / (1u64 << 20) as f64;
+        assert!((mib(m.lean_per_frame) - 6.08).abs() < 0.01, "lean {:.3}", mib(m.lean_per_frame));
+        assert!((mib(m.saved_per_frame) - 9.81).abs() < 0.01, "saved {:.3}", mib(m.saved_per_frame));
+        let saved = plan_step(&c, 4, 16, true, ActivationMode::Saved).total();
+        assert!(plan_step(&c, 4, 16, true, ActivationMode::Lean).total() < saved);
+        c.train.activation_memory = ActivationMemory::Auto;
+        assert_eq!(resolve_mode(&c, 4, 16, true, saved), ActivationMode::Saved);
+        assert_eq!(resolve_mode(&c, 4, 16, true, saved - 1), ActivationMode::Lean);
+        c.train.activation_memory = ActivationMemory::Lean;
+        assert_eq!(resolve_mode(&c, 4, 16, true, u64::MAX), ActivationMode::Lean);
     }
 
     #[test]

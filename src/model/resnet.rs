@@ -14,8 +14,17 @@
 //! `prepare_step` makes the FP16 copy of every convolution weight once per optimizer step
 //! (forward and backward of every micro-batch read it); `release_step_weights` drops it
 //! when the masters change.
+//!
+//! Activation memory (`ActivationMode`): "saved" keeps what PyTorch AMP's autograd keeps
+//! (every convolution's output, every fused batch-norm + ReLU output — the next
+//! convolution's input —, every block's output); "lean" keeps only the convolution outputs,
+//! each stage's input and the image, and backward recomputes the rest from them with the
+//! same ops the forward ran (batch norm from its saved statistics, the residual add, the
+//! ReLU), so the gradients are the same bit for bit. `backward` consumes the forward's
+//! cache, and frees each layer's share of it as soon as that layer is done.
 
 use super::arch::{BlockKind, ResNetSpec};
+use super::footprint::ActivationMode;
 use crate::backend::OpError;
 use crate::backend::ops::{Backend, BnSaved};
 use crate::backend::params::BatchNormParams;
@@ -45,12 +54,14 @@ pub struct ConvBn<B: Backend> {
     pub relu: bool,
 }
 
-/// What a training-mode `ConvBn` forward keeps for its backward.
+/// What a training-mode `ConvBn` forward keeps for its backward (its input is the
+/// caller's: the previous layer's output).
 pub struct ConvBnCache<B: Backend> {
-    x: T<B>,
+    /// The convolution's output, batch norm's input.
     z: T<B>,
-    /// The output, kept only when the ReLU is fused (it masks the gradient). Without
-    /// ReLU the caller may update the output in place (the residual add).
+    /// The output, kept only when the ReLU is fused and activations are "saved" (it is
+    /// the next convolution's input and masks the gradient). Without ReLU the caller may
+    /// update the output in place (the residual add).
     relu_y: Option<T<B>>,
     saved: BnSaved<T<B>>,
 }
@@ -101,7 +112,12 @@ impl<B: Backend> ConvBn<B> {
         }
     }
 
-    pub fn forward_train(&mut self, b: &B, x: &T<B>) -> Result<(T<B>, ConvBnCache<B>), OpError> {
+    pub fn forward_train(
+        &mut self,
+        b: &B,
+        x: &T<B>,
+        mode: ActivationMode,
+    ) -> Result<(T<B>, ConvBnCache<B>), OpError> {
         let z = b.conv2d_fwd(x, &self.weight(b, x.dtype())?, [self.stride; 2], [self.pad; 2])?;
         let p = self.bn_params();
         let out = b.batch_norm_fwd_train(
@@ -112,8 +128,17 @@ impl<B: Backend> ConvBn<B> {
             &mut self.running_var,
             &p,
         )?;
-        let relu_y = self.relu.then(|| out.y.clone());
-        Ok((out.y, ConvBnCache { x: x.clone(), z, relu_y, saved: out.saved }))
+        let relu_y = (self.relu && mode == ActivationMode::Saved).then(|| out.y.clone());
+        Ok((out.y, ConvBnCache { z, relu_y, saved: out.saved }))
+    }
+
+    /// The training forward's output: kept, or recomputed from the convolution's output
+    /// and the saved statistics (the same bits).
+    pub fn output(&self, b: &B, c: &ConvBnCache<B>) -> Result<T<B>, OpError> {
+        match &c.relu_y {
+            Some(y) => Ok(y.clone()),
+            None => b.batch_norm_normalize(&c.z, &self.gamma, &self.beta, &c.saved, self.relu),
+        }
     }
 
     pub fn forward_eval(&self, b: &B, x: &T<B>) -> Result<T<B>, OpError> {
@@ -128,10 +153,16 @@ impl<B: Backend> ConvBn<B> {
         )
     }
 
-    /// The input gradient and [dw, dγ, dβ].
-    pub fn backward(&self, b: &B, dy: &T<B>, c: &ConvBnCache<B>) -> Result<(T<B>, [T<B>; 3]), OpError> {
-        let (dz, grads) = self.parameter_backward(b, dy, c)?;
-        let x_dims: [usize; 4] = c.x.shape().as_array().expect("NHWC input");
+    /// The input gradient and [dw, dγ, dβ], given the forward's input `x`.
+    pub fn backward(
+        &self,
+        b: &B,
+        dy: &T<B>,
+        c: ConvBnCache<B>,
+        x: &T<B>,
+    ) -> Result<(T<B>, [T<B>; 3]), OpError> {
+        let (dz, grads) = self.parameter_backward(b, dy, c, x)?;
+        let x_dims: [usize; 4] = x.shape().as_array().expect("NHWC input");
         let dx =
             b.conv2d_dgrad(&dz, &self.weight(b, dz.dtype())?, x_dims, [self.stride; 2], [self.pad; 2])?;
         Ok((dx, grads))
@@ -147,11 +178,16 @@ impl<B: Backend> ConvBn<B> {
         &self,
         b: &B,
         dy: &T<B>,
-        c: &ConvBnCache<B>,
+        c: ConvBnCache<B>,
+        x: &T<B>,
     ) -> Result<(T<B>, [T<B>; 3]), OpError> {
-        let bn = b.batch_norm_bwd(dy, &c.z, &self.gamma, &c.saved, c.relu_y.as_ref())?;
+        let bn = match (&c.relu_y, self.relu) {
+            (None, true) => b.batch_norm_relu_bwd(dy, &c.z, &self.gamma, &self.beta, &c.saved)?,
+            (relu_y, _) => b.batch_norm_bwd(dy, &c.z, &self.gamma, &c.saved, relu_y.as_ref())?,
+        };
+        drop(c);
         let w_dims: [usize; 4] = self.w.shape().as_array().expect("KRSC weight");
-        let dw = b.conv2d_wgrad(&c.x, &bn.dx, w_dims, [self.stride; 2], [self.pad; 2])?;
+        let dw = b.conv2d_wgrad(x, &bn.dx, w_dims, [self.stride; 2], [self.pad; 2])?;
         Ok((bn.dx, [dw, bn.dgamma, bn.dbeta]))
     }
 
@@ -185,7 +221,8 @@ pub struct Block<B: Backend> {
 pub struct BlockCache<B: Backend> {
     convs: Vec<ConvBnCache<B>>,
     down: Option<ConvBnCache<B>>,
-    out: T<B>,
+    /// The block's output, when activations are "saved".
+    out: Option<T<B>>,
 }
 
 impl<B: Backend> Block<B> {
@@ -226,23 +263,44 @@ impl<B: Backend> Block<B> {
         b.relu_fwd(&sum)
     }
 
-    pub fn forward_train(&mut self, b: &B, x: &T<B>) -> Result<(T<B>, BlockCache<B>), OpError> {
+    pub fn forward_train(
+        &mut self,
+        b: &B,
+        x: &T<B>,
+        mode: ActivationMode,
+    ) -> Result<(T<B>, BlockCache<B>), OpError> {
         let mut caches = Vec::with_capacity(self.convs.len());
         let mut h = x.clone();
         for conv in &mut self.convs {
-            let (y, c) = conv.forward_train(b, &h)?;
+            let (y, c) = conv.forward_train(b, &h, mode)?;
             caches.push(c);
             h = y;
         }
         let (down, down_cache) = match &mut self.down {
             Some(d) => {
-                let (s, c) = d.forward_train(b, x)?;
+                let (s, c) = d.forward_train(b, x, mode)?;
                 (Some(s), Some(c))
             }
             None => (None, None),
         };
         let out = self.shortcut_sum(b, x, h, down)?;
-        Ok((out.clone(), BlockCache { convs: caches, down: down_cache, out }))
+        let kept = (mode == ActivationMode::Saved).then(|| out.clone());
+        Ok((out, BlockCache { convs: caches, down: down_cache, out: kept }))
+    }
+
+    /// The training forward's output from its input `x`: kept, or recomputed from the
+    /// convolution outputs with the forward's own ops (the same bits).
+    pub fn output(&self, b: &B, x: &T<B>, c: &BlockCache<B>) -> Result<T<B>, OpError> {
+        if let Some(out) = &c.out {
+            return Ok(out.clone());
+        }
+        let last = self.convs.len() - 1;
+        let sum = self.convs[last].output(b, &c.convs[last])?;
+        let down = match (&self.down, &c.down) {
+            (Some(d), Some(dc)) => Some(d.output(b, dc)?),
+            _ => None,
+        };
+        self.shortcut_sum(b, x, sum, down)
     }
 
     pub fn forward_eval(&self, b: &B, x: &T<B>) -> Result<T<B>, OpError> {
@@ -254,27 +312,36 @@ impl<B: Backend> Block<B> {
         self.shortcut_sum(b, x, h, down)
     }
 
-    /// The input gradient; the block's parameter gradients are appended to `grads` in
-    /// visiting order.
+    /// The input gradient, given the forward's input `x` and output `out` (`output`);
+    /// the block's parameter gradients are appended to `grads` in visiting order.
     pub fn backward(
         &self,
         b: &B,
         dy: &T<B>,
-        c: &BlockCache<B>,
+        c: BlockCache<B>,
+        x: &T<B>,
+        out: T<B>,
         grads: &mut Vec<T<B>>,
     ) -> Result<T<B>, OpError> {
-        let dsum = b.relu_bwd(dy, &c.out)?;
+        let dsum = b.relu_bwd(dy, &out)?;
+        drop(out);
+        let BlockCache { convs: mut caches, down: down_cache, .. } = c;
         let mut per_conv = Vec::with_capacity(self.convs.len());
         let mut dh = dsum.clone();
-        for (conv, cache) in self.convs.iter().zip(&c.convs).rev() {
-            let (dx, g) = conv.backward(b, &dh, cache)?;
+        for (j, conv) in self.convs.iter().enumerate().rev() {
+            let cache = caches.pop().expect("a cache per convolution");
+            let input = match j.checked_sub(1) {
+                Some(prev) => self.convs[prev].output(b, &caches[prev])?,
+                None => x.clone(),
+            };
+            let (dx, g) = conv.backward(b, &dh, cache, &input)?;
             per_conv.push(g);
             dh = dx;
         }
         let mut dx = dh;
-        let down = match (&self.down, &c.down) {
+        let down = match (&self.down, down_cache) {
             (Some(d), Some(cache)) => {
-                let (dxs, g) = d.backward(b, &dsum, cache)?;
+                let (dxs, g) = d.backward(b, &dsum, cache, x)?;
                 b.add_assign(&mut dx, &dxs)?;
                 Some(g)
             }
@@ -318,11 +385,19 @@ pub struct Logits<S> {
     pub frames: Tensor<S>,
 }
 
+/// What a training forward keeps of a stage (`layer1` …) for the backward.
+struct StageCache<B: Backend> {
+    /// The first block's input.
+    input: T<B>,
+    blocks: Vec<BlockCache<B>>,
+}
+
 /// What a training forward keeps for the backward.
 pub struct ForwardCache<B: Backend> {
+    /// The input in the activations' dtype (the stem's weight gradient reads it).
+    image: T<B>,
     stem: ConvBnCache<B>,
-    stem_out: T<B>,
-    blocks: Vec<BlockCache<B>>,
+    stages: Vec<StageCache<B>>,
     last_dims: [usize; 4],
     pooled: T<B>,
 }
@@ -338,6 +413,8 @@ pub struct ResNet<B: Backend> {
     pub frames: usize,
     /// The dtype of activations and their gradients (FP16 under mixed precision).
     pub activations: DType,
+    /// What a training forward keeps for backward.
+    pub activation_mode: ActivationMode,
 }
 
 impl<B: Backend> ResNet<B> {
@@ -360,7 +437,16 @@ impl<B: Backend> ResNet<B> {
         let bound = 1.0 / (features as f32).sqrt();
         let fc_w = b.tensor(Shape::from([1, features]), &rng.vec(features, -bound, bound))?;
         let fc_b = b.tensor(Shape::from([1]), &rng.vec(1, -bound, bound))?;
-        Ok(ResNet { spec, stem, stages, fc_w, fc_b, frames, activations: DType::F32 })
+        Ok(ResNet {
+            spec,
+            stem,
+            stages,
+            fc_w,
+            fc_b,
+            frames,
+            activations: DType::F32,
+            activation_mode: ActivationMode::Saved,
+        })
     }
 
     /// Every convolution of the backbone.
@@ -394,19 +480,26 @@ impl<B: Backend> ResNet<B> {
         b: &B,
         x: &T<B>,
     ) -> Result<(Logits<B::Storage>, ForwardCache<B>), OpError> {
-        let x = b.cast(x, self.activations)?;
-        let (h0, stem) = self.stem.forward_train(b, &x)?;
+        let mode = self.activation_mode;
+        let image = b.cast(x, self.activations)?;
+        let (h0, stem) = self.stem.forward_train(b, &image, mode)?;
         let mut h = b.max_pool2d_fwd(&h0, 3, 2, 1)?;
-        let mut blocks = Vec::new();
-        for block in self.stages.iter_mut().flatten() {
-            let (y, c) = block.forward_train(b, &h)?;
-            blocks.push(c);
-            h = y;
+        drop(h0);
+        let mut stages = Vec::with_capacity(self.stages.len());
+        for stage in &mut self.stages {
+            let input = h.clone();
+            let mut blocks = Vec::with_capacity(stage.len());
+            for block in stage.iter_mut() {
+                let (y, c) = block.forward_train(b, &h, mode)?;
+                blocks.push(c);
+                h = y;
+            }
+            stages.push(StageCache { input, blocks });
         }
         let last_dims: [usize; 4] = h.shape().as_array().expect("NHWC");
         let pooled = b.cast(&b.global_avg_pool_fwd(&h)?, DType::F32)?;
         let logits = self.head(b, &pooled)?;
-        Ok((logits, ForwardCache { stem, stem_out: h0, blocks, last_dims, pooled }))
+        Ok((logits, ForwardCache { image, stem, stages, last_dims, pooled }))
     }
 
     /// Inference mode (running statistics).
@@ -420,23 +513,39 @@ impl<B: Backend> ResNet<B> {
     }
 
     /// The gradient of every trainable tensor, in `trainable_mut()` order, from the
-    /// gradient of the loss w.r.t. the clip logits [B, 1].
-    pub fn backward(&self, b: &B, dclips: &T<B>, c: &ForwardCache<B>) -> Result<Vec<T<B>>, OpError> {
+    /// gradient of the loss w.r.t. the clip logits [B, 1]. Consumes the forward's cache,
+    /// freeing each layer's share of it once that layer's backward is done.
+    pub fn backward(&self, b: &B, dclips: &T<B>, c: ForwardCache<B>) -> Result<Vec<T<B>>, OpError> {
+        let ForwardCache { image, stem, mut stages, last_dims, pooled } = c;
         let dframes = b.temporal_mean_bwd(dclips, self.frames)?;
-        let fc = b.linear_bwd(&dframes, &c.pooled, &self.fc_w)?;
-        let mut dh = b.global_avg_pool_bwd(&b.cast(&fc.dx, self.activations)?, c.last_dims)?;
+        let fc = b.linear_bwd(&dframes, &pooled, &self.fc_w)?;
+        drop(pooled);
+        let mut dh = b.global_avg_pool_bwd(&b.cast(&fc.dx, self.activations)?, last_dims)?;
         // Blocks run backwards; their gradients are collected per block and put back in
         // forward order at the end.
-        let mut per_block = Vec::with_capacity(c.blocks.len());
-        let blocks: Vec<&Block<B>> = self.stages.iter().flatten().collect();
-        for (block, cache) in blocks.into_iter().zip(&c.blocks).rev() {
-            let mut g = Vec::new();
-            dh = block.backward(b, &dh, cache, &mut g)?;
-            per_block.push(g);
+        let mut per_block = Vec::new();
+        for stage in self.stages.iter().rev() {
+            let StageCache { input, blocks: caches } = stages.pop().expect("a cache per stage");
+            // Every block's input and output, [x₀, x₁, …, xₙ]: kept ("saved") or
+            // recomputed from the stage's input ("lean"), dropped as backward passes them.
+            let mut io = vec![input];
+            for (block, cache) in stage.iter().zip(&caches) {
+                let x = io.last().expect("the stage's input");
+                io.push(block.output(b, x, cache)?);
+            }
+            for (block, cache) in stage.iter().zip(caches).rev() {
+                let out = io.pop().expect("a block's output");
+                let x = io.last().expect("a block's input");
+                let mut g = Vec::new();
+                dh = block.backward(b, &dh, cache, x, out, &mut g)?;
+                per_block.push(g);
+            }
         }
-        let dstem = b.max_pool2d_bwd(&c.stem_out, &dh, 3, 2, 1)?;
+        let stem_out = self.stem.output(b, &stem)?;
+        let dstem = b.max_pool2d_bwd(&stem_out, &dh, 3, 2, 1)?;
+        drop((stem_out, dh));
         // The image needs no gradient: the stem computes its parameters' only.
-        let (_, gstem) = self.stem.parameter_backward(b, &dstem, &c.stem)?;
+        let (_, gstem) = self.stem.parameter_backward(b, &dstem, stem, &image)?;
         let mut grads: Vec<T<B>> = gstem.into_iter().collect();
         grads.extend(per_block.into_iter().rev().flatten());
         grads.push(fc.dw);
@@ -536,7 +645,7 @@ mod tests {
             let mean = (frames[2 * c] + frames[2 * c + 1]) / 2.0;
             assert!((clips[c] - mean).abs() < 1e-5, "clip logit is the mean of its frames");
         }
-        let grads = net.backward(&b, &b.tensor(Shape::from([2, 1]), &[1.0, -1.0]).unwrap(), &cache).unwrap();
+        let grads = net.backward(&b, &b.tensor(Shape::from([2, 1]), &[1.0, -1.0]).unwrap(), cache).unwrap();
         let shapes: Vec<Shape> = net.trainable_mut().iter().map(|t| t.shape().clone()).collect();
         assert_eq!(grads.iter().map(|g| g.shape().clone()).collect::<Vec<_>>(), shapes);
     }

@@ -50,7 +50,7 @@ fn largest_batch_size(config: &Config, r: &ProfileReport) -> Option<Advice> {
             Advice::Suggestion(format!(
                 "largest batch_size at max_frames = {frames}: {} (planned {}); for the effective batch {effective} use batch_size = {} with accumulation_steps = {accumulation}",
                 at_most_limit(b),
-                format_bytes(plan_step(config, b, frames, r.mixed_precision).total()),
+                format_bytes(plan_step(config, b, frames, r.mixed_precision, r.activation_mode).total()),
                 effective.div_ceil(accumulation)
             ))
         }
@@ -75,7 +75,9 @@ fn mixed_precision(config: &Config, r: &ProfileReport) -> Option<Advice> {
     if r.mixed_precision || r.gpu.is_none() {
         return None;
     }
-    let with = largest_fitting(SEARCH_LIMIT, |b| plan_step(config, b, r.frames, true).total() <= r.budget);
+    let with = largest_fitting(SEARCH_LIMIT, |b| {
+        plan_step(config, b, r.frames, true, r.activation_mode).total() <= r.budget
+    });
     Some(Advice::Suggestion(format!(
         "mixed_precision = true halves activation memory (largest batch_size would be {})",
         with.map_or("none".to_string(), at_most_limit)

@@ -10,7 +10,7 @@ mod render;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::model::footprint::{Footprint, largest_fitting, plan_step};
+use crate::model::footprint::{ActivationMode, Footprint, largest_fitting, plan_step, resolve_mode};
 
 pub use facts::{DeviceReport, HostReport, KernelFigure, REFERENCE_CARD_BYTES};
 pub use rehearsal::Rehearsal;
@@ -28,6 +28,8 @@ pub struct ProfileReport {
     pub micro_batch: u64,
     pub frames: u64,
     pub mixed_precision: bool,
+    /// What the step keeps for backward: `[train] activation_memory`, "auto" resolved.
+    pub activation_mode: ActivationMode,
     pub footprint: Footprint,
     pub largest_batch_size: Option<u64>,
     pub largest_max_frames: Option<u64>,
@@ -42,8 +44,12 @@ pub fn profile(config: &Config) -> ProfileReport {
     let mixed = config.train.mixed_precision;
     let (batch, frames) = (config.dataloader.batch_size as u64, config.data.max_frames as u64);
     let budget = machine.budget;
-    let footprint = plan_step(config, batch, frames, mixed);
-    let fits = |clips: u64, frames: u64| plan_step(config, clips, frames, mixed).total() <= budget;
+    let mode = resolve_mode(config, batch, frames, mixed, budget);
+    let footprint = plan_step(config, batch, frames, mixed, mode);
+    let fits = |clips: u64, frames: u64| {
+        plan_step(config, clips, frames, mixed, resolve_mode(config, clips, frames, mixed, budget)).total()
+            <= budget
+    };
     let mut report = ProfileReport {
         gpu: machine.gpu,
         gpu_missing: machine.gpu_missing,
@@ -53,6 +59,7 @@ pub fn profile(config: &Config) -> ProfileReport {
         micro_batch: batch,
         frames,
         mixed_precision: mixed,
+        activation_mode: mode,
         footprint,
         largest_batch_size: largest_fitting(SEARCH_LIMIT, |b| fits(b, frames)),
         largest_max_frames: largest_fitting(SEARCH_LIMIT, |f| fits(batch, f)),

@@ -41,11 +41,12 @@ impl ProfileReport {
         ));
         line("Planned training step".into());
         line(format!(
-            "  batch_size {} × max_frames {} = {} frames, {}",
+            "  batch_size {} × max_frames {} = {} frames, {}, activation_memory = \"{}\"",
             self.micro_batch,
             self.frames,
             self.micro_batch * self.frames,
-            if self.mixed_precision { "fp16 activations, fp32 master weights" } else { "fp32" }
+            if self.mixed_precision { "fp16 activations, fp32 master weights" } else { "fp32" },
+            self.activation_mode
         ));
         line(format!("  {}", self.footprint.describe()));
         line(format!(

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::checkpoint;
 use super::error::TrainError;
 use super::metrics::{Metrics, sigmoid};
-use super::step::infer;
+use super::step::{PreprocessOn, infer};
 use crate::backend::ops::Backend;
 use crate::config::Config;
 use crate::data::loader::EpochLoader;
@@ -27,19 +27,20 @@ pub struct Evaluation {
 }
 
 /// Every clip `loader` gives (an evaluation pass over `source`) through `net` in
-/// inference mode.
+/// inference mode, stored frames preprocessed `on` the device or the host.
 pub fn evaluate<B: Backend>(
     b: &B,
     net: &ResNet<B>,
     source: &Arc<dyn ClipSource>,
     loader: EpochLoader,
     micro: &mut usize,
+    on: PreprocessOn,
 ) -> Result<Evaluation, TrainError> {
     let (mut clip_p, mut clip_l, mut frame_p, mut frame_l) = (vec![], vec![], vec![], vec![]);
     let mut scores = Vec::new();
     for batch in loader {
         let batch = batch?;
-        let (clips, frames) = infer(b, net, &batch, micro)?;
+        let (clips, frames) = infer(b, net, &batch, micro, on)?;
         for (i, (&c, &label)) in batch.clips.iter().zip(&batch.targets).enumerate() {
             let p = sigmoid(clips[i] as f64);
             clip_p.push(p);

@@ -84,8 +84,9 @@ fn score<B: Backend>(
     use std::sync::Arc;
 
     use crate::data::cache::{ClipSettings, FrameCache};
-    use crate::data::loader::{Batch, LoaderSettings, clip_pixels};
+    use crate::data::loader::{Batch, LoaderSettings, Pixels, StoredFrames, clip_op};
     use crate::data::manifest::{Label, Split, VideoEntry};
+    use crate::data::preprocess::FrameFormat;
     use crate::data::sources::{ClipSource, VideoSource};
     use crate::train::metrics::sigmoid;
 
@@ -116,11 +117,19 @@ fn score<B: Backend>(
         clips: vec![0],
         frames_per_clip: frames.frames,
         side: ls.input_size,
-        pixels: clip_pixels(&ls, &frames, 0, 0),
+        pixels: Pixels::Stored(StoredFrames {
+            format: FrameFormat::Rgb,
+            h: frames.side,
+            w: frames.side,
+            data: frames.data.clone(),
+            ops: vec![clip_op(&ls, frames.side, 0, 0)],
+        }),
         targets: vec![0.0],
     };
     let mut micro = 1;
-    let (clip, frame) = crate::train::step::infer(b, net, &batch, &mut micro).map_err(|e| e.to_string())?;
+    let (clip, frame) =
+        crate::train::step::infer(b, net, &batch, &mut micro, crate::train::step::PreprocessOn::Device)
+            .map_err(|e| e.to_string())?;
     Ok((sigmoid(clip[0] as f64), frame.iter().map(|&f| sigmoid(f as f64)).collect()))
 }
 

@@ -27,6 +27,11 @@ pub enum Record {
         accumulation: u32,
         pool_allocated: u64,
         pool_reserved: u64,
+        /// Bytes of network input handed to the backend this step: the stored u8 frames
+        /// when the GPU preprocesses, else the FP16/FP32 input.
+        input_bytes: u64,
+        /// "gpu" or "cpu": where this step's stored frames were preprocessed.
+        preprocess: &'static str,
     },
     Val {
         epoch: u32,

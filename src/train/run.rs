@@ -19,15 +19,16 @@ use super::optimizer::Optimizer;
 use super::record::{Record, RunLog, Summary};
 use super::scaler::LossScaler;
 use super::schedule::Schedule;
-use super::step::{StepSettings, train_step};
+use super::step::{PreprocessOn, StepSettings, train_step};
 use crate::backend::ops::Backend;
-use crate::config::{Config, format_bytes};
-use crate::data::loader::{Batch, EpochLoader, LoaderSettings, Workers};
+use crate::config::{Config, PreprocessDevice, VramBudget, format_bytes};
+use crate::data::loader::{Batch, EpochLoader, LoaderControl, LoaderSettings, Pixels, Workers};
 use crate::data::sources::ClipSource;
 use crate::data::splits::Splits;
-use crate::memory::governor::Action;
+use crate::memory::governor::{Action, Switches};
 use crate::memory::manager::MemoryManager;
 use crate::model::arch::ResNetSpec;
+use crate::model::footprint::resolve_mode;
 use crate::model::resnet::ResNet;
 use crate::model::weights::{TensorFile, load_pretrained};
 use crate::tensor::DType;
@@ -55,6 +56,11 @@ pub struct Trainer<B: Backend> {
     opts: RunOptions,
     /// The loader threads every epoch shares when `persistent_workers` is on.
     workers: Option<Arc<Workers>>,
+    /// Where stored frames are preprocessed now (`[gpu] preprocess`, then the governor).
+    preprocess: PreprocessOn,
+    /// What the governor changes in the running loaders: CPU preprocessing on the
+    /// workers (whenever `preprocess` is `Host`) and the batches made ahead.
+    control: Arc<LoaderControl>,
 }
 
 /// Training throughput and memory over a run.
@@ -84,6 +90,13 @@ impl<B: Backend> Trainer<B> {
         let spec = ResNetSpec::of(config.model.backbone);
         let mut net = ResNet::new(&b, spec, config.data.max_frames as usize, config.train.seed)?;
         net.activations = DType::activations(config.train.mixed_precision);
+        net.activation_mode = resolve_mode(
+            &config,
+            config.dataloader.batch_size as u64,
+            config.data.max_frames as u64,
+            config.train.mixed_precision,
+            b.pool_stats().budget_bytes as u64,
+        );
         if !config.model.pretrained.is_empty() && opts.resume.is_none() {
             load_pretrained_weights(&b, &mut net, Path::new(&config.model.pretrained))?;
         }
@@ -94,7 +107,14 @@ impl<B: Backend> Trainer<B> {
             .dataloader
             .persistent_workers
             .then(|| Workers::new(config.dataloader.num_workers as usize));
+        let (preprocess, warning) = preprocess_on(&config, b.on_gpu());
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
+        let control = LoaderControl::new(preprocess == PreprocessOn::Host);
         let mut trainer = Trainer {
+            preprocess,
+            control,
             scaler: LossScaler::of(t),
             run_dir: PathBuf::from(&t.out_dir),
             b,
@@ -146,10 +166,11 @@ impl<B: Backend> Trainer<B> {
     /// `persistent_workers`).
     fn loader(&self, source: &Arc<dyn ClipSource>, train: bool, epoch: u64, first: usize) -> EpochLoader {
         let s = loader_settings(&self.config, train);
-        match &self.workers {
-            Some(w) => EpochLoader::start_on(w.clone(), source.clone(), s, epoch, first),
-            None => EpochLoader::start_at(source.clone(), s, epoch, first),
-        }
+        let workers = match &self.workers {
+            Some(w) => w.clone(),
+            None => Workers::new(s.num_workers.clamp(1, source.len().div_ceil(s.batch_size.max(1)).max(1))),
+        };
+        EpochLoader::start_on(workers, source.clone(), s, epoch, first, self.control.clone())
     }
 
     fn save(&self, name: &str) -> Result<(), TrainError> {
@@ -161,6 +182,7 @@ impl<B: Backend> Trainer<B> {
     /// Trains to the last epoch (or until Ctrl-C), then evaluates the best checkpoint on
     /// the test split. `mm` watches memory and decides the micro-batch.
     pub fn run(&mut self, mm: &mut MemoryManager) -> Result<Summary, TrainError> {
+        self.connect(mm);
         fs::create_dir_all(&self.run_dir).map_err(io_err(&self.run_dir))?;
         let config_copy = self.run_dir.join("config.toml");
         fs::write(&config_copy, toml::to_string(&self.config).unwrap_or_default())
@@ -200,6 +222,57 @@ impl<B: Backend> Trainer<B> {
         };
         summary.write(&self.run_dir)?;
         Ok(summary)
+    }
+
+    /// Tells the governor which switches this run can make, and registers the caches its
+    /// "clear caches" empties: each split's frame cache (splits may share one; the first
+    /// clear frees it).
+    fn connect(&self, mm: &mut MemoryManager) {
+        mm.governor().set_switches(Switches {
+            preprocess_to_cpu: self.preprocess == PreprocessOn::Device,
+            fewer_prefetch: self.config.dataloader.prefetch_factor > 1,
+        });
+        for (split, source) in
+            [("train", &self.splits.train), ("val", &self.splits.val), ("test", &self.splits.test)]
+        {
+            let source = source.clone();
+            mm.register_cleanup_callback(&format!("frame cache ({split} clips)"), move || {
+                source.clear_memory()
+            });
+        }
+    }
+
+    /// Where stored frames are preprocessed now.
+    pub fn preprocess(&self) -> PreprocessOn {
+        self.preprocess
+    }
+
+    /// The loaders' control (for tests that watch what the governor changes).
+    pub fn loader_control(&self) -> &Arc<LoaderControl> {
+        &self.control
+    }
+
+    /// Carries out a governor decision; returns what it freed or changed, for the log.
+    fn carry_out(&mut self, action: Action) -> Option<String> {
+        match action {
+            // The manager ran the cleanup callbacks already; the pool gives back what
+            // the cleared caches and the trim left free.
+            Action::TrimPool | Action::ClearCaches => {
+                Some(format!("{} returned to the system", format_bytes(self.b.trim_pool() as u64)))
+            }
+            Action::PreprocessOnCpu | Action::PreprocessOnGpu => {
+                let host = action == Action::PreprocessOnCpu;
+                self.preprocess = if host { PreprocessOn::Host } else { PreprocessOn::Device };
+                self.control.set_prepare_on_cpu(host);
+                None
+            }
+            Action::ReducePrefetch | Action::RestorePrefetch => {
+                self.control.set_fewer_ahead(action == Action::ReducePrefetch);
+                None
+            }
+            // The plan `step_boundary` returned carries these.
+            Action::ShrinkMicroBatch(_) | Action::GrowMicroBatch(_) => None,
+        }
     }
 
     /// The training pass of `epoch` (from the batch a resumed run stopped at).
@@ -260,13 +333,12 @@ impl<B: Backend> Trainer<B> {
     ) -> Result<Record, TrainError> {
         let (decisions, plan) = mm.step_boundary(self.progress.step, Some(&self.b.pool_stats()));
         for d in &decisions {
-            if d.action == Action::TrimPool {
-                self.b.trim_pool();
-            }
-            bar.suspend(|| eprintln!("governor: {d}"));
+            let effect = self.carry_out(d.action).map_or(String::new(), |e| format!(": {e}"));
+            bar.suspend(|| eprintln!("governor: {d}{effect}"));
         }
         let lr = self.schedule.lr_at(self.progress.step);
-        let settings = StepSettings::of(&self.config.train, lr);
+        let settings =
+            StepSettings { preprocess: self.preprocess, ..StepSettings::of(&self.config.train, lr) };
         let step = self.progress.step;
         let t0 = Instant::now();
         let report = train_step(
@@ -303,6 +375,13 @@ impl<B: Backend> Trainer<B> {
             accumulation: report.plan.accumulation,
             pool_allocated: pool.allocated_bytes as u64,
             pool_reserved: pool.reserved_bytes as u64,
+            input_bytes: report.input_bytes as u64,
+            // A batch the loader threads preprocessed (made before a switch back to the
+            // GPU) is uploaded as it is.
+            preprocess: match (&batch.pixels, settings.preprocess) {
+                (Pixels::Stored(_), PreprocessOn::Device) if self.b.on_gpu() => "gpu",
+                _ => "cpu",
+            },
         })
     }
 
@@ -317,7 +396,7 @@ impl<B: Backend> Trainer<B> {
     ) -> Result<Option<Metrics>, TrainError> {
         let mut micro = mm.governor().plan().micro_batch as usize;
         let loader = self.loader(&self.splits.val, false, 0, 0);
-        let m = evaluate(&self.b, &self.net, &self.splits.val, loader, &mut micro)?.metrics;
+        let m = evaluate(&self.b, &self.net, &self.splits.val, loader, &mut micro, self.preprocess)?.metrics;
         log.write(&Record::Val { epoch, step: self.progress.step, train_loss, metrics: m })?;
         self.progress.epoch = epoch + 1;
         self.progress.batch = 0;
@@ -351,7 +430,7 @@ impl<B: Backend> Trainer<B> {
         }
         let mut micro = mm.governor().plan().micro_batch as usize;
         let loader = self.loader(&self.splits.test, false, 0, 0);
-        let test = evaluate(&self.b, &self.net, &self.splits.test, loader, &mut micro)?;
+        let test = evaluate(&self.b, &self.net, &self.splits.test, loader, &mut micro, self.preprocess)?;
         Ok(test.metrics)
     }
 
@@ -381,6 +460,41 @@ pub fn loader_settings(c: &Config, train: bool) -> LoaderSettings {
         seed: c.train.seed,
         train,
         max_bad_fraction: c.data.max_bad_fraction,
+    }
+}
+
+/// Where a run preprocesses, from `[gpu] preprocess` and whether the backend is a GPU,
+/// with a warning naming the key when it asks for what this run cannot do.
+/// `"auto"` takes the GPU when its planned step, the u8 frames it uploads included, fits
+/// `vram_budget` (an "auto" budget is the card's: it fits).
+pub fn preprocess_on(c: &Config, gpu: bool) -> (PreprocessOn, Option<String>) {
+    match c.gpu.preprocess {
+        PreprocessDevice::Cpu => (PreprocessOn::Host, None),
+        PreprocessDevice::Gpu if gpu => (PreprocessOn::Device, None),
+        PreprocessDevice::Gpu => (
+            PreprocessOn::Host,
+            Some(
+                "[gpu] preprocess = \"gpu\": this run has no GPU; preprocessing on the CPU (loader threads)"
+                    .into(),
+            ),
+        ),
+        PreprocessDevice::Auto if gpu && staging_fits(c) => (PreprocessOn::Device, None),
+        PreprocessDevice::Auto => (PreprocessOn::Host, None),
+    }
+}
+
+/// Whether a micro-batch's step, the stored frames uploaded for the GPU's preprocessing
+/// included (the planner counts them), fits `vram_budget`.
+fn staging_fits(c: &Config) -> bool {
+    match c.gpu.vram_budget {
+        VramBudget::Auto => true,
+        VramBudget::Bytes(budget) => {
+            let (micro, frames, mixed) =
+                (c.dataloader.batch_size as u64, c.data.max_frames as u64, c.train.mixed_precision);
+            let mode = resolve_mode(c, micro, frames, mixed, budget);
+            let plan = crate::model::footprint::plan_step(c, micro, frames, mixed, mode);
+            plan.total() <= budget
+        }
     }
 }
 

@@ -10,8 +10,10 @@ use super::scaler::LossScaler;
 use crate::backend::OpError;
 use crate::backend::ops::Backend;
 use crate::backend::params::BceParams;
+use crate::backend::params::{FrameBatch, Normalize};
 use crate::config::TrainConfig;
-use crate::data::loader::Batch;
+use crate::data::loader::{Batch, Pixels};
+use crate::data::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::memory::governor::BatchPlan;
 use crate::model::resnet::ResNet;
 use crate::model::weights::{HostTensor, assign};
@@ -31,25 +33,57 @@ pub struct StepReport {
     /// Non-finite gradients: the update was skipped and the loss scale backed off.
     pub skipped: bool,
     pub plan: BatchPlan,
+    /// Bytes of network input handed to the backend (what crossed to a GPU): the stored
+    /// frames when the device preprocessed them, else the FP16/FP32 input.
+    pub input_bytes: usize,
 }
 
-/// The frames of clips `range` of `batch` as an NHWC tensor of `dtype` (rounded on the
-/// host: no FP32 copy of the input on the device), and their targets [n, 1].
-pub fn batch_tensors<B: Backend>(
+/// Where a step preprocesses a batch that arrives as stored frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreprocessOn {
+    /// On the backend's device: the u8 (or I420) frames cross to it and the preprocessing
+    /// kernels write the model's input there (the CPU twin on the CPU backend).
+    Device,
+    /// The CPU twin on the host, then the input (FP16 or FP32) crosses to the device.
+    Host,
+}
+
+/// The network input of clips `range` of `batch`, NHWC in `dtype`, and the bytes handed
+/// to the backend for it (what crosses to a GPU). A batch the loader preprocessed is
+/// uploaded as it is (rounded to `dtype` on the host: no FP32 copy on the device).
+pub fn batch_input<B: Backend>(
     b: &B,
     batch: &Batch,
     range: std::ops::Range<usize>,
     dtype: DType,
-) -> Result<(T<B>, T<B>), OpError> {
-    let per_clip = batch.frames_per_clip * batch.side * batch.side * 3;
-    let n = range.len();
-    let x = b.tensor_as(
-        Shape::from([n * batch.frames_per_clip, batch.side, batch.side, 3]),
-        &batch.pixels[range.start * per_clip..range.end * per_clip],
-        dtype,
-    )?;
-    let y = b.tensor(Shape::from([n, 1]), &batch.targets[range])?;
-    Ok((x, y))
+    on: PreprocessOn,
+) -> Result<(T<B>, usize), OpError> {
+    let frames = range.len() * batch.frames_per_clip;
+    let shape = Shape::from([frames, batch.side, batch.side, 3]);
+    let upload =
+        |pixels: &[f32]| Ok((b.tensor_as(shape.clone(), pixels, dtype)?, pixels.len() * dtype.size()));
+    match &batch.pixels {
+        Pixels::Prepared(pixels) => {
+            let per_clip = batch.frames_per_clip * batch.side * batch.side * 3;
+            upload(&pixels[range.start * per_clip..range.end * per_clip])
+        }
+        Pixels::Stored(stored) if on == PreprocessOn::Host => {
+            upload(&stored.preprocess_cpu(range, batch.frames_per_clip, batch.side))
+        }
+        Pixels::Stored(stored) => {
+            let (data, ops) = stored.clips(range, batch.frames_per_clip);
+            let f = FrameBatch {
+                format: stored.format,
+                h: stored.h,
+                w: stored.w,
+                data,
+                ops: &ops,
+                side: batch.side,
+                norm: Normalize { mean: IMAGENET_MEAN, std: IMAGENET_STD },
+            };
+            Ok((b.preprocess(&f, dtype)?, data.len()))
+        }
+    }
 }
 
 /// The running statistics, to put back after a failed attempt.
@@ -78,19 +112,28 @@ pub struct StepSettings {
     pub lr: f32,
     pub grad_clip: f64,
     pub bce: BceParams,
+    /// Where stored frames are preprocessed.
+    pub preprocess: PreprocessOn,
 }
 
 impl StepSettings {
     /// A step of a run with `t` at learning rate `lr` (the schedule's): `[train] grad_clip`,
-    /// and BCE without pos_weight or label smoothing (no config key sets them).
+    /// and BCE without pos_weight or label smoothing (no config key sets them); stored
+    /// frames preprocessed on the host (the trainer says otherwise when the run
+    /// preprocesses on the GPU).
     pub fn of(t: &TrainConfig, lr: f64) -> Self {
-        StepSettings { lr: lr as f32, grad_clip: t.grad_clip, bce: BceParams::default() }
+        StepSettings {
+            lr: lr as f32,
+            grad_clip: t.grad_clip,
+            bce: BceParams::default(),
+            preprocess: PreprocessOn::Host,
+        }
     }
 }
 
-/// The summed gradients of a step, one per trainable tensor, and each micro-batch's mean
-/// loss with its share of the clips.
-type Accumulated<B> = (Vec<T<B>>, Vec<(f64, f64)>);
+/// The summed gradients of a step, one per trainable tensor, each micro-batch's mean
+/// loss with its share of the clips, and the bytes of input handed to the backend.
+type Accumulated<B> = (Vec<T<B>>, Vec<(f64, f64)>, usize);
 
 /// Forward and backward over the micro-batches of `plan`; the summed gradients (scaled
 /// by the loss scale) and each micro-batch's mean loss with its share of the clips.
@@ -100,22 +143,26 @@ fn accumulate<B: Backend>(
     batch: &Batch,
     plan: BatchPlan,
     scale: f32,
-    bce: &BceParams,
+    s: &StepSettings,
 ) -> Result<Accumulated<B>, OpError> {
     let clips = batch.targets.len();
     let micro = plan.micro_batch.max(1) as usize;
     let mut acc: Option<Vec<T<B>>> = None;
     let mut losses = Vec::new();
+    let mut input_bytes = 0;
+    let bce = &s.bce;
     for start in (0..clips).step_by(micro) {
         let range = start..(start + micro).min(clips);
         let weight = range.len() as f32 / clips as f32;
-        let (x, y) = batch_tensors(b, batch, range, net.activations)?;
+        let (x, bytes) = batch_input(b, batch, range.clone(), net.activations, s.preprocess)?;
+        input_bytes += bytes;
+        let y = b.tensor(Shape::from([range.len(), 1]), &batch.targets[range])?;
         let (logits, cache) = net.forward_train(b, &x)?;
         losses.push((b.bce_with_logits_fwd(&logits.clips, &y, bce)? as f64, weight as f64));
         // Each micro-batch's mean loss weighs by its share of the clips, so that the sum
         // of the micro-batch gradients is the gradient of the effective batch's mean.
         let dlogits = b.bce_with_logits_bwd(&logits.clips, &y, bce, scale * weight)?;
-        let grads = net.backward(b, &dlogits, &cache)?;
+        let grads = net.backward(b, &dlogits, cache)?;
         match &mut acc {
             None => acc = Some(grads),
             Some(acc) => {
@@ -125,7 +172,7 @@ fn accumulate<B: Backend>(
             }
         }
     }
-    Ok((acc.unwrap_or_default(), losses))
+    Ok((acc.unwrap_or_default(), losses, input_bytes))
 }
 
 /// One optimizer step on `batch`. On an allocation failure `on_oom` is asked for a smaller
@@ -144,8 +191,8 @@ pub fn train_step<B: Backend>(
 ) -> Result<StepReport, OpError> {
     let saved = snapshot(b, net)?;
     net.prepare_step(b)?;
-    let (mut grads, losses) = loop {
-        match accumulate(b, net, batch, plan, scaler.scale, &s.bce) {
+    let (mut grads, losses, input_bytes) = loop {
+        match accumulate(b, net, batch, plan, scaler.scale, s) {
             Ok(r) => break r,
             Err(e @ OpError::OutOfMemory(_)) => {
                 restore(b, net, &saved)?;
@@ -177,6 +224,7 @@ pub fn train_step<B: Backend>(
         grad_norm,
         skipped: !apply,
         plan,
+        input_bytes,
     })
 }
 
@@ -187,13 +235,14 @@ pub fn infer<B: Backend>(
     net: &ResNet<B>,
     batch: &Batch,
     micro: &mut usize,
+    on: PreprocessOn,
 ) -> Result<(Vec<f32>, Vec<f32>), OpError> {
     let clips = batch.targets.len();
     let (mut clip_logits, mut frame_logits) = (Vec::new(), Vec::new());
     let mut start = 0;
     while start < clips {
         let range = start..(start + (*micro).max(1)).min(clips);
-        let attempt = batch_tensors(b, batch, range.clone(), net.activations)
+        let attempt = batch_input(b, batch, range.clone(), net.activations, on)
             .and_then(|(x, _)| net.forward_eval(b, &x));
         match attempt {
             Ok(l) => {

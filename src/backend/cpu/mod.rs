@@ -23,7 +23,7 @@ use half::slice::HalfFloatSliceExt;
 use super::check::unique;
 use super::error::OpError;
 use super::ops::{Backend, BnForward, BnGrads, BnSaved, GemmGeom, LinearGeom, LinearGrads};
-use super::params::{AdamWParams, BatchNormParams, BceParams, Conv2dGeom, Pool2dGeom, SgdParams};
+use super::params::{AdamWParams, BatchNormParams, BceParams, Conv2dGeom, FrameBatch, Pool2dGeom, SgdParams};
 use crate::memory::{PoolError, PoolStats};
 use crate::tensor::{DType, Shape, Tensor};
 use gemm::MatRef;
@@ -269,6 +269,52 @@ impl Backend for CpuBackend {
         Ok(BnGrads { dx, dgamma: self.vector(&dgamma)?, dbeta: self.vector(&dbeta)? })
     }
 
+    fn run_batch_norm_normalize(
+        &self,
+        c: usize,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        saved: &BnSaved<CpuTensor>,
+        relu: bool,
+    ) -> Result<CpuTensor, OpError> {
+        let mut y = self.alloc(x.shape().clone(), x.dtype())?;
+        with_elem!(x.dtype(), E => norm::batch_norm_normalize(
+            x.storage().get::<E>(),
+            c,
+            f32s(&saved.mean),
+            f32s(&saved.invstd),
+            f32s(gamma),
+            f32s(beta),
+            relu,
+            unique(&mut y).get_mut::<E>(),
+        ));
+        Ok(y)
+    }
+
+    fn run_batch_norm_relu_bwd(
+        &self,
+        c: usize,
+        dy: &CpuTensor,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        saved: &BnSaved<CpuTensor>,
+    ) -> Result<BnGrads<CpuTensor>, OpError> {
+        let mut dx = self.alloc(x.shape().clone(), x.dtype())?;
+        let (dgamma, dbeta) = with_elem!(x.dtype(), E => norm::batch_norm_relu_bwd(
+            dy.storage().get::<E>(),
+            x.storage().get::<E>(),
+            c,
+            f32s(gamma),
+            f32s(beta),
+            f32s(&saved.mean),
+            f32s(&saved.invstd),
+            unique(&mut dx).get_mut::<E>(),
+        ));
+        Ok(BnGrads { dx, dgamma: self.vector(&dgamma)?, dbeta: self.vector(&dbeta)? })
+    }
+
     fn run_relu_fwd(&self, x: &CpuTensor) -> Result<CpuTensor, OpError> {
         let mut y = self.alloc(x.shape().clone(), x.dtype())?;
         with_elem!(x.dtype(), E => eltwise::relu_fwd(x.storage().get::<E>(), unique(&mut y).get_mut::<E>()));
@@ -394,5 +440,18 @@ impl Backend for CpuBackend {
 
     fn run_sum_squares(&self, g: &CpuTensor) -> Result<f64, OpError> {
         Ok(optim::sum_squares(f32s(g)))
+    }
+
+    fn run_preprocess(&self, f: &FrameBatch<'_>, dtype: DType) -> Result<CpuTensor, OpError> {
+        let pixels = crate::data::preprocess::preprocess_as(
+            f.format,
+            f.data,
+            (f.h, f.w),
+            f.ops,
+            f.side,
+            f.norm.mean,
+            f.norm.std,
+        );
+        self.run_upload(f.shape(), &pixels, dtype)
     }
 }

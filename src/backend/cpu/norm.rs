@@ -64,7 +64,7 @@ pub fn batch_norm_fwd_train<E: Elem>(
         running_mean[ch] = ((1.0 - mom) * running_mean[ch] as f64 + mom * mean[ch]) as f32;
         running_var[ch] = ((1.0 - mom) * running_var[ch] as f64 + mom * var[ch] * unbias) as f32;
     }
-    normalise(x, c, &mean32, &invstd, gamma, beta, params.relu, y);
+    batch_norm_normalize(x, c, &mean32, &invstd, gamma, beta, params.relu, y);
     (mean32, invstd)
 }
 
@@ -81,11 +81,21 @@ pub fn batch_norm_fwd_eval<E: Elem>(
     y: &mut [E],
 ) {
     let invstd: Vec<f32> = running_var.iter().map(|&v| 1.0 / (v + params.eps).sqrt()).collect();
-    normalise(x, c, running_mean, &invstd, gamma, beta, params.relu, y);
+    batch_norm_normalize(x, c, running_mean, &invstd, gamma, beta, params.relu, y);
 }
 
+/// The normalised value of `x` in a channel, before the ReLU and the rounding to the
+/// stored dtype: one formula for the forward and for the ReLU mask recomputed in backward.
+#[inline]
+fn bn_value(x: f32, mean: f32, invstd: f32, gamma: f32, beta: f32) -> f32 {
+    (x - mean) * invstd * gamma + beta
+}
+
+/// y = (x − mean)·invstd·γ + β (then ReLU) with given statistics: the forwards' last
+/// pass, and the recomputation of a training forward's output from its input and saved
+/// statistics (bit for bit the output the forward wrote).
 #[allow(clippy::too_many_arguments)]
-fn normalise<E: Elem>(
+pub fn batch_norm_normalize<E: Elem>(
     x: &[E],
     c: usize,
     mean: &[f32],
@@ -98,11 +108,23 @@ fn normalise<E: Elem>(
     y.par_chunks_mut(STATS_CHUNK_ROWS * c).zip(x.par_chunks(STATS_CHUNK_ROWS * c)).for_each(|(yc, xc)| {
         for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
             for ch in 0..c {
-                let v = (xr[ch].to_f32() - mean[ch]) * invstd[ch] * gamma[ch] + beta[ch];
+                let v = bn_value(xr[ch].to_f32(), mean[ch], invstd[ch], gamma[ch], beta[ch]);
                 yr[ch] = E::from_f32(if relu { v.max(0.0) } else { v });
             }
         }
     });
+}
+
+/// Where the gradient of a fused ReLU is masked from.
+#[derive(Clone, Copy)]
+enum ReluMask<'a, E> {
+    /// No ReLU was fused.
+    None,
+    /// The forward's stored output: zero where the ReLU clipped.
+    Output(&'a [E]),
+    /// The output recomputed from x with β (and γ, the statistics): the stored output's
+    /// value, rounded to E, so that the mask is the one `Output` would give.
+    FromInput { beta: &'a [f32] },
 }
 
 /// Backward of the training-mode forward. `y` is the forward output, needed only when
@@ -118,15 +140,57 @@ pub fn batch_norm_bwd<E: Elem>(
     relu_y: Option<&[E]>,
     dx: &mut [E],
 ) -> (Vec<f32>, Vec<f32>) {
+    let mask = relu_y.map_or(ReluMask::None, ReluMask::Output);
+    bwd(dy, x, c, gamma, mean, invstd, mask, dx)
+}
+
+/// Backward of a training-mode forward with a fused ReLU, its mask recomputed from the
+/// input `x` (the forward's output need not be kept): the same `dx`, dγ, dβ as
+/// `batch_norm_bwd` given that output.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_relu_bwd<E: Elem>(
+    dy: &[E],
+    x: &[E],
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    dx: &mut [E],
+) -> (Vec<f32>, Vec<f32>) {
+    bwd(dy, x, c, gamma, mean, invstd, ReluMask::FromInput { beta }, dx)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bwd<E: Elem>(
+    dy: &[E],
+    x: &[E],
+    c: usize,
+    gamma: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    mask: ReluMask<'_, E>,
+    dx: &mut [E],
+) -> (Vec<f32>, Vec<f32>) {
     let m = x.len() / c;
     // The gradient reaching the normalisation: dy, zeroed where the fused ReLU clipped.
-    let g: Vec<f32> = match relu_y {
-        Some(y) => dy
+    let g: Vec<f32> = match mask {
+        ReluMask::Output(y) => dy
             .par_iter()
             .zip(y.par_iter())
             .map(|(d, v)| if v.to_f32() > 0.0 { d.to_f32() } else { 0.0 })
             .collect(),
-        None => dy.par_iter().map(|d| d.to_f32()).collect(),
+        ReluMask::FromInput { beta } => dy
+            .par_iter()
+            .zip(x.par_iter())
+            .enumerate()
+            .map(|(i, (d, v))| {
+                let ch = i % c;
+                let y = bn_value(v.to_f32(), mean[ch], invstd[ch], gamma[ch], beta[ch]).max(0.0);
+                if E::from_f32(y).to_f32() > 0.0 { d.to_f32() } else { 0.0 }
+            })
+            .collect(),
+        ReluMask::None => dy.par_iter().map(|d| d.to_f32()).collect(),
     };
     let dbeta = channel_sums(m, c, |i, _| g[i] as f64);
     let dgamma = channel_sums(m, c, |i, ch| g[i] as f64 * ((x[i].to_f32() - mean[ch]) * invstd[ch]) as f64);

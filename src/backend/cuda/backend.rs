@@ -20,11 +20,15 @@ use super::conv::{self, Epilogue};
 use super::device::{CudaError, Device};
 use super::eltwise;
 use super::gemm::{GemmNt, GemmOut, GemmRef, gemm_nt, gemm_reference};
+use super::preprocess::preprocess_frames;
 use super::{loss, norm, optim, pooling};
 use crate::backend::check::unique;
 use crate::backend::error::OpError;
 use crate::backend::ops::{Backend, BnForward, BnGrads, BnSaved, GemmGeom, LinearGeom, LinearGrads};
-use crate::backend::params::{AdamWParams, BatchNormParams, BceParams, Conv2dGeom, Pool2dGeom, SgdParams};
+use crate::backend::params::{
+    AdamWParams, BatchNormParams, BceParams, Conv2dGeom, FrameBatch, Pool2dGeom, SgdParams,
+};
+use crate::data::preprocess::frame_params;
 use crate::memory::PoolStats;
 use crate::tensor::{DType, Shape, Tensor};
 
@@ -112,6 +116,10 @@ impl Backend for CudaBackend {
     fn name(&self) -> String {
         let model = self.dev.context().name().unwrap_or_else(|_| "unknown GPU".into());
         format!("cuda:{} {model}", self.dev.ordinal)
+    }
+
+    fn on_gpu(&self) -> bool {
+        true
     }
 
     fn pool_stats(&self) -> PoolStats {
@@ -368,6 +376,59 @@ impl Backend for CudaBackend {
         Ok(BnGrads { dx, dgamma, dbeta })
     }
 
+    fn run_batch_norm_normalize(
+        &self,
+        c: usize,
+        x: &CudaTensor,
+        gamma: &CudaTensor,
+        beta: &CudaTensor,
+        saved: &BnSaved<CudaTensor>,
+        relu: bool,
+    ) -> Result<CudaTensor, OpError> {
+        let mut y = self.alloc(x.shape().clone(), x.dtype())?;
+        with_elem!(x.dtype(), E => norm::batch_norm_normalize(
+            &self.dev,
+            x.storage().get::<E>(),
+            x.numel() / c,
+            c,
+            f32s(&saved.mean),
+            f32s(&saved.invstd),
+            f32s(gamma),
+            f32s(beta),
+            relu,
+            unique(&mut y).get_mut::<E>(),
+        ))?;
+        Ok(y)
+    }
+
+    fn run_batch_norm_relu_bwd(
+        &self,
+        c: usize,
+        dy: &CudaTensor,
+        x: &CudaTensor,
+        gamma: &CudaTensor,
+        beta: &CudaTensor,
+        saved: &BnSaved<CudaTensor>,
+    ) -> Result<BnGrads<CudaTensor>, OpError> {
+        let mut dx = self.alloc(x.shape().clone(), x.dtype())?;
+        let (mut dgamma, mut dbeta) = (self.alloc([c], DType::F32)?, self.alloc([c], DType::F32)?);
+        with_elem!(x.dtype(), E => norm::batch_norm_relu_bwd(
+            &self.dev,
+            dy.storage().get::<E>(),
+            x.storage().get::<E>(),
+            x.numel() / c,
+            c,
+            f32s(gamma),
+            f32s(beta),
+            f32s(&saved.mean),
+            f32s(&saved.invstd),
+            unique(&mut dx).get_mut::<E>(),
+            f32s_mut(&mut dgamma),
+            f32s_mut(&mut dbeta),
+        ))?;
+        Ok(BnGrads { dx, dgamma, dbeta })
+    }
+
     fn run_relu_fwd(&self, x: &CudaTensor) -> Result<CudaTensor, OpError> {
         let mut y = self.alloc(x.shape().clone(), x.dtype())?;
         let n = x.numel();
@@ -524,5 +585,19 @@ impl Backend for CudaBackend {
 
     fn run_sum_squares(&self, g: &CudaTensor) -> Result<f64, OpError> {
         Ok(optim::sum_squares(&self.dev, f32s(g), g.numel())?)
+    }
+
+    /// Only the stored bytes cross to the device; the kernel writes FP16 (cast once for an
+    /// FP32 model).
+    fn run_preprocess(&self, f: &FrameBatch<'_>, dtype: DType) -> Result<CudaTensor, OpError> {
+        let src = self.dev.upload(f.data)?;
+        let mut y = self.alloc(f.shape(), DType::F16)?;
+        let params = frame_params(f.ops);
+        let dst = unique(&mut y).get_mut::<f16>();
+        preprocess_frames(&self.dev, f.format, &src, (f.h, f.w), &params, f.side, f.norm, dst)?;
+        match dtype {
+            DType::F16 => Ok(y),
+            DType::F32 => self.run_cast(&y, DType::F32),
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! the statistics reduced in two deterministic passes (chunk partials, then their sum).
 //! The f64 scratch of a call (C·⌈M/256⌉ partials and a few per-channel vectors) comes
 //! from the device pool. Activations (x, y, dy, relu_y, dx) are FP32 or FP16 (`T`);
-//! statistics, γ, β and their gradients FP32.
+//! statistics, γ, β and their gradients FP32. `batch_norm_normalize` and
+//! `batch_norm_relu_bwd` are what backward uses to recompute a forward's output and a
+//! fused ReLU's mask instead of keeping the output.
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
@@ -29,6 +31,9 @@ struct SumInputs<'a, T> {
     mean_d: Option<&'a CudaSlice<f64>>,
     mean_f: Option<&'a CudaSlice<f32>>,
     invstd: Option<&'a CudaSlice<f32>>,
+    /// γ and β of a ReLU mask recomputed from x (kernels/norm.cu's `ReluMask`).
+    mask_gamma: Option<&'a CudaSlice<f32>>,
+    mask_beta: Option<&'a CudaSlice<f32>>,
 }
 
 /// Per-channel f64 sums of `kind` over M rows, in the CPU twin's order.
@@ -53,6 +58,8 @@ fn channel_sums<T: DeviceElem>(
     push_optional(&mut args, inp.mean_d);
     push_optional(&mut args, inp.mean_f);
     push_optional(&mut args, inp.invstd);
+    push_optional(&mut args, inp.mask_gamma);
+    push_optional(&mut args, inp.mask_beta);
     args.arg(&kind_i).arg(&mm).arg(&ci).arg(&rows).arg(&mut partials);
     let shapes = || format!("M={m} C={c}");
     // SAFETY: arguments follow batch_norm_chunk_sums_f64; the kind reads only the tensors given,
@@ -92,7 +99,16 @@ pub fn batch_norm_fwd_train<T: DeviceElem>(
     for (what, len) in [("running_var", running_var.len()), ("mean", mean.len()), ("invstd", invstd.len())] {
         check_len(entry, what, len, c)?;
     }
-    let none = SumInputs { x: Some(x), dy: None, relu_y: None, mean_d: None, mean_f: None, invstd: None };
+    let none = SumInputs {
+        x: Some(x),
+        dy: None,
+        relu_y: None,
+        mean_d: None,
+        mean_f: None,
+        invstd: None,
+        mask_gamma: None,
+        mask_beta: None,
+    };
     let sum = channel_sums(dev, Sum::X, &none, m, c)?;
     let (mm, ci) = (m as i64, c as i32);
     let mut mean_d = dev.alloc::<f64>(c)?;
@@ -108,7 +124,7 @@ pub fn batch_norm_fwd_train<T: DeviceElem>(
     args.arg(&mut *mean).arg(&mut *invstd).arg(running_mean).arg(running_var);
     // SAFETY: C-element vectors, checked above.
     unsafe { dev.launch(&k, args, grid_1d(c), || format!("C={c}")) }?;
-    normalise(dev, x, m, c, mean, invstd, gamma, beta, params.relu, y)
+    batch_norm_normalize(dev, x, m, c, mean, invstd, gamma, beta, params.relu, y)
 }
 
 /// Eval-mode forward with the running statistics.
@@ -136,11 +152,13 @@ pub fn batch_norm_fwd_eval<T: DeviceElem>(
     args.arg(running_var).arg(&ci).arg(&params.eps).arg(&mut invstd);
     // SAFETY: C-element vectors.
     unsafe { dev.launch(&k, args, grid_1d(c), || format!("C={c}")) }?;
-    normalise(dev, x, m, c, running_mean, &invstd, gamma, beta, params.relu, y)
+    batch_norm_normalize(dev, x, m, c, running_mean, &invstd, gamma, beta, params.relu, y)
 }
 
+/// y = (x − mean)·invstd·γ + β, then ReLU if asked: the forwards' last pass, and the
+/// recomputation of a training forward's output from its input and saved statistics.
 #[allow(clippy::too_many_arguments)]
-fn normalise<T: DeviceElem>(
+pub fn batch_norm_normalize<T: DeviceElem>(
     dev: &Device,
     x: &CudaSlice<T>,
     m: usize,
@@ -164,6 +182,14 @@ fn normalise<T: DeviceElem>(
     unsafe { dev.launch(&k, args, grid_1d(m * c), || format!("M={m} C={c}")) }
 }
 
+/// Where a fused ReLU's mask comes from (kernels/norm.cu's `ReluMask`).
+#[derive(Clone, Copy)]
+enum Mask<'a, T> {
+    None,
+    Output(&'a CudaSlice<T>),
+    FromInput { beta: &'a CudaSlice<f32> },
+}
+
 /// Backward of the training forward: dx, and dγ, dβ. `relu_y` is the forward output when
 /// the ReLU was fused (it masks dy).
 #[allow(clippy::too_many_arguments)]
@@ -181,10 +207,65 @@ pub fn batch_norm_bwd<T: DeviceElem>(
     dgamma: &mut CudaSlice<f32>,
     dbeta: &mut CudaSlice<f32>,
 ) -> Result<(), CudaError> {
-    let entry = T::entry(entries::BATCH_NORM_BWD_DX_F32, entries::BATCH_NORM_BWD_DX_F16);
+    let mask = relu_y.map_or(Mask::None, Mask::Output);
+    bwd(dev, dy, x, m, c, gamma, mean, invstd, mask, dx, dgamma, dbeta)
+}
+
+/// Backward of a training forward with a fused ReLU, the mask recomputed from x and β:
+/// the gradients `batch_norm_bwd` gives with the stored output.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_relu_bwd<T: DeviceElem>(
+    dev: &Device,
+    dy: &CudaSlice<T>,
+    x: &CudaSlice<T>,
+    m: usize,
+    c: usize,
+    gamma: &CudaSlice<f32>,
+    beta: &CudaSlice<f32>,
+    mean: &CudaSlice<f32>,
+    invstd: &CudaSlice<f32>,
+    dx: &mut CudaSlice<T>,
+    dgamma: &mut CudaSlice<f32>,
+    dbeta: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    check_len(
+        T::entry(entries::BATCH_NORM_RELU_BWD_DX_F32, entries::BATCH_NORM_RELU_BWD_DX_F16),
+        "beta",
+        beta.len(),
+        c,
+    )?;
+    bwd(dev, dy, x, m, c, gamma, mean, invstd, Mask::FromInput { beta }, dx, dgamma, dbeta)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bwd<T: DeviceElem>(
+    dev: &Device,
+    dy: &CudaSlice<T>,
+    x: &CudaSlice<T>,
+    m: usize,
+    c: usize,
+    gamma: &CudaSlice<f32>,
+    mean: &CudaSlice<f32>,
+    invstd: &CudaSlice<f32>,
+    mask: Mask<'_, T>,
+    dx: &mut CudaSlice<T>,
+    dgamma: &mut CudaSlice<f32>,
+    dbeta: &mut CudaSlice<f32>,
+) -> Result<(), CudaError> {
+    let entry = match mask {
+        Mask::FromInput { .. } => {
+            T::entry(entries::BATCH_NORM_RELU_BWD_DX_F32, entries::BATCH_NORM_RELU_BWD_DX_F16)
+        }
+        _ => T::entry(entries::BATCH_NORM_BWD_DX_F32, entries::BATCH_NORM_BWD_DX_F16),
+    };
     for (what, len) in [("dy", dy.len()), ("x", x.len()), ("dx", dx.len())] {
         check_len(entry, what, len, m * c)?;
     }
+    let (relu_y, mask_beta) = match mask {
+        Mask::None => (None, None),
+        Mask::Output(y) => (Some(y), None),
+        Mask::FromInput { beta } => (None, Some(beta)),
+    };
     if let Some(r) = relu_y {
         check_len(entry, "relu_y", r.len(), m * c)?;
     }
@@ -200,6 +281,8 @@ pub fn batch_norm_bwd<T: DeviceElem>(
         mean_d: None,
         mean_f: Some(mean),
         invstd: Some(invstd),
+        mask_gamma: mask_beta.map(|_| gamma),
+        mask_beta,
     };
     let sum_g = channel_sums(dev, Sum::G, &grads, m, c)?;
     let sum_gx = channel_sums(dev, Sum::GXhat, &grads, m, c)?;
@@ -213,8 +296,19 @@ pub fn batch_norm_bwd<T: DeviceElem>(
     let k = dev.kernel(entry)?;
     let mut args = dev.args(&k);
     args.arg(dy).arg(x);
-    push_optional(&mut args, relu_y);
-    args.arg(&mm).arg(&ci).arg(gamma).arg(mean).arg(invstd).arg(&mean_g).arg(&mean_gx).arg(dx);
-    // SAFETY: M·C tensors and C vectors, checked above.
+    match mask_beta {
+        // batch_norm_relu_bwd_dx: (dy, x, M, C, gamma, beta, mean, invstd, mean_g, mean_gx, dx)
+        Some(beta) => {
+            args.arg(&mm).arg(&ci).arg(gamma).arg(beta);
+        }
+        // batch_norm_bwd_dx: (dy, x, relu_y, M, C, gamma, mean, invstd, mean_g, mean_gx, dx)
+        None => {
+            push_optional(&mut args, relu_y);
+            args.arg(&mm).arg(&ci).arg(gamma);
+        }
+    }
+    args.arg(mean).arg(invstd).arg(&mean_g).arg(&mean_gx).arg(dx);
+    // SAFETY: M·C tensors and C vectors, checked above; the arguments follow the entry's
+    // signature, as the match says.
     unsafe { dev.launch(&k, args, grid_1d(m * c), || format!("M={m} C={c}")) }
 }

@@ -9,29 +9,12 @@ use super::device::{CudaError, Device, check_len};
 use crate::backend::params::{FrameParams, Normalize};
 use crate::kernels::{Entry, entries};
 
-/// How the source frames are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameFormat {
-    /// h·w·3 bytes per frame.
-    Rgb,
-    /// h·w luma bytes, then ⌈h/2⌉·⌈w/2⌉ bytes of U and of V per frame.
-    I420,
-}
+pub use crate::data::preprocess::FrameFormat;
 
-impl FrameFormat {
-    fn entry(self) -> Entry {
-        match self {
-            FrameFormat::Rgb => entries::PREPROCESS_U8_F16,
-            FrameFormat::I420 => entries::PREPROCESS_YUV420_F16,
-        }
-    }
-
-    /// Bytes of one `h × w` frame.
-    pub fn frame_bytes(self, h: usize, w: usize) -> usize {
-        match self {
-            FrameFormat::Rgb => h * w * 3,
-            FrameFormat::I420 => h * w + 2 * h.div_ceil(2) * w.div_ceil(2),
-        }
+fn entry(format: FrameFormat) -> Entry {
+    match format {
+        FrameFormat::Rgb => entries::PREPROCESS_U8_F16,
+        FrameFormat::I420 => entries::PREPROCESS_YUV420_F16,
     }
 }
 
@@ -48,7 +31,7 @@ pub fn preprocess_frames(
     norm: Normalize,
     dst: &mut CudaSlice<f16>,
 ) -> Result<(), CudaError> {
-    let entry = format.entry();
+    let entry = entry(format);
     let n = params.crops.len();
     if params.flips.len() != n || params.jitter.len() != n {
         return Err(CudaError::Arguments {
