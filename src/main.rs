@@ -29,6 +29,7 @@ enum Command {
     Prepare(PrepareArgs),
     Eval(EvalArgs),
     Predict(PredictArgs),
+    Faces(FacesArgs),
 }
 
 fn parse_override(text: &str) -> Result<Override, String> {
@@ -160,6 +161,28 @@ struct PredictArgs {
     /// machine-readable output
     #[argh(switch)]
     json: bool,
+}
+
+/// Show the faces the detector finds in videos and still images (PNG, JPEG).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "faces")]
+struct FacesArgs {
+    /// the videos and images to look at
+    #[argh(positional)]
+    paths: Vec<PathBuf>,
+    /// the config whose [data] settings apply (face_detector, face_min_size,
+    /// face_thresholds, max_frames; the defaults when omitted)
+    #[argh(option)]
+    config: Option<PathBuf>,
+    /// override one value, e.g. --set data.face_min_size=40 (repeatable)
+    #[argh(option, long = "set", from_str_fn(parse_override))]
+    overrides: Vec<Override>,
+    /// machine-readable output
+    #[argh(switch)]
+    json: bool,
+    /// write each frame, its boxes and landmarks drawn, as PNG into this folder
+    #[argh(option)]
+    draw: Option<PathBuf>,
 }
 
 /// How a command failed, which decides the exit code: 2 for input the user must fix
@@ -680,6 +703,88 @@ fn predict(args: PredictArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn faces(args: FacesArgs) -> Result<(), Failure> {
+    if args.paths.is_empty() {
+        return Err(Failure::Input("faces: name at least one video or image file".to_string()));
+    }
+    let data = load_config(args.config.as_deref(), &args.overrides)?.config.data;
+    show_faces(&data, &args.paths, args.json, args.draw.as_deref())
+}
+
+/// Each file's faces, printed (or drawn) one file after another; a file that cannot be
+/// read is reported and the others still run.
+#[cfg(feature = "video")]
+fn show_faces(
+    d: &config::DataConfig,
+    paths: &[PathBuf],
+    json: bool,
+    draw: Option<&Path>,
+) -> Result<(), Failure> {
+    use dfengine::data::detect::FaceDetector;
+    use dfengine::data::face_boxes::FaceSettings;
+    use dfengine::data::face_report::{FileFaces, faces_in_file};
+    use dfengine::model::mtcnn::MtcnnError;
+
+    let settings = FaceSettings::from_config(d).detect;
+    let det = FaceDetector::load(Path::new(&d.face_detector), settings).map_err(|e| match e {
+        MtcnnError::Missing(_) => Failure::Input(e.to_string()),
+        other => Failure::Runtime(other.into()),
+    })?;
+    if let Some(dir) = draw {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("--draw {}: {e}", dir.display())))?;
+    }
+    let prefixes = draw_prefixes(paths, draw);
+    let results: Vec<FileFaces> = paths
+        .iter()
+        .zip(&prefixes)
+        .map(|(path, prefix)| {
+            let found = faces_in_file(&det, path, d.max_frames as usize, prefix.as_deref());
+            if !json {
+                println!("{found}");
+            }
+            found
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results).map_err(|e| Failure::Runtime(e.into()))?);
+    }
+    if let Some(dir) = draw {
+        eprintln!("drawn frames: {}", dir.display());
+    }
+    let failed = results.iter().filter(|r| r.is_failure()).count();
+    if failed > 0 {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{failed} of {} files could not be read",
+            results.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Where `--draw` puts each file's frames: `DIR/<file stem>`, with the file's position
+/// in front (`DIR/2-<stem>`) when two files share a stem.
+#[cfg(feature = "video")]
+fn draw_prefixes(paths: &[PathBuf], dir: Option<&Path>) -> Vec<Option<PathBuf>> {
+    let stem = |p: &PathBuf| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    paths
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let dir = dir?;
+            let shared = paths.iter().filter(|q| stem(q) == stem(p)).count() > 1;
+            Some(dir.join(if shared { format!("{}-{}", k + 1, stem(p)) } else { stem(p) }))
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "video"))]
+fn show_faces(_: &config::DataConfig, _: &[PathBuf], _: bool, _: Option<&Path>) -> Result<(), Failure> {
+    Err(Failure::Runtime(anyhow::anyhow!(
+        "this dfengine was built without the `video` feature (FFmpeg): it cannot decode videos or images"
+    )))
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let name = Path::new(&argv[0]).file_name().and_then(|n| n.to_str()).unwrap_or("dfengine");
@@ -707,6 +812,7 @@ fn main() -> ExitCode {
         Command::Prepare(a) => prepare(a),
         Command::Eval(a) => eval(a),
         Command::Predict(a) => predict(a),
+        Command::Faces(a) => faces(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,15 +1,18 @@
 //! Data: the dataset index (`manifest`) and the splits a run trains on (`splits`),
 //! decoding and frame sampling, the quality filter, face detection (MTCNN) and face
-//! crops, the frame cache, the clip sources and the loader threads that turn clips into
-//! batches, the preprocessing those batches go through (the CPU twin of
-//! `kernels/preprocess.cu`), and synthetic face videos for the demo and the tests.
+//! crops (`draw` shows what the detector found), the frame cache, the clip sources and
+//! the loader threads that turn clips into batches, the preprocessing those batches go
+//! through (the CPU twin of `kernels/preprocess.cu`), and synthetic face videos for the
+//! demo and the tests.
 
 pub mod cache;
 pub mod clip;
 #[cfg(feature = "video")]
 pub mod decode;
 pub mod detect;
+pub mod draw;
 pub mod face_boxes;
+pub mod face_report;
 pub mod faces;
 pub mod loader;
 pub mod manifest;
