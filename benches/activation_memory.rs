@@ -10,17 +10,90 @@
 //! Each `[train] activation_memory` mode ("saved", "lean") beside the planner's figure
 //! for it (kept activations and the input, `model::footprint`).
 //!
-//! `cargo bench --bench activation_memory` (DFENGINE_BENCH_FRAMES sets n, default 2).
+//! First, from the planner alone: the largest micro-batch of clips of 16 frames of 224²
+//! that fits 12 GiB (`plan_step` in each mode, mixed precision: weights, gradients,
+//! AdamW state, activations, inputs and workspace), beside PyTorch AMP's by the accounting
+//! of `benches/torch_saved_bytes.py` (saved tensors, FP32 weights and gradients, AdamW
+//! state, an FP16 weight copy and the FP32 input; read from its committed output,
+//! `benches/torch_saved_bytes.json`). "no ws" is dfengine's plan less its workspace, the
+//! same items PyTorch's accounting counts.
+//!
+//! `cargo bench --bench activation_memory` (DFENGINE_BENCH_FRAMES sets n, default 2;
+//! DFENGINE_BENCH_PLAN_ONLY=1 prints the planner's table alone).
 
 use dfengine::backend::cpu::CpuBackend;
 use dfengine::backend::ops::Backend;
 use dfengine::config::{Backbone, Config};
 use dfengine::model::arch::ResNetSpec;
-use dfengine::model::footprint::{ActivationMode, model_size};
+use dfengine::model::footprint::{ActivationMode, largest_fitting, model_size, plan_step};
 use dfengine::model::resnet::ResNet;
 use dfengine::tensor::{DType, Shape};
 
 const MIB: f64 = (1 << 20) as f64;
+
+/// What `benches/torch_saved_bytes.py` wrote: PyTorch AMP's figures for the same models.
+const TORCH: &str = include_str!("torch_saved_bytes.json");
+
+/// PyTorch AMP's (saved MiB per frame, largest micro-batch in the script's budget) for
+/// `backbone`.
+fn torch_figures(torch: &serde_json::Value, backbone: Backbone) -> (f64, u64) {
+    let m = torch["models"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["arch"] == backbone.to_string().as_str()))
+        .unwrap_or_else(|| panic!("{backbone} in benches/torch_saved_bytes.json"));
+    (m["saved_per_frame_mib"].as_f64().unwrap_or(f64::NAN), m["largest_micro_batch"].as_u64().unwrap_or(0))
+}
+
+/// The largest micro-batch of clips in the budget by the planner, per mode, beside PyTorch
+/// AMP's.
+fn plan_table(torch: &serde_json::Value) {
+    let side = torch["side"].as_u64().expect("side");
+    let frames = torch["frames_per_clip"].as_u64().expect("frames_per_clip");
+    let budget = torch["budget_bytes"].as_u64().expect("budget_bytes");
+    println!(
+        "largest micro-batch of {frames}-frame {side}² clips in {:.0} GiB, mixed precision, AdamW (planner) \
+         vs PyTorch AMP ({}, torch {}, autocast {})",
+        budget as f64 / (1u64 << 30) as f64,
+        torch["source"].as_str().unwrap_or("?"),
+        torch["torch"].as_str().unwrap_or("?"),
+        torch["autocast_dtype"].as_str().unwrap_or("?")
+    );
+    println!(
+        "{:<10} {:<6} {:>13} {:>13} {:>7} {:>7} {:>12} {:>12} {:>9} {:>9}",
+        "model",
+        "mode",
+        "plan MiB/fr",
+        "AMP MiB/fr",
+        "clips",
+        "no ws",
+        "AMP clips",
+        "const MiB",
+        "ratio",
+        "no ws"
+    );
+    for backbone in [Backbone::Resnet18, Backbone::Resnet50] {
+        let mut config = Config::default();
+        config.model.backbone = backbone;
+        config.model.input_size = side as u32;
+        config.data.frame_size = side as u32;
+        let size = model_size(&config);
+        let (amp_per_frame, amp_clips) = torch_figures(torch, backbone);
+        for mode in [ActivationMode::Saved, ActivationMode::Lean] {
+            let plan = |clips| plan_step(&config, clips, frames, true, mode);
+            let clips = largest_fitting(4096, |c| plan(c).total() <= budget).unwrap_or(0);
+            let no_ws = largest_fitting(4096, |c| plan(c).total() - plan(c).workspace <= budget).unwrap_or(0);
+            let per_frame = 2.0 * (size.kept_per_frame(mode) + 3 * side * side) as f64 / MIB;
+            let constant = plan(0).total() as f64 / MIB;
+            println!(
+                "{:<10} {:<6} {per_frame:>13.2} {amp_per_frame:>13.2} {clips:>7} {no_ws:>7} {amp_clips:>12} {constant:>12.1} {:>9.2} {:>9.2}",
+                backbone.to_string(),
+                mode.to_string(),
+                clips as f64 / amp_clips as f64,
+                no_ws as f64 / amp_clips as f64
+            );
+        }
+    }
+}
 
 /// The pool's peak over one training forward and backward of `frames` frames (one clip),
 /// less what the network's weights hold before it.
@@ -43,6 +116,12 @@ fn step_peak(backbone: Backbone, dtype: DType, mode: ActivationMode, frames: usi
 
 fn main() {
     let n: usize = std::env::var("DFENGINE_BENCH_FRAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let torch: serde_json::Value = serde_json::from_str(TORCH).expect("benches/torch_saved_bytes.json");
+    plan_table(&torch);
+    if std::env::var("DFENGINE_BENCH_PLAN_ONLY").is_ok_and(|v| v == "1") {
+        return;
+    }
+    println!();
     let side = 224;
     println!(
         "activation memory per {side}² frame: marginal pool peak of a training step (CPU backend, {n} → {} frames), beside the plan",
@@ -52,7 +131,13 @@ fn main() {
         "{:<10} {:<6} {:>9} {:>10} {:>10} {:>16}",
         "model", "mode", "fp32 MiB", "mixed MiB", "plan MiB", "PyTorch AMP MiB"
     );
-    for (backbone, yardstick) in [(Backbone::Resnet18, 12.7), (Backbone::Resnet50, 44.6)] {
+    for backbone in [Backbone::Resnet18, Backbone::Resnet50] {
+        // The issue's yardstick: all PyTorch AMP saves for one 16-frame clip, per frame.
+        let yardstick = torch["models"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["arch"] == backbone.to_string().as_str()))
+            .and_then(|m| m["saved_one_clip_per_frame_mib"].as_f64())
+            .unwrap_or(f64::NAN);
         let mut config = Config::default();
         config.model.backbone = backbone;
         config.model.input_size = side as u32;

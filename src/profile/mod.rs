@@ -6,14 +6,18 @@ mod advice;
 mod facts;
 mod rehearsal;
 mod render;
+mod yardstick;
 
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::model::footprint::{ActivationMode, Footprint, largest_fitting, plan_step, resolve_mode};
+use crate::model::footprint::{
+    ActivationMode, Footprint, largest_fitting, model_size, plan_step, resolve_mode,
+};
 
 pub use facts::{DeviceReport, HostReport, KernelFigure, REFERENCE_CARD_BYTES};
 pub use rehearsal::Rehearsal;
+pub use yardstick::Yardstick;
 
 /// The search limit for the largest batch_size / max_frames that fit.
 const SEARCH_LIMIT: u64 = 4096;
@@ -31,6 +35,10 @@ pub struct ProfileReport {
     /// What the step keeps for backward: `[train] activation_memory`, "auto" resolved.
     pub activation_mode: ActivationMode,
     pub footprint: Footprint,
+    /// Planned bytes per frame kept for backward in `activation_mode`, the input included.
+    pub planned_per_frame: u64,
+    /// PyTorch AMP's saved bytes for the same backbone and frame size, where measured.
+    pub pytorch_amp: Option<Yardstick>,
     pub largest_batch_size: Option<u64>,
     pub largest_max_frames: Option<u64>,
     pub rehearsal: Rehearsal,
@@ -61,6 +69,11 @@ pub fn profile(config: &Config) -> ProfileReport {
         mixed_precision: mixed,
         activation_mode: mode,
         footprint,
+        planned_per_frame: {
+            let side = config.model.input_size as u64;
+            (model_size(config).kept_per_frame(mode) + 3 * side * side) * if mixed { 2 } else { 4 }
+        },
+        pytorch_amp: yardstick::pytorch_amp(config.model.backbone, config.model.input_size),
         largest_batch_size: largest_fitting(SEARCH_LIMIT, |b| fits(b, frames)),
         largest_max_frames: largest_fitting(SEARCH_LIMIT, |f| fits(batch, f)),
         rehearsal: rehearsal::rehearse(config, &footprint, budget, batch * frames, mixed),

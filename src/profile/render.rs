@@ -49,6 +49,23 @@ impl ProfileReport {
             self.activation_mode
         ));
         line(format!("  {}", self.footprint.describe()));
+        match &self.pytorch_amp {
+            Some(y) => line(format!(
+                "  activations per {}² frame: {} planned, PyTorch AMP saves {} ({}, torch {}, autocast {}, {})",
+                y.side,
+                format_bytes(self.planned_per_frame),
+                format_bytes(y.saved_per_frame),
+                y.source,
+                y.torch,
+                y.autocast_dtype,
+                y.date
+            )),
+            None => line(format!(
+                "  activations per frame: {} planned (no PyTorch AMP yardstick for this backbone and frame size in {})",
+                format_bytes(self.planned_per_frame),
+                super::yardstick::SOURCE
+            )),
+        }
         line(format!(
             "  budget {} ({}): {:.0}% used by the plan",
             format_bytes(self.budget),
