@@ -8,7 +8,7 @@
 use half::f16;
 
 use super::lanes::{Lanes, map1, map2, map3, test2};
-use super::numeric::{self, FloatCmp};
+use super::numeric;
 use crate::ptx::ir::{Cmp, CvtRnd, FloatOp, FloatUnOp, IntOp, IntUnOp, Reg, Rnd, Ty};
 
 #[inline(always)]
@@ -184,37 +184,12 @@ pub(crate) fn fma(regs: &mut [Lanes], mask: u32, ty: Ty, d: Reg, abc: [Reg; 3]) 
     }
 }
 
-fn float_cmp(cmp: Cmp) -> FloatCmp {
-    match cmp {
-        Cmp::Eq => FloatCmp::Eq,
-        Cmp::Ne => FloatCmp::Ne,
-        Cmp::Lt => FloatCmp::Lt,
-        Cmp::Le => FloatCmp::Le,
-        Cmp::Gt => FloatCmp::Gt,
-        Cmp::Ge => FloatCmp::Ge,
-        Cmp::Equ => FloatCmp::Equ,
-        Cmp::Neu => FloatCmp::Neu,
-        Cmp::Ltu => FloatCmp::Ltu,
-        Cmp::Leu => FloatCmp::Leu,
-        Cmp::Gtu => FloatCmp::Gtu,
-        Cmp::Geu => FloatCmp::Geu,
-        Cmp::Num => FloatCmp::Num,
-        Cmp::Nan => FloatCmp::Nan,
-    }
-}
-
 /// `setp`: the lanes of `mask` for which the comparison holds.
 pub(crate) fn setp(regs: &[Lanes], mask: u32, cmp: Cmp, ty: Ty, a: Reg, b: Reg) -> u32 {
     let (_, sh) = width(ty);
     match ty {
-        Ty::F32 => {
-            let c = float_cmp(cmp);
-            test2(regs, mask, a, b, |x, y| numeric::setp_float(c, f32_of(x), f32_of(y)))
-        }
-        Ty::F64 => {
-            let c = float_cmp(cmp);
-            test2(regs, mask, a, b, |x, y| numeric::setp_float(c, f64_of(x), f64_of(y)))
-        }
+        Ty::F32 => test2(regs, mask, a, b, |x, y| numeric::setp_float(cmp, f32_of(x), f32_of(y))),
+        Ty::F64 => test2(regs, mask, a, b, |x, y| numeric::setp_float(cmp, f64_of(x), f64_of(y))),
         _ if ty.is_signed() => int_cmp(regs, mask, cmp, a, b, |x| sext(x, sh)),
         _ => int_cmp(regs, mask, cmp, a, b, |x| zext(x, sh)),
     }

@@ -108,25 +108,10 @@ fn pick_f32(a: f32, b: f32, want: Ordering) -> f32 {
     }
 }
 
-/// The comparison of a floating-point `setp`: the ordered ones are false when either
-/// operand is NaN, the unordered ones (`…u`) true; `num` and `nan` test for NaN only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FloatCmp {
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-    Equ,
-    Neu,
-    Ltu,
-    Leu,
-    Gtu,
-    Geu,
-    Num,
-    Nan,
-}
+/// The comparison of a floating-point `setp` (the IR's `Cmp`): the ordered ones are false
+/// when either operand is NaN, the unordered ones (`…u`) true; `num` and `nan` test for
+/// NaN only.
+pub use crate::ptx::ir::Cmp as FloatCmp;
 
 /// `setp.<cmp>.f32` / `.f64`. Note that ordered `ne` is false for NaN operands, unlike
 /// Rust's `!=`, and that −0 equals +0.
