@@ -2,7 +2,7 @@
 //!
 //! The primary context is reference-counted by `cuDevicePrimaryCtxRetain` /
 //! `cuDevicePrimaryCtxRelease_v2`; when the count drops to zero it is destroyed with
-//! its modules, functions, events and plain allocations (virtual-memory objects belong
+//! its modules, functions, events, streams, page-locked host blocks and plain allocations (virtual-memory objects belong
 //! to the device and stay), and the next retain creates a new one under a new handle.
 //! A thread whose current context was destroyed gets `CUDA_ERROR_INVALID_CONTEXT`.
 //!
@@ -57,6 +57,8 @@ fn destroy(d: &Driver, objects: &mut Objects, ctx: u64) {
     objects.modules.retain(|_, m| m.ctx != ctx);
     objects.functions.retain(|_, f| f.ctx != ctx);
     objects.events.retain(|_, e| e.ctx != ctx);
+    objects.streams.retain(|_, c| *c != ctx);
+    objects.pinned.retain(|_, p| p.ctx != ctx);
     d.memory_mut().free_context(ctx);
 }
 

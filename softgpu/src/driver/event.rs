@@ -12,7 +12,7 @@ use super::error::{CuOutcome, CuResult};
 use super::ffi::{require, write_out};
 use super::handle::{Kind, from_ptr, new_handle, to_ptr};
 use super::state::{Objects, driver};
-use super::stream::check_stream;
+use super::stream::current_on;
 
 const CU_EVENT_BLOCKING_SYNC: c_uint = 0x1;
 const CU_EVENT_DISABLE_TIMING: c_uint = 0x2;
@@ -53,9 +53,8 @@ pub unsafe extern "C" fn cuEventCreate(ph_event: *mut *mut c_void, flags: c_uint
 #[unsafe(no_mangle)]
 pub extern "C" fn cuEventRecord(h_event: *mut c_void, stream: *mut c_void) -> CuResult {
     CuResult::of(driver().and_then(|d| {
-        check_stream(stream)?;
         let mut objects = d.objects();
-        let ctx = current(&objects)?;
+        let ctx = current_on(&objects, stream)?;
         let e = event(&mut objects, h_event)?;
         if e.ctx != ctx {
             return Err(CuResult::InvalidHandle);

@@ -1,4 +1,4 @@
-//! Opaque handles (`CUcontext`, `CUmodule`, `CUfunction`, `CUevent`,
+//! Opaque handles (`CUcontext`, `CUmodule`, `CUfunction`, `CUevent`, `CUstream`,
 //! `CUmemGenericAllocationHandle`): numbers from one counter with the
 //! kind in the top byte, so a handle of the wrong kind or a stale one is never found
 //! in a table and the call says `CUDA_ERROR_INVALID_HANDLE` (or its own code) instead
@@ -14,6 +14,7 @@ pub enum Kind {
     Function = 3,
     Event = 4,
     Physical = 5,
+    Stream = 6,
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(1);

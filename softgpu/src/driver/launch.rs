@@ -7,14 +7,14 @@
 use std::ffi::{c_uint, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use super::context::{current, set_pending};
+use super::context::set_pending;
 use super::counters;
 use super::device::{MAX_BLOCK_DIM, MAX_GRID_DIM, MAX_SHARED_PER_BLOCK, MAX_THREADS_PER_BLOCK};
 use super::diagnostic::report;
 use super::error::{CuOutcome, CuResult};
 use super::handle::from_ptr;
 use super::state::driver;
-use super::stream::check_stream;
+use super::stream::current_on;
 use crate::exec::LaunchConfig;
 use crate::ptx::Kernel;
 
@@ -80,14 +80,13 @@ pub unsafe extern "C" fn cuLaunchKernel(
     CuResult::of(driver().and_then(|d| {
         let (ctx, function) = {
             let objects = d.objects();
-            let ctx = current(&objects)?;
+            let ctx = current_on(&objects, h_stream)?;
             let function = objects.functions.get(&from_ptr(f)).ok_or(CuResult::InvalidHandle)?;
             if function.ctx != ctx {
                 return Err(CuResult::InvalidContext);
             }
             (ctx, (function.module.clone(), function.name.clone()))
         };
-        check_stream(h_stream)?;
         // `extra` (packed-buffer launches) is not used by cudarc.
         if !extra.is_null() {
             return Err(CuResult::InvalidValue);

@@ -11,6 +11,7 @@ use super::device::DeviceConfig;
 use super::error::{CuOutcome, CuResult};
 use super::event::Event;
 use super::memory::AddressSpace;
+use super::memory::pinned::PinnedHost;
 use super::module::{Function, LoadedModule};
 
 /// Everything but memory, behind one lock (taken before the memory lock when both are).
@@ -20,6 +21,10 @@ pub struct Objects {
     pub modules: HashMap<u64, LoadedModule>,
     pub functions: HashMap<u64, Function>,
     pub events: HashMap<u64, Event>,
+    /// Streams made by `cuStreamCreate`, with their contexts.
+    pub streams: HashMap<u64, u64>,
+    /// Page-locked host blocks by address.
+    pub pinned: HashMap<u64, PinnedHost>,
 }
 
 pub struct Driver {

@@ -6,11 +6,10 @@
 
 use std::ffi::c_void;
 
-use crate::driver::context::current;
 use crate::driver::error::CuResult;
 use crate::driver::ffi::{require, write_out};
 use crate::driver::state::driver;
-use crate::driver::stream::check_stream;
+use crate::driver::stream::current_on;
 
 /// Zero bytes give the null pointer, as the stream-ordered allocator does.
 ///
@@ -20,8 +19,7 @@ use crate::driver::stream::check_stream;
 pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut u64, bytesize: usize, h_stream: *mut c_void) -> CuResult {
     CuResult::of(driver().and_then(|d| {
         require(dptr)?;
-        let ctx = current(&d.objects())?;
-        check_stream(h_stream)?;
+        let ctx = current_on(&d.objects(), h_stream)?;
         let at = if bytesize == 0 { 0 } else { d.memory_mut().allocate(bytesize as u64, ctx)? };
         // SAFETY: caller contract.
         unsafe { write_out(dptr, at) }
@@ -32,8 +30,7 @@ pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut u64, bytesize: usize, h_stre
 #[unsafe(no_mangle)]
 pub extern "C" fn cuMemFreeAsync(dptr: u64, h_stream: *mut c_void) -> CuResult {
     CuResult::of(driver().and_then(|d| {
-        current(&d.objects())?;
-        check_stream(h_stream)?;
+        current_on(&d.objects(), h_stream)?;
         if dptr == 0 { Ok(()) } else { d.memory_mut().free_allocation(dptr) }
     }))
 }

@@ -7,11 +7,10 @@
 use std::ffi::{c_uchar, c_void};
 
 use super::AddressSpace;
-use crate::driver::context::current;
 use crate::driver::diagnostic::report;
 use crate::driver::error::{CuOutcome, CuResult};
 use crate::driver::state::driver;
-use crate::driver::stream::check_stream;
+use crate::driver::stream::current_on;
 use crate::exec::MemFault;
 
 /// Runs `body` on device memory after the checks every copy shares; a fault is
@@ -22,8 +21,7 @@ fn device_op(
     body: impl FnOnce(&AddressSpace) -> Result<(), MemFault>,
 ) -> CuOutcome {
     let d = driver()?;
-    current(&d.objects())?;
-    check_stream(stream)?;
+    current_on(&d.objects(), stream)?;
     body(&d.memory()).map_err(|fault| {
         report(format!("{call}: {fault}"));
         CuResult::InvalidValue
