@@ -128,7 +128,7 @@ fn bandwidth_kernels(dev: &Device, copy: f64) {
 }
 
 fn main() {
-    let dev = match Device::open(0) {
+    let dev = match Device::open(0, false) {
         Ok(d) => d,
         Err(CudaError::Unavailable(why)) => {
             println!("cuda_kernels: skipped, no GPU ({why})");

@@ -230,8 +230,12 @@ fn train(args: TrainArgs) -> Result<(), Failure> {
                 config::VramBudget::Bytes(n) => Some(n as usize),
                 config::VramBudget::Auto => None,
             };
-            let backend = dfengine::backend::cuda::backend::CudaBackend::open(config.gpu.device, budget)
-                .map_err(|e| Failure::Runtime(anyhow::anyhow!("opening cuda:{}: {e}", config.gpu.device)))?;
+            let backend = dfengine::backend::cuda::backend::CudaBackend::open(
+                config.gpu.device,
+                budget,
+                config.dataloader.pin_memory,
+            )
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("opening cuda:{}: {e}", config.gpu.device)))?;
             run_training(backend, config, &args.config, opts)
         }
     }
@@ -261,9 +265,6 @@ fn run_training<B: Backend>(
         config.dataloader.batch_size,
         config.train.accumulation_steps,
     );
-    for setting in config.not_yet_effective() {
-        eprintln!("warning: {setting}");
-    }
     let (micro, frames, mixed) =
         (config.dataloader.batch_size as u64, config.data.max_frames as u64, config.train.mixed_precision);
     let budget = backend.pool_stats().budget_bytes as u64;

@@ -330,7 +330,7 @@ fn resnet_training_steps_match_the_cpu(activations: DType) {
 
 #[test]
 fn a_small_budget_gives_an_out_of_memory_the_governor_can_act_on_cuda() {
-    let Some((g, _)) = common::cuda_backend_with_budget(Some(64 << 20)) else { return };
+    let Some((g, _)) = common::cuda_backend_with(Some(64 << 20), false) else { return };
     let small = g.zeros(Shape::from([1 << 20])).unwrap();
     match g.zeros(Shape::from([32 << 20])) {
         Err(OpError::OutOfMemory(oom)) => assert!(oom.requested >= 128 << 20, "{oom:?}"),
@@ -341,4 +341,42 @@ fn a_small_budget_gives_an_out_of_memory_the_governor_can_act_on_cuda() {
     assert!(stats.allocated_bytes >= 4 << 20 && stats.budget_bytes == 64 << 20, "{stats:?}");
     drop(small);
     assert!(g.trim_pool() > 0 || g.pool_stats().reserved_bytes == 0, "trim returns the freed block's memory");
+}
+
+#[test]
+fn staged_uploads_arrive_whole_and_return_to_the_pool_cuda() {
+    use dfengine::backend::cuda::staging::STAGED_MIN;
+    // `pin_memory = true`: uploads from STAGED_MIN bytes up go through the page-locked
+    // ring on the copy stream, smaller ones straight to the compute stream.
+    let Some((g, _)) = common::cuda_backend_with(None, true) else { return };
+    let base = g.pool_stats().allocated_bytes;
+    let mut rng = Rng::new(11);
+    // Below and above the threshold, growing and shrinking, more than the ring's slots.
+    let floats = STAGED_MIN / 4;
+    let lens = [10, floats, 300_000, 17, 120_000, 300_001, floats - 1, 50_000];
+    let uploaded: Vec<(Vec<f32>, CudaTensor)> = lens
+        .iter()
+        .map(|&n| {
+            let v = rng.vec(n, -3.0, 3.0);
+            let t = g.tensor(Shape::from([n]), &v).unwrap();
+            (v, t)
+        })
+        .collect();
+    for (v, t) in &uploaded {
+        assert_eq!(&g.to_vec(t).unwrap(), v, "{} floats", v.len());
+    }
+    // FP16 uploads are converted on the host and staged as halves.
+    let v = rng.vec(200_000, -3.0, 3.0);
+    let h = g.tensor_as(Shape::from([v.len()]), &v, DType::F16).unwrap();
+    let want: Vec<f32> = v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+    assert_eq!(g.to_vec(&h).unwrap(), want);
+    // Two slots, each grown to the largest upload it carried.
+    let staged = g.device().staged_bytes();
+    let largest = 300_001 * 4;
+    assert!(
+        (largest..=2 * largest).contains(&staged),
+        "{staged} bytes pinned for a largest upload of {largest}"
+    );
+    drop((uploaded, h));
+    assert_eq!(g.pool_stats().allocated_bytes, base, "every staged block went back to the pool");
 }

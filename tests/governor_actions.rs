@@ -195,6 +195,7 @@ fn governor_actions_take_effect_cpu() {
 #[cfg(feature = "cuda")]
 #[test]
 fn governor_actions_take_effect_cuda() {
-    let Some((b, _)) = common::cuda_backend() else { return };
+    // Uploads staged through page-locked memory on the copy stream, as `pin_memory = true`.
+    let Some((b, _)) = common::cuda_backend_with(None, true) else { return };
     governor_actions_take_effect(b, true);
 }

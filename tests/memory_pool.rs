@@ -187,6 +187,29 @@ fn budget_pressure_unmaps_free_granules_and_retries() {
 }
 
 #[test]
+fn a_handed_over_block_is_freed_on_its_new_stream() {
+    let done = Rc::new(RefCell::new(HashSet::new()));
+    let backing =
+        ScriptedEvents { host: HostBacking::reserve(8 * MIB, MIB).unwrap(), done: done.clone(), next: 0 };
+    let mut pool = Pool::new(backing, 8 * MIB);
+    // The copy stream (1) fills a block, the compute stream (0) waits and reads it.
+    let mut staged = pool.alloc(64 * KIB, 1).unwrap();
+    let guard = pool.alloc(64 * KIB, 1).unwrap(); // keeps `staged` from merging with the tail
+    pool.hand_over(&mut staged, 0).unwrap();
+    assert_eq!(staged.stream, 0);
+    pool.free(staged).unwrap();
+    let next_copy = pool.alloc(64 * KIB, 1).unwrap();
+    assert_ne!(next_copy.offset, staged.offset, "the copy stream took a block compute may still read");
+    let compute = pool.alloc(64 * KIB, 0).unwrap();
+    assert_eq!(compute.offset, staged.offset, "the compute stream reuses it at once");
+    let stale = Allocation { offset: compute.offset + 512, ..compute };
+    assert!(matches!(pool.hand_over(&mut stale.clone(), 1), Err(PoolError::NotAllocated(_))));
+    for a in [next_copy, compute, guard] {
+        pool.free(a).unwrap();
+    }
+}
+
+#[test]
 fn freed_blocks_cross_streams_only_after_their_event() {
     let done = Rc::new(RefCell::new(HashSet::new()));
     let backing =

@@ -1,6 +1,8 @@
 //! Training end to end on the CUDA backend, through the CLI: `dfengine train --device
-//! cuda` on a shortened quick demo learns, and its first losses follow `--device cpu` on
-//! the same config and seed; under a `--vram-budget` between the peaks of two
+//! cuda` on a shortened quick demo — the u8 frames uploaded through the page-locked
+//! staging ring on the copy stream (`pin_memory = true`) and preprocessed by the GPU
+//! kernels (`preprocess = "gpu"`) — learns as well as `--device cpu` (preprocessed on
+//! the host) on the same config and seed, and its first losses follow the CPU's; under a `--vram-budget` between the peaks of two
 //! micro-batch sizes, the out-of-memory of the larger one makes the governor shrink the
 //! micro-batch and the run goes on. The CUDA runs use the pool on the virtual memory API
 //! and every op on the GPU kernels (convolutions and the linear layer on FP16
@@ -95,7 +97,9 @@ fn quick_demo_trains_on_the_cuda_backend_cuda() {
     let Some(_gpu) = common::gpu_device() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (gpu_run, cpu_run) = (dir.path().join("cuda"), dir.path().join("cpu"));
-    train("cuda", &gpu_run, &shortened());
+    let staged_on_gpu =
+        ["--set", "dataloader.pin_memory=true", "--set", "gpu.preprocess=\"gpu\""].map(String::from);
+    train("cuda", &gpu_run, &[shortened(), staged_on_gpu.to_vec()].concat());
     train("cpu", &cpu_run, &shortened());
 
     let summary = summary(&gpu_run);
@@ -107,9 +111,23 @@ fn quick_demo_trains_on_the_cuda_backend_cuda() {
     let steps = summary["steps"].as_u64().unwrap() as usize;
     assert!(steps > 0 && gpu.len() == steps && cpu.len() == steps, "steps: {steps}, {gpu:?} vs {cpu:?}");
 
-    // It learned.
+    // The u8 frames crossed the bus, not the FP32 input: 8 clips × 4 frames of 40².
+    for step in records(&gpu_run, "step") {
+        assert_eq!(
+            (step["preprocess"].as_str(), step["input_bytes"].as_u64()),
+            (Some("gpu"), Some(8 * 4 * 40 * 40 * 3))
+        );
+    }
+    assert!(summary["pinned_host_bytes"].as_u64().unwrap() >= 8 * 4 * 40 * 40 * 3, "{summary}");
+
+    // It learned, as well as the run preprocessed on the host.
     let val_auc = summary["val"]["clip_auc"].as_f64().unwrap();
     assert!(val_auc >= MIN_VAL_AUC, "val clip AUC {val_auc} < {MIN_VAL_AUC}; losses {gpu:?}");
+    let cpu_auc = self::summary(&cpu_run)["val"]["clip_auc"].as_f64().unwrap();
+    assert!(
+        (val_auc - cpu_auc).abs() <= 1.0 - MIN_VAL_AUC,
+        "val clip AUC {val_auc} on CUDA, {cpu_auc} on the CPU"
+    );
     let epochs = records(&gpu_run, "val");
     assert_eq!(epochs.len(), EPOCHS as usize, "one val record per epoch");
     let train_loss: Vec<f64> = epochs.iter().map(|v| v["train_loss"].as_f64().unwrap()).collect();

@@ -106,6 +106,10 @@ pub trait Backend: Sync + Sized {
     /// Returns free memory of the pool to the system (the governor's first action);
     /// the bytes released.
     fn trim_pool(&self) -> usize;
+    /// Page-locked host bytes held to stage uploads (`pin_memory = true` on a GPU).
+    fn pinned_bytes(&self) -> usize {
+        0
+    }
 
     // ---- the op bodies, each backend's own: arguments checked by the methods below ----
     /// A tensor of `data` rounded to `dtype`.

@@ -24,19 +24,6 @@ impl Config {
     pub fn effective_batch(&self) -> u32 {
         self.dataloader.batch_size * self.train.accumulation_steps
     }
-
-    /// Settings this config asks for that training does not carry out yet, in the
-    /// config's words, for a warning at the start of a run.
-    pub fn not_yet_effective(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.dataloader.pin_memory {
-            out.push(
-                "[dataloader] pin_memory = true: batches are not staged in page-locked memory yet; it has no effect"
-                    .to_string(),
-            );
-        }
-        out
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,24 +336,5 @@ impl Default for MemoryManagementConfig {
             force_cleanup_every: 0,
             calm_steps: 50,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn settings_not_carried_out_yet_are_named() {
-        let mut c = Config::default();
-        c.dataloader.pin_memory = false;
-        c.gpu.preprocess = PreprocessDevice::Auto;
-        assert!(c.not_yet_effective().is_empty());
-        c.gpu.preprocess = PreprocessDevice::Gpu;
-        assert!(c.not_yet_effective().is_empty(), "[gpu] preprocess is carried out");
-        c.dataloader.pin_memory = true;
-        let said = c.not_yet_effective();
-        assert_eq!(said.len(), 1, "{said:?}");
-        assert!(said[0].starts_with("[dataloader] pin_memory = true"));
     }
 }

@@ -5,13 +5,14 @@
 //!
 //! One physical handle per granule keeps trim exact: `cuMemUnmap` must cover whole
 //! mappings, so a multi-granule handle could only be returned whole. Events are
-//! `cuEventCreate(DISABLE_TIMING)` recorded on the freeing stream.
+//! `cuEventCreate(DISABLE_TIMING)` recorded on the freeing stream; the backing keeps every
+//! stream it may record on alive.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::CudaContext;
 use cudarc::driver::sys::{self, CUresult};
+use cudarc::driver::{CudaContext, CudaStream};
 
 use super::backing::{Backing, BackingError, EventId, StreamId};
 
@@ -26,7 +27,7 @@ pub struct CudaBacking {
     granule: usize,
     prop: sys::CUmemAllocationProp,
     handles: Vec<Option<sys::CUmemGenericAllocationHandle>>,
-    streams: HashMap<StreamId, sys::CUstream>,
+    streams: HashMap<StreamId, Arc<CudaStream>>,
     events: HashMap<EventId, sys::CUevent>,
     next_event: EventId,
 }
@@ -37,7 +38,7 @@ unsafe impl Send for CudaBacking {}
 
 impl CudaBacking {
     /// Reserves `capacity` bytes of device address space on `ctx`'s device, rounded up to
-    /// the recommended granularity. Stream 0 is the default stream.
+    /// the recommended granularity. Stream 0 is the context's default stream.
     pub fn reserve(ctx: Arc<CudaContext>, capacity: usize) -> Result<Self, BackingError> {
         ctx.bind_to_thread().map_err(|e| BackingError { what: "cuda bind", detail: e.to_string() })?;
         // SAFETY: a plain C struct for which all-zero is a valid (empty) value; the
@@ -61,8 +62,7 @@ impl CudaBacking {
         check("cuMemAddressReserve", unsafe {
             sys::cuMemAddressReserve(&mut base, capacity, granule, 0, 0)
         })?;
-        let mut streams = HashMap::new();
-        streams.insert(0, std::ptr::null_mut());
+        let streams = HashMap::from([(0, ctx.default_stream())]);
         Ok(CudaBacking {
             ctx,
             base,
@@ -74,6 +74,12 @@ impl CudaBacking {
             events: HashMap::new(),
             next_event: 0,
         })
+    }
+
+    /// Registers `stream` as pool stream `id`, so blocks freed on it are guarded by its events.
+    pub fn with_stream(mut self, id: StreamId, stream: Arc<CudaStream>) -> Self {
+        self.streams.insert(id, stream);
+        self
     }
 
     fn bind(&self) -> Result<(), BackingError> {
@@ -134,7 +140,7 @@ impl Backing for CudaBacking {
 
     fn record_event(&mut self, stream: StreamId) -> Result<EventId, BackingError> {
         self.bind()?;
-        let cu_stream = *self.streams.get(&stream).ok_or(BackingError {
+        let cu_stream = self.streams.get(&stream).map(|s| s.cu_stream()).ok_or(BackingError {
             what: "cuEventRecord",
             detail: format!("stream {stream} was never registered with the pool"),
         })?;

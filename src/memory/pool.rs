@@ -9,7 +9,8 @@
 //!
 //! Streams: a block freed on stream S is reusable on S at once (S's later work is ordered
 //! after the earlier use), and on another stream only once the event recorded at the free
-//! has completed.
+//! has completed. A block filled on one stream and then used on another is handed over
+//! (`hand_over`) once the second waits for the first, and is freed on the second.
 //!
 //! The budget is hard: mapping that would push reserved memory past it first unmaps free
 //! granules elsewhere and retries (`num_alloc_retries`), then fails with `OutOfMemory`
@@ -265,6 +266,18 @@ impl<B: Backing> Pool<B> {
         self.stats.num_allocs += 1;
         self.log(PoolEventKind::Alloc, size);
         Ok(Allocation { offset, size, ptr: self.backing.base() + offset, stream })
+    }
+
+    /// Moves live block `a` to `stream`: its last use is now there (a copy stream filled
+    /// it, the compute stream waited for the copy and reads it), so its free is recorded
+    /// on `stream` — reusable there at once, elsewhere after that stream's event.
+    pub fn hand_over(&mut self, a: &mut Allocation, stream: StreamId) -> Result<(), PoolError> {
+        match self.blocks.get_mut(&a.offset) {
+            Some(Block { state: State::Used { stream: s }, size }) if *size == a.size => *s = stream,
+            _ => return Err(PoolError::NotAllocated(a.offset)),
+        }
+        a.stream = stream;
+        Ok(())
     }
 
     /// Returns `a` to the pool. Work queued on its stream may still use it: an event

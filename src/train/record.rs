@@ -54,6 +54,8 @@ pub struct Summary {
     pub test: Option<Metrics>,
     pub clips_per_s: f64,
     pub peak_pool_reserved: u64,
+    /// Page-locked host memory the staging ring held at the end (`pin_memory = true`).
+    pub pinned_host_bytes: u64,
     pub peak_process_rss: u64,
     pub governor_actions: Vec<String>,
     pub skipped_steps: u64,

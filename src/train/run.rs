@@ -108,7 +108,7 @@ impl<B: Backend> Trainer<B> {
             .persistent_workers
             .then(|| Workers::new(config.dataloader.num_workers as usize));
         let (preprocess, warning) = preprocess_on(&config, b.on_gpu());
-        if let Some(w) = warning {
+        for w in warning.into_iter().chain(pin_memory_unused(&config, b.on_gpu())) {
             eprintln!("warning: {w}");
         }
         let control = LoaderControl::new(preprocess == PreprocessOn::Host);
@@ -215,6 +215,7 @@ impl<B: Backend> Trainer<B> {
             test,
             clips_per_s: tally.clips_per_s(),
             peak_pool_reserved: tally.peak_reserved,
+            pinned_host_bytes: self.b.pinned_bytes() as u64,
             peak_process_rss: mm.memory_stats().peak_process_rss,
             governor_actions: mm.governor().log().iter().map(ToString::to_string).collect(),
             skipped_steps: self.scaler.skipped,
@@ -481,6 +482,15 @@ pub fn preprocess_on(c: &Config, gpu: bool) -> (PreprocessOn, Option<String>) {
         PreprocessDevice::Auto if gpu && staging_fits(c) => (PreprocessOn::Device, None),
         PreprocessDevice::Auto => (PreprocessOn::Host, None),
     }
+}
+
+/// A warning when `[dataloader] pin_memory = true` asks for staging a run without a GPU
+/// cannot use: nothing crosses a bus, so nothing is pinned.
+pub fn pin_memory_unused(c: &Config, gpu: bool) -> Option<String> {
+    (c.dataloader.pin_memory && !gpu).then(|| {
+        "[dataloader] pin_memory = true: this run has no GPU; nothing is uploaded, so nothing is pinned"
+            .into()
+    })
 }
 
 /// Whether a micro-batch's step, the stored frames uploaded for the GPU's preprocessing

@@ -138,23 +138,25 @@ pub fn gpu_info() -> Option<dfengine::backend::cuda::GpuInfo> {
 #[cfg(feature = "cuda")]
 pub fn gpu_device() -> Option<dfengine::backend::cuda::device::Device> {
     let info = gpu_info()?;
-    Some(dfengine::backend::cuda::device::Device::open(0).unwrap_or_else(|e| panic!("{info}: {e}")))
+    Some(dfengine::backend::cuda::device::Device::open(0, false).unwrap_or_else(|e| panic!("{info}: {e}")))
 }
 
 /// The CUDA backend on device 0 with the device's facts, or `None` as [`gpu_info`].
 #[cfg(feature = "cuda")]
 pub fn cuda_backend() -> Option<(dfengine::backend::cuda::backend::CudaBackend, DeviceUnderTest)> {
-    cuda_backend_with_budget(None)
+    cuda_backend_with(None, false)
 }
 
-/// [`cuda_backend`] with its pool capped at `budget` bytes.
+/// [`cuda_backend`] with its pool capped at `budget` bytes, and uploads staged through
+/// page-locked memory on a copy stream when `pinned`.
 #[cfg(feature = "cuda")]
-pub fn cuda_backend_with_budget(
+pub fn cuda_backend_with(
     budget: Option<usize>,
+    pinned: bool,
 ) -> Option<(dfengine::backend::cuda::backend::CudaBackend, DeviceUnderTest)> {
     use dfengine::backend::cuda::backend::CudaBackend;
     let info = gpu_info()?;
-    let backend = CudaBackend::open(0, budget).unwrap_or_else(|e| panic!("{info}: {e}"));
+    let backend = CudaBackend::open(0, budget, pinned).unwrap_or_else(|e| panic!("{info}: {e}"));
     let software_gpu = is_software_gpu(backend.device());
     Some((backend, DeviceUnderTest { software_gpu, ..DeviceUnderTest::CUDA }))
 }

@@ -59,9 +59,10 @@ impl std::ops::Deref for Half<'_> {
 }
 
 impl CudaBackend {
-    /// Device `ordinal`; `budget` caps its pool (None: the whole device).
-    pub fn open(ordinal: u32, budget: Option<usize>) -> Result<Self, CudaError> {
-        let dev = Device::open(ordinal)?;
+    /// Device `ordinal`; `budget` caps its pool (None: the whole device); `pinned` stages
+    /// uploads through page-locked memory on a copy stream (`[dataloader] pin_memory`).
+    pub fn open(ordinal: u32, budget: Option<usize>, pinned: bool) -> Result<Self, CudaError> {
+        let dev = Device::open(ordinal, pinned)?;
         if let Some(bytes) = budget {
             dev.pool().lock().unwrap_or_else(PoisonError::into_inner).set_budget(bytes)?;
         }
@@ -129,6 +130,10 @@ impl Backend for CudaBackend {
     fn trim_pool(&self) -> usize {
         // As on the CPU: a failed trim leaves the pool as it was, and the governor moves on.
         self.dev.pool().lock().unwrap_or_else(PoisonError::into_inner).trim(0).unwrap_or(0)
+    }
+
+    fn pinned_bytes(&self) -> usize {
+        self.dev.staged_bytes()
     }
 
     fn run_upload(&self, shape: Shape, data: &[f32], dtype: DType) -> Result<CudaTensor, OpError> {

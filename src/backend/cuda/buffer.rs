@@ -11,11 +11,16 @@ use half::f16;
 
 use crate::kernels::Entry;
 use crate::memory::cuda_backing::CudaBacking;
-use crate::memory::{Allocation, Pool, PoolError};
+use crate::memory::{Allocation, Pool, PoolError, StreamId};
 use crate::tensor::DType;
 
 /// The device pool, shared by a device's tensors and scratch.
 pub type DevicePool = Arc<Mutex<Pool<CudaBacking>>>;
+
+/// The pool's name for the stream every kernel runs on (the context's default stream).
+pub const COMPUTE_STREAM: StreamId = 0;
+/// The pool's name for the stream staged host-to-device copies run on.
+pub const COPY_STREAM: StreamId = 1;
 
 /// `len` elements of `T` in a block of the device pool.
 pub struct PoolSlice<T> {
@@ -25,15 +30,30 @@ pub struct PoolSlice<T> {
 }
 
 impl<T: DeviceRepr + ValidAsZeroBits> PoolSlice<T> {
-    /// `len` zeroed elements for work on `stream` (the pool's stream 0, the default stream).
-    pub fn zeroed(stream: &Arc<CudaStream>, pool: &DevicePool, len: usize) -> Result<Self, PoolError> {
+    /// `len` elements from a block usable on pool stream `on`, seen by cudarc as memory of
+    /// `stream` (the compute stream, whose ops take it).
+    ///
+    /// # Safety
+    /// The contents are unset: the caller fills every element before any kernel reads it.
+    pub unsafe fn uninit(
+        stream: &Arc<CudaStream>,
+        pool: &DevicePool,
+        len: usize,
+        on: StreamId,
+    ) -> Result<Self, PoolError> {
         let bytes = (len * std::mem::size_of::<T>()).max(1);
-        let alloc = pool.lock().unwrap_or_else(PoisonError::into_inner).alloc(bytes, 0)?;
+        let alloc = pool.lock().unwrap_or_else(PoisonError::into_inner).alloc(bytes, on)?;
         // SAFETY: the block is mapped on this device and holds at least len·size_of::<T>()
-        // bytes; it is zeroed below before anyone reads it, and `Drop` leaks the slice
+        // bytes; the caller fills it before anyone reads it, and `Drop` leaks the slice
         // back to a pointer instead of freeing it.
         let slice = unsafe { stream.upgrade_device_ptr::<T>(alloc.ptr as u64, len) };
-        let mut buf = PoolSlice { slice: ManuallyDrop::new(slice), alloc, pool: pool.clone() };
+        Ok(PoolSlice { slice: ManuallyDrop::new(slice), alloc, pool: pool.clone() })
+    }
+
+    /// `len` zeroed elements for work on the compute stream.
+    pub fn zeroed(stream: &Arc<CudaStream>, pool: &DevicePool, len: usize) -> Result<Self, PoolError> {
+        // SAFETY: zeroed below, on the stream that will read it, before anything else.
+        let mut buf = unsafe { Self::uninit(stream, pool, len, COMPUTE_STREAM) }?;
         if len > 0 {
             stream.memset_zeros(&mut *buf.slice).map_err(|e| {
                 PoolError::Backing(crate::memory::BackingError {
@@ -43,6 +63,19 @@ impl<T: DeviceRepr + ValidAsZeroBits> PoolSlice<T> {
             })?;
         }
         Ok(buf)
+    }
+}
+
+impl<T> PoolSlice<T> {
+    /// The block's device address.
+    pub fn device_ptr(&self) -> u64 {
+        self.alloc.ptr as u64
+    }
+
+    /// Moves the block to pool stream `to` once `to` has waited for the work on it so far
+    /// (see `Pool::hand_over`).
+    pub fn hand_over(&mut self, to: StreamId) -> Result<(), PoolError> {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner).hand_over(&mut self.alloc, to)
     }
 }
 

@@ -1,5 +1,5 @@
-//! The launch layer of the CUDA backend: one context and stream per device, each PTX
-//! module loaded once and cached, kernels looked up by name, and one place that turns a
+//! The launch layer of the CUDA backend: one context and compute stream per device (and
+//! a copy stream when uploads are staged), each PTX module loaded once and cached, kernels looked up by name, and one place that turns a
 //! driver error into an error saying which kernel, with which shapes, failed.
 
 use std::collections::HashMap;
@@ -12,8 +12,9 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use super::buffer::{DevicePool, PoolSlice};
+use super::buffer::{COMPUTE_STREAM, COPY_STREAM, DevicePool, PoolSlice};
 use super::probe::{GpuProbe, probe};
+use super::staging::{STAGED_MIN, Staging};
 use crate::kernels::{Entry, KernelModule};
 use crate::memory::cuda_backing::CudaBacking;
 use crate::memory::{Pool, PoolError};
@@ -96,7 +97,8 @@ pub fn grid_1d(items: usize) -> LaunchConfig {
     }
 }
 
-/// A GPU with its stream, the pool that owns its memory, and the kernels loaded so far.
+/// A GPU with its stream, the pool that owns its memory, the kernels loaded so far, and
+/// the staging ring when uploads go through page-locked memory.
 pub struct Device {
     pub ordinal: u32,
     /// Streaming multiprocessors: the tile table sizes grids and splits by it.
@@ -104,6 +106,7 @@ pub struct Device {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     pool: DevicePool,
+    staging: Option<Staging>,
     modules: Mutex<HashMap<KernelModule, Arc<CudaModule>>>,
 }
 
@@ -117,26 +120,37 @@ pub struct Kernel {
 impl Device {
     /// Device `ordinal`, after the probe says a driver, the device and kernels are there.
     /// Its pool reserves address space for the whole device memory and maps it as used;
-    /// `set_budget` on the pool caps it.
-    pub fn open(ordinal: u32) -> Result<Self, CudaError> {
+    /// `set_budget` on the pool caps it. `pinned`: uploads are staged through page-locked
+    /// memory on a copy stream (`staging`).
+    pub fn open(ordinal: u32, pinned: bool) -> Result<Self, CudaError> {
         if let GpuProbe::Unavailable(why) = probe() {
             return Err(CudaError::Unavailable(why));
         }
         let ctx =
             CudaContext::new(ordinal as usize).map_err(|source| CudaError::Device { ordinal, source })?;
-        // One stream per device: stream order alone keeps pool blocks safe to reuse, so
-        // cudarc's per-slice events would only cost an event pair per tensor.
-        // SAFETY: no slice of this context is used on a second stream.
+        // Kernels run on one stream, whose order alone keeps pool blocks safe to reuse, so
+        // cudarc's per-slice events would only cost an event pair per tensor. The copy
+        // stream orders itself against it by explicit events (`staging`) and takes its
+        // blocks from the pool under the cross-stream rule.
+        // SAFETY: the only slices used on a second stream are the staged uploads, whose
+        // ordering `Staging::copy` and the pool's hand-over provide.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let device_err = |source| CudaError::Device { ordinal, source };
         let total = ctx.total_mem().map_err(device_err)?;
-        let backing = CudaBacking::reserve(ctx.clone(), total).map_err(PoolError::from)?;
+        let mut backing = CudaBacking::reserve(ctx.clone(), total).map_err(PoolError::from)?;
+        let staging = if pinned {
+            let copy = ctx.new_stream().map_err(device_err)?;
+            backing = backing.with_stream(COPY_STREAM, copy.clone());
+            Some(Staging::new(ctx.clone(), copy))
+        } else {
+            None
+        };
         let pool = Arc::new(Mutex::new(Pool::new(backing, total)));
         let sm_count = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(device_err)? as usize;
-        Ok(Device { ordinal, sm_count, ctx, stream, pool, modules: Mutex::new(HashMap::new()) })
+        Ok(Device { ordinal, sm_count, ctx, stream, pool, staging, modules: Mutex::new(HashMap::new()) })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -157,15 +171,43 @@ impl Device {
         Ok(PoolSlice::zeroed(&self.stream, &self.pool, len)?)
     }
 
-    /// `data` copied into a new block of the pool.
+    /// `data` copied into a new block of the pool, ready for the compute stream: through
+    /// the staging ring on the copy stream when uploads are staged and `data` is large
+    /// enough to gain, else queued on the compute stream from `data` itself.
     pub fn upload<T: DeviceRepr + ValidAsZeroBits>(&self, data: &[T]) -> Result<PoolSlice<T>, CudaError> {
-        let mut buf = self.alloc::<T>(data.len())?;
-        if !data.is_empty() {
-            self.stream
-                .memcpy_htod(data, &mut *buf)
-                .map_err(|source| CudaError::Copy { what: "to the device", source })?;
+        let bytes = std::mem::size_of_val(data);
+        match &self.staging {
+            Some(staging) if bytes >= STAGED_MIN => {
+                // SAFETY: the copy below fills every element before the compute stream,
+                // which waits for it, reads any.
+                let mut buf =
+                    unsafe { PoolSlice::<T>::uninit(&self.stream, &self.pool, data.len(), COPY_STREAM) }?;
+                // SAFETY: `DeviceRepr` types are plain values copied to the device
+                // byte for byte; the view covers exactly `data`'s bytes.
+                let raw = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), bytes) };
+                staging
+                    .copy(raw, buf.device_ptr(), &self.stream)
+                    .map_err(|source| CudaError::Copy { what: "to the device (staged)", source })?;
+                buf.hand_over(COMPUTE_STREAM)?;
+                Ok(buf)
+            }
+            _ => {
+                // SAFETY: the copy below, on the stream that reads it, fills every element.
+                let mut buf =
+                    unsafe { PoolSlice::<T>::uninit(&self.stream, &self.pool, data.len(), COMPUTE_STREAM) }?;
+                if !data.is_empty() {
+                    self.stream
+                        .memcpy_htod(data, &mut *buf)
+                        .map_err(|source| CudaError::Copy { what: "to the device", source })?;
+                }
+                Ok(buf)
+            }
         }
-        Ok(buf)
+    }
+
+    /// Page-locked host bytes held for staged uploads (0 without staging).
+    pub fn staged_bytes(&self) -> usize {
+        self.staging.as_ref().map_or(0, Staging::staged_bytes)
     }
 
     /// The elements of `buf`, after the work queued before on the stream.
@@ -238,7 +280,7 @@ mod tests {
 
     #[test]
     fn opening_follows_the_probe() {
-        match (probe(), Device::open(0)) {
+        match (probe(), Device::open(0, false)) {
             (GpuProbe::Unavailable(why), Err(CudaError::Unavailable(said))) => assert_eq!(why, said),
             (GpuProbe::Ready(_), Ok(dev)) => {
                 let k =

@@ -1,6 +1,7 @@
 //! The CUDA backend: finding out, without crashing, whether a usable GPU and a kernel
 //! set are present (`probe`); the launch layer (`device`: context, stream, cached PTX
-//! modules, errors naming kernel and shapes) and device memory from the pool (`buffer`);
+//! modules, errors naming kernel and shapes), device memory from the pool (`buffer`) and
+//! uploads staged through page-locked memory on a copy stream (`staging`);
 //! the host side of each kernel file (`conv`, `gemm`, `norm`, `pooling`, `eltwise`,
 //! `loss`, `optim`, `preprocess`), with the tile table of the tensor-core kernels (`tiles`); and the
 //! `Backend` those make (`backend`).
@@ -28,6 +29,8 @@ pub mod pooling;
 #[cfg(feature = "cuda")]
 pub mod preprocess;
 mod probe;
+#[cfg(feature = "cuda")]
+pub mod staging;
 #[cfg(feature = "cuda")]
 pub mod tiles;
 
