@@ -27,12 +27,18 @@
 //
 // `conv2d_dgrad_implicit_f16_<tile>`: the input gradient as the GEMM dx [N·H·W, C] =
 // A · w'ᵀ, A's row (n, h, w) laid out (r, s, k): dy[n, (h + pad − r)/stride,
-// (w + pad − s)/stride, k] where that division is exact and lands inside dy, zero
-// elsewhere — so stride 2 is handled by the same loader (three quarters of its A chunks
-// are zero fills: a phase-split version that skips them is owed to GPU measurements).
-// w' is the filter transposed to C×R×S×K (`conv_weight_krsc_to_crsk_f16`), which makes
-// it the N×K operand. Needs K (output channels) a multiple of 8, as every ResNet layer
-// has.
+// (w + pad − s)/stride, k] where that division is exact and lands inside dy. With
+// stride 2 it is exact for one tap in two along each axis, so a single GEMM over all
+// rows and taps would spend three quarters of its A chunks on zero fills (softgpu's
+// counters: 0.75 of a 3×3 stride-2 layer's cp.async bytes, and the MACs with them). So
+// the GEMM is split by stride phase: the rows h with (h + pad) ≡ φ (mod stride) meet only
+// the taps r ≡ φ, and phase (φh, φw) is its own launch (grid over its rows, reduction
+// over its taps) whose epilogue scatters its rows back into dx (`PhaseRows`). A phase
+// with no taps (a 1×1 stride-2 layer's odd rows) runs no reduction and writes its rows'
+// zeros (β·dx). Stride 1 is the one phase of the whole GEMM. w' is the filter
+// transposed to C×R×S×K per phase (`conv_weight_krsc_to_crsk_f16`: each phase's block,
+// its taps only, in phase order), which makes it the N×K operand. Needs K (output
+// channels) a multiple of 8, as every ResNet layer has.
 //
 // `conv2d_wgrad_implicit_f16_<tile>`: the weight gradient as the GEMM dw [K, R·S·C] =
 // dyᵀ · A over the N·P·Q output pixels, A the forward's receptive-field matrix (the same
@@ -47,7 +53,8 @@
 //
 // Tiles: 128×128 (8 warps) by default, 128×64 (fwd, dgrad) or 64×128 (wgrad) where the
 // output channels are 64 or the grid is under one wave. Registers (ptxas 13.0, sm_90):
-// 120–125 per thread, no spills: two 8-warp blocks or four 4-warp blocks per SM.
+// 120–128 per thread (128: the phase-split input gradient's 128×128 tile, at the limit),
+// no spills: two 8-warp blocks or four 4-warp blocks per SM.
 #include "mma.cuh"
 
 extern "C" __global__ void conv2d_fwd_ref_f16(const __half* __restrict__ x, const __half* __restrict__ w,
@@ -134,52 +141,91 @@ extern "C" __global__ void conv_pad_channels_f16(const __half* __restrict__ src,
     }
 }
 
-// A's element (m, k) of the input-gradient GEMM: m = (n, h, w), k = (r, s, k_out).
+// Stride phases along one axis of `n` positions, window `taps`, padding `pad`: phase φ
+// holds the positions h with (h + pad) ≡ φ (mod stride), from `first(φ)` every `stride`,
+// and the taps r ≡ φ. The host (backend/cuda/conv.rs, `Phase`) counts them the same way.
+DF_DEVICE int phase_first(int phase, int pad, int stride) { return ((phase - pad) % stride + stride) % stride; }
+DF_DEVICE int phase_count(int first, int n, int stride) { return first < n ? (n - first + stride - 1) / stride : 0; }
+
+// The input-gradient rows of phase (φh, φw): output pixels (n, h0 + i·sh, w0 + j·sw).
+struct PhaseRows {
+    int H, W, Hp, Wp, h0, w0, sh, sw;
+    DF_DEVICE long long at(int m) const {
+        int hw = Hp * Wp;
+        int n = m / hw, rem = m - n * hw;
+        int i = rem / Wp, j = rem - i * Wp;
+        return ((long long)n * H + h0 + i * sh) * W + w0 + j * sw;
+    }
+};
+
+// A's element (m, kk) of phase (φh, φw)'s GEMM: m = (n, i, j), the pixel of `rows`;
+// kk = (ri, si, k_out), tap (φh + ri·sh, φw + si·sw). The division by the stride is exact
+// by construction; what remains is whether the tap lands inside dy.
 struct DgradA {
     const __half* dy;
-    int H, W, K, S, P, Q, stride_h, stride_w, pad_h, pad_w;
+    PhaseRows rows;
+    int K, Sp, P, Q, pad_h, pad_w, phase_h, phase_w;
     DF_DEVICE const __half* at(int m, int kk, bool& ok) const {
-        int hw = H * W;
+        int hw = rows.Hp * rows.Wp;
         int n = m / hw, rem = m - n * hw;
-        int h = rem / W, w = rem - h * W;
+        int i = rem / rows.Wp, j = rem - i * rows.Wp;
         int ko = kk % K, rs = kk / K;
-        int r = rs / S, s = rs - r * S;
-        int ph = h + pad_h - r, pw = w + pad_w - s;
-        int p = ph / stride_h, q = pw / stride_w;
-        ok = ph >= 0 && pw >= 0 && p * stride_h == ph && q * stride_w == pw && p < P && q < Q;
+        int ri = rs / Sp, si = rs - ri * Sp;
+        int p = (rows.h0 + i * rows.sh + pad_h - phase_h) / rows.sh - ri;
+        int q = (rows.w0 + j * rows.sw + pad_w - phase_w) / rows.sw - si;
+        ok = p >= 0 && p < P && q >= 0 && q < Q;
         return dy + (((long long)n * P + p) * Q + q) * K + ko;
     }
 };
 
-// w [K, R, S, C] → wt [C, R, S, K].
+// Halves before phase (φh, φw)'s block of the transposed filter: the blocks of the
+// earlier row phases (each C·Rφ·S·K), then of the earlier column phases in this one.
+DF_DEVICE long long phase_offset(int phase_h, int phase_w, int R, int S, int C, int K, int sh, int sw) {
+    int r_before = 0, s_before = 0;
+    for (int f = 0; f < phase_h; ++f) r_before += phase_count(f, R, sh);
+    for (int f = 0; f < phase_w; ++f) s_before += phase_count(f, S, sw);
+    return (long long)C * K * (r_before * S + phase_count(phase_h, R, sh) * s_before);
+}
+
+// w [K, R, S, C] → wt: per stride phase (φh, φw), in phase order, the block
+// [C, Rφ, Sφ, K] of its taps (r = φh + ri·sh, s = φw + si·sw). Stride 1: [C, R, S, K].
 extern "C" __global__ void conv_weight_krsc_to_crsk_f16(const __half* __restrict__ w, __half* __restrict__ wt,
-                                                        int K, int R, int S, int C) {
+                                                        int K, int R, int S, int C, int sh, int sw) {
     long long total = (long long)K * R * S * C;
     DF_GRID_STRIDE(i, total) {
         int c = (int)(i % C);
-        long long rs = (i / C) % ((long long)R * S);
+        int s = (int)((i / C) % S);
+        int r = (int)((i / ((long long)C * S)) % R);
         int k = (int)(i / ((long long)C * R * S));
-        wt[((long long)c * R * S + rs) * K + k] = w[i];
+        int phase_h = r % sh, phase_w = s % sw;
+        int rp = phase_count(phase_h, R, sh), sp = phase_count(phase_w, S, sw);
+        long long at = phase_offset(phase_h, phase_w, R, S, C, K, sh, sw) +
+                       (((long long)c * rp + r / sh) * sp + s / sw) * K + k;
+        wt[at] = w[i];
     }
 }
 
 template <class T>
 DF_DEVICE void conv2d_dgrad_implicit(const __half* __restrict__ dy, const __half* __restrict__ wt,
-                                     void* __restrict__ dx, CONV_GEOM_PARAMS, float alpha, float beta,
-                                     int out_f16) {
-    int M = N * H * W, KK = R * S * K;
+                                     void* __restrict__ dx, CONV_GEOM_PARAMS, int phase_h, int phase_w,
+                                     float alpha, float beta, int out_f16) {
+    int h0 = phase_first(phase_h, pad_h, stride_h), w0 = phase_first(phase_w, pad_w, stride_w);
+    PhaseRows rows{H, W, phase_count(h0, H, stride_h), phase_count(w0, W, stride_w), h0, w0, stride_h, stride_w};
+    int Rp = phase_count(phase_h, R, stride_h), Sp = phase_count(phase_w, S, stride_w);
+    int M = N * rows.Hp * rows.Wp, KK = Rp * Sp * K;
     int m0 = blockIdx.y * T::BM, n0 = blockIdx.x * T::BN;
-    tc::KContig<T, DgradA> tiles{{dy, H, W, K, S, P, Q, stride_h, stride_w, pad_h, pad_w}, wt, KK, M, C, KK, m0, n0};
+    const __half* b = wt + phase_offset(phase_h, phase_w, R, S, C, K, stride_h, stride_w);
+    tc::KContig<T, DgradA> tiles{{dy, rows, K, Sp, P, Q, pad_h, pad_w, phase_h, phase_w}, b, KK, M, C, KK, m0, n0};
     float acc[4][4][4];
     tc::mainloop<T>(tiles, 0, (KK + tc::BK - 1) / tc::BK, acc);
-    tc::epilogue<T>(acc, M, C, m0, n0, alpha, beta, dx, C, out_f16, nullptr, 0);
+    tc::epilogue<T>(acc, M, C, m0, n0, alpha, beta, dx, C, out_f16, nullptr, 0, rows);
 }
 
 #define CONV_DGRAD(TILE, NAME)                                                                            \
     extern "C" __global__ void __launch_bounds__(TILE::THREADS)                                           \
         NAME(const __half* __restrict__ dy, const __half* __restrict__ wt, void* __restrict__ dx,        \
-             CONV_GEOM_PARAMS, float alpha, float beta, int out_f16) {                                    \
-        conv2d_dgrad_implicit<TILE>(dy, wt, dx, CONV_GEOM_ARGS, alpha, beta, out_f16);                   \
+             CONV_GEOM_PARAMS, int phase_h, int phase_w, float alpha, float beta, int out_f16) {          \
+        conv2d_dgrad_implicit<TILE>(dy, wt, dx, CONV_GEOM_ARGS, phase_h, phase_w, alpha, beta, out_f16); \
     }
 CONV_DGRAD(tc::Tile128x128, conv2d_dgrad_implicit_f16_128x128)
 CONV_DGRAD(tc::Tile128x64, conv2d_dgrad_implicit_f16_128x64)

@@ -238,15 +238,22 @@ DF_DEVICE void mainloop(const Tiles& tiles, int kt_begin, int kt_end, float acc[
     cp_async_wait<0>();
 }
 
+// Output row m of the GEMM is row m of C.
+struct DenseRows {
+    DF_DEVICE long long at(int m) const { return m; }
+};
+
 // C = alpha·acc + beta·C (C read only when beta ≠ 0), + bias[col], ReLU; FP32 or FP16.
+// GEMM row m goes to C's row `rows.at(m)` (the input gradient's stride phases scatter
+// their rows; everything else is dense).
 // Thread (group g = lane/4, t = lane%4) holds rows g and g+8, columns 2t and 2t+1 of
 // each 16×8 tile: the two columns go out as one 8-byte (FP32) or 4-byte (FP16) store, so
 // that a warp's store covers whole 32-byte sectors (softgpu's counters measured 0.50
 // store efficiency with one 4-byte store per value). A pair that straddles N, or a row
 // pitch that is odd (the pair would be misaligned), is stored value by value.
-template <class T>
+template <class T, class Rows = DenseRows>
 DF_DEVICE void epilogue(const float acc[4][4][4], int M, int N, int m0, int n0, float alpha, float beta, void* C,
-                        int ldc, int out_f16, const float* bias, int relu) {
+                        int ldc, int out_f16, const float* bias, int relu, Rows rows = Rows{}) {
     int lane = threadIdx.x % 32, wm = T::wm(), wn = T::wn();
     int g = lane / 4, t = lane % 4;
     bool pairs = (ldc % 2) == 0;
@@ -269,7 +276,7 @@ DF_DEVICE void epilogue(const float acc[4][4][4], int M, int N, int m0, int n0, 
                 int row = m0 + wm + mi * 16 + g + h * 8;
                 int col = n0 + wn + ni * 8 + 2 * t;
                 if (row >= M || col >= N) continue;
-                long long at = (long long)row * ldc + col;
+                long long at = rows.at(row) * ldc + col;
                 float v0 = finish(acc[mi][ni][2 * h], at, col);
                 if (pairs && col + 1 < N) {
                     float v1 = finish(acc[mi][ni][2 * h + 1], at + 1, col + 1);

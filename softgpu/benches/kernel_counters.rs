@@ -301,15 +301,33 @@ fn conv_passes(report: &mut Report, module: &Module, l: &Conv) {
     let min = l.x_bytes() + l.w_bytes() + l.y_pixels() * l.k as u64 * 4;
     report.push(format!("{} fwd", l.name), c, macs, min);
 
-    // Input gradient: dx [H·W, C] = A · w'ᵀ.
+    // Input gradient: dx [H·W, C] = A · w'ᵀ, one launch per stride phase over its rows
+    // (backend/cuda/conv.rs `conv2d_dgrad`), the phases' counts summed.
     let t = tile_n64(l.c);
-    let mut args = vec![Arg::Ptr(dy), Arg::Ptr(wt), Arg::Ptr(dx)];
-    args.extend(l.geom());
-    args.extend([Arg::F32(1.0), Arg::F32(0.0), Arg::I32(0)]);
     let kernel = format!("conv2d_dgrad_implicit_f16_{}", t.suffix());
-    let c = report.run(module, &kernel, &mem, &args, t.launch(l.h * l.w, l.c, 1));
+    let positions = |phase: usize, n: usize| {
+        let first = (phase + l.stride - l.pad % l.stride) % l.stride;
+        if first < n { (n - first).div_ceil(l.stride) } else { 0 }
+    };
+    let mut c: Option<Counters> = None;
+    for (ph, pw) in (0..l.stride).flat_map(|ph| (0..l.stride).map(move |pw| (ph, pw))) {
+        let rows = positions(ph, l.h) * positions(pw, l.w);
+        if rows == 0 {
+            continue;
+        }
+        let mut args = vec![Arg::Ptr(dy), Arg::Ptr(wt), Arg::Ptr(dx)];
+        args.extend(l.geom());
+        args.extend([Arg::I32(ph as i32), Arg::I32(pw as i32), Arg::F32(1.0), Arg::F32(0.0), Arg::I32(0)]);
+        let phase = report.run(module, &kernel, &mem, &args, t.launch(rows, l.c, 1));
+        match c.as_mut() {
+            Some(c) => c.add(&phase),
+            None => c = Some(phase),
+        }
+    }
+    let c = c.expect("phase (0, 0) has rows");
     let min = l.y_pixels() * l.k as u64 * 2 + l.w_bytes() + (l.h * l.w * l.c_op * 4) as u64;
-    report.push(format!("{} dgrad", l.name), c, macs, min);
+    let phases = if l.stride > 1 { format!(", {} phases", l.stride * l.stride) } else { String::new() };
+    report.push(format!("{} dgrad{phases}", l.name), c, macs, min);
 
     // Weight gradient: dw [K, R·S·C] = dyᵀ · A, split over pixels, then the split sum.
     let (t, per_sm) = if l.k <= 64 { (Tile { bm: 64, bn: 128 }, 4) } else { (Tile { bm: 128, bn: 128 }, 2) };

@@ -186,10 +186,19 @@ fn dgrad_entry(tile: TileShape) -> Entry {
     }
 }
 
+/// Positions along an axis of `n` in stride phase `phase` (kernels/conv.cu
+/// `phase_first`/`phase_count`): those h with (h + pad) ≡ phase (mod stride).
+fn phase_positions(phase: usize, n: usize, pad: usize, stride: usize) -> usize {
+    let first = (phase + stride - pad % stride) % stride;
+    if first < n { (n - first).div_ceil(stride) } else { 0 }
+}
+
 /// dx [N, H, W, C] (= alpha·… + beta·dx) = the input gradient of the convolution, from
-/// dy [N, P, Q, K] and w [K, R, S, C]: the filter is transposed to C×R×S×K into scratch,
-/// then the implicit-GEMM kernel (or, for a pointwise convolution, the GEMM) runs. Needs
-/// K (output channels) a multiple of 8, as every ResNet layer has; any C.
+/// dy [N, P, Q, K] and w [K, R, S, C]: the filter is transposed to C×R×S×K per stride
+/// phase into scratch, then the implicit-GEMM kernel runs once per phase (stride 1: once;
+/// 2: four times, each over a quarter of the rows and its own taps), or for a pointwise
+/// convolution the GEMM. Needs K (output channels) a multiple of 8, as every ResNet layer
+/// has; any C.
 pub fn conv2d_dgrad(
     dev: &Device,
     g: &Conv2dGeom,
@@ -199,8 +208,7 @@ pub fn conv2d_dgrad(
     beta: f32,
 ) -> Result<(), CudaError> {
     let pixels = g.n * g.h * g.w;
-    let tile = pick_n64(pixels, g.c, dev.sm_count);
-    let entry = dgrad_entry(tile);
+    let entry = dgrad_entry(pick_n64(pixels, g.c, dev.sm_count));
     let bad = |detail: String| CudaError::Arguments { kernel: entry, detail };
     if g.k % VECTOR != 0 {
         return Err(bad(format!("K = {} output channels: the kernel needs a multiple of 8", g.k)));
@@ -210,10 +218,10 @@ pub fn conv2d_dgrad(
     let shapes = || format!("{g:?}");
     let mut wt = dev.alloc::<f16>(wn)?;
     let transpose = dev.kernel(entries::CONV_WEIGHT_KRSC_TO_CRSK_F16)?;
-    let [_, _, _, c, k, r, s, ..] = geom_args(g);
+    let [_, _, _, c, k, r, s, _, _, sh, sw, ..] = geom_args(g);
     let mut args = dev.args(&transpose);
-    args.arg(w).arg(&mut wt).arg(&k).arg(&r).arg(&s).arg(&c);
-    // SAFETY: both buffers hold K·R·S·C halves.
+    args.arg(w).arg(&mut wt).arg(&k).arg(&r).arg(&s).arg(&c).arg(&sh).arg(&sw);
+    // SAFETY: both buffers hold K·R·S·C halves (the phase blocks partition the taps).
     unsafe { dev.launch(&transpose, args, grid_1d(wn), shapes) }?;
 
     if is_pointwise(g) {
@@ -221,17 +229,30 @@ pub fn conv2d_dgrad(
             GemmNt { m: pixels, n: g.c, k: g.k, alpha: 1.0, a: dy, b: &wt, beta, bias: None, relu: false };
         return gemm_nt(dev, &gemm, dx);
     }
-    let kernel = dev.kernel(entry)?;
     let (dims, alpha) = (geom_args(g), 1.0f32);
     let mut dx = dx;
     let out_f16 = dx.f16_flag();
-    let mut args = dev.args(&kernel);
-    args.arg(dy).arg(&wt);
-    dx.push(&mut args);
-    push_geom(&mut args, &dims);
-    args.arg(&alpha).arg(&beta).arg(&out_f16);
-    // SAFETY: conv2d_dgrad_implicit_f16's signature; lengths checked above.
-    unsafe { dev.launch(&kernel, args, tile.launch(pixels, g.c, 1), shapes) }
+    let [stride_h, stride_w] = g.stride;
+    for (phase_h, phase_w) in (0..stride_h).flat_map(|ph| (0..stride_w).map(move |pw| (ph, pw))) {
+        let rows = g.n
+            * phase_positions(phase_h, g.h, g.pad[0], stride_h)
+            * phase_positions(phase_w, g.w, g.pad[1], stride_w);
+        if rows == 0 {
+            continue;
+        }
+        let tile = pick_n64(rows, g.c, dev.sm_count);
+        let kernel = dev.kernel(dgrad_entry(tile))?;
+        let phase = [phase_h as i32, phase_w as i32];
+        let mut args = dev.args(&kernel);
+        args.arg(dy).arg(&wt);
+        dx.push(&mut args);
+        push_geom(&mut args, &dims);
+        args.arg(&phase[0]).arg(&phase[1]).arg(&alpha).arg(&beta).arg(&out_f16);
+        // SAFETY: conv2d_dgrad_implicit_f16's signature; lengths checked above, and the
+        // phase's rows are pixels of dx.
+        unsafe { dev.launch(&kernel, args, tile.launch(rows, g.c, 1), || format!("{g:?} phase {phase:?}")) }?;
+    }
+    Ok(())
 }
 
 fn wgrad_entry(tile: TileShape) -> Entry {
