@@ -16,8 +16,9 @@
 //!   traffic the L1/L2 sees, an upper bound on DRAM traffic.
 //! - zero fill: bytes cp.async zero-filled (padding, ragged edges, stride-2 phases) over
 //!   all bytes it wrote to shared memory.
-//! - occupancy: sm_80 warps per SM / 64, from ptxas's registers when
-//!   `SOFTGPU_REGISTERS=<check-ptx.py report>` is given; "?" otherwise.
+//! - occupancy: sm_80 warps per SM / 64, from ptxas's registers in the report
+//!   `scripts/check-ptx.py --report target/ptxas-report.txt` writes (CI runs it first), or
+//!   the one `SOFTGPU_REGISTERS=<path>` names; "?" without a report.
 //!
 //! Shapes: batch 1, channel counts and windows of ResNet-18, spatial sizes of the 224²
 //! network except the stem, whose input is cut to 56² (÷4 per side) so that its input
@@ -392,9 +393,13 @@ fn main() {
     ) else {
         return;
     };
-    let registers = match std::env::var_os("SOFTGPU_REGISTERS") {
+    let default_report = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ptxas-report.txt");
+    let report = std::env::var_os("SOFTGPU_REGISTERS")
+        .map(std::path::PathBuf::from)
+        .or_else(|| default_report.exists().then_some(default_report));
+    let registers = match report {
         None => None,
-        Some(p) => match RegisterTable::load(std::path::Path::new(&p)) {
+        Some(p) => match RegisterTable::load(&p) {
             Ok(t) => Some(t),
             Err(e) => {
                 println!("SOFTGPU_REGISTERS: {e} (an absolute path: benches run in softgpu/)");
