@@ -541,8 +541,16 @@ fn face_mode(d: &config::DataConfig) -> String {
             "boxes (sidecar <video>.faces.json where present, else centre squares)".into()
         }
         config::FaceSource::Detect => format!(
-            "detect (MTCNN from {}, thresholds {:?}, min face {} px; crops × {})",
-            d.face_detector, d.face_thresholds, d.face_min_size, d.face_margin
+            "detect (MTCNN from {}, thresholds {:?}, min face {} px; crops × {}, {} per clip)",
+            d.face_detector,
+            d.face_thresholds,
+            d.face_min_size,
+            d.face_margin,
+            if d.faces_per_clip == 1 {
+                "one face".to_string()
+            } else {
+                format!("{} faces", d.faces_per_clip)
+            }
         ),
     }
 }
@@ -721,14 +729,12 @@ fn show_faces(
     json: bool,
     draw: Option<&Path>,
 ) -> Result<(), Failure> {
-    use dfengine::data::detect::FaceDetector;
-    use dfengine::data::face_boxes::FaceSettings;
+    use dfengine::data::face_boxes::{DetectorError, load_detector};
     use dfengine::data::face_report::{FileFaces, faces_in_file};
     use dfengine::model::mtcnn::MtcnnError;
 
-    let settings = FaceSettings::from_config(d).detect;
-    let det = FaceDetector::load(Path::new(&d.face_detector), settings).map_err(|e| match e {
-        MtcnnError::Missing(_) => Failure::Input(e.to_string()),
+    let det = load_detector(d).map_err(|e| match e {
+        DetectorError(MtcnnError::Missing(_)) => Failure::Input(e.to_string()),
         other => Failure::Runtime(other.into()),
     })?;
     if let Some(dir) = draw {

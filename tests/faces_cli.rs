@@ -1,7 +1,9 @@
 //! `dfengine faces` from the command line: on the astronaut photograph (decoded through
 //! FFmpeg's PNG decoder) the JSON holds one face whose box is the NumPy reference's
 //! (tests/fixtures/mtcnn_astronaut.json, case "full"), `--draw` writes a PNG, and a
-//! missing file is reported by name without stopping the others. Needs
+//! missing file is reported by name without stopping the others; a relative
+//! `face_detector` in a config file is read from the file's folder and the default from
+//! the checkout's `models/`, whatever the working directory. Needs
 //! `models/mtcnn.safetensors` and `models/astronaut.png` (scripts/get-face-detector.sh
 //! --test-image); without them the test prints why it skips.
 
@@ -95,5 +97,42 @@ fn faces_without_weights_names_them_and_the_script() {
         );
     } else {
         assert!(stderr.contains("without the `video` feature"), "{stderr}");
+    }
+}
+
+#[cfg(feature = "video")]
+#[test]
+fn face_detector_is_read_from_the_config_files_folder_and_the_default_from_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(conf.join("weights")).unwrap();
+    std::fs::write(conf.join("c.toml"), "[data]\nface_detector = \"weights/mtcnn.safetensors\"\n").unwrap();
+    // Run from the folder above the config's: the path is still the config folder's.
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_dfengine")).current_dir(dir.path()).args(args).output().unwrap()
+    };
+    let out = run(&["faces", "x.png", "--config", "conf/c.toml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("[data] face_detector: /")
+            && stderr.contains("conf/weights/mtcnn.safetensors: no such file")
+            && stderr.contains("scripts/get-face-detector.sh"),
+        "the key, the resolved path and the script: {stderr}"
+    );
+
+    let (weights, photo) = (repo("models/mtcnn.safetensors"), repo("models/astronaut.png"));
+    if !weights.exists() || !photo.exists() {
+        println!("skipped the found cases: run scripts/get-face-detector.sh --test-image");
+        return;
+    }
+    std::fs::copy(&weights, conf.join("weights/mtcnn.safetensors")).unwrap();
+    let photo = photo.to_str().unwrap();
+    for args in [&["faces", photo, "--config", "conf/c.toml", "--json"][..], &["faces", photo, "--json"]] {
+        let out = run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report[0]["frames"][0]["faces"].as_array().map(Vec::len), Some(1), "{args:?}: {stdout}");
     }
 }

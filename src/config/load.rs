@@ -137,7 +137,7 @@ pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<ResolvedConfi
         }
     };
 
-    let config: Config = serde_path_to_error::deserialize(Value::Table(merged.clone())).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(Value::Table(merged.clone())).map_err(|e| {
         let path: Vec<String> = e.path().iter().map(|seg| seg.to_string()).collect();
         let problem = readable(e.inner().message());
         schema_error(&merged, path, problem, &origin_of)
@@ -152,7 +152,21 @@ pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<ResolvedConfi
         }
     })?;
 
+    // The face detector's weights travel with the config that names them: a relative path
+    // written in a file is read from the file's folder, so the config works from any
+    // working directory (a `--set` path is the command line's: the working directory).
+    if let Some(Source::File(path)) = origins.get("data.face_detector") {
+        config.data.face_detector = beside(path, &config.data.face_detector);
+    }
+
     Ok(ResolvedConfig { config, file: file.map(Path::to_path_buf), origins })
+}
+
+/// `value` read from the folder of `file`, made absolute (a resolved config is saved into
+/// run folders and read again from there).
+fn beside(file: &Path, value: &str) -> String {
+    let joined = file.parent().unwrap_or(Path::new("")).join(value);
+    std::path::absolute(&joined).unwrap_or(joined).display().to_string()
 }
 
 /// serde names Rust types ("expected u32"); users wrote TOML.

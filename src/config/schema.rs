@@ -138,13 +138,17 @@ pub struct DataConfig {
     pub faces: FaceSource,
     /// Side of the square crop as a multiple of the face box's longer side.
     pub face_margin: f64,
-    /// The MTCNN weights (`scripts/get-face-detector.sh` writes them).
+    /// The MTCNN weights (`scripts/get-face-detector.sh` writes the default); a relative
+    /// path in a config file is read from that file's folder.
     pub face_detector: String,
     /// Smallest face searched for, in pixels of the frame as detected (frames wider or
-    /// taller than 1280 px are detected at 1/2, 1/3, ... of their size).
+    /// taller than 960 px are detected at 1/2, 1/3, ... of their size).
     pub face_min_size: f64,
     /// Face probability needed at MTCNN's three stages (P-, R-, O-Net).
     pub face_thresholds: [f64; 3],
+    /// Faces (tracks) a clip is cropped around when detecting: 1 keeps the main face; k
+    /// lets the sampled frames take turns between the k heaviest tracks.
+    pub faces_per_clip: u32,
 }
 
 impl Default for DataConfig {
@@ -166,9 +170,10 @@ impl Default for DataConfig {
             synthetic_difficulty: 0.3,
             faces: FaceSource::Boxes,
             face_margin: 1.3,
-            face_detector: "models/mtcnn.safetensors".into(),
+            face_detector: crate::model::mtcnn::DEFAULT_WEIGHTS.into(),
             face_min_size: 20.0,
             face_thresholds: [0.6, 0.7, 0.7],
+            faces_per_clip: 1,
         }
     }
 }

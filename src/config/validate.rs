@@ -142,6 +142,14 @@ pub fn validate(c: &Config) -> Result<(), Violation> {
             problem: format!("{t} is not a probability: each must be in [0, 1]"),
         });
     }
+    at_least("data.faces_per_clip", d.faces_per_clip.into(), 1)?;
+    if d.faces_per_clip > d.max_frames {
+        return Err(Violation {
+            key: "data.faces_per_clip",
+            value: Some(Value::Integer(d.faces_per_clip.into())),
+            problem: format!("must be ≤ [data] max_frames = {} (each face needs frames)", d.max_frames),
+        });
+    }
     if d.faces == FaceSource::Detect {
         non_empty("data.face_detector", &d.face_detector, "the MTCNN weights when faces = \"detect\"")?;
     }

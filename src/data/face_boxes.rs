@@ -1,7 +1,10 @@
 //! The face boxes a clip is cropped around, by `[data] faces`: none (centre squares),
 //! the video's sidecar (`boxes`), or detected (`detect`): MTCNN on every sampled frame,
 //! the detections linked into tracks, the main track's smoothed, gap-filled box in every
-//! frame. Detected boxes are stored in the cache folder as sidecars (the same
+//! frame. With `faces_per_clip` = k > 1 and more people in the video, the sampled frames
+//! take turns between the kept tracks (frame i around track i mod k): the clip shows
+//! each of them and keeps the video's label, which is right for the clip even when only
+//! one of the faces was swapped (one clip per face would label a real face fake). Detected boxes are stored in the cache folder as sidecars (the same
 //! `{"<frame>": [x, y, w, h]}` form a user writes), keyed by the video and the settings
 //! that decide them but not by `frame_size`, so that a second `prepare`, or a new
 //! frame size, does not detect again. A video where no sampled frame has a face is an
@@ -11,15 +14,20 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use super::detect::{DetectSettings, Face, FaceDetector, Image};
 use super::faces::{self, FaceBox};
 use super::tracks::{self, TrackSettings};
 use crate::config::{DataConfig, FaceSource};
+use crate::model::mtcnn::MtcnnError;
 
-/// Frames wider or taller than this are detected at 1/2, 1/3, ... of their size (as the
-/// DFDC-winning solution detected 1080p frames at half resolution): the boxes come back
-/// in full-size pixels.
-pub const MAX_DETECT_SIDE: usize = 1280;
+/// Frames wider or taller than this are detected at 1/2, 1/3, ... of their size: 1080p
+/// at 960×540 as the DFDC-winning solution did, 720p at 640×360. The boxes come back in
+/// full-size pixels. P-Net's pyramid costs in proportion to the pixels searched, and at
+/// 1280×720 it alone is about 4× the budget of 1 CPU-second for 32 frames
+/// (docs/BENCHMARKS.md); the smallest face found in a 720p frame is then 2 × min_face.
+pub const MAX_DETECT_SIDE: usize = 960;
 
 /// How a clip's faces are found.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,7 +56,7 @@ impl FaceSettings {
                 thresholds: d.face_thresholds.map(|t| t as f32),
                 ..DetectSettings::default()
             },
-            track: TrackSettings::default(),
+            track: TrackSettings { faces: d.faces_per_clip as usize, ..TrackSettings::default() },
         }
     }
 
@@ -61,7 +69,8 @@ impl FaceSettings {
             FaceSource::None => 1,
             FaceSource::Detect => {
                 let mut h = 2u64;
-                for v in [d.min_face, d.factor, self.track.link_iou as f64, self.track.smooth as f64]
+                let t = &self.track;
+                for v in [d.min_face, d.factor, t.link_iou as f64, t.smooth as f64, t.faces as f64]
                     .into_iter()
                     .chain(d.thresholds.map(f64::from))
                 {
@@ -73,16 +82,23 @@ impl FaceSettings {
     }
 }
 
+/// Why `[data] face_detector` could not be loaded, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("[data] face_detector: {0}")]
+pub struct DetectorError(#[from] pub MtcnnError);
+
+/// MTCNN from `[data] face_detector` with `[data]`'s detection settings.
+pub fn load_detector(d: &DataConfig) -> Result<FaceDetector, DetectorError> {
+    Ok(FaceDetector::load(Path::new(&d.face_detector), FaceSettings::from_config(d).detect)?)
+}
+
 /// The detector `[data]` asks for: loaded when `faces = "detect"`, else None. The error
 /// says how to get missing weights.
 pub fn detector_for(d: &DataConfig) -> Result<Option<Arc<FaceDetector>>, String> {
     if d.faces != FaceSource::Detect {
         return Ok(None);
     }
-    let settings = FaceSettings::from_config(d).detect;
-    FaceDetector::load(Path::new(&d.face_detector), settings)
-        .map(|det| Some(Arc::new(det)))
-        .map_err(|e| format!("[data] faces = \"detect\": {e}"))
+    load_detector(d).map(|det| Some(Arc::new(det))).map_err(|e| e.to_string())
 }
 
 /// The faces in one frame; frames larger than `MAX_DETECT_SIDE` are detected reduced
@@ -98,20 +114,7 @@ pub fn detect_frame(
         return det.detect(Image { rgb, width, height });
     }
     let (w, h) = (width / f, height / f);
-    let mut small = vec![0u8; w * h * 3];
-    for y in 0..h {
-        for x in 0..w {
-            for c in 0..3 {
-                let mut sum = 0u32;
-                for dy in 0..f {
-                    for dx in 0..f {
-                        sum += rgb[((y * f + dy) * width + x * f + dx) * 3 + c] as u32;
-                    }
-                }
-                small[(y * w + x) * 3 + c] = ((sum + (f * f / 2) as u32) / (f * f) as u32) as u8;
-            }
-        }
-    }
+    let small = reduce(rgb, width, f);
     let s = f as f32;
     Ok(det
         .detect(Image { rgb: &small, width: w, height: h })?
@@ -124,10 +127,33 @@ pub fn detect_frame(
         .collect())
 }
 
+/// `rgb` (`width` pixels a row) reduced by `f`: each pixel the rounded mean of an f×f
+/// block; rows and columns past the last whole block are dropped.
+fn reduce(rgb: &[u8], width: usize, f: usize) -> Vec<u8> {
+    let (w, h) = (width / f, rgb.len() / (width * 3) / f);
+    let (area, half) = ((f * f) as u32, (f * f / 2) as u32);
+    let mut small = vec![0u8; w * h * 3];
+    small.par_chunks_mut(w * 3).zip(rgb.par_chunks(f * width * 3)).for_each(|(out, rows)| {
+        // Each output row sums its f input rows column by column, then f columns at a time.
+        let mut column = vec![0u32; w * f * 3];
+        for row in rows.chunks_exact(width * 3) {
+            column.iter_mut().zip(row).for_each(|(s, &v)| *s += v as u32);
+        }
+        for (px, block) in out.chunks_exact_mut(3).zip(column.chunks_exact(f * 3)) {
+            for (c, o) in px.iter_mut().enumerate() {
+                let sum: u32 = block.iter().skip(c).step_by(3).sum();
+                *o = ((sum + half) / area) as u8;
+            }
+        }
+    });
+    small
+}
+
 /// What detection found in one clip.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ClipFaces {
-    /// The main track's box at each sampled frame index; empty when no frame has a face.
+    /// The box at each sampled frame index (the kept tracks' in turn); empty when no
+    /// frame has a face.
     pub boxes: HashMap<usize, FaceBox>,
     pub frames: usize,
     /// Detections over all frames (every face, not only the main track's).
@@ -136,7 +162,8 @@ pub struct ClipFaces {
 }
 
 /// Detects the faces of the decoded frames `(index, width, height, rgb)` (an empty frame,
-/// one the decoder never produced, has none) and keeps the main track.
+/// one the decoder never produced, has none) and keeps the main track, or the
+/// `track.faces` heaviest in turn.
 pub fn detect_clip(
     det: &FaceDetector,
     decoded: &[(usize, usize, usize, Vec<u8>)],
@@ -148,9 +175,15 @@ pub fn detect_clip(
         .collect::<Result<_, _>>()?;
     let faces_found = per_frame.iter().map(Vec::len).sum();
     let tracks = tracks::link(&per_frame, track).len();
-    let boxes = tracks::main_track_boxes(&per_frame, track)
-        .map(|b| decoded.iter().map(|d| d.0).zip(b).collect())
-        .unwrap_or_default();
+    let kept = tracks::clip_tracks(&per_frame, track);
+    // Turns go by distinct frame index: a video shorter than `max_frames` repeats indices,
+    // and a repeated frame is one crop.
+    let mut boxes = HashMap::new();
+    for (t, &(index, ..)) in decoded.iter().enumerate() {
+        if !kept.is_empty() && !boxes.contains_key(&index) {
+            boxes.insert(index, kept[boxes.len() % kept.len()][t]);
+        }
+    }
     Ok(ClipFaces { boxes, frames: decoded.len(), faces_found, tracks })
 }
 
@@ -197,6 +230,21 @@ mod tests {
         assert_eq!(read_cached(dir.path(), 7).unwrap(), Some(boxes));
         write_cached(dir.path(), 8, &HashMap::new()).unwrap();
         assert_eq!(read_cached(dir.path(), 8).unwrap(), Some(HashMap::new()));
+    }
+
+    #[test]
+    fn reduction_takes_the_rounded_mean_of_each_block() {
+        let (width, height, f) = (7, 8, 3);
+        let rgb: Vec<u8> = (0..width * height * 3).map(|i| (i * 89 % 256) as u8).collect();
+        let small = reduce(&rgb, width, f);
+        let (w, h) = (width / f, height / f);
+        assert_eq!(small.len(), w * h * 3);
+        for (i, &got) in small.iter().enumerate() {
+            let (y, x, c) = (i / 3 / w, i / 3 % w, i % 3);
+            let sum: u32 =
+                (0..f * f).map(|k| rgb[((y * f + k / f) * width + x * f + k % f) * 3 + c] as u32).sum();
+            assert_eq!(got as u32, (sum + 4) / 9, "pixel ({x}, {y}) channel {c}");
+        }
     }
 
     #[test]

@@ -4,10 +4,13 @@
 //! Linking is greedy by IoU between a track's last box and each new detection (pairs in
 //! descending IoU, each at least `link_iou`); a detection no track takes starts a track.
 //! The main track is the one with the largest Σ score·side over the clip (present in
-//! many frames, large, confident). Its boxes are smoothed (centre and side averaged over
-//! the detected frames within `smooth` sampled frames either side), and frames where it
-//! was not detected (a blink of the detector, a black frame) take the box of the nearest
-//! frame where it was, the earlier one on a tie.
+//! many frames, large, confident). A clip keeps the main track and, when `faces` asks for
+//! more, the next heaviest ones that were detected in at least half as many frames as
+//! the main track (a second person; not a stray hit of the detector in one frame). Each
+//! kept track's boxes are smoothed (centre and side averaged over the detected frames
+//! within `smooth` sampled frames either side), and frames where it was not detected (a
+//! blink of the detector, a black frame) take the box of the nearest frame where it was,
+//! the earlier one on a tie.
 
 use super::detect::Face;
 use super::faces::FaceBox;
@@ -19,13 +22,15 @@ pub struct TrackSettings {
     pub link_iou: f32,
     /// Frames either side averaged into each box.
     pub smooth: usize,
+    /// Most tracks a clip keeps (`[data] faces_per_clip`).
+    pub faces: usize,
 }
 
 impl Default for TrackSettings {
     fn default() -> Self {
         // Sampled frames are far apart (32 of a 300-frame clip): a head turning or the
         // camera panning moves the box a lot between them, so linking is lenient.
-        TrackSettings { link_iou: 0.2, smooth: 2 }
+        TrackSettings { link_iou: 0.2, smooth: 2, faces: 1 }
     }
 }
 
@@ -101,11 +106,17 @@ pub fn link(frames: &[Vec<Face>], settings: &TrackSettings) -> Vec<Track> {
     tracks
 }
 
-/// The main track's box in every sampled frame, smoothed and with gaps filled; None when
-/// no frame has a face.
-pub fn main_track_boxes(frames: &[Vec<Face>], settings: &TrackSettings) -> Option<Vec<FaceBox>> {
-    let track = link(frames, settings).into_iter().next()?;
-    Some(smooth_and_fill(&track, settings.smooth))
+/// The kept tracks (main first, at most `settings.faces`), each as its box in every
+/// sampled frame, smoothed and with gaps filled; empty when no frame has a face.
+pub fn clip_tracks(frames: &[Vec<Face>], settings: &TrackSettings) -> Vec<Vec<FaceBox>> {
+    let tracks = link(frames, settings);
+    let Some(main) = tracks.first() else { return Vec::new() };
+    let enough = main.detected_frames().div_ceil(2);
+    let kept: Vec<&Track> = std::iter::once(main)
+        .chain(tracks[1..].iter().filter(|t| t.detected_frames() >= enough))
+        .take(settings.faces.max(1))
+        .collect();
+    kept.into_iter().map(|t| smooth_and_fill(t, settings.smooth)).collect()
 }
 
 /// Each frame's box: centre and side averaged over the detected frames within `radius`
@@ -158,8 +169,9 @@ mod tests {
         assert_eq!(tracks[0].faces[1].unwrap().bbox[0], 105.0);
         assert!(tracks[0].faces[2].is_none());
         assert_eq!(tracks[1].detected_frames(), 2);
-        let boxes =
-            main_track_boxes(&frames, &TrackSettings { smooth: 0, ..TrackSettings::default() }).unwrap();
+        let kept = clip_tracks(&frames, &TrackSettings { smooth: 0, ..TrackSettings::default() });
+        assert_eq!(kept.len(), 1, "one face per clip by default");
+        let boxes = &kept[0];
         assert_eq!(boxes.len(), 4);
         assert_eq!(boxes[0], FaceBox { x: 100.0, y: 100.0, w: 50.0, h: 50.0 });
         // Frame 2 has no detection: it takes frame 1's box (nearest, earlier on a tie).
@@ -173,17 +185,37 @@ mod tests {
             vec![face(106.0, 100.0, 40.0, 1.0)],
             vec![face(100.0, 100.0, 40.0, 1.0)],
         ];
-        let boxes =
-            main_track_boxes(&frames, &TrackSettings { smooth: 1, ..TrackSettings::default() }).unwrap();
+        let boxes = &clip_tracks(&frames, &TrackSettings { smooth: 1, ..TrackSettings::default() })[0];
         assert!((boxes[1].x - 102.0).abs() < 1e-9, "{:?}", boxes[1]);
         assert!((boxes[0].x - 103.0).abs() < 1e-9, "{:?}", boxes[0]);
-        assert_eq!(main_track_boxes(&[vec![], vec![]], &TrackSettings::default()), None);
-        assert_eq!(main_track_boxes(&[], &TrackSettings::default()), None);
+        assert!(clip_tracks(&[vec![], vec![]], &TrackSettings::default()).is_empty());
+        assert!(clip_tracks(&[], &TrackSettings::default()).is_empty());
     }
 
     #[test]
     fn a_jump_too_far_starts_a_new_track() {
         let frames = vec![vec![face(0.0, 0.0, 10.0, 1.0)], vec![face(200.0, 0.0, 10.0, 1.0)]];
         assert_eq!(link(&frames, &TrackSettings::default()).len(), 2);
+    }
+
+    #[test]
+    fn faces_per_clip_keeps_further_people_but_not_stray_hits() {
+        // A large face in every frame, a smaller one in three of four, a stray hit in one.
+        let frames = vec![
+            vec![face(100.0, 100.0, 60.0, 0.99), face(300.0, 100.0, 40.0, 0.95)],
+            vec![face(101.0, 100.0, 60.0, 0.99), face(300.0, 101.0, 40.0, 0.95), face(0.0, 0.0, 80.0, 0.9)],
+            vec![face(102.0, 100.0, 60.0, 0.99)],
+            vec![face(103.0, 100.0, 60.0, 0.99), face(301.0, 100.0, 40.0, 0.95)],
+        ];
+        let settings = |faces| TrackSettings { smooth: 0, faces, ..TrackSettings::default() };
+        let one = clip_tracks(&frames, &settings(1));
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0][0].x, 100.0, "the main track is the large face");
+        let three = clip_tracks(&frames, &settings(3));
+        assert_eq!(three.len(), 2, "the stray hit (1 of 4 frames) is no second person");
+        assert_eq!(three[0], one[0]);
+        assert_eq!(three[1][0].x, 300.0);
+        // Frame 2 missed the second face: it takes frame 1's box.
+        assert_eq!(three[1][2], three[1][1]);
     }
 }

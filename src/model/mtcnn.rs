@@ -17,13 +17,16 @@ use super::weights::{HostTensor, TensorFile, WeightsError};
 use crate::backend::cpu::{activation, conv, gemm, pooling};
 use crate::backend::params::Conv2dGeom;
 
-/// Where `scripts/get-face-detector.sh` puts the weights.
-pub const DEFAULT_WEIGHTS: &str = "models/mtcnn.safetensors";
+/// Where `scripts/get-face-detector.sh` puts the weights: `models/` of the checkout this
+/// dfengine was built from, so that the default holds from any working directory.
+pub const DEFAULT_WEIGHTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mtcnn.safetensors");
 
 #[derive(Debug, thiserror::Error)]
 pub enum MtcnnError {
     #[error(
-        "face detector weights {}: not found; scripts/get-face-detector.sh downloads and converts them",
+        "{}: no such file; scripts/get-face-detector.sh downloads the MTCNN weights and converts them \
+         into {DEFAULT_WEIGHTS} (the default; a relative path in a config file is read from that \
+         file's folder)",
         .0.display()
     )]
     Missing(PathBuf),

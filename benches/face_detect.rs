@@ -1,0 +1,168 @@
+//! Face detection's CPU cost in `prepare` (issue 18's target: ≤ 1 CPU-second for the 32
+//! sampled frames of a 720p clip), beside facenet-pytorch's MTCNN on the same frames.
+//!
+//! 32 frames of 1280×720 from the astronaut photograph (scaled to 1400², the window
+//! panning 3 px a frame). dfengine runs `face_boxes::detect_clip` (what `prepare` runs per
+//! video: the frame reduced as `detect_frame` does, the pyramid, R- and O-Net, tracks) with
+//! 1 and with 2 rayon threads, and prints CPU-seconds (user + system of the process) and
+//! wall seconds, median of `DFENGINE_BENCH_RUNS` runs (default 3) after a warm-up; then
+//! once at full size (no reduction) on one thread, to show what the reduction saves.
+//! benches/face_detect_torch.py runs facenet-pytorch 2.6.0's `MTCNN.detect` (read from the
+//! wheel the fetch script keeps, with the same thresholds and minimum face) on the same
+//! frames reduced the same way, as one batch, with the same thread counts.
+//!
+//! `cargo bench --bench face_detect`. Needs models/mtcnn.safetensors and
+//! models/astronaut.png (scripts/get-face-detector.sh --test-image). `DFENGINE_TORCH_PYTHON`
+//! names a Python with torch and torchvision (default `python3`); without them the
+//! PyTorch side prints `skipped: ...`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use dfengine::data::clip::crop_resize;
+use dfengine::data::decode::read_frames;
+use dfengine::data::detect::{DetectSettings, FaceDetector, Image};
+use dfengine::data::face_boxes::{MAX_DETECT_SIDE, detect_clip};
+use dfengine::data::faces::Crop;
+
+const WIDTH: usize = 1280;
+const HEIGHT: usize = 720;
+const FRAMES: usize = 32;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// CPU-seconds (user + system) this process has used so far, all threads.
+fn process_cpu() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value, and getrusage only writes into it.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a live rusage for getrusage to fill.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The bench's frames: the photograph scaled to 1400² (the face about 240×300 px, as a
+/// presenter's in a 720p broadcast), seen through a 1280×720 window that pans 3 px a frame.
+fn frames(photo: &[u8]) -> Vec<Vec<u8>> {
+    let big = crop_resize(photo, 512, 512, Crop { x0: 0, y0: 0, side: 512 }, 1400);
+    (0..FRAMES)
+        .map(|t| {
+            let x0 = 20 + 3 * t;
+            (150..150 + HEIGHT)
+                .flat_map(|y| big[(y * 1400 + x0) * 3..(y * 1400 + x0 + WIDTH) * 3].iter().copied())
+                .collect()
+        })
+        .collect()
+}
+
+/// (CPU-seconds, wall seconds, faces found) of `detect` (returning the faces it found)
+/// on `threads` rayon threads: medians of `runs` after a warm-up.
+fn dfengine_seconds(
+    detect: impl Fn() -> usize + Send + Sync,
+    threads: usize,
+    runs: usize,
+) -> (f64, f64, usize) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a rayon pool");
+    let (mut cpu, mut wall, mut faces) = (Vec::new(), Vec::new(), 0);
+    for run in 0..=runs {
+        let (c0, w0) = (process_cpu(), Instant::now());
+        faces = pool.install(&detect);
+        if run > 0 {
+            cpu.push(process_cpu() - c0);
+            wall.push(w0.elapsed().as_secs_f64());
+        }
+    }
+    (median(cpu), median(wall), faces)
+}
+
+/// facenet-pytorch's (CPU-seconds, wall seconds, faces) from benches/face_detect_torch.py.
+fn torch_seconds(
+    raw: &Path,
+    factor: usize,
+    threads: usize,
+    runs: usize,
+) -> Result<(f64, f64, usize), String> {
+    let python = std::env::var("DFENGINE_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .arg(repo("benches/face_detect_torch.py"))
+        .arg(raw)
+        .args(["--width", &WIDTH.to_string(), "--height", &HEIGHT.to_string()])
+        .args(["--frames", &FRAMES.to_string(), "--factor", &factor.to_string()])
+        .args(["--threads", &threads.to_string(), "--runs", &runs.to_string()])
+        .env("OMP_NUM_THREADS", threads.to_string())
+        // OpenMP's spinning barriers collapse when the cores are shared; rayon's sleep.
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("{python}: {}", err.trim().lines().last().unwrap_or("failed")));
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("{python}: unreadable output ({e})"))?;
+    let get = |k: &str| json[k].as_f64().ok_or_else(|| format!("{python}: no {k} in {json}"));
+    Ok((get("cpu_s")?, get("wall_s")?, get("faces")? as usize))
+}
+
+fn main() {
+    let (weights, photo) = (repo("models/mtcnn.safetensors"), repo("models/astronaut.png"));
+    if !weights.exists() || !photo.exists() {
+        println!(
+            "skipped: models/mtcnn.safetensors or models/astronaut.png missing (scripts/get-face-detector.sh --test-image)"
+        );
+        return;
+    }
+    let runs =
+        std::env::var("DFENGINE_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3usize).max(1);
+    let (decoded_photo, _) = read_frames(&photo, &[0], 1).expect("decode the photograph");
+    let frames = frames(&decoded_photo[0].data);
+    let det = FaceDetector::load(&weights, DetectSettings::default()).expect("load MTCNN");
+    let decoded: Vec<(usize, usize, usize, Vec<u8>)> =
+        frames.iter().enumerate().map(|(i, f)| (i, WIDTH, HEIGHT, f.clone())).collect();
+
+    let dir = repo("target/bench-faces");
+    std::fs::create_dir_all(&dir).expect("create target/bench-faces");
+    let raw = dir.join(format!("frames_{WIDTH}x{HEIGHT}x{FRAMES}.rgb"));
+    std::fs::write(&raw, frames.concat()).expect("write the frames for the yardstick");
+
+    let factor = WIDTH.max(HEIGHT).div_ceil(MAX_DETECT_SIDE).max(1);
+    let in_prepare = || detect_clip(&det, &decoded, &Default::default()).expect("detect").faces_found;
+    let full_size = || {
+        frames
+            .iter()
+            .map(|f| det.detect(Image { rgb: f, width: WIDTH, height: HEIGHT }).expect("detect").len())
+            .sum()
+    };
+    println!(
+        "MTCNN on {FRAMES} frames of {WIDTH}×{HEIGHT} (min face 20, thresholds 0.6/0.7/0.7), median of {runs}; CPU-s (wall s) and faces found"
+    );
+    println!("{:<34} {:>20} {:>20} {:>7}", "detected at, threads", "dfengine", "facenet-pytorch", "ratio");
+    let row = |label: String, ours: (f64, f64, usize), factor: usize, threads: usize, runs: usize| {
+        let (cpu, wall, faces) = ours;
+        let shown = format!("{cpu:.3} ({wall:.3}) {faces}f");
+        match torch_seconds(&raw, factor, threads, runs) {
+            Ok((tc, tw, tf)) => {
+                println!(
+                    "{label:<34} {shown:>20} {:>20} {:>6.2}×",
+                    format!("{tc:.3} ({tw:.3}) {tf}f"),
+                    cpu / tc
+                )
+            }
+            Err(why) => println!("{label:<34} {shown:>20}   pytorch skipped: {why}"),
+        }
+    };
+    for threads in [1, 2] {
+        let label = format!("{}×{} (prepare), {threads}", WIDTH / factor, HEIGHT / factor);
+        row(label, dfengine_seconds(in_prepare, threads, runs), factor, threads, runs);
+    }
+    // Full size costs about 4× as much: once, on one thread.
+    row(format!("{WIDTH}×{HEIGHT} (not reduced), 1"), dfengine_seconds(full_size, 1, 1), 1, 1, 1);
+}
