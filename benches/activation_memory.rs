@@ -2,21 +2,22 @@
 //! backward of ResNet-18 and ResNet-50 at 224² on the CPU backend (whose pool holds FP32
 //! or FP16 tensors exactly as the CUDA backend's does), per frame at the margin —
 //! (peak at 2n frames − peak at n frames) / n, so that weights and other per-step
-//! constants cancel — in FP32 and with mixed precision, beside the yardstick: the bytes
-//! PyTorch AMP's autograd saves for the same model and frame size (torchvision ResNet,
+//! constants cancel — in FP32 and with mixed precision, beside the planner's margin for
+//! the same pool (`Schedule` on `PlanDevice::Cpu`) and the yardstick: the bytes PyTorch
+//! AMP's autograd saves for the same model and frame size (torchvision ResNet,
 //! `torch.autocast` FP16, channels_last, counted with saved_tensors_hooks: 12.7 MiB a
 //! frame for ResNet-18, 44.6 for ResNet-50; issue 16).
 //!
-//! Each `[train] activation_memory` mode ("saved", "lean") beside the planner's figure
-//! for it (kept activations and the input, `model::footprint`).
-//!
 //! First, from the planner alone: the largest micro-batch of clips of 16 frames of 224²
-//! that fits 12 GiB (`plan_step` in each mode, mixed precision: weights, gradients,
-//! AdamW state, activations, inputs and workspace), beside PyTorch AMP's by the accounting
-//! of `benches/torch_saved_bytes.py` (saved tensors, FP32 weights and gradients, AdamW
-//! state, an FP16 weight copy and the FP32 input; read from its committed output,
-//! `benches/torch_saved_bytes.json`). "no ws" is dfengine's plan less its workspace, the
-//! same items PyTorch's accounting counts.
+//! that fits 12 GiB (`plan_step` in each mode, mixed precision, a GPU's pool: the step's
+//! peak — weights, gradients, AdamW state, the activations kept, inputs and everything
+//! else live at that moment, the kernels' scratch included), beside PyTorch AMP's by the
+//! accounting of `benches/torch_saved_bytes.py` (saved tensors, FP32 weights and
+//! gradients, AdamW state, an FP16 weight copy and the FP32 input, and nothing transient;
+//! read from its committed output, `benches/torch_saved_bytes.json`). "kept" is what the
+//! forward keeps per frame, the input included; "peak" the plan's peak per frame at the
+//! margin; "no ws" the largest micro-batch if the workspace at the peak cost nothing —
+//! PyTorch's side of the comparison counts none.
 //!
 //! `cargo bench --bench activation_memory` (DFENGINE_BENCH_FRAMES sets n, default 2;
 //! DFENGINE_BENCH_PLAN_ONLY=1 prints the planner's table alone).
@@ -25,7 +26,9 @@ use dfengine::backend::cpu::CpuBackend;
 use dfengine::backend::ops::Backend;
 use dfengine::config::{Backbone, Config};
 use dfengine::model::arch::ResNetSpec;
-use dfengine::model::footprint::{ActivationMode, largest_fitting, model_size, plan_step};
+use dfengine::model::footprint::{
+    ActivationMode, PlanDevice, largest_fitting, model_size, plan_step, plan_step_on,
+};
 use dfengine::model::resnet::ResNet;
 use dfengine::tensor::{DType, Shape};
 
@@ -34,14 +37,16 @@ const MIB: f64 = (1 << 20) as f64;
 /// What `benches/torch_saved_bytes.py` wrote: PyTorch AMP's figures for the same models.
 const TORCH: &str = include_str!("torch_saved_bytes.json");
 
-/// PyTorch AMP's (saved MiB per frame, largest micro-batch in the script's budget) for
-/// `backbone`.
+/// PyTorch AMP's (MiB a frame costs by its accounting: saved tensors and the FP32 input;
+/// largest micro-batch in the script's budget) for `backbone`.
 fn torch_figures(torch: &serde_json::Value, backbone: Backbone) -> (f64, u64) {
     let m = torch["models"]
         .as_array()
         .and_then(|ms| ms.iter().find(|m| m["arch"] == backbone.to_string().as_str()))
         .unwrap_or_else(|| panic!("{backbone} in benches/torch_saved_bytes.json"));
-    (m["saved_per_frame_mib"].as_f64().unwrap_or(f64::NAN), m["largest_micro_batch"].as_u64().unwrap_or(0))
+    let frames = torch["frames_per_clip"].as_f64().unwrap_or(f64::NAN);
+    let per_frame = m["per_clip_bytes"].as_f64().unwrap_or(f64::NAN) / frames / MIB;
+    (per_frame, m["largest_micro_batch"].as_u64().unwrap_or(0))
 }
 
 /// The largest micro-batch of clips in the budget by the planner, per mode, beside PyTorch
@@ -59,10 +64,11 @@ fn plan_table(torch: &serde_json::Value) {
         torch["autocast_dtype"].as_str().unwrap_or("?")
     );
     println!(
-        "{:<10} {:<6} {:>13} {:>13} {:>7} {:>7} {:>12} {:>12} {:>9} {:>9}",
+        "{:<10} {:<6} {:>9} {:>9} {:>11} {:>7} {:>7} {:>10} {:>10} {:>7} {:>7}",
         "model",
         "mode",
-        "plan MiB/fr",
+        "kept MiB",
+        "peak MiB",
         "AMP MiB/fr",
         "clips",
         "no ws",
@@ -76,16 +82,22 @@ fn plan_table(torch: &serde_json::Value) {
         config.model.backbone = backbone;
         config.model.input_size = side as u32;
         config.data.frame_size = side as u32;
+        // An effective batch above every micro-batch searched: each step accumulates, so
+        // a full set of gradients is live beside the second micro-batch's backward.
+        config.dataloader.batch_size = 4096;
         let size = model_size(&config);
         let (amp_per_frame, amp_clips) = torch_figures(torch, backbone);
         for mode in [ActivationMode::Saved, ActivationMode::Lean] {
             let plan = |clips| plan_step(&config, clips, frames, true, mode);
             let clips = largest_fitting(4096, |c| plan(c).total() <= budget).unwrap_or(0);
             let no_ws = largest_fitting(4096, |c| plan(c).total() - plan(c).workspace <= budget).unwrap_or(0);
-            let per_frame = 2.0 * (size.kept_per_frame(mode) + 3 * side * side) as f64 / MIB;
+            let kept = 2.0 * (size.kept_per_frame(mode) + 3 * side * side) as f64 / MIB;
+            let peak = (plan(clips).total() - plan(clips / 2).total()) as f64
+                / ((clips - clips / 2) * frames) as f64
+                / MIB;
             let constant = plan(0).total() as f64 / MIB;
             println!(
-                "{:<10} {:<6} {per_frame:>13.2} {amp_per_frame:>13.2} {clips:>7} {no_ws:>7} {amp_clips:>12} {constant:>12.1} {:>9.2} {:>9.2}",
+                "{:<10} {:<6} {kept:>9.2} {peak:>9.2} {amp_per_frame:>11.2} {clips:>7} {no_ws:>7} {amp_clips:>10} {constant:>10.1} {:>7.2} {:>7.2}",
                 backbone.to_string(),
                 mode.to_string(),
                 clips as f64 / amp_clips as f64,
@@ -141,7 +153,10 @@ fn main() {
         let mut config = Config::default();
         config.model.backbone = backbone;
         config.model.input_size = side as u32;
-        let size = model_size(&config);
+        config.data.frame_size = side as u32;
+        config.data.max_frames = 1;
+        config.dataloader.batch_size = 1;
+        config.train.accumulation_steps = 1;
         for mode in [ActivationMode::Saved, ActivationMode::Lean] {
             let per_frame = |dtype| {
                 let one = step_peak(backbone, dtype, mode, n, side);
@@ -149,7 +164,9 @@ fn main() {
                 (two - one) as f64 / n as f64 / MIB
             };
             let (f32_mib, mixed_mib) = (per_frame(DType::F32), per_frame(DType::F16));
-            let plan = 2.0 * (size.kept_per_frame(mode) + 3 * (side * side) as u64) as f64 / MIB;
+            // The planner's margin for the CPU backend's pool, FP16: clips of one frame.
+            let planned = |clips| plan_step_on(PlanDevice::Cpu, &config, clips, 1, true, mode).total();
+            let plan = (planned(2 * n as u64) - planned(n as u64)) as f64 / n as f64 / MIB;
             println!(
                 "{:<10} {:<6} {f32_mib:>9.2} {mixed_mib:>10.2} {plan:>10.2} {yardstick:>16.1}   (mixed / PyTorch AMP = {:.2})",
                 backbone.to_string(),

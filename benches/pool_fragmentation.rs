@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use dfengine::config::Config;
 use dfengine::memory::{Allocation, HostBacking, Pool};
-use dfengine::model::footprint::{StepEvent, step_events};
+use dfengine::model::footprint::{ActivationMode, PlanDevice, Schedule, StepEvent};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -27,12 +27,13 @@ fn main() {
     let budget = 12usize << 30;
     let mut pool =
         Pool::new(HostBacking::reserve(budget, 2 << 20).expect("reserve 12 GiB of address space"), budget);
-    let weights = pool.alloc(192 << 20, 0).expect("weights, gradients and optimizer state");
+    let weights = pool.alloc(192 << 20, 0).expect("weights and optimizer state");
     let (mut alloc_ns, mut free_ns) = (Vec::new(), Vec::new());
     let rounds = 8;
     for round in 0..rounds {
         for &clips in &batches {
-            let events = step_events(&config, clips * frames, true);
+            let events =
+                Schedule::of(PlanDevice::ANY_GPU, &config, clips, frames, true, ActivationMode::Saved).step;
             let mut live: Vec<Option<Allocation>> = Vec::with_capacity(events.len());
             for e in &events {
                 match *e {

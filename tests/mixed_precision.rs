@@ -11,11 +11,16 @@ use common::{BTensor, DeviceUnderTest, Rng, assert_close, host};
 use dfengine::backend::OpError;
 use dfengine::backend::ops::Backend;
 use dfengine::backend::params::BatchNormParams;
-use dfengine::config::Backbone;
+use dfengine::config::{Backbone, Config};
+use dfengine::data::loader::{Batch, Pixels};
+use dfengine::memory::governor::BatchPlan;
 use dfengine::model::arch::ResNetSpec;
-use dfengine::model::footprint::ActivationMode;
+use dfengine::model::footprint::{ActivationMode, PlanDevice, Schedule};
 use dfengine::model::resnet::ResNet;
 use dfengine::tensor::{DType, Shape};
+use dfengine::train::optimizer::Optimizer;
+use dfengine::train::scaler::LossScaler;
+use dfengine::train::step::{StepSettings, train_step};
 
 /// FP16-representable values in [−scale, scale], so that both precisions start equal.
 fn values(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
@@ -262,3 +267,78 @@ test_device!(
     activation_modes_give_the_same_gradients_cpu,
     activation_modes_give_the_same_gradients_cuda
 );
+
+/// The planner's step against the pool (issue 16: within 3%): one optimizer step of
+/// `resnet_tiny` through `train_step`, 2 clips × 4 frames at 64², whole (micro-batch 2)
+/// and accumulated (micro-batch 1 × 2), in each dtype and activation mode, each on a
+/// fresh pool. The resident tensors (weights, optimizer state) are the plan's to the
+/// byte; the step's peak above them — gradients, weight copies, activations, workspace —
+/// within 3% of the plan's.
+fn planned_step_peak_is_the_pools<B: Backend>(open: impl Fn() -> B, device: impl Fn(&B) -> PlanDevice) {
+    let (clips, frames, side) = (2, 4, 64);
+    let x = values(&mut Rng::new(65), clips * frames * side * side * 3, 1.0);
+    for micro in [2, 1] {
+        for dtype in [DType::F32, DType::F16] {
+            for mode in [ActivationMode::Saved, ActivationMode::Lean] {
+                let b = open();
+                let mut config = Config::default();
+                config.model.backbone = Backbone::ResnetTiny;
+                config.model.input_size = side as u32;
+                config.data.frame_size = side as u32;
+                config.data.max_frames = frames as u32;
+                config.dataloader.batch_size = micro;
+                config.train.accumulation_steps = clips as u32 / micro;
+                config.train.mixed_precision = dtype == DType::F16;
+                let t = &config.train;
+                let opened = b.pool_stats().allocated_bytes;
+                let mut net = ResNet::new(&b, ResNetSpec::of(Backbone::ResnetTiny), frames, 66).unwrap();
+                net.activations = dtype;
+                net.activation_mode = mode;
+                let mut opt =
+                    Optimizer::new(&b, t.optimizer, t.weight_decay as f32, &net.trainable_mut()).unwrap();
+                let resident = b.pool_stats().allocated_bytes - opened;
+                let batch = Batch {
+                    index: 0,
+                    clips: (0..clips).collect(),
+                    frames_per_clip: frames,
+                    side,
+                    pixels: Pixels::Prepared(x.clone()),
+                    targets: vec![0.0, 1.0],
+                };
+                let plan = BatchPlan { micro_batch: micro, accumulation: t.accumulation_steps };
+                let settings = StepSettings::of(t, 1e-3);
+                let mut scaler = LossScaler::of(t);
+                train_step(&b, &mut net, &mut opt, &mut scaler, &batch, plan, &settings, |_| None).unwrap();
+                let measured = b.pool_stats().peak_allocated_bytes - opened - resident;
+                let schedule =
+                    Schedule::of(device(&b), &config, micro as u64, frames as u64, dtype == DType::F16, mode);
+                let planned_resident: usize = schedule.resident.iter().sum();
+                let planned = schedule.peak.total() as usize - planned_resident;
+                let off = planned as f64 / measured as f64 - 1.0;
+                let case = format!("micro-batch {micro}, {dtype}, \"{mode}\"");
+                eprintln!(
+                    "{case}: resident {resident} B (plan {planned_resident}); step peak above it {measured} B, plan {planned} B ({:+.2}%)",
+                    100.0 * off
+                );
+                assert_eq!(resident, planned_resident, "{case}: resident bytes");
+                assert!(off.abs() <= 0.03, "{case}: the plan is {:+.2}% off the pool's peak", 100.0 * off);
+            }
+        }
+    }
+}
+
+#[test]
+fn planned_step_peak_is_the_pools_cpu() {
+    let open = || dfengine::backend::cpu::CpuBackend::with_budget(1 << 30).unwrap();
+    planned_step_peak_is_the_pools(open, |_| PlanDevice::Cpu);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn planned_step_peak_is_the_pools_cuda() {
+    if common::cuda_backend().is_none() {
+        return;
+    }
+    let open = || common::cuda_backend().expect("the GPU found above").0;
+    planned_step_peak_is_the_pools(open, |b| PlanDevice::Cuda { sm_count: b.device().sm_count });
+}

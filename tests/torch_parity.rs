@@ -271,7 +271,7 @@ fn basic_block_matches_torch() {
 
     let mut grads = Vec::new();
     let out = block.output(&b, &x, &cache).unwrap();
-    let dx = block.backward(&b, &tensor("block.dy"), cache, &x, out, &mut grads).unwrap();
+    let dx = block.backward(&b, tensor("block.dy"), cache, &x, out, &mut grads).unwrap();
     assert_matches(&dx, "block.dx", ATOL, RTOL);
     // The gradients come in visiting order, one per trainable tensor.
     let trainable = names.iter().filter(|(_, _, k)| *k == ParamKind::Trainable);

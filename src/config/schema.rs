@@ -259,7 +259,7 @@ pub enum ActivationMemory {
     /// norm's output, each residual block's output.
     Saved,
     /// Only what cannot be recomputed cheaply: the convolution outputs, each stage's input
-    /// and the image; batch-norm and ReLU outputs, residual sums and max-pool outputs are
+    /// but the first's, and the image; batch-norm and ReLU outputs, residual sums and max-pool outputs are
     /// recomputed from them in backward (element-wise work).
     Lean,
     /// The cheaper of the two that fits the memory budget at the configured micro-batch

@@ -53,6 +53,10 @@ struct Memory {
     stats: CacheStats,
 }
 
+/// Bytes a training run's frame cache keeps in memory (`enable_cache = true`); the disk
+/// part is what `dfengine prepare` fills.
+pub const MEMORY_BUDGET: usize = 1 << 30;
+
 pub struct FrameCache {
     dir: Option<PathBuf>,
     budget: usize,

@@ -92,8 +92,11 @@ fn video_splits(config: &Config) -> Result<Splits, ManifestError> {
     let d = &config.data;
     // The in-memory LRU takes what the config allows; the disk cache is the one
     // `dfengine prepare` fills.
-    let (dir, memory) =
-        if d.enable_cache { (Some(std::path::PathBuf::from(&d.cache_dir)), 1usize << 30) } else { (None, 0) };
+    let (dir, memory) = if d.enable_cache {
+        (Some(std::path::PathBuf::from(&d.cache_dir)), crate::data::cache::MEMORY_BUDGET)
+    } else {
+        (None, 0)
+    };
     let cache = Arc::new(FrameCache::new(dir.as_deref(), memory).map_err(|e| ManifestError::Invalid {
         path: dir.clone().unwrap_or_default(),
         problem: format!("frame cache: {e}"),

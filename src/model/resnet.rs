@@ -18,15 +18,15 @@
 //! Activation memory (`ActivationMode`): "saved" keeps what PyTorch AMP's autograd keeps
 //! (every convolution's output, every fused batch-norm + ReLU output — the next
 //! convolution's input —, every block's output); "lean" keeps only the convolution outputs,
-//! each stage's input and the image, and backward recomputes the rest from them with the
-//! same ops the forward ran (batch norm from its saved statistics, the residual add, the
-//! ReLU), so the gradients are the same bit for bit. `backward` consumes the forward's
+//! each stage's input but the first's and the image, and backward recomputes the rest from
+//! them with the same ops the forward ran (batch norm from its saved statistics, the
+//! residual add, the ReLU, the stem's max pool), so the gradients are the same bit for bit. `backward` consumes the forward's
 //! cache, and frees each layer's share of it as soon as that layer is done.
 
 use super::arch::{BlockKind, ResNetSpec};
 use super::footprint::ActivationMode;
 use crate::backend::OpError;
-use crate::backend::ops::{Backend, BnSaved};
+use crate::backend::ops::{Backend, BnSaved, LinearGrads};
 use crate::backend::params::BatchNormParams;
 use crate::rng::Rng;
 use crate::tensor::{DType, Shape, Tensor};
@@ -153,11 +153,12 @@ impl<B: Backend> ConvBn<B> {
         )
     }
 
-    /// The input gradient and [dw, dγ, dβ], given the forward's input `x`.
+    /// The input gradient and [dw, dγ, dβ], given the forward's input `x`. Takes the
+    /// output gradient `dy` so that it is freed as soon as batch norm's backward has read it.
     pub fn backward(
         &self,
         b: &B,
-        dy: &T<B>,
+        dy: T<B>,
         c: ConvBnCache<B>,
         x: &T<B>,
     ) -> Result<(T<B>, [T<B>; 3]), OpError> {
@@ -177,15 +178,15 @@ impl<B: Backend> ConvBn<B> {
     pub fn parameter_backward(
         &self,
         b: &B,
-        dy: &T<B>,
+        dy: T<B>,
         c: ConvBnCache<B>,
         x: &T<B>,
     ) -> Result<(T<B>, [T<B>; 3]), OpError> {
         let bn = match (&c.relu_y, self.relu) {
-            (None, true) => b.batch_norm_relu_bwd(dy, &c.z, &self.gamma, &self.beta, &c.saved)?,
-            (relu_y, _) => b.batch_norm_bwd(dy, &c.z, &self.gamma, &c.saved, relu_y.as_ref())?,
+            (None, true) => b.batch_norm_relu_bwd(&dy, &c.z, &self.gamma, &self.beta, &c.saved)?,
+            (relu_y, _) => b.batch_norm_bwd(&dy, &c.z, &self.gamma, &c.saved, relu_y.as_ref())?,
         };
-        drop(c);
+        drop((dy, c));
         let w_dims: [usize; 4] = self.w.shape().as_array().expect("KRSC weight");
         let dw = b.conv2d_wgrad(x, &bn.dx, w_dims, [self.stride; 2], [self.pad; 2])?;
         Ok((bn.dx, [dw, bn.dgamma, bn.dbeta]))
@@ -313,19 +314,21 @@ impl<B: Backend> Block<B> {
     }
 
     /// The input gradient, given the forward's input `x` and output `out` (`output`);
-    /// the block's parameter gradients are appended to `grads` in visiting order.
+    /// the block's parameter gradients are appended to `grads` in visiting order. The
+    /// output gradient `dy`, the output and the cache are consumed: each is freed as soon
+    /// as backward is past it.
     pub fn backward(
         &self,
         b: &B,
-        dy: &T<B>,
+        dy: T<B>,
         c: BlockCache<B>,
         x: &T<B>,
         out: T<B>,
         grads: &mut Vec<T<B>>,
     ) -> Result<T<B>, OpError> {
-        let dsum = b.relu_bwd(dy, &out)?;
-        drop(out);
-        let BlockCache { convs: mut caches, down: down_cache, .. } = c;
+        let dsum = b.relu_bwd(&dy, &out)?;
+        let BlockCache { convs: mut caches, down: down_cache, out: kept } = c;
+        drop((dy, out, kept));
         let mut per_conv = Vec::with_capacity(self.convs.len());
         let mut dh = dsum.clone();
         for (j, conv) in self.convs.iter().enumerate().rev() {
@@ -334,14 +337,14 @@ impl<B: Backend> Block<B> {
                 Some(prev) => self.convs[prev].output(b, &caches[prev])?,
                 None => x.clone(),
             };
-            let (dx, g) = conv.backward(b, &dh, cache, &input)?;
+            let (dx, g) = conv.backward(b, dh, cache, &input)?;
             per_conv.push(g);
             dh = dx;
         }
         let mut dx = dh;
         let down = match (&self.down, down_cache) {
             (Some(d), Some(cache)) => {
-                let (dxs, g) = d.backward(b, &dsum, cache, x)?;
+                let (dxs, g) = d.backward(b, dsum, cache, x)?;
                 b.add_assign(&mut dx, &dxs)?;
                 Some(g)
             }
@@ -387,8 +390,9 @@ pub struct Logits<S> {
 
 /// What a training forward keeps of a stage (`layer1` …) for the backward.
 struct StageCache<B: Backend> {
-    /// The first block's input.
-    input: T<B>,
+    /// The first block's input; none for the first stage in "lean": its input, the stem's
+    /// max-pool output, is recomputed from the stem's convolution output.
+    input: Option<T<B>>,
     blocks: Vec<BlockCache<B>>,
 }
 
@@ -486,8 +490,8 @@ impl<B: Backend> ResNet<B> {
         let mut h = b.max_pool2d_fwd(&h0, 3, 2, 1)?;
         drop(h0);
         let mut stages = Vec::with_capacity(self.stages.len());
-        for stage in &mut self.stages {
-            let input = h.clone();
+        for (s, stage) in self.stages.iter_mut().enumerate() {
+            let input = (mode == ActivationMode::Saved || s > 0).then(|| h.clone());
             let mut blocks = Vec::with_capacity(stage.len());
             for block in stage.iter_mut() {
                 let (y, c) = block.forward_train(b, &h, mode)?;
@@ -518,14 +522,20 @@ impl<B: Backend> ResNet<B> {
     pub fn backward(&self, b: &B, dclips: &T<B>, c: ForwardCache<B>) -> Result<Vec<T<B>>, OpError> {
         let ForwardCache { image, stem, mut stages, last_dims, pooled } = c;
         let dframes = b.temporal_mean_bwd(dclips, self.frames)?;
-        let fc = b.linear_bwd(&dframes, &pooled, &self.fc_w)?;
-        drop(pooled);
-        let mut dh = b.global_avg_pool_bwd(&b.cast(&fc.dx, self.activations)?, last_dims)?;
+        let LinearGrads { dx: dfeatures, dw: dfc_w, db: dfc_b } =
+            b.linear_bwd(&dframes, &pooled, &self.fc_w)?;
+        drop((pooled, dframes));
+        let mut dh = b.global_avg_pool_bwd(&b.cast(&dfeatures, self.activations)?, last_dims)?;
+        drop(dfeatures);
         // Blocks run backwards; their gradients are collected per block and put back in
         // forward order at the end.
         let mut per_block = Vec::new();
         for stage in self.stages.iter().rev() {
             let StageCache { input, blocks: caches } = stages.pop().expect("a cache per stage");
+            let input = match input {
+                Some(x) => x,
+                None => b.max_pool2d_fwd(&self.stem.output(b, &stem)?, 3, 2, 1)?,
+            };
             // Every block's input and output, [x₀, x₁, …, xₙ]: kept ("saved") or
             // recomputed from the stage's input ("lean"), dropped as backward passes them.
             let mut io = vec![input];
@@ -537,7 +547,7 @@ impl<B: Backend> ResNet<B> {
                 let out = io.pop().expect("a block's output");
                 let x = io.last().expect("a block's input");
                 let mut g = Vec::new();
-                dh = block.backward(b, &dh, cache, x, out, &mut g)?;
+                dh = block.backward(b, dh, cache, x, out, &mut g)?;
                 per_block.push(g);
             }
         }
@@ -545,11 +555,11 @@ impl<B: Backend> ResNet<B> {
         let dstem = b.max_pool2d_bwd(&stem_out, &dh, 3, 2, 1)?;
         drop((stem_out, dh));
         // The image needs no gradient: the stem computes its parameters' only.
-        let (_, gstem) = self.stem.parameter_backward(b, &dstem, stem, &image)?;
+        let (_, gstem) = self.stem.parameter_backward(b, dstem, stem, &image)?;
         let mut grads: Vec<T<B>> = gstem.into_iter().collect();
         grads.extend(per_block.into_iter().rev().flatten());
-        grads.push(fc.dw);
-        grads.push(fc.db);
+        grads.push(dfc_w);
+        grads.push(dfc_b);
         Ok(grads)
     }
 

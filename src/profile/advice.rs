@@ -110,14 +110,12 @@ fn num_workers(config: &Config, r: &ProfileReport) -> Option<Advice> {
     })
 }
 
-fn pin_memory(config: &Config, r: &ProfileReport) -> Option<Advice> {
-    let d = &config.dataloader;
-    let prefetched = raw_batch_bytes(config, r) * d.prefetch_factor as u64 * d.num_workers.max(1) as u64;
-    let available = available_host(r);
-    (d.pin_memory && prefetched > available / 10).then(|| {
+fn pin_memory(_: &Config, r: &ProfileReport) -> Option<Advice> {
+    let (pinned, available) = (r.host_plan.pinned, available_host(r));
+    (pinned > available / 10).then(|| {
         Advice::Warning(format!(
-            "pin_memory = true would pin {} of prefetched batches, more than 10% of the {} available: set pin_memory = false",
-            format_bytes(prefetched),
+            "pin_memory = true pins {} for its staging ring, more than 10% of the {} available: set pin_memory = false",
+            format_bytes(pinned),
             format_bytes(available)
         ))
     })

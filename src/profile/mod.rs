@@ -1,9 +1,11 @@
 //! `dfengine profile`: what the machine has (`facts`), what a training step of the config
-//! will need and a rehearsal of it through the pool (`rehearsal`), what to change
+//! will need and a rehearsal of it through the pool (`rehearsal`), the host memory the
+//! loader, staging and frame cache take (`host_plan`), what to change
 //! (`advice`, one function per rule), and the report a user reads (`render`).
 
 mod advice;
 mod facts;
+mod host_plan;
 mod rehearsal;
 mod render;
 mod yardstick;
@@ -16,6 +18,7 @@ use crate::model::footprint::{
 };
 
 pub use facts::{DeviceReport, HostReport, KernelFigure, REFERENCE_CARD_BYTES};
+pub use host_plan::HostPlan;
 pub use rehearsal::Rehearsal;
 pub use yardstick::Yardstick;
 
@@ -39,6 +42,8 @@ pub struct ProfileReport {
     pub planned_per_frame: u64,
     /// PyTorch AMP's saved bytes for the same backbone and frame size, where measured.
     pub pytorch_amp: Option<Yardstick>,
+    /// Host memory beside the process: batches ahead, staging, the frame cache.
+    pub host_plan: HostPlan,
     pub largest_batch_size: Option<u64>,
     pub largest_max_frames: Option<u64>,
     pub rehearsal: Rehearsal,
@@ -58,6 +63,7 @@ pub fn profile(config: &Config) -> ProfileReport {
         plan_step(config, clips, frames, mixed, resolve_mode(config, clips, frames, mixed, budget)).total()
             <= budget
     };
+    let host_plan = HostPlan::of(config, machine.gpu.is_some());
     let mut report = ProfileReport {
         gpu: machine.gpu,
         gpu_missing: machine.gpu_missing,
@@ -74,9 +80,10 @@ pub fn profile(config: &Config) -> ProfileReport {
             (model_size(config).kept_per_frame(mode) + 3 * side * side) * if mixed { 2 } else { 4 }
         },
         pytorch_amp: yardstick::pytorch_amp(config.model.backbone, config.model.input_size),
+        host_plan,
         largest_batch_size: largest_fitting(SEARCH_LIMIT, |b| fits(b, frames)),
         largest_max_frames: largest_fitting(SEARCH_LIMIT, |f| fits(batch, f)),
-        rehearsal: rehearsal::rehearse(config, &footprint, budget, batch * frames, mixed),
+        rehearsal: rehearsal::rehearse(config, budget, batch, frames, mixed, mode),
         kernels: facts::cpu_conv_figure(config).into_iter().collect(),
         suggestions: Vec::new(),
         warnings: Vec::new(),

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::memory::{HostBacking, Pool, PoolError, PoolStats};
-use crate::model::footprint::{Footprint, replay, step_events};
+use crate::model::footprint::{ActivationMode, PlanDevice, Schedule, replay};
 
 #[derive(Debug, Serialize)]
 pub struct Rehearsal {
@@ -17,10 +17,17 @@ pub struct Rehearsal {
     pub failure: Option<String>,
 }
 
-/// Allocates the weights, gradients and optimizer state once, then a planned step's
-/// tensors twice through a pool, as a training loop would, on host memory (nothing is
-/// touched, so nothing is committed).
-pub fn rehearse(config: &Config, footprint: &Footprint, budget: u64, frames: u64, mixed: bool) -> Rehearsal {
+/// Allocates the run's resident tensors (weights, optimizer state) once, then a planned
+/// step's tensors twice through a pool, as a training loop would, on host memory (nothing
+/// is touched, so nothing is committed).
+pub fn rehearse(
+    config: &Config,
+    budget: u64,
+    clips: u64,
+    frames: u64,
+    mixed: bool,
+    mode: ActivationMode,
+) -> Rehearsal {
     let granule = 2 << 20;
     let failed =
         |e: String| Rehearsal { stats: PoolStats::default(), maps_in_second_step: 0, failure: Some(e) };
@@ -28,16 +35,15 @@ pub fn rehearse(config: &Config, footprint: &Footprint, budget: u64, frames: u64
         Ok(b) => Pool::new(b, budget as usize),
         Err(e) => return failed(e.to_string()),
     };
-    let events = step_events(config, frames, mixed);
-    // The weights, gradients and optimizer state stay allocated for the whole run.
-    let mut result: Result<(), PoolError> = [footprint.weights, footprint.gradients, footprint.optimizer]
-        .into_iter()
-        .try_for_each(|bytes| pool.alloc(bytes as usize, 0).map(drop));
+    let schedule = Schedule::of(PlanDevice::ANY_GPU, config, clips, frames, mixed, mode);
+    // The weights and optimizer state stay allocated for the whole run.
+    let mut result: Result<(), PoolError> =
+        schedule.resident.iter().try_for_each(|&bytes| pool.alloc(bytes, 0).map(drop));
     let mut maps_in_second_step = 0;
     if result.is_ok() {
-        result = replay(&mut pool, &events);
+        result = replay(&mut pool, &schedule.step);
         let maps_before = pool.stats().num_device_alloc;
-        result = result.and_then(|_| replay(&mut pool, &events));
+        result = result.and_then(|_| replay(&mut pool, &schedule.step));
         maps_in_second_step = pool.stats().num_device_alloc - maps_before;
     }
     Rehearsal { maps_in_second_step, stats: pool.stats(), failure: result.err().map(|e| e.to_string()) }

@@ -72,6 +72,28 @@ impl ProfileReport {
             self.budget_source,
             100.0 * self.footprint.total() as f64 / self.budget.max(1) as f64
         ));
+        let hp = &self.host_plan;
+        line("Planned host memory (beside the process)".into());
+        line(format!(
+            "  batches ahead: {} × {} = {} (num_workers × prefetch_factor micro-batches, {})",
+            hp.prefetched_batches,
+            format_bytes(hp.batch_bytes),
+            format_bytes(hp.prefetched()),
+            if hp.stored_frames { "u8 frames for the GPU's preprocessing" } else { "FP32 input" }
+        ));
+        line(format!(
+            "  page-locked staging: {}",
+            if hp.pinned > 0 {
+                format!("{} (pin_memory = true: two slots of the largest upload)", format_bytes(hp.pinned))
+            } else {
+                "none (pin_memory = false, or no GPU)".into()
+            }
+        ));
+        line(format!(
+            "  frame cache in memory: {}",
+            if hp.frame_cache > 0 { format!("up to {}", format_bytes(hp.frame_cache)) } else { "off".into() }
+        ));
+        line(format!("  total {} of {} available", format_bytes(hp.total()), format_bytes(h.total.saturating_sub(h.used))));
         let s = &self.rehearsal.stats;
         line("Pool (one planned step rehearsed twice, host memory)".into());
         line(format!(
