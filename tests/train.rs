@@ -2,7 +2,8 @@
 //! above chance) and writes its run folder; eval reads the checkpoint back; an allocation
 //! budget too small for the micro-batch makes the governor shrink it without changing
 //! the effective batch, and the loss curve follows the unshrunk run; a run stopped
-//! mid-epoch and resumed continues with the same batches and the same losses.
+//! mid-epoch and resumed continues with the same batches and the same losses; with
+//! `mixed_precision = true` (FP16 activations) it learns as well as in FP32.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -104,6 +105,21 @@ fn shortened_quick_demo_learns_and_eval_reads_its_checkpoint() {
     );
     let rows = std::fs::read_to_string(&csv).unwrap().lines().count();
     assert_eq!(rows as u64, 1 + summary["test"]["clips"].as_u64().unwrap(), "a header and one row per clip");
+}
+
+#[test]
+fn quick_demo_learns_as_well_with_mixed_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let auc = |mixed: bool| {
+        let mut c = demo(&dir.path().join(format!("mixed-{mixed}")), 200, 2);
+        c.train.mixed_precision = mixed;
+        let (summary, losses, _) = train(CpuBackend::with_budget(1 << 30).unwrap(), c, RunOptions::default());
+        let auc = summary.val.expect("a validated run").clip_auc;
+        assert!(auc > 0.9, "mixed_precision = {mixed}: val clip AUC {auc}; losses {losses:?}");
+        auc
+    };
+    let (fp32, fp16) = (auc(false), auc(true));
+    assert!((fp32 - fp16).abs() <= 0.1, "val clip AUC {fp32} in FP32, {fp16} with mixed precision");
 }
 
 #[test]

@@ -152,6 +152,22 @@ fn quick_demo_trains_on_the_cuda_backend_cuda() {
 }
 
 #[test]
+fn quick_demo_learns_with_mixed_precision_cuda() {
+    // FP16 activations end to end on the GPU kernels, against the CPU backend's FP16
+    // storage on the same config: both learn, to the same AUC within the seeds' spread.
+    let Some(_gpu) = common::gpu_device() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (gpu_run, cpu_run) = (dir.path().join("cuda"), dir.path().join("cpu"));
+    let mixed = [shortened(), ["--set", "train.mixed_precision=true"].map(String::from).to_vec()].concat();
+    train("cuda", &gpu_run, &mixed);
+    train("cpu", &cpu_run, &mixed);
+    let auc = |run: &Path| summary(run)["val"]["clip_auc"].as_f64().unwrap();
+    let (gpu, cpu) = (auc(&gpu_run), auc(&cpu_run));
+    assert!(gpu >= MIN_VAL_AUC && cpu >= MIN_VAL_AUC, "val clip AUC {gpu} on CUDA, {cpu} on the CPU");
+    assert!((gpu - cpu).abs() <= 1.0 - MIN_VAL_AUC, "val clip AUC {gpu} on CUDA, {cpu} on the CPU");
+}
+
+#[test]
 fn out_of_memory_under_a_small_budget_shrinks_the_micro_batch_cuda() {
     let Some(_gpu) = common::gpu_device() else { return };
     let dir = tempfile::tempdir().unwrap();
