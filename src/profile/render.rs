@@ -93,7 +93,11 @@ impl ProfileReport {
             "  frame cache in memory: {}",
             if hp.frame_cache > 0 { format!("up to {}", format_bytes(hp.frame_cache)) } else { "off".into() }
         ));
-        line(format!("  total {} of {} available", format_bytes(hp.total()), format_bytes(h.total.saturating_sub(h.used))));
+        line(format!(
+            "  total {} of {} available",
+            format_bytes(hp.total()),
+            format_bytes(h.total.saturating_sub(h.used))
+        ));
         let s = &self.rehearsal.stats;
         line("Pool (one planned step rehearsed twice, host memory)".into());
         line(format!(
