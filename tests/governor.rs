@@ -140,7 +140,7 @@ fn a_switch_the_run_cannot_make_is_passed_over_unlogged() {
     use dfengine::memory::governor::Switches;
     let mut g = Governor::new(config());
     // Preprocessing on the CPU already; one batch per worker ahead already.
-    g.set_switches(Switches { preprocess_to_cpu: false, fewer_prefetch: false });
+    g.set_switches(Switches { preprocess_to_cpu: false, fewer_prefetch: false, lean_activations: false });
     let actions = run(&mut g, &[sample(Some(0.95), 0.3); 3], 1);
     assert_eq!(actions, [Action::TrimPool, Action::ClearCaches, Action::ShrinkMicroBatch(plan(3, 4))]);
     let actions = run(&mut g, &[sample(Some(0.3), 0.3); 12], 10);
@@ -148,4 +148,37 @@ fn a_switch_the_run_cannot_make_is_passed_over_unlogged() {
     assert_eq!(g.level(), 0);
     let actions = run(&mut g, &[sample(Some(0.3), 0.9); 3], 30);
     assert_eq!(actions, [Action::TrimPool, Action::ClearCaches, Action::ShrinkMicroBatch(plan(3, 4))]);
+}
+
+#[test]
+fn lean_activations_come_before_the_first_shrink_and_go_after_the_last_grow() {
+    use dfengine::memory::governor::Switches;
+    let mut g = Governor::new(config());
+    // "auto" chose saved activations: the run can turn them lean.
+    g.set_switches(Switches { preprocess_to_cpu: true, fewer_prefetch: true, lean_activations: true });
+    let actions = run(&mut g, &[sample(Some(0.95), 0.3); 5], 1);
+    assert_eq!(
+        actions,
+        [
+            Action::TrimPool,
+            Action::ClearCaches,
+            Action::PreprocessOnCpu,
+            Action::LeanActivations,
+            Action::ShrinkMicroBatch(plan(3, 4)),
+        ]
+    );
+    assert_eq!(g.log()[3].action.to_string(), "keep lean activations (recomputed in backward)");
+    // An out-of-memory shrinks (the step is redone at once; no switch of modes inside it).
+    assert_eq!(g.on_out_of_memory(6, "test"), Ok(plan(1, 12)));
+    let actions = run(&mut g, &[sample(Some(0.3), 0.3); 18], 10);
+    assert_eq!(
+        actions,
+        [
+            Action::GrowMicroBatch(plan(3, 4)),
+            Action::GrowMicroBatch(plan(6, 2)),
+            Action::SavedActivations,
+            Action::PreprocessOnGpu,
+        ]
+    );
+    assert_eq!(g.level(), 0);
 }

@@ -4,8 +4,10 @@
 //! batches ahead after "prefetch fewer batches" and more again after "restore
 //! prefetching", the steps after "preprocess on the CPU" upload the FP32 input instead of
 //! the u8 frames and those after "on the GPU again" the frames again — and an action the
-//! run cannot carry out (moving preprocessing that already runs on the CPU) is not logged.
-//! One body, run on the CPU backend and on the CUDA backend (the software GPU in CI).
+//! run cannot carry out (moving preprocessing that already runs on the CPU) is not logged;
+//! "keep lean activations" turns the steps lean until calm brings "saved" back, and on
+//! the CPU backend each lean step's pool peak is below every saved step's. Each body runs
+//! on the CPU backend and on the CUDA backend (the software GPU in CI).
 
 mod common;
 
@@ -198,4 +200,85 @@ fn governor_actions_take_effect_cuda() {
     // Uploads staged through page-locked memory on the copy stream, as `pin_memory = true`.
     let Some((b, _)) = common::cuda_backend_with(None, true) else { return };
     governor_actions_take_effect(b, true);
+}
+
+/// GPU pressure at the boundaries `HOT`, calm elsewhere.
+struct GpuHot {
+    k: usize,
+}
+
+const HOT: std::ops::Range<usize> = 1..4;
+
+impl MemorySource for GpuHot {
+    fn sample(&mut self, t: f64) -> MemorySample {
+        let gpu = if HOT.contains(&self.k) { 0.95 } else { 0.3 };
+        self.k += 1;
+        MemorySample {
+            t,
+            gpu: Some(DeviceMemory {
+                used: (gpu * 12.0 * GIB as f64) as u64,
+                total: 12 * GIB,
+                utilisation: None,
+            }),
+            host: HostMemory { used: 8 * GIB, total: 32 * GIB, process_rss: GIB },
+        }
+    }
+}
+
+/// (step, activation memory, pool peak) of each step record.
+fn modes(run: &Path) -> Vec<(u64, String, u64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "step")
+        .map(|v| {
+            let mode = v["activation_memory"].as_str().unwrap().to_string();
+            (v["step"].as_u64().unwrap(), mode, v["pool_peak"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// Preprocessing on the CPU already, so the third hot observation (trim, clear, the
+/// level-3 switch passed over) turns activations lean; `CALM` calm ones turn them back.
+fn lean_activations_take_effect<B: Backend>(b: B, peaks_separate: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = PathBuf::from(dir.path());
+    let c = demo(&out, PreprocessDevice::Cpu);
+    let splits = dfengine::data::splits::splits(&c).unwrap();
+    let mut mm = MemoryManager::start(&c, Box::new(GpuHot { k: 0 }), Some(&out)).unwrap();
+    let opts = RunOptions { quiet: true, max_steps: Some(12), ..Default::default() };
+    Trainer::new(b, c, splits, opts).unwrap().run(&mut mm).unwrap();
+    let log: Vec<(u64, Action)> = mm.governor().log().iter().map(|d| (d.step, d.action)).collect();
+    let at = |a: Action| log.iter().find(|(_, x)| *x == a).unwrap_or_else(|| panic!("{a} not in {log:?}")).0;
+    let (lean, saved) = (at(Action::LeanActivations), at(Action::SavedActivations));
+    assert_eq!(saved, lean + CALM as u64, "{log:?}");
+    // A decision at the boundary before step k (0-based) shows in record k + 1.
+    let records = modes(&out);
+    for (step, mode, _) in &records {
+        let want = if (lean + 1..=saved).contains(step) { "lean" } else { "saved" };
+        assert_eq!(mode, want, "step {step}: {records:?}");
+    }
+    if peaks_separate {
+        let peaks = |m: &str| records.iter().filter(|r| r.1 == m).map(|r| r.2).collect::<Vec<u64>>();
+        let (lean_max, saved_min) =
+            (*peaks("lean").iter().max().unwrap(), *peaks("saved").iter().min().unwrap());
+        assert!(
+            lean_max < saved_min,
+            "lean steps peaked at up to {lean_max} bytes, saved at {saved_min}: {records:?}"
+        );
+    }
+}
+
+#[test]
+fn lean_activations_take_effect_cpu() {
+    lean_activations_take_effect(common::cpu(), true);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn lean_activations_take_effect_cuda() {
+    // The demo's step on the CUDA backend peaks in kernel scratch, the same in either mode.
+    let Some((b, _)) = common::cuda_backend() else { return };
+    lean_activations_take_effect(b, false);
 }

@@ -106,6 +106,8 @@ pub trait Backend: Sync + Sized {
     /// Returns free memory of the pool to the system (the governor's first action);
     /// the bytes released.
     fn trim_pool(&self) -> usize;
+    /// Starts the pool's peaks over (a step's own peak is then `pool_stats()` after it).
+    fn reset_pool_peaks(&self);
     /// Page-locked host bytes held to stage uploads (`pin_memory = true` on a GPU).
     fn pinned_bytes(&self) -> usize {
         0

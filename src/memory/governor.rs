@@ -7,9 +7,12 @@
 //!   3. GPU pressure: preprocess on the CPU; host pressure: fewer prefetched batches —
 //!      each only where the run can make that switch (`Switches`); where it cannot,
 //!      this level is passed over without a word;
-//!   4. a smaller micro-batch with more accumulation steps — repeated while pressure lasts,
-//!      down to micro-batch 1. The effective batch (micro × accumulation) never changes:
-//!      micro-batches are always divisors of it.
+//!   4. first, where the run keeps "saved" activations because `activation_memory =
+//!      "auto"` found them to fit, lean activations (recomputed in backward: about 40%
+//!      less activation memory at the same micro-batch); then a smaller micro-batch with
+//!      more accumulation steps — repeated while pressure lasts, down to micro-batch 1. The
+//!      effective batch (micro × accumulation) never changes: micro-batches are always
+//!      divisors of it.
 //!
 //! After `calm_steps` consecutive calm observations (below threshold − `HYSTERESIS`) it
 //! steps back one level, undoing the most recent lasting change. Every action is logged
@@ -49,6 +52,8 @@ pub enum Action {
     PreprocessOnGpu,
     ReducePrefetch,
     RestorePrefetch,
+    LeanActivations,
+    SavedActivations,
     ShrinkMicroBatch(BatchPlan),
     GrowMicroBatch(BatchPlan),
 }
@@ -69,6 +74,8 @@ impl fmt::Display for Action {
             Action::PreprocessOnGpu => f.write_str("preprocess on the GPU again"),
             Action::ReducePrefetch => f.write_str("prefetch fewer batches"),
             Action::RestorePrefetch => f.write_str("restore prefetching"),
+            Action::LeanActivations => f.write_str("keep lean activations (recomputed in backward)"),
+            Action::SavedActivations => f.write_str("keep saved activations again"),
             Action::ShrinkMicroBatch(p) | Action::GrowMicroBatch(p) => {
                 let verb = if matches!(self, Action::ShrinkMicroBatch(_)) { "shrink" } else { "grow" };
                 write!(f, "{verb} to {p}")
@@ -91,13 +98,23 @@ impl fmt::Display for Decision {
     }
 }
 
-/// The level-3 switches a run can make: preprocessing can move to the CPU only when it
-/// runs on the GPU, and prefetching can only fall when more than one batch per worker is
-/// made ahead. The trainer says which, from its backend and config.
+/// The switches a run can make: preprocessing can move to the CPU only when it runs on
+/// the GPU, prefetching can only fall when more than one batch per worker is made ahead,
+/// and activations can turn lean only when "auto" chose "saved". The trainer says which,
+/// from its backend and config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Switches {
     pub preprocess_to_cpu: bool,
     pub fewer_prefetch: bool,
+    pub lean_activations: bool,
+}
+
+/// A lasting change above level 3, undone last-first when calm returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lasting {
+    /// The micro-batch shrank from this plan.
+    Shrunk(BatchPlan),
+    Lean,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +124,8 @@ pub enum ShrinkError {
 }
 
 /// Level 0 is calm; 1 trimmed; 2 caches cleared; 3 the level-3 switch is on; every level
-/// above 3 is one micro-batch shrink, so stepping back from there grows it again.
+/// above 3 is one lasting change (lean activations, or a micro-batch shrink), so stepping
+/// back from there undoes the latest.
 pub struct Governor {
     cfg: GovernorConfig,
     level: u32,
@@ -115,8 +133,8 @@ pub struct Governor {
     level3: Option<Action>,
     plan: BatchPlan,
     switches: Switches,
-    /// The plans each shrink replaced, most recent last: growing back is their exact inverse.
-    shrunk_from: Vec<BatchPlan>,
+    /// The changes above level 3, most recent last: stepping back is their exact inverse.
+    lasting: Vec<Lasting>,
     calm: u64,
     log: Vec<Decision>,
 }
@@ -125,20 +143,21 @@ impl Governor {
     pub fn new(cfg: GovernorConfig) -> Self {
         let micro = largest_divisor_at_most(cfg.effective_batch, cfg.micro_batch.max(1));
         let plan = BatchPlan { micro_batch: micro, accumulation: cfg.effective_batch / micro };
-        let switches = Switches { preprocess_to_cpu: true, fewer_prefetch: true };
+        let switches = Switches { preprocess_to_cpu: true, fewer_prefetch: true, lean_activations: false };
         Governor {
             cfg,
             level: 0,
             level3: None,
             plan,
             switches,
-            shrunk_from: Vec::new(),
+            lasting: Vec::new(),
             calm: 0,
             log: Vec::new(),
         }
     }
 
-    /// Which level-3 switches the run can carry out (both, until told otherwise).
+    /// Which switches the run can carry out (preprocessing and prefetching, until told
+    /// otherwise; lean activations only when told).
     pub fn set_switches(&mut self, switches: Switches) {
         self.switches = switches;
     }
@@ -192,7 +211,7 @@ impl Governor {
     /// of the effective batch), same effective batch. The caller frees the step's memory and redoes it with `plan()`.
     pub fn on_out_of_memory(&mut self, step: u64, detail: &str) -> Result<BatchPlan, ShrinkError> {
         let next = self.smaller_plan().ok_or(ShrinkError::AtMinimum)?;
-        self.shrunk_from.push(self.plan);
+        self.lasting.push(Lasting::Shrunk(self.plan));
         self.plan = next;
         self.level = self.level.max(3) + 1;
         self.calm = 0;
@@ -218,9 +237,13 @@ impl Governor {
                 self.level3 = Some(switch);
                 switch
             }
+            _ if self.switches.lean_activations && !self.lasting.contains(&Lasting::Lean) => {
+                self.lasting.push(Lasting::Lean);
+                Action::LeanActivations
+            }
             _ => match self.smaller_plan() {
                 Some(plan) => {
-                    self.shrunk_from.push(self.plan);
+                    self.lasting.push(Lasting::Shrunk(self.plan));
                     self.plan = plan;
                     Action::ShrinkMicroBatch(plan)
                 }
@@ -235,9 +258,12 @@ impl Governor {
 
     fn step_back(&mut self, step: u64, reason: String) {
         let undo = match self.level {
-            4.. => self.shrunk_from.pop().map(|previous| {
-                self.plan = previous;
-                Action::GrowMicroBatch(previous)
+            4.. => self.lasting.pop().map(|change| match change {
+                Lasting::Shrunk(previous) => {
+                    self.plan = previous;
+                    Action::GrowMicroBatch(previous)
+                }
+                Lasting::Lean => Action::SavedActivations,
             }),
             3 => match self.level3.take() {
                 Some(Action::PreprocessOnCpu) => Some(Action::PreprocessOnGpu),

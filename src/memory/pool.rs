@@ -220,6 +220,13 @@ impl<B: Backing> Pool<B> {
         s
     }
 
+    /// Starts the peaks over from what is held now (PyTorch's `reset_peak_memory_stats`):
+    /// the next `stats()` says the peaks since this call.
+    pub fn reset_peaks(&mut self) {
+        self.stats.peak_allocated_bytes = self.stats.allocated_bytes;
+        self.stats.peak_reserved_bytes = self.reserved();
+    }
+
     /// The most recent events, oldest first.
     pub fn timeline(&self) -> impl Iterator<Item = &PoolEvent> {
         self.timeline.iter()

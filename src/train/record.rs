@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::error::{TrainError, io_err};
 use super::metrics::Metrics;
+use crate::model::footprint::ActivationMode;
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize)]
@@ -27,6 +28,11 @@ pub enum Record {
         accumulation: u32,
         pool_allocated: u64,
         pool_reserved: u64,
+        /// The most the pool held allocated during this step.
+        pool_peak: u64,
+        /// What forward kept for backward: "saved" or "lean" (`activation_memory`, then
+        /// the governor).
+        activation_memory: ActivationMode,
         /// Bytes of network input handed to the backend this step: the stored u8 frames
         /// when the GPU preprocesses, else the FP16/FP32 input.
         input_bytes: u64,

@@ -21,14 +21,14 @@ use super::scaler::LossScaler;
 use super::schedule::Schedule;
 use super::step::{PreprocessOn, StepSettings, train_step};
 use crate::backend::ops::Backend;
-use crate::config::{Config, PreprocessDevice, VramBudget, format_bytes};
+use crate::config::{ActivationMemory, Config, PreprocessDevice, VramBudget, format_bytes};
 use crate::data::loader::{Batch, EpochLoader, LoaderControl, LoaderSettings, Pixels, Workers};
 use crate::data::sources::ClipSource;
 use crate::data::splits::Splits;
 use crate::memory::governor::{Action, Switches};
 use crate::memory::manager::MemoryManager;
 use crate::model::arch::ResNetSpec;
-use crate::model::footprint::resolve_mode;
+use crate::model::footprint::{ActivationMode, resolve_mode};
 use crate::model::resnet::ResNet;
 use crate::model::weights::{TensorFile, load_pretrained};
 use crate::tensor::DType;
@@ -232,6 +232,8 @@ impl<B: Backend> Trainer<B> {
         mm.governor().set_switches(Switches {
             preprocess_to_cpu: self.preprocess == PreprocessOn::Device,
             fewer_prefetch: self.config.dataloader.prefetch_factor > 1,
+            lean_activations: self.config.train.activation_memory == ActivationMemory::Auto
+                && self.net.activation_mode == ActivationMode::Saved,
         });
         for (split, source) in
             [("train", &self.splits.train), ("val", &self.splits.val), ("test", &self.splits.test)]
@@ -269,6 +271,11 @@ impl<B: Backend> Trainer<B> {
             }
             Action::ReducePrefetch | Action::RestorePrefetch => {
                 self.control.set_fewer_ahead(action == Action::ReducePrefetch);
+                None
+            }
+            Action::LeanActivations | Action::SavedActivations => {
+                let lean = action == Action::LeanActivations;
+                self.net.activation_mode = if lean { ActivationMode::Lean } else { ActivationMode::Saved };
                 None
             }
             // The plan `step_boundary` returned carries these.
@@ -341,6 +348,7 @@ impl<B: Backend> Trainer<B> {
         let settings =
             StepSettings { preprocess: self.preprocess, ..StepSettings::of(&self.config.train, lr) };
         let step = self.progress.step;
+        self.b.reset_pool_peaks();
         let t0 = Instant::now();
         let report = train_step(
             &self.b,
@@ -376,6 +384,8 @@ impl<B: Backend> Trainer<B> {
             accumulation: report.plan.accumulation,
             pool_allocated: pool.allocated_bytes as u64,
             pool_reserved: pool.reserved_bytes as u64,
+            pool_peak: pool.peak_allocated_bytes as u64,
+            activation_memory: self.net.activation_mode,
             input_bytes: report.input_bytes as u64,
             // A batch the loader threads preprocessed (made before a switch back to the
             // GPU) is uploaded as it is.

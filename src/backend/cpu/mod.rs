@@ -84,6 +84,10 @@ impl Backend for CpuBackend {
         self.pool().lock().unwrap_or_else(PoisonError::into_inner).stats()
     }
 
+    fn reset_pool_peaks(&self) {
+        self.pool().lock().unwrap_or_else(PoisonError::into_inner).reset_peaks();
+    }
+
     fn trim_pool(&self) -> usize {
         // A trim that fails leaves the pool as it was; the governor moves on to its next
         // measure, so there is nothing to report upwards.

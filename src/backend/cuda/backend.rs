@@ -127,6 +127,10 @@ impl Backend for CudaBackend {
         self.dev.pool().lock().unwrap_or_else(PoisonError::into_inner).stats()
     }
 
+    fn reset_pool_peaks(&self) {
+        self.dev.pool().lock().unwrap_or_else(PoisonError::into_inner).reset_peaks();
+    }
+
     fn trim_pool(&self) -> usize {
         // As on the CPU: a failed trim leaves the pool as it was, and the governor moves on.
         self.dev.pool().lock().unwrap_or_else(PoisonError::into_inner).trim(0).unwrap_or(0)
