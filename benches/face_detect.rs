@@ -16,8 +16,10 @@
 //! names a Python with torch and torchvision (default `python3`); without them the
 //! PyTorch side prints `skipped: ...`.
 
+#[path = "common/torch_script.rs"]
+mod torch_script;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use dfengine::data::clip::crop_resize;
@@ -90,25 +92,15 @@ fn torch_seconds(
     threads: usize,
     runs: usize,
 ) -> Result<(f64, f64, usize), String> {
-    let python = std::env::var("DFENGINE_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
-        .arg(repo("benches/face_detect_torch.py"))
-        .arg(raw)
-        .args(["--width", &WIDTH.to_string(), "--height", &HEIGHT.to_string()])
-        .args(["--frames", &FRAMES.to_string(), "--factor", &factor.to_string()])
-        .args(["--threads", &threads.to_string(), "--runs", &runs.to_string()])
-        .env("OMP_NUM_THREADS", threads.to_string())
-        // OpenMP's spinning barriers collapse when the cores are shared; rayon's sleep.
-        .env("OMP_WAIT_POLICY", "PASSIVE")
-        .output()
-        .map_err(|e| format!("cannot run {python}: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!("{python}: {}", err.trim().lines().last().unwrap_or("failed")));
+    let mut args = vec![raw.display().to_string()];
+    for (flag, v) in [("--width", WIDTH), ("--height", HEIGHT), ("--frames", FRAMES), ("--factor", factor)]
+        .into_iter()
+        .chain([("--threads", threads), ("--runs", runs)])
+    {
+        args.extend([flag.to_string(), v.to_string()]);
     }
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("{python}: unreadable output ({e})"))?;
-    let get = |k: &str| json[k].as_f64().ok_or_else(|| format!("{python}: no {k} in {json}"));
+    let json = torch_script::run("face_detect_torch.py", &args, threads)?;
+    let get = |k: &str| torch_script::number(&json, k);
     Ok((get("cpu_s")?, get("wall_s")?, get("faces")? as usize))
 }
 
