@@ -3,14 +3,22 @@
 //! runs `train_step` on the CPU backend (one micro-batch: the batch's images as clips of 16
 //! frames, so 2 clips at 112² and 1 at 224²); PyTorch runs benches/torch_cpu_train.py
 //! (torchvision resnet18, channels_last, BCE, AdamW, clip 1.0) as a subprocess. No loader:
-//! both sides time the step alone. Prints img/s (median step) for each and the ratio.
+//! both sides time the step alone.
+//!
+//! The sides take turns, a few rounds of a few steps each, so that a change in the load of
+//! a shared machine falls on both; each prints img/s of its fastest step (the least
+//! disturbed) and of its median step, and the ratios of both.
 //!
 //! `cargo bench --bench cpu_train_vs_torch`. `DFENGINE_TORCH_PYTHON` names the Python with
 //! torch (default `python3`); without torch the PyTorch side prints `skipped: ...`.
-//! `DFENGINE_BENCH_STEPS` sets the timed steps (default 3, after one warm-up step),
-//! `DFENGINE_BENCH_THREADS` the threads of both sides (default 2).
+//! `DFENGINE_BENCH_ROUNDS` (default 3) and `DFENGINE_BENCH_STEPS` (timed steps per round
+//! and side, default 3, after one warm-up step) set the work, `DFENGINE_BENCH_THREADS` the
+//! threads of both sides (default 2).
 
-use std::process::Command;
+// This bench reads the step times itself; the module's `number` serves other benches.
+#[path = "common/torch_script.rs"]
+mod torch_script;
+
 use std::time::Instant;
 
 use dfengine::backend::cpu::CpuBackend;
@@ -34,75 +42,108 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// dfengine's img/s: median seconds of `steps` optimizer steps after one warm-up.
-fn dfengine_img_s(side: usize, images: usize, steps: usize) -> f64 {
-    let b = CpuBackend::default();
-    let t = TrainConfig { mixed_precision: false, ..TrainConfig::default() };
-    let clips = images / FRAMES;
-    let mut net = ResNet::new(&b, ResNetSpec::of(Backbone::Resnet18), FRAMES, t.seed).unwrap();
-    let mut opt = Optimizer::new(&b, t.optimizer, t.weight_decay as f32, &net.trainable_mut()).unwrap();
-    let mut scaler = LossScaler::of(&t);
-    let plan = BatchPlan { micro_batch: clips as u32, accumulation: 1 };
-    let settings = StepSettings::of(&t, t.lr);
-    // A fixed input in roughly the normalized range, the same every step.
-    let n = clips * FRAMES * side * side * 3;
-    let pixels = (0..n).map(|i| ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0) - 1.0).collect();
-    let batch = Batch {
-        index: 0,
-        clips: (0..clips).collect(),
-        frames_per_clip: FRAMES,
-        side,
-        pixels: Pixels::Prepared(pixels),
-        targets: (0..clips).map(|i| (i % 2) as f32).collect(),
-    };
-    let mut times = Vec::new();
-    for i in 0..=steps {
-        let start = Instant::now();
-        let r = train_step(&b, &mut net, &mut opt, &mut scaler, &batch, plan, &settings, |_| None).unwrap();
-        assert!(!r.skipped && r.loss.is_finite(), "step {i}: loss {}", r.loss);
-        if i > 0 {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    (clips * FRAMES) as f64 / median(times)
+/// dfengine's side: a ResNet-18 and its optimizer, training on one fixed batch.
+struct Ours {
+    b: CpuBackend,
+    net: ResNet<CpuBackend>,
+    opt: Optimizer<CpuBackend>,
+    scaler: LossScaler,
+    settings: StepSettings,
+    plan: BatchPlan,
+    batch: Batch,
 }
 
-/// PyTorch's img/s from benches/torch_cpu_train.py, or why there is none.
-fn torch_img_s(side: usize, images: usize, steps: usize, threads: usize) -> Result<f64, String> {
-    let python = std::env::var("DFENGINE_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_cpu_train.py");
-    let out = Command::new(&python)
-        .arg(script)
-        .args(["--side", &side.to_string(), "--batch", &images.to_string()])
-        .args(["--steps", &steps.to_string(), "--threads", &threads.to_string()])
-        .env("OMP_NUM_THREADS", threads.to_string())
-        // OpenMP's spinning barriers collapse when the cores are shared (a 2-core VM under
-        // load: 3.4 img/s spinning against 15 passive at 224²); rayon's workers sleep too.
-        .env("OMP_WAIT_POLICY", "PASSIVE")
-        .output()
-        .map_err(|e| format!("cannot run {python}: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!("{python}: {}", err.trim().lines().last().unwrap_or("failed")));
+impl Ours {
+    fn new(side: usize, images: usize) -> Self {
+        let b = CpuBackend::default();
+        let t = TrainConfig { mixed_precision: false, ..TrainConfig::default() };
+        let clips = images / FRAMES;
+        let mut net = ResNet::new(&b, ResNetSpec::of(Backbone::Resnet18), FRAMES, t.seed).unwrap();
+        let opt = Optimizer::new(&b, t.optimizer, t.weight_decay as f32, &net.trainable_mut()).unwrap();
+        // A fixed input in roughly the normalized range, the same every step.
+        let n = clips * FRAMES * side * side * 3;
+        let pixels = (0..n).map(|i| ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0) - 1.0).collect();
+        let batch = Batch {
+            index: 0,
+            clips: (0..clips).collect(),
+            frames_per_clip: FRAMES,
+            side,
+            pixels: Pixels::Prepared(pixels),
+            targets: (0..clips).map(|i| (i % 2) as f32).collect(),
+        };
+        let mut ours = Ours {
+            b,
+            net,
+            opt,
+            scaler: LossScaler::of(&t),
+            settings: StepSettings::of(&t, t.lr),
+            plan: BatchPlan { micro_batch: clips as u32, accumulation: 1 },
+            batch,
+        };
+        ours.step();
+        ours
     }
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("{python}: unreadable output ({e})"))?;
-    json["img_per_s"].as_f64().ok_or_else(|| format!("{python}: no img_per_s in {json}"))
+
+    /// Seconds of one optimizer step.
+    fn step(&mut self) -> f64 {
+        let start = Instant::now();
+        let (net, opt, scaler) = (&mut self.net, &mut self.opt, &mut self.scaler);
+        let r =
+            train_step(&self.b, net, opt, scaler, &self.batch, self.plan, &self.settings, |_| None).unwrap();
+        assert!(!r.skipped && r.loss.is_finite(), "loss {}", r.loss);
+        start.elapsed().as_secs_f64()
+    }
+}
+
+/// Seconds of `steps` PyTorch steps (after a warm-up) from benches/torch_cpu_train.py, or
+/// why there are none.
+fn torch_steps(side: usize, images: usize, steps: usize, threads: usize) -> Result<Vec<f64>, String> {
+    let args = [("--side", side), ("--batch", images), ("--steps", steps), ("--threads", threads)];
+    let args: Vec<String> = args.iter().flat_map(|(k, v)| [k.to_string(), v.to_string()]).collect();
+    let json = torch_script::run("torch_cpu_train.py", &args, threads)?;
+    let times = json["step_s"].as_array().map(|a| a.iter().filter_map(|v| v.as_f64()).collect::<Vec<_>>());
+    times.filter(|t| !t.is_empty()).ok_or_else(|| format!("no step_s in the yardstick's output {json}"))
+}
+
+/// img/s of the fastest and of the median step.
+fn best_and_median(images: usize, times: Vec<f64>) -> (f64, f64) {
+    let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+    (images as f64 / best, images as f64 / median(times))
 }
 
 fn main() {
+    let rounds = env_usize("DFENGINE_BENCH_ROUNDS", 3).max(1);
     let steps = env_usize("DFENGINE_BENCH_STEPS", 3).max(1);
     let threads = env_usize("DFENGINE_BENCH_THREADS", 2).max(1);
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
-    println!("ResNet-18 FP32 AdamW training on the CPU, {threads} threads, median of {steps} steps — img/s");
-    println!("{:<16} {:>10} {:>10} {:>8}", "input", "dfengine", "pytorch", "ratio");
+    println!(
+        "ResNet-18 FP32 AdamW training on the CPU, {threads} threads, {rounds} rounds × {steps} steps per side \
+         in turns — img/s of the fastest step (median step)"
+    );
+    println!("{:<16} {:>15} {:>15} {:>15}", "input", "dfengine", "pytorch", "ratio");
     for (side, images) in [(112, 32), (224, 16)] {
-        let ours = dfengine_img_s(side, images, steps);
+        let mut ours = Ours::new(side, images);
+        let (mut our_times, mut their_times) = (Vec::new(), Ok(Vec::new()));
+        for _ in 0..rounds {
+            our_times.extend((0..steps).map(|_| ours.step()));
+            if let Ok(theirs) = &mut their_times {
+                match torch_steps(side, images, steps, threads) {
+                    Ok(t) => theirs.extend(t),
+                    Err(why) => their_times = Err(why),
+                }
+            }
+        }
+        let (best, med) = best_and_median(images, our_times);
         let label = format!("{side}², batch {images}");
-        match torch_img_s(side, images, steps, threads) {
-            Ok(theirs) => println!("{label:<16} {ours:>10.1} {theirs:>10.1} {:>7.2}×", ours / theirs),
+        let ours = format!("{best:.1} ({med:.1})");
+        match their_times {
+            Ok(t) => {
+                let (t_best, t_med) = best_and_median(images, t);
+                let ratio = format!("{:.2}× ({:.2}×)", best / t_best, med / t_med);
+                println!("{label:<16} {ours:>15} {:>15} {ratio:>15}", format!("{t_best:.1} ({t_med:.1})"));
+            }
             Err(why) => {
-                println!("{label:<16} {ours:>10.1} {:>10} {:>8}", "-", "-");
+                println!("{label:<16} {ours:>15} {:>15} {:>15}", "-", "-");
                 println!("  pytorch skipped: {why}");
             }
         }

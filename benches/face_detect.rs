@@ -100,7 +100,7 @@ fn torch_seconds(
         args.extend([flag.to_string(), v.to_string()]);
     }
     let json = torch_script::run("face_detect_torch.py", &args, threads)?;
-    let get = |k: &str| torch_script::number(&json, k);
+    let get = |k: &str| json[k].as_f64().ok_or_else(|| format!("no {k} in the yardstick's output {json}"));
     Ok((get("cpu_s")?, get("wall_s")?, get("faces")? as usize))
 }
 

@@ -13,8 +13,10 @@ use dfengine::backend::ops::Backend;
 type ConvCase = (usize, usize, usize, usize, usize, usize, [usize; 2], [usize; 2]);
 
 /// (N, H, W, C, K, R×S, stride, pad): odd sizes, stride 2 on odd inputs, 1×1 and 7×7
-/// windows, C = 3, pad 0/1/3, a 1×1 stride-1 case (the GEMM path), and N = 9 (wgrad
-/// splits the batch into chunks that 9 does not fill evenly).
+/// windows, C = 3, pad 0/1/3, 1×1 stride-1 cases (the GEMM path; C = 40 splits wgrad's
+/// columns between tasks), N = 9 (a batch that the CPU's groups of images do not fill
+/// evenly), and 2 × 48² pixels through a 7×7 window (the CPU's wgrad sums two blocks of
+/// rows, the first ending inside the second image).
 const CASES: &[ConvCase] = &[
     (2, 7, 5, 5, 6, 3, [1, 1], [1, 1]),
     (1, 11, 11, 3, 4, 7, [2, 2], [3, 3]),
@@ -24,6 +26,8 @@ const CASES: &[ConvCase] = &[
     (3, 5, 5, 2, 3, 3, [1, 1], [0, 0]),
     (9, 4, 5, 3, 2, 3, [2, 1], [1, 0]),
     (1, 1, 1, 7, 3, 1, [1, 1], [0, 0]),
+    (3, 5, 4, 40, 6, 1, [1, 1], [0, 0]),
+    (2, 48, 48, 3, 4, 7, [1, 1], [3, 3]),
 ];
 
 /// Cases like the first, second and seventh of `CASES` with K a multiple of 8, so that

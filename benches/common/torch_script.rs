@@ -23,8 +23,3 @@ pub fn run(script: &str, args: &[String], threads: usize) -> Result<serde_json::
     }
     serde_json::from_slice(&out.stdout).map_err(|e| format!("{python} {script}: unreadable output ({e})"))
 }
-
-/// The number `key` of a script's output.
-pub fn number(json: &serde_json::Value, key: &str) -> Result<f64, String> {
-    json[key].as_f64().ok_or_else(|| format!("no {key} in the yardstick's output {json}"))
-}

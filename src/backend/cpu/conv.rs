@@ -1,146 +1,263 @@
 //! conv2d on the CPU: forward, grad-input (dgrad) and grad-weight (wgrad), NHWC × KRSC.
 //!
-//! Each image is lowered to its im2col matrix `col` [P·Q, R·S·C] (one row per output
+//! The input is lowered to its im2col matrix `col` [N·P·Q, R·S·C] (one row per output
 //! pixel, the R×S×C window it sees, zeros where it hangs over the padding) and the
-//! convolution becomes a GEMM against the weights seen as [K, R·S·C]:
-//!   forward  y_n [PQ, K]   = col_n · Wᵀ
-//!   dgrad    dcol [PQ, RSC] = dy_n · W, then col2im adds each row back to its pixels
-//!   wgrad    dW [K, RSC]   = Σ_n dy_nᵀ · col_n
-//! 1×1, stride-1, unpadded convolutions skip the lowering: `col` is the input itself.
-//! Images run in parallel (rayon); wgrad sums fixed chunks of images and adds the chunk
-//! results in order, so the result does not depend on the thread count.
+//! convolution becomes GEMMs against the weights seen as [K, R·S·C]:
+//!   forward  y_b [B, K]        = col_b · Wᵀ     per block b of output rows, in parallel
+//!   dgrad    dcol_g [GPQ, RSC] = dy_g · W       per group g of images, in parallel, then
+//!                                               col2im adds each row back to its pixels
+//!   wgrad    dWᵀ [RSC, K]      = Σ_b col_bᵀ · dy_b, blocks b of output rows in order,
+//!                                               dWᵀ's rows split over the threads
+//! Only a block or a group is lowered at a time, into a per-thread scratch buffer (in
+//! wgrad each thread lowers just the columns its rows of dWᵀ read); 1×1, stride-1,
+//! unpadded convolutions skip the lowering (`col` is the input itself).
+//!
+//! Why blocks and groups of `GEMM_ROWS` rows or more: matrixmultiply packs both operands
+//! at every call, and per image the weights' packing outweighed the multiply on the
+//! small late maps (layer4 at 112²: 16 rows against 4608×512 weights ran at 40 GFLOP/s on
+//! one core, against 150–200 for a GEMM of 200+ rows). Forward blocks are also kept small
+//! enough to stay in L2 between im2col and the GEMM's packing. wgrad splits dWᵀ rather
+//! than the batch, so there are no partial sums to add, and each element of dW sums its
+//! pixels in the same order whatever the thread count.
+//!
+//! What limits it: matrixmultiply packs fast only when the operand's non-reduced index
+//! is the contiguous one. `col` (reduced over R·S·C, which is contiguous) takes its slow
+//! element-by-element packing in the forward whichever way round the product is written:
+//! at K = 64 that costs about a third of the forward GEMM (one core, 3136×576×64: 120
+//! GFLOP/s with row-major `col` against 195 column-major). wgrad reduces over the pixels
+//! and packs fast.
 //!
 //! Activations are FP32 or FP16 (`Elem`), the filter FP32 (an FP16 filter is widened by
-//! the caller, once): each image is widened to f32 on its own, multiplied in f32, and an
-//! FP16 output rounded once at the end, as the tensor-core kernels accumulate in FP32.
+//! the caller, once): each block or group is widened to f32 on its own, multiplied in
+//! f32, and an FP16 output rounded once at the end, as the tensor-core kernels
+//! accumulate in FP32.
+
+use std::cell::Cell;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::gemm::{MatRef, gemm};
 use super::storage::Elem;
+use super::window::Taps;
 use crate::backend::params::Conv2dGeom;
 
-/// wgrad splits the batch into this many chunks at most (partial sums held at once).
-const WGRAD_CHUNKS: usize = 8;
+/// The fewest GEMM rows (output pixels) worth one packing of the weights.
+const GEMM_ROWS: usize = 256;
+
+/// Elements of a lowered block that fit comfortably in a core's L2 cache (512 KiB of
+/// the 1 MiB of the machine measured).
+const LOWERED_BLOCK: usize = 128 << 10;
+
+/// The rows of matrixmultiply's AVX-512 micro-kernel tile (16×16): a block of rows that
+/// is not a multiple of it pays for a partly empty tile.
+const KERNEL_TILE: usize = 16;
 
 fn is_pointwise(g: &Conv2dGeom) -> bool {
     g.r == 1 && g.s == 1 && g.stride == [1, 1] && g.pad == [0, 0]
 }
 
-/// Writes image `x_n` [H, W, C] lowered to `col` [P·Q, R·S·C].
-fn im2col(g: &Conv2dGeom, x_n: &[f32], col: &mut [f32]) {
-    let rsc = g.r * g.s * g.c;
-    col.par_chunks_mut(g.q * rsc).enumerate().for_each(|(p, rows)| {
-        for q in 0..g.q {
-            let row = &mut rows[q * rsc..(q + 1) * rsc];
-            for r in 0..g.r {
-                let h = (p * g.stride[0] + r) as isize - g.pad[0] as isize;
-                for s in 0..g.s {
-                    let w = (q * g.stride[1] + s) as isize - g.pad[1] as isize;
-                    let dst = &mut row[(r * g.s + s) * g.c..(r * g.s + s + 1) * g.c];
-                    if h < 0 || h >= g.h as isize || w < 0 || w >= g.w as isize {
-                        dst.fill(0.0);
-                    } else {
-                        let at = (h as usize * g.w + w as usize) * g.c;
-                        dst.copy_from_slice(&x_n[at..at + g.c]);
-                    }
-                }
-            }
-        }
-    });
+/// Output rows per wgrad block, fixed by the shapes alone since the blocks set the order
+/// of the sums: at least `GEMM_ROWS`, and more while a thread's share of the block's
+/// lowering (half its columns on the two cores measured) stays within `LOWERED_BLOCK`
+/// elements.
+fn wgrad_rows(g: &Conv2dGeom) -> usize {
+    GEMM_ROWS.max(2 * LOWERED_BLOCK / (g.r * g.s * g.c).max(1))
 }
 
-/// Adds `dcol` [P·Q, R·S·C] back onto image `dx_n` [H, W, C] (which it overwrites).
-fn col2im(g: &Conv2dGeom, dcol: &[f32], dx_n: &mut [f32]) {
-    dx_n.fill(0.0);
-    let rsc = g.r * g.s * g.c;
-    for p in 0..g.p {
-        for q in 0..g.q {
-            let row = &dcol[(p * g.q + q) * rsc..(p * g.q + q + 1) * rsc];
-            for r in 0..g.r {
-                let h = (p * g.stride[0] + r) as isize - g.pad[0] as isize;
-                if h < 0 || h >= g.h as isize {
-                    continue;
-                }
-                for s in 0..g.s {
-                    let w = (q * g.stride[1] + s) as isize - g.pad[1] as isize;
-                    if w < 0 || w >= g.w as isize {
-                        continue;
-                    }
-                    let at = (h as usize * g.w + w as usize) * g.c;
-                    let src = &row[(r * g.s + s) * g.c..(r * g.s + s + 1) * g.c];
-                    dx_n[at..at + g.c].iter_mut().zip(src).for_each(|(d, v)| *d += v);
-                }
+/// The images that the output rows `rows` (counted across the batch) fall in, and those
+/// rows counted from the first of them.
+fn block_images(g: &Conv2dGeom, rows: &Range<usize>) -> (Range<usize>, Range<usize>) {
+    let pq = g.p * g.q;
+    let first = rows.start / pq * pq;
+    (rows.start / pq..rows.end.div_ceil(pq), rows.start - first..rows.end - first)
+}
+
+/// Tasks for `work` units of `per_task` at most: a multiple of the thread count, so
+/// that the threads share them evenly.
+fn tasks(work: usize, per_task: usize) -> usize {
+    work.div_ceil(per_task).next_multiple_of(rayon::current_num_threads()).max(1)
+}
+
+/// Images per parallel task (one GEMM) in dgrad: the fewest that make `GEMM_ROWS` rows,
+/// fewer where that evens the tasks out between the threads (the grouping does not
+/// change the results).
+fn images_per_task(g: &Conv2dGeom) -> usize {
+    let per_gemm = GEMM_ROWS.div_ceil(g.p * g.q).clamp(1, g.n.max(1));
+    g.n.div_ceil(tasks(g.n, per_gemm)).max(1)
+}
+
+/// Output rows per forward task: at least `GEMM_ROWS`, and more while the lowered block
+/// stays within `LOWERED_BLOCK` elements, so that the GEMM packs it from the cache
+/// im2col wrote it to (a whole lowered image, 1.8 MB at layer1 of 112², did not fit).
+fn rows_per_block(g: &Conv2dGeom) -> usize {
+    let rows = g.n * g.p * g.q;
+    rows.div_ceil(tasks(rows, GEMM_ROWS.max(LOWERED_BLOCK / (g.r * g.s * g.c).max(1)))).max(1)
+}
+
+/// Writes the columns `cols` (of R·S·C) of the rows from `first` on (output pixels,
+/// counted across the images of `x` [N, H, W, C]) of the lowering into `col` [rows,
+/// cols.len()]: per filter row, the taps inside the input are one contiguous run of x,
+/// copied whole, and the rest zeros.
+fn im2col(g: &Conv2dGeom, x: &[f32], first: usize, cols: Range<usize>, col: &mut [f32]) {
+    let (hwc, pq, sc) = (g.h * g.w * g.c, g.p * g.q, g.s * g.c);
+    for (row, dst_row) in (first..).zip(col.chunks_exact_mut(cols.len())) {
+        let x_n = &x[row / pq * hwc..][..hwc];
+        let along_h = Taps::of(row % pq / g.q, g.stride[0], g.pad[0], g.r, g.h);
+        let along_w = Taps::of(row % g.q, g.stride[1], g.pad[1], g.s, g.w);
+        for r in cols.start / sc..cols.end.div_ceil(sc) {
+            // This filter row's columns within `cols`, and the run of them inside x.
+            let seg = (r * sc).max(cols.start)..((r + 1) * sc).min(cols.end);
+            let dst = &mut dst_row[seg.start - cols.start..seg.end - cols.start];
+            if !along_h.taps.contains(&r) {
+                dst.fill(0.0);
+                continue;
+            }
+            let run_from = r * sc + along_w.taps.start * g.c;
+            let run = run_from.clamp(seg.start, seg.end)
+                ..(r * sc + along_w.taps.end * g.c).clamp(seg.start, seg.end);
+            let (lo, hi) = (run.start - seg.start, run.end - seg.start);
+            dst[..lo].fill(0.0);
+            dst[hi..].fill(0.0);
+            if !run.is_empty() {
+                let h = along_h.first + r - along_h.taps.start;
+                let at = (h * g.w + along_w.first) * g.c + run.start - run_from;
+                dst[lo..hi].copy_from_slice(&x_n[at..at + run.len()]);
             }
         }
     }
 }
 
-/// y [N, P, Q, K] = conv(x [N, H, W, C], w [K, R, S, C]).
+/// Adds `dcol` [P·Q, R·S·C] back onto image `dx_n` [H, W, C] (which it overwrites), one
+/// contiguous run of taps per filter row.
+fn col2im(g: &Conv2dGeom, dcol: &[f32], dx_n: &mut [f32]) {
+    dx_n.fill(0.0);
+    let (rsc, sc) = (g.r * g.s * g.c, g.s * g.c);
+    for (pq, row) in dcol.chunks_exact(rsc).enumerate() {
+        let along_h = Taps::of(pq / g.q, g.stride[0], g.pad[0], g.r, g.h);
+        let along_w = Taps::of(pq % g.q, g.stride[1], g.pad[1], g.s, g.w);
+        let (lo, hi) = (along_w.taps.start * g.c, along_w.taps.end * g.c);
+        for (r, h) in along_h.taps.clone().zip(along_h.inputs()) {
+            let at = (h * g.w + along_w.first) * g.c;
+            let src = &row[r * sc + lo..r * sc + hi];
+            dx_n[at..at + hi - lo].iter_mut().zip(src).for_each(|(d, v)| *d += v);
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's buffer for a lowered group, kept between calls: allocating and
+    /// zeroing a fresh one per group cost about as much as the lowering itself.
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer cut to `len` elements of unspecified value.
+/// A call nested inside `f` on the same thread (rayon runs other tasks while it waits)
+/// finds the buffer taken and uses a new one.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.take();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let out = f(&mut buf[..len]);
+    SCRATCH.set(buf);
+    out
+}
+
+/// Runs `f` on the rows `rows` and columns `cols` of the GEMM operand `col` [N·P·Q,
+/// R·S·C] of images `x`: a view of x itself for a pointwise conv, else that part
+/// lowered by im2col into this thread's scratch.
+fn with_lowered<R>(
+    g: &Conv2dGeom,
+    x: &[f32],
+    rows: Range<usize>,
+    cols: Range<usize>,
+    f: impl FnOnce(MatRef) -> R,
+) -> R {
+    let rsc = g.r * g.s * g.c;
+    if is_pointwise(g) {
+        let data = &x[rows.start * rsc + cols.start..];
+        return f(MatRef { data, rows: rows.len(), cols: cols.len(), row_stride: rsc, col_stride: 1 });
+    }
+    with_scratch(rows.len() * cols.len(), |col| {
+        im2col(g, x, rows.start, cols.clone(), col);
+        f(MatRef::row_major(col, rows.len(), cols.len()))
+    })
+}
+
+/// y [N, P, Q, K] = conv(x [N, H, W, C], w [K, R, S, C]), in blocks of output rows
+/// (`rows_per_block`) across the images, one task each.
 pub fn conv2d_fwd<E: Elem>(g: &Conv2dGeom, x: &[E], w: &[f32], y: &mut [E]) {
-    let (hwc, pq, rsc) = (g.h * g.w * g.c, g.p * g.q, g.r * g.s * g.c);
+    let (hwc, rsc, block) = (g.h * g.w * g.c, g.r * g.s * g.c, rows_per_block(g));
     let wt = MatRef::row_major(w, g.k, rsc).t();
-    y.par_chunks_mut(pq * g.k).zip(x.par_chunks(hwc)).for_each(|(y_n, x_n)| {
-        let x_n = E::widen(x_n);
-        E::through_f32(y_n, |y_n| {
-            if is_pointwise(g) {
-                gemm(1.0, MatRef::row_major(&x_n, pq, rsc), wt, 0.0, y_n);
-            } else {
-                let mut col = vec![0.0; pq * rsc];
-                im2col(g, &x_n, &mut col);
-                gemm(1.0, MatRef::row_major(&col, pq, rsc), wt, 0.0, y_n);
-            }
-        });
+    y.par_chunks_mut(block * g.k).enumerate().for_each(|(b, y_b)| {
+        let rows = b * block..b * block + y_b.len() / g.k;
+        let (images, local) = block_images(g, &rows);
+        let x_b = E::widen(&x[images.start * hwc..images.end * hwc]);
+        with_lowered(g, &x_b, local, 0..rsc, |col| E::through_f32(y_b, |y_b| gemm(1.0, col, wt, 0.0, y_b)));
     });
 }
 
 /// dx [N, H, W, C] = ∂(Σ y·dy)/∂x for y = conv(x, w).
 pub fn conv2d_dgrad<E: Elem>(g: &Conv2dGeom, dy: &[E], w: &[f32], dx: &mut [E]) {
-    let (hwc, pq, rsc) = (g.h * g.w * g.c, g.p * g.q, g.r * g.s * g.c);
+    let (hwc, pq, rsc, per) = (g.h * g.w * g.c, g.p * g.q, g.r * g.s * g.c, images_per_task(g));
     let wm = MatRef::row_major(w, g.k, rsc);
-    dx.par_chunks_mut(hwc).zip(dy.par_chunks(pq * g.k)).for_each(|(dx_n, dy_n)| {
-        let dy_n = E::widen(dy_n);
-        let dy_m = MatRef::row_major(&dy_n, pq, g.k);
-        E::through_f32(dx_n, |dx_n| {
+    dx.par_chunks_mut(per * hwc).zip(dy.par_chunks(per * pq * g.k)).for_each(|(dx_g, dy_g)| {
+        let dy_g = E::widen(dy_g);
+        let dy_m = MatRef::row_major(&dy_g, dy_g.len() / g.k, g.k);
+        E::through_f32(dx_g, |dx_g| {
             if is_pointwise(g) {
-                gemm(1.0, dy_m, wm, 0.0, dx_n);
-            } else {
-                let mut dcol = vec![0.0; pq * rsc];
-                gemm(1.0, dy_m, wm, 0.0, &mut dcol);
-                col2im(g, &dcol, dx_n);
+                gemm(1.0, dy_m, wm, 0.0, dx_g);
+                return;
             }
+            with_scratch(dy_m.rows * rsc, |dcol| {
+                gemm(1.0, dy_m, wm, 0.0, dcol);
+                for (dx_n, dcol_n) in dx_g.chunks_exact_mut(hwc).zip(dcol.chunks_exact(pq * rsc)) {
+                    col2im(g, dcol_n, dx_n);
+                }
+            });
         });
     });
 }
 
 /// dw [K, R, S, C] = ∂(Σ y·dy)/∂w for y = conv(x, w).
 pub fn conv2d_wgrad<E: Elem>(g: &Conv2dGeom, x: &[E], dy: &[E], dw: &mut [f32]) {
-    let (hwc, pq, rsc) = (g.h * g.w * g.c, g.p * g.q, g.r * g.s * g.c);
-    let per_chunk = g.n.div_ceil(WGRAD_CHUNKS).max(1);
-    let partials: Vec<Vec<f32>> = (0..g.n)
-        .step_by(per_chunk)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|first| {
-            let mut acc = vec![0.0; g.k * rsc];
-            let mut col = if is_pointwise(g) { Vec::new() } else { vec![0.0; pq * rsc] };
-            for n in first..(first + per_chunk).min(g.n) {
-                let x_n = E::widen(&x[n * hwc..(n + 1) * hwc]);
-                let dy_n = E::widen(&dy[n * pq * g.k..(n + 1) * pq * g.k]);
-                let dy_t = MatRef::row_major(&dy_n, pq, g.k).t();
-                let cols = if is_pointwise(g) {
-                    &x_n[..]
-                } else {
-                    im2col(g, &x_n, &mut col);
-                    &col
-                };
-                gemm(1.0, dy_t, MatRef::row_major(cols, pq, rsc), 1.0, &mut acc);
+    let (hwc, rsc, block) = (g.h * g.w * g.c, g.r * g.s * g.c, wgrad_rows(g));
+    // One share of whole kernel tiles per thread (finer shares left the stem's last one
+    // with 3 of 147 rows).
+    let task_rows = rsc.div_ceil(KERNEL_TILE).div_ceil(rayon::current_num_threads()) * KERNEL_TILE;
+    let mut dw_t = vec![0.0f32; rsc * g.k];
+    // The blocks run on a pool thread, so that each one's split over the threads is a
+    // join inside the pool, not a job handed in from outside and waited for (a thread
+    // wake-up per block, ~100 blocks a call at layer1).
+    rayon::scope(|_| {
+        for (b, dy_b) in dy.chunks((block * g.k).max(1)).enumerate() {
+            let rows = b * block..b * block + dy_b.len() / g.k;
+            let (images, local) = block_images(g, &rows);
+            let (x_b, dy_b) = (E::widen(&x[images.start * hwc..images.end * hwc]), E::widen(dy_b));
+            let dy_m = MatRef::row_major(&dy_b, rows.len(), g.k);
+            // Each task lowers only the columns of col that its rows of dWᵀ need.
+            dw_t.par_chunks_mut((task_rows * g.k).max(1)).enumerate().for_each(|(t, dw_rows)| {
+                let cols = t * task_rows..t * task_rows + dw_rows.len() / g.k;
+                with_lowered(g, &x_b, local.clone(), cols, |col| gemm(1.0, col.t(), dy_m, 1.0, dw_rows));
+            });
+        }
+    });
+    transpose(&dw_t, rsc, g.k, dw);
+}
+
+/// `out` [cols, rows] = `m` [rows, cols]ᵀ, in square tiles so that each cache line read
+/// is used whole, rows of `out` in parallel.
+fn transpose(m: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+    const TILE: usize = 16;
+    out.par_chunks_mut((TILE * rows).max(1)).enumerate().for_each(|(t, out_t)| {
+        let first_col = t * TILE;
+        for i0 in (0..rows).step_by(TILE) {
+            for (j, out_j) in out_t.chunks_exact_mut(rows).enumerate() {
+                let i1 = (i0 + TILE).min(rows);
+                let src = m[i0 * cols + first_col + j..].iter().step_by(cols);
+                out_j[i0..i1].iter_mut().zip(src).for_each(|(o, &v)| *o = v);
             }
-            acc
-        })
-        .collect();
-    dw.fill(0.0);
-    for partial in &partials {
-        dw.iter_mut().zip(partial).for_each(|(d, p)| *d += p);
-    }
+        }
+    });
 }

@@ -14,6 +14,7 @@ pub mod norm;
 pub mod optim;
 pub mod pooling;
 pub mod storage;
+pub mod window;
 
 use std::sync::{Arc, PoisonError};
 
@@ -49,9 +50,17 @@ impl CpuBackend {
     }
 
     /// A zeroed tensor of `shape` and `dtype` from the pool.
-    fn alloc(&self, shape: impl Into<Shape>, dtype: DType) -> Result<CpuTensor, OpError> {
+    fn zeroed(&self, shape: impl Into<Shape>, dtype: DType) -> Result<CpuTensor, OpError> {
         let shape = shape.into();
         let buf = HostBuf::zeroed(self.pool(), shape.numel(), dtype).map_err(OpError::from)?;
+        Ok(Tensor::from_parts(shape, dtype, Arc::new(buf)))
+    }
+
+    /// An op's output tensor of `shape` and `dtype` from the pool, of stale values that
+    /// the op overwrites, every element of them (`HostBuf::for_overwrite`).
+    fn alloc(&self, shape: impl Into<Shape>, dtype: DType) -> Result<CpuTensor, OpError> {
+        let shape = shape.into();
+        let buf = HostBuf::for_overwrite(self.pool(), shape.numel(), dtype).map_err(OpError::from)?;
         Ok(Tensor::from_parts(shape, dtype, Arc::new(buf)))
     }
 
@@ -104,7 +113,7 @@ impl Backend for CpuBackend {
     }
 
     fn run_zeros(&self, shape: Shape, dtype: DType) -> Result<CpuTensor, OpError> {
-        self.alloc(shape, dtype)
+        self.zeroed(shape, dtype)
     }
 
     fn run_download(&self, t: &CpuTensor) -> Result<Vec<f32>, OpError> {
@@ -183,14 +192,14 @@ impl Backend for CpuBackend {
 
     fn run_conv2d_fwd(&self, g: &Conv2dGeom, x: &CpuTensor, w: &CpuTensor) -> Result<CpuTensor, OpError> {
         let mut y = self.alloc(g.y_dims(), x.dtype())?;
-        let w = w.storage().to_f32_vec();
+        let w = w.storage().widened();
         with_elem!(x.dtype(), E => conv::conv2d_fwd(g, x.storage().get::<E>(), &w, unique(&mut y).get_mut::<E>()));
         Ok(y)
     }
 
     fn run_conv2d_dgrad(&self, g: &Conv2dGeom, dy: &CpuTensor, w: &CpuTensor) -> Result<CpuTensor, OpError> {
         let mut dx = self.alloc([g.n, g.h, g.w, g.c], dy.dtype())?;
-        let w = w.storage().to_f32_vec();
+        let w = w.storage().widened();
         with_elem!(dy.dtype(), E => conv::conv2d_dgrad(g, dy.storage().get::<E>(), &w, unique(&mut dx).get_mut::<E>()));
         Ok(dx)
     }

@@ -8,31 +8,53 @@
 //! Activations (x, y, dy, dx) are FP32 or FP16 (`Elem`); statistics, γ, β and their
 //! gradients are FP32, and all arithmetic is FP32 or f64, rounded once on store.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::storage::Elem;
 
 use crate::backend::params::{BatchNormParams, STATS_CHUNK_ROWS};
 
-/// Per-channel sums of `f(flat index, channel)` over M rows of C channels.
-fn channel_sums(m: usize, c: usize, f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
-    let partials: Vec<Vec<f64>> = (0..m.div_ceil(STATS_CHUNK_ROWS))
+/// Per-channel sums over M rows of C channels, `S` of them in one pass over memory:
+/// `add_rows(rows, sums)` adds the terms of the rows `rows` (at most one chunk) to
+/// `sums[s][channel]`, each row in order.
+fn channel_sums<const S: usize>(
+    m: usize,
+    c: usize,
+    add_rows: impl Fn(Range<usize>, &mut [Vec<f64>; S]) + Sync,
+) -> [Vec<f64>; S] {
+    let partials: Vec<[Vec<f64>; S]> = (0..m.div_ceil(STATS_CHUNK_ROWS))
         .into_par_iter()
         .map(|chunk| {
-            let mut acc = vec![0.0f64; c];
-            for row in chunk * STATS_CHUNK_ROWS..((chunk + 1) * STATS_CHUNK_ROWS).min(m) {
-                for (ch, a) in acc.iter_mut().enumerate() {
-                    *a += f(row * c + ch, ch);
-                }
-            }
+            let mut acc = std::array::from_fn(|_| vec![0.0f64; c]);
+            add_rows(chunk * STATS_CHUNK_ROWS..((chunk + 1) * STATS_CHUNK_ROWS).min(m), &mut acc);
             acc
         })
         .collect();
-    let mut total = vec![0.0f64; c];
+    let mut total = std::array::from_fn(|_| vec![0.0f64; c]);
     for p in &partials {
-        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+        for (t, p) in total.iter_mut().zip(p) {
+            t.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+        }
     }
     total
+}
+
+/// Adds each of the row-major rows of C channels `rows` to `sum`.
+fn add_values<E: Elem>(rows: &[E], sum: &mut [f64]) {
+    for row in rows.chunks_exact(sum.len()) {
+        sum.iter_mut().zip(row).for_each(|(s, v)| *s += v.to_f32() as f64);
+    }
+}
+
+/// Adds the squared deviations from `mean` of each of the rows `rows` to `sum`.
+fn add_squared_deviations<E: Elem>(rows: &[E], mean: &[f64], sum: &mut [f64]) {
+    for row in rows.chunks_exact(sum.len()) {
+        sum.iter_mut()
+            .zip(row.iter().zip(mean))
+            .for_each(|(s, (v, m))| *s += (v.to_f32() as f64 - m).powi(2));
+    }
 }
 
 /// Training-mode forward: normalises with the batch statistics, writes `y`, returns the
@@ -50,12 +72,11 @@ pub fn batch_norm_fwd_train<E: Elem>(
     y: &mut [E],
 ) -> (Vec<f32>, Vec<f32>) {
     let m = x.len() / c;
-    let mean: Vec<f64> =
-        channel_sums(m, c, |i, _| x[i].to_f32() as f64).into_iter().map(|s| s / m as f64).collect();
-    let var: Vec<f64> = channel_sums(m, c, |i, ch| (x[i].to_f32() as f64 - mean[ch]).powi(2))
-        .into_iter()
-        .map(|s| s / m as f64)
-        .collect();
+    let rows = |r: Range<usize>| &x[r.start * c..r.end * c];
+    let [sum] = channel_sums(m, c, |r, [sum]| add_values(rows(r), sum));
+    let mean: Vec<f64> = sum.into_iter().map(|s| s / m as f64).collect();
+    let [sum_sq] = channel_sums(m, c, |r, [sum]| add_squared_deviations(rows(r), &mean, sum));
+    let var: Vec<f64> = sum_sq.into_iter().map(|s| s / m as f64).collect();
     let invstd: Vec<f32> = var.iter().map(|&v| (1.0 / (v + params.eps as f64).sqrt()) as f32).collect();
     let mean32: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
     let mom = params.momentum as f64;
@@ -105,8 +126,11 @@ pub fn batch_norm_normalize<E: Elem>(
     relu: bool,
     y: &mut [E],
 ) {
+    // Vectors cut to C, so that the loops over a row's channels need no bounds checks.
+    let (mean, invstd, gamma, beta) = (&mean[..c], &invstd[..c], &gamma[..c], &beta[..c]);
     y.par_chunks_mut(STATS_CHUNK_ROWS * c).zip(x.par_chunks(STATS_CHUNK_ROWS * c)).for_each(|(yc, xc)| {
         for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
+            let (yr, xr) = (&mut yr[..c], &xr[..c]);
             for ch in 0..c {
                 let v = bn_value(xr[ch].to_f32(), mean[ch], invstd[ch], gamma[ch], beta[ch]);
                 yr[ch] = E::from_f32(if relu { v.max(0.0) } else { v });
@@ -173,39 +197,71 @@ fn bwd<E: Elem>(
     dx: &mut [E],
 ) -> (Vec<f32>, Vec<f32>) {
     let m = x.len() / c;
-    // The gradient reaching the normalisation: dy, zeroed where the fused ReLU clipped.
-    let g: Vec<f32> = match mask {
-        ReluMask::Output(y) => dy
-            .par_iter()
-            .zip(y.par_iter())
-            .map(|(d, v)| if v.to_f32() > 0.0 { d.to_f32() } else { 0.0 })
-            .collect(),
-        ReluMask::FromInput { beta } => dy
-            .par_iter()
-            .zip(x.par_iter())
-            .enumerate()
-            .map(|(i, (d, v))| {
-                let ch = i % c;
-                let y = bn_value(v.to_f32(), mean[ch], invstd[ch], gamma[ch], beta[ch]).max(0.0);
-                if E::from_f32(y).to_f32() > 0.0 { d.to_f32() } else { 0.0 }
-            })
-            .collect(),
-        ReluMask::None => dy.par_iter().map(|d| d.to_f32()).collect(),
-    };
-    let dbeta = channel_sums(m, c, |i, _| g[i] as f64);
-    let dgamma = channel_sums(m, c, |i, ch| g[i] as f64 * ((x[i].to_f32() - mean[ch]) * invstd[ch]) as f64);
+    let grad = Grad { dy, x, c, gamma, mean, invstd, mask };
+    // Two passes over memory: dβ and dγ together, then dx; the gradient reaching the
+    // normalisation is recomputed per row in each rather than stored.
+    let [dbeta, dgamma] = channel_sums(m, c, |rows, [db, dg]| {
+        let mut g = vec![0.0f32; c];
+        for row in rows {
+            grad.row(row, &mut g);
+            let x_row = x[row * c..(row + 1) * c].iter().zip(mean.iter().zip(invstd));
+            for ((db, dg), (&g, (v, (&mu, &is)))) in db.iter_mut().zip(dg.iter_mut()).zip(g.iter().zip(x_row))
+            {
+                *db += g as f64;
+                *dg += g as f64 * ((v.to_f32() - mu) * is) as f64;
+            }
+        }
+    });
     let (db32, dg32): (Vec<f32>, Vec<f32>) =
         dbeta.iter().zip(&dgamma).map(|(&b, &g)| ((b / m as f64) as f32, (g / m as f64) as f32)).unzip();
-    dx.par_chunks_mut(STATS_CHUNK_ROWS * c)
-        .zip(g.par_chunks(STATS_CHUNK_ROWS * c))
-        .zip(x.par_chunks(STATS_CHUNK_ROWS * c))
-        .for_each(|((dxc, gc), xc)| {
-            for ((dr, gr), xr) in dxc.chunks_exact_mut(c).zip(gc.chunks_exact(c)).zip(xc.chunks_exact(c)) {
+    // Vectors cut to C, so that the loop over a row's channels needs no bounds checks.
+    let (gamma, mean, invstd, db32, dg32) = (&gamma[..c], &mean[..c], &invstd[..c], &db32[..c], &dg32[..c]);
+    dx.par_chunks_mut(STATS_CHUNK_ROWS * c).zip(x.par_chunks(STATS_CHUNK_ROWS * c)).enumerate().for_each(
+        |(chunk, (dxc, xc))| {
+            let mut g = vec![0.0f32; c];
+            for (i, (dr, xr)) in dxc.chunks_exact_mut(c).zip(xc.chunks_exact(c)).enumerate() {
+                grad.row(chunk * STATS_CHUNK_ROWS + i, &mut g);
+                let (dr, xr, g) = (&mut dr[..c], &xr[..c], &g[..c]);
                 for ch in 0..c {
                     let xhat = (xr[ch].to_f32() - mean[ch]) * invstd[ch];
-                    dr[ch] = E::from_f32(gamma[ch] * invstd[ch] * (gr[ch] - db32[ch] - xhat * dg32[ch]));
+                    dr[ch] = E::from_f32(gamma[ch] * invstd[ch] * (g[ch] - db32[ch] - xhat * dg32[ch]));
                 }
             }
-        });
+        },
+    );
     (dgamma.iter().map(|&v| v as f32).collect(), dbeta.iter().map(|&v| v as f32).collect())
+}
+
+/// The gradient reaching the normalisation in backward: dy, zeroed where the fused ReLU
+/// clipped.
+struct Grad<'a, E> {
+    dy: &'a [E],
+    x: &'a [E],
+    c: usize,
+    gamma: &'a [f32],
+    mean: &'a [f32],
+    invstd: &'a [f32],
+    mask: ReluMask<'a, E>,
+}
+
+impl<E: Elem> Grad<'_, E> {
+    /// Writes the gradient of row `row` (C channels) into `g`.
+    fn row(&self, row: usize, g: &mut [f32]) {
+        let at = row * self.c..(row + 1) * self.c;
+        let dy = &self.dy[at.clone()];
+        match self.mask {
+            ReluMask::None => g.iter_mut().zip(dy).for_each(|(g, d)| *g = d.to_f32()),
+            ReluMask::Output(y) => g
+                .iter_mut()
+                .zip(dy.iter().zip(&y[at]))
+                .for_each(|(g, (d, v))| *g = if v.to_f32() > 0.0 { d.to_f32() } else { 0.0 }),
+            ReluMask::FromInput { beta } => {
+                for (ch, (g, (d, v))) in g.iter_mut().zip(dy.iter().zip(&self.x[at])).enumerate() {
+                    let y = bn_value(v.to_f32(), self.mean[ch], self.invstd[ch], self.gamma[ch], beta[ch])
+                        .max(0.0);
+                    *g = if E::from_f32(y).to_f32() > 0.0 { d.to_f32() } else { 0.0 };
+                }
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::storage::Elem;
+use super::window::Taps;
 use crate::backend::error::{OpError, shape_err};
 use crate::backend::params::Pool2dGeom;
 
@@ -30,37 +31,50 @@ pub fn ceil_mode_geom(x: [usize; 4], window: usize, stride: usize) -> Result<Poo
     Ok(Pool2dGeom { n, h, w, c, window, stride, pad: 0, p: out(h), q: out(w) })
 }
 
-/// The input cell that wins output (p, q, ch) of image `x_n`: the first maximum in
-/// window scan order (PyTorch's tie rule). Padded cells never win.
-fn argmax<E: Elem>(g: &Pool2dGeom, x_n: &[E], p: usize, q: usize, ch: usize) -> usize {
-    let mut best = (usize::MAX, f32::NEG_INFINITY);
-    for r in 0..g.window {
-        let h = (p * g.stride + r) as isize - g.pad as isize;
-        if h < 0 || h >= g.h as isize {
-            continue;
-        }
-        for s in 0..g.window {
-            let w = (q * g.stride + s) as isize - g.pad as isize;
-            if w < 0 || w >= g.w as isize {
-                continue;
-            }
-            let at = (h as usize * g.w + w as usize) * g.c + ch;
-            let v = x_n[at].to_f32();
-            // NaN wins, as in PyTorch, so that it propagates instead of vanishing.
-            if best.0 == usize::MAX || v > best.1 || v.is_nan() {
-                best = (at, v);
+/// The winners of one output pixel's window, per channel: the maximum and the flat input
+/// index holding it. Channels are innermost (NHWC), so each cell's C values are compared
+/// as one contiguous run, with no index arithmetic per element.
+struct Winners {
+    value: Vec<f32>,
+    index: Vec<usize>,
+}
+
+impl Winners {
+    fn new(c: usize) -> Self {
+        Winners { value: vec![0.0; c], index: vec![0; c] }
+    }
+
+    /// Finds the winners of output pixel (p, q) of image `x_n`: the first maximum in
+    /// window scan order (PyTorch's tie rule). Padded cells never win; every window of a
+    /// valid geometry (pad < window) covers at least one input cell.
+    fn find<E: Elem>(&mut self, g: &Pool2dGeom, x_n: &[E], p: usize, q: usize) {
+        let cols = Taps::of(q, g.stride, g.pad, g.window, g.w).inputs();
+        let mut first = true;
+        for h in Taps::of(p, g.stride, g.pad, g.window, g.h).inputs() {
+            for w in cols.clone() {
+                let at = (h * g.w + w) * g.c;
+                let cell = x_n[at..at + g.c].iter().zip(self.value.iter_mut().zip(&mut self.index));
+                for (ch, (v, (best, index))) in cell.enumerate() {
+                    let v = v.to_f32();
+                    // NaN wins, as in PyTorch, so that it propagates instead of vanishing.
+                    if first || v > *best || v.is_nan() {
+                        *best = v;
+                        *index = at + ch;
+                    }
+                }
+                first = false;
             }
         }
     }
-    best.0
 }
 
 pub fn max_pool2d_fwd<E: Elem>(g: &Pool2dGeom, x: &[E], y: &mut [E]) {
     let (hwc, pqc) = (g.h * g.w * g.c, g.p * g.q * g.c);
     y.par_chunks_mut(pqc).zip(x.par_chunks(hwc)).for_each(|(y_n, x_n)| {
-        for (i, out) in y_n.iter_mut().enumerate() {
-            let (p, q, ch) = (i / (g.q * g.c), (i / g.c) % g.q, i % g.c);
-            *out = x_n[argmax(g, x_n, p, q, ch)];
+        let mut winners = Winners::new(g.c);
+        for (pq, out) in y_n.chunks_exact_mut(g.c).enumerate() {
+            winners.find(g, x_n, pq / g.q, pq % g.q);
+            out.iter_mut().zip(&winners.index).for_each(|(o, &at)| *o = x_n[at]);
         }
     });
 }
@@ -70,12 +84,14 @@ pub fn max_pool2d_fwd<E: Elem>(g: &Pool2dGeom, x: &[E], y: &mut [E]) {
 pub fn max_pool2d_bwd<E: Elem>(g: &Pool2dGeom, x: &[E], dy: &[E], dx: &mut [E]) {
     let (hwc, pqc) = (g.h * g.w * g.c, g.p * g.q * g.c);
     dx.par_chunks_mut(hwc).zip(x.par_chunks(hwc)).zip(dy.par_chunks(pqc)).for_each(|((dx_n, x_n), dy_n)| {
-        let mut acc = vec![0.0f32; hwc];
-        for (i, d) in dy_n.iter().enumerate() {
-            let (p, q, ch) = (i / (g.q * g.c), (i / g.c) % g.q, i % g.c);
-            acc[argmax(g, x_n, p, q, ch)] += d.to_f32();
-        }
-        dx_n.iter_mut().zip(&acc).for_each(|(o, &v)| *o = E::from_f32(v));
+        let mut winners = Winners::new(g.c);
+        E::through_f32(dx_n, |acc| {
+            acc.fill(0.0);
+            for (pq, d) in dy_n.chunks_exact(g.c).enumerate() {
+                winners.find(g, x_n, pq / g.q, pq % g.q);
+                winners.index.iter().zip(d).for_each(|(&at, d)| acc[at] += d.to_f32());
+            }
+        });
     });
 }
 

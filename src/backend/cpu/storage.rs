@@ -124,10 +124,19 @@ unsafe impl Sync for HostBuf {}
 impl HostBuf {
     /// `len` zeros of `dtype` from `pool`.
     pub fn zeroed(pool: &SharedPool, len: usize, dtype: DType) -> Result<Self, PoolError> {
-        let bytes = len * dtype.size();
-        let alloc = pool.lock().unwrap_or_else(PoisonError::into_inner).alloc(bytes, 0)?;
-        // SAFETY: the block is mapped read-write and holds at least `bytes` bytes.
-        unsafe { std::ptr::write_bytes(alloc.ptr as *mut u8, 0, bytes) };
+        let buf = Self::for_overwrite(pool, len, dtype)?;
+        // SAFETY: the block is mapped read-write and holds at least len elements of dtype.
+        unsafe { std::ptr::write_bytes(buf.alloc.ptr as *mut u8, 0, len * dtype.size()) };
+        Ok(buf)
+    }
+
+    /// `len` elements of `dtype` from `pool` holding what the block last held, for an
+    /// output that its op writes whole: zeroing it first was a pass over memory per op
+    /// (2.5% of a CPU training step). The values are stale, never undefined: a block is
+    /// mapped memory that the OS handed out zeroed or an earlier buffer wrote, and every
+    /// bit pattern is a valid f32 and f16.
+    pub fn for_overwrite(pool: &SharedPool, len: usize, dtype: DType) -> Result<Self, PoolError> {
+        let alloc = pool.lock().unwrap_or_else(PoisonError::into_inner).alloc(len * dtype.size(), 0)?;
         Ok(HostBuf { pool: pool.clone(), alloc, len, dtype })
     }
 
@@ -158,9 +167,14 @@ impl HostBuf {
         self.get_mut::<f32>()
     }
 
+    /// The elements as f32: borrowed from an FP32 buffer, widened from an FP16 one.
+    pub fn widened(&self) -> Cow<'_, [f32]> {
+        with_elem!(self.dtype, E => E::widen(self.get::<E>()))
+    }
+
     /// The elements widened to f32.
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        with_elem!(self.dtype, E => self.get::<E>().iter().map(|v| v.to_f32()).collect())
+        self.widened().into_owned()
     }
 }
 
