@@ -3,8 +3,9 @@
 //! the face, an original with no face (a plain wall), and a manipulated clip with two
 //! people side by side. The cache gets face crops and one detected-box sidecar per video;
 //! the faceless video is skipped by name; a second `prepare` detects nothing again; the
-//! cached crops load without a detector and without decoding (what training does); and
-//! `faces_per_clip = 2` makes the two-person clip's frames take turns between the faces.
+//! cached crops load without a detector and without decoding, and `train` runs on them;
+//! and `faces_per_clip = 2` makes the two-person clip's frames take turns between the
+//! faces.
 //!
 //! Needs `models/mtcnn.safetensors` and `models/astronaut.png`
 //! (scripts/get-face-detector.sh --test-image); without them the test prints why it skips.
@@ -187,6 +188,19 @@ fn prepare_detects_faces_in_a_faceforensics_tree_caches_crops_and_skips_the_face
         assert_eq!((frames.frames, frames.side), (SAMPLED, 64));
     }
     assert_eq!(source.decodes(), 0, "the crops came from the cache");
+    // And training itself runs on them.
+    let run = dir.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_dfengine"))
+        .arg("train")
+        .arg(&config)
+        .args(["--device", "cpu", "--quiet", "--max-steps", "2", "--set"])
+        .arg(format!("train.out_dir={:?}", run.display().to_string()))
+        .output()
+        .expect("run dfengine train");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "train on the detected crops: {said}");
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(log.lines().any(|l| l.contains("\"event\":\"step\"")), "no training step: {log}\n{said}");
 
     // Two faces per clip: the pair's sampled frames take turns between the two people.
     let two_cache = dir.path().join("cache2");
