@@ -108,6 +108,21 @@ fn shortened_quick_demo_learns_and_eval_reads_its_checkpoint() {
 }
 
 #[test]
+fn pin_memory_without_a_gpu_is_a_warning_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = train_command(&dir.path().join("run"), 1)
+        .args(["--device", "cpu", "--max-steps", "1", "--set", "dataloader.pin_memory=true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: [dataloader] pin_memory = true: this run has no GPU; nothing is uploaded"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn quick_demo_learns_as_well_with_mixed_precision() {
     let dir = tempfile::tempdir().unwrap();
     let auc = |mixed: bool| {
