@@ -16,8 +16,8 @@
 //! threads of both sides (default 2).
 
 // This bench reads the step times itself; the module's `number` serves other benches.
-#[path = "common/torch_script.rs"]
-mod torch_script;
+#[path = "common/yardstick.rs"]
+mod yardstick;
 
 use std::time::Instant;
 
@@ -100,7 +100,7 @@ impl Ours {
 fn torch_steps(side: usize, images: usize, steps: usize, threads: usize) -> Result<Vec<f64>, String> {
     let args = [("--side", side), ("--batch", images), ("--steps", steps), ("--threads", threads)];
     let args: Vec<String> = args.iter().flat_map(|(k, v)| [k.to_string(), v.to_string()]).collect();
-    let json = torch_script::run("torch_cpu_train.py", &args, threads)?;
+    let json = yardstick::run("torch_cpu_train.py", &args, threads)?;
     let times = json["step_s"].as_array().map(|a| a.iter().filter_map(|v| v.as_f64()).collect::<Vec<_>>());
     times.filter(|t| !t.is_empty()).ok_or_else(|| format!("no step_s in the yardstick's output {json}"))
 }

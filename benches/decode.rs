@@ -9,9 +9,15 @@
 //! frames of a 1280×720 clip made by the `ffmpeg` CLI (testsrc2 with moving noise, x264
 //! veryfast CRF 20, GOP 60, 3 B-frames), beside single-threaded `ffmpeg` decoding every
 //! frame (the target: prepare ≤ 0.8× of it) and decoding only reference frames
-//! (`-skip_frame noref`, the floor for a sampler that must also decode the wanted frames).
+//! (`-skip_frame noref`, the floor for a sampler that must also decode the wanted frames),
+//! and the DFDC-winning solution's sampling: OpenCV's `grab()` on every frame, `retrieve()`
+//! on the same 32 (benches/opencv_sample.py, under the Python `DFENGINE_TORCH_PYTHON`
+//! names, with `opencv-python-headless`; skipped with the reason without it).
 //!
 //! `cargo bench --bench decode` (the clips are generated once into target/bench-videos).
+
+#[path = "common/yardstick.rs"]
+mod yardstick;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -228,4 +234,28 @@ fn sampling_cpu_seconds() {
         wall(&noref),
         cpu(&prepare) / cpu(&noref)
     );
+    match opencv_sampling(&clip, &wanted, cores) {
+        Ok((opencv_cpu, opencv_wall, frames)) => println!(
+            "  OpenCV grab/retrieve ({frames} frames):        {opencv_cpu:.3} CPU-s {opencv_wall:.3} s wall  prepare at {:.2}× CPU-s (target ≤ 0.5), {:.2}× wall (target ≤ 1)",
+            cpu(&prepare) / opencv_cpu,
+            wall(&prepare) / opencv_wall
+        ),
+        Err(why) => println!("  OpenCV grab/retrieve: skipped: {why}"),
+    }
+}
+
+/// The median (CPU-seconds, wall seconds) of OpenCV reading `clip` with `grab()` on every
+/// frame and `retrieve()` on `wanted`, and the frames it retrieved.
+fn opencv_sampling(clip: &Path, wanted: &[usize], threads: usize) -> Result<(f64, f64, usize), String> {
+    let list = wanted.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let args = [clip.display().to_string(), "--frames".into(), list];
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        let json = yardstick::run("opencv_sample.py", &args, threads)?;
+        let get =
+            |k: &str| json[k].as_f64().ok_or_else(|| format!("no {k} in the yardstick's output {json}"));
+        runs.push((get("cpu_s")?, get("wall_s")?, get("frames")? as usize));
+    }
+    let frames = runs[0].2;
+    Ok((median(runs.iter().map(|r| r.0).collect()), median(runs.iter().map(|r| r.1).collect()), frames))
 }

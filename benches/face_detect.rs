@@ -16,8 +16,8 @@
 //! names a Python with torch and torchvision (default `python3`); without them the
 //! PyTorch side prints `skipped: ...`.
 
-#[path = "common/torch_script.rs"]
-mod torch_script;
+#[path = "common/yardstick.rs"]
+mod yardstick;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -99,7 +99,7 @@ fn torch_seconds(
     {
         args.extend([flag.to_string(), v.to_string()]);
     }
-    let json = torch_script::run("face_detect_torch.py", &args, threads)?;
+    let json = yardstick::run("face_detect_torch.py", &args, threads)?;
     let get = |k: &str| json[k].as_f64().ok_or_else(|| format!("no {k} in the yardstick's output {json}"));
     Ok((get("cpu_s")?, get("wall_s")?, get("faces")? as usize))
 }

@@ -1,6 +1,7 @@
-//! A PyTorch yardstick run beside a bench: one of the `benches/*.py` scripts, which
-//! prints a single JSON object, under the Python `DFENGINE_TORCH_PYTHON` names (default
-//! `python3`). Without torch the script fails and the bench prints why.
+//! A Python yardstick run beside a bench (PyTorch, facenet-pytorch, OpenCV): one of the
+//! `benches/*.py` scripts, which prints a single JSON object, under the Python
+//! `DFENGINE_TORCH_PYTHON` names (default `python3`). Without the script's packages it
+//! fails and the bench prints why.
 
 use std::process::Command;
 
