@@ -1,6 +1,7 @@
 //! The launch layer of the CUDA backend: one context and compute stream per device (and
-//! a copy stream when uploads are staged), each PTX module loaded once and cached, kernels looked up by name, and one place that turns a
-//! driver error into an error saying which kernel, with which shapes, failed.
+//! a copy stream when uploads are staged), each PTX module loaded once and cached,
+//! kernels looked up by name, and one place that turns a driver error into an error
+//! saying which kernel, with which shapes, failed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -97,8 +98,8 @@ pub fn grid_1d(items: usize) -> LaunchConfig {
     }
 }
 
-/// A GPU with its stream, the pool that owns its memory, the kernels loaded so far, and
-/// the staging ring when uploads go through page-locked memory.
+/// A GPU with its compute stream, the pool that owns its memory, the kernels loaded so
+/// far, and the staging ring when uploads go through page-locked memory.
 pub struct Device {
     pub ordinal: u32,
     /// Streaming multiprocessors: the tile table sizes grids and splits by it.
