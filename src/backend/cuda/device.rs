@@ -143,7 +143,7 @@ impl Device {
         let staging = if pinned {
             let copy = ctx.new_stream().map_err(device_err)?;
             backing = backing.with_stream(COPY_STREAM, copy.clone());
-            Some(Staging::new(ctx.clone(), copy))
+            Some(Staging::new(copy))
         } else {
             None
         };

@@ -19,7 +19,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaContext, CudaEvent, CudaStream, DriverError, PinnedHostSlice};
+use cudarc::driver::{CudaEvent, CudaStream, DriverError, PinnedHostSlice};
 
 /// Uploads smaller than this are not staged.
 pub const STAGED_MIN: usize = 64 << 10;
@@ -27,7 +27,6 @@ const SLOTS: usize = 2;
 
 /// The copy stream and its ring of page-locked slots.
 pub struct Staging {
-    ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     ring: Mutex<Ring>,
 }
@@ -46,9 +45,9 @@ struct Slot {
 }
 
 impl Staging {
-    /// Staging on `stream`, a stream of `ctx` other than the compute stream.
-    pub fn new(ctx: Arc<CudaContext>, stream: Arc<CudaStream>) -> Self {
-        Staging { ctx, stream, ring: Mutex::new(Ring::default()) }
+    /// Staging on `stream`, a stream of the device's context other than the compute stream.
+    pub fn new(stream: Arc<CudaStream>) -> Self {
+        Staging { stream, ring: Mutex::new(Ring::default()) }
     }
 
     /// Copies `bytes` to device address `dst` through the next slot on the copy stream,
@@ -67,7 +66,7 @@ impl Staging {
             // The smaller block is freed before the larger one is pinned.
             slot.host = None;
             // SAFETY: the slot's bytes are written below before the copy reads them.
-            slot.host = Some(unsafe { self.ctx.alloc_pinned::<u8>(bytes.len()) }?);
+            slot.host = Some(unsafe { self.stream.context().alloc_pinned::<u8>(bytes.len()) }?);
         }
         let Some(host) = slot.host.as_mut() else { unreachable!("the slot was pinned above") };
         let staged = &mut host.as_mut_slice()?[..bytes.len()];
