@@ -26,7 +26,7 @@ fn one_warp(dynamic_shared: u32) -> LaunchConfig {
 /// y[i] = x[i·stride] over `warps` full warps; returns the counters and checks the copy.
 fn strided_copy(stride: usize, warps: usize) -> Counters {
     let n = 32 * warps;
-    let x: Vec<f32> = (0..n * stride).map(|i| i as f32).collect();
+    let x: Vec<f32> = (0..(n * stride).max(1)).map(|i| i as f32).collect();
     let mut mem = TestMemory::new();
     let (px, py) = (mem.alloc_f32(&x), mem.alloc_f32(&vec![f32::NAN; n]));
     let args = [Arg::Ptr(px), Arg::Ptr(py), Arg::I32(n as i32), Arg::I32(stride as i32)];
@@ -58,6 +58,19 @@ fn stride_32_copy_touches_a_sector_per_lane() {
     assert_eq!(t.sectors_per_request(), 32.0);
     assert_eq!(t.efficiency(), 0.125);
     assert_eq!(c.global_store.sectors_per_request(), 4.0, "the stores stay coalesced");
+}
+
+#[test]
+fn footprint_counts_each_sector_once_per_launch() {
+    let c = strided_copy(1, 32);
+    assert_eq!((c.footprint.read_sectors, c.footprint.written_sectors), (128, 128));
+    assert_eq!(c.footprint.bytes(), 8192, "4 KiB read, 4 KiB written");
+    let c = strided_copy(32, 8);
+    assert_eq!(c.footprint.read_sectors, 256, "every strided lane its own sector");
+    // Every lane of every warp reads x[0]: 32 requests of one sector each, one sector in all.
+    let c = strided_copy(0, 32);
+    assert_eq!((c.global_load.sectors, c.footprint.read_sectors), (32, 1));
+    assert_eq!(c.footprint.written_sectors, 128);
 }
 
 fn shared_stride(stride: usize) -> Counters {

@@ -3,7 +3,7 @@
 //!
 //! Layouts: activations NHWC, conv weights KRSC, linear weights [out, in], per-channel
 //! vectors [C]. Ops allocate their outputs from the backend (the CUDA backend's pool);
-//! in-place ops (`add_assign`, optimizer steps) update their first argument.
+//! in-place ops (`add_assign`, `bias_prelu`, optimizer steps) update their first argument.
 //!
 //! Check once, implement per backend: the methods model code calls (`conv2d_fwd`,
 //! `batch_norm_bwd`, ...) are provided here and check shapes, dtypes and exclusivity
@@ -112,6 +112,12 @@ pub trait Backend: Sync + Sized {
     fn pinned_bytes(&self) -> usize {
         0
     }
+    /// Called by every checked op that computes, just before its body, with the op's name
+    /// and its least global-memory traffic in bytes: each operand read once, each result
+    /// written once, an operand updated in place both. The CUDA backend's traffic ledger
+    /// (`cuda::ledger`) attributes the kernel launches that follow to it, so that the bytes
+    /// a training step moves can be set against the sum of its ops' minimums.
+    fn op_begins(&self, _op: &'static str, _min_bytes: usize) {}
 
     // ---- the op bodies, each backend's own: arguments checked by the methods below ----
     /// A tensor of `data` rounded to `dtype`.
@@ -206,6 +212,12 @@ pub trait Backend: Sync + Sized {
     fn run_sigmoid(&self, x: &T<Self>) -> Result<T<Self>, OpError>;
     fn run_max_pool2d_fwd(&self, g: &Pool2dGeom, x: &T<Self>) -> Result<T<Self>, OpError>;
     fn run_max_pool2d_bwd(&self, g: &Pool2dGeom, x: &T<Self>, dy: &T<Self>) -> Result<T<Self>, OpError>;
+    /// y [.., C] += b [C], in place (FP32).
+    fn run_bias_add(&self, y: &mut T<Self>, b: &T<Self>) -> Result<(), OpError>;
+    /// y [.., C] ← PReLU(y + b) with slopes alpha [C], in place (FP32).
+    fn run_bias_prelu(&self, y: &mut T<Self>, b: &T<Self>, alpha: &T<Self>) -> Result<(), OpError>;
+    /// Softmax over each row of `c` elements of x (its last dimension; FP32).
+    fn run_softmax_rows(&self, x: &T<Self>, c: usize) -> Result<T<Self>, OpError>;
     /// y `out` [blocks, C] = the mean of each block of `group` consecutive rows of x
     /// [blocks·group, C] (global average pool: group = H·W; temporal mean: group = T).
     fn run_mean_rows(&self, x: &T<Self>, group: usize, out: Shape) -> Result<T<Self>, OpError>;
@@ -258,6 +270,7 @@ pub trait Backend: Sync + Sized {
     /// backend's device (only the stored bytes cross to a GPU).
     fn preprocess(&self, frames: &FrameBatch<'_>, dtype: DType) -> Result<T<Self>, OpError> {
         frames.check()?;
+        self.begin_op("preprocess", &[], frames.data.len() + frames.shape().numel() * dtype.size());
         self.run_preprocess(frames, dtype)
     }
     /// A tensor of `data` rounded to `dtype` on the host (no FP32 copy on the device).
@@ -266,9 +279,10 @@ pub trait Backend: Sync + Sized {
         self.run_upload(shape, data, dtype)
     }
     fn zeros(&self, shape: Shape) -> Result<T<Self>, OpError> {
-        self.run_zeros(shape, DType::F32)
+        self.zeros_as(shape, DType::F32)
     }
     fn zeros_as(&self, shape: Shape, dtype: DType) -> Result<T<Self>, OpError> {
+        self.begin_op("zeros", &[], shape.numel() * dtype.size());
         self.run_zeros(shape, dtype)
     }
     /// The elements widened to f32.
@@ -277,7 +291,15 @@ pub trait Backend: Sync + Sized {
     }
     /// `x` in `to`: `x` itself (shared) when it is already, else a rounded copy.
     fn cast(&self, x: &T<Self>, to: DType) -> Result<T<Self>, OpError> {
-        if x.dtype() == to { Ok(x.clone()) } else { self.run_cast(x, to) }
+        if x.dtype() == to {
+            return Ok(x.clone());
+        }
+        self.begin_op("cast", &[x], x.numel() * to.size());
+        self.run_cast(x, to)
+    }
+    /// Announces an op to `op_begins`: it reads `read` once and writes `written` bytes.
+    fn begin_op(&self, op: &'static str, read: &[&T<Self>], written: usize) {
+        self.op_begins(op, read.iter().map(|t| t.bytes()).sum::<usize>() + written);
     }
 
     // ---- matrix products (FP32 tensors) ----
@@ -295,15 +317,19 @@ pub trait Backend: Sync + Sized {
     ) -> Result<(), OpError> {
         let g = check::gemm(a, trans_a, b, trans_b, c)?;
         check::exclusive("gemm", "c", c)?;
+        let c_read: &[&T<Self>] = if beta == 0.0 { &[] } else { &[&*c] };
+        self.begin_op("gemm", &[&[a, b], c_read].concat(), c.bytes());
         self.run_gemm(&g, alpha, a, b, beta, c)
     }
     /// y [N, out] = x [N, in] · wᵀ + b, with w [out, in] and b [out].
     fn linear_fwd(&self, x: &T<Self>, w: &T<Self>, b: &T<Self>) -> Result<T<Self>, OpError> {
         let g = check::linear(x, w, b)?;
+        self.begin_op("linear_fwd", &[x, w, b], g.n * g.fout * x.dtype().size());
         self.run_linear_fwd(&g, x, w, b)
     }
     fn linear_bwd(&self, dy: &T<Self>, x: &T<Self>, w: &T<Self>) -> Result<LinearGrads<T<Self>>, OpError> {
         let g = check::linear_bwd(dy, x, w)?;
+        self.begin_op("linear_bwd", &[dy, x, w], x.bytes() + w.bytes() + g.fout * DType::F32.size());
         self.run_linear_bwd(&g, dy, x, w)
     }
 
@@ -316,6 +342,7 @@ pub trait Backend: Sync + Sized {
         pad: [usize; 2],
     ) -> Result<T<Self>, OpError> {
         let g = check::conv2d_fwd(x, w, stride, pad)?;
+        self.begin_op("conv2d_fwd", &[x, w], numel(g.y_dims()) * x.dtype().size());
         self.run_conv2d_fwd(&g, x, w)
     }
     /// Gradient w.r.t. the input, whose dims `x_dims` the output alone cannot tell
@@ -329,6 +356,7 @@ pub trait Backend: Sync + Sized {
         pad: [usize; 2],
     ) -> Result<T<Self>, OpError> {
         let g = check::conv2d_dgrad(dy, w, x_dims, stride, pad)?;
+        self.begin_op("conv2d_dgrad", &[dy, w], numel(x_dims) * dy.dtype().size());
         self.run_conv2d_dgrad(&g, dy, w)
     }
     /// The weight gradient, FP32 whatever the activations' dtype.
@@ -341,6 +369,7 @@ pub trait Backend: Sync + Sized {
         pad: [usize; 2],
     ) -> Result<T<Self>, OpError> {
         let g = check::conv2d_wgrad(x, dy, w_dims, stride, pad)?;
+        self.begin_op("conv2d_wgrad", &[x, dy], numel(w_dims) * DType::F32.size());
         self.run_conv2d_wgrad(&g, x, dy)
     }
 
@@ -365,6 +394,9 @@ pub trait Backend: Sync + Sized {
         let c = check::batch_norm("batch_norm", x, &vectors)?;
         check::exclusive("batch_norm", "running_mean", running_mean)?;
         check::exclusive("batch_norm", "running_var", running_var)?;
+        // Reads x and four vectors; writes y, the running statistics back, the batch's
+        // mean and invstd.
+        self.begin_op("batch_norm_fwd_train", &[x], x.bytes() + 8 * c * DType::F32.size());
         self.run_batch_norm_fwd_train(c, x, gamma, beta, running_mean, running_var, params)
     }
     fn batch_norm_fwd_eval(
@@ -379,6 +411,7 @@ pub trait Backend: Sync + Sized {
         let vectors =
             [("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)];
         let c = check::batch_norm("batch_norm", x, &vectors)?;
+        self.begin_op("batch_norm_fwd_eval", &[&[x], &vectors.map(|(_, v)| v)[..]].concat(), x.bytes());
         self.run_batch_norm_fwd_eval(c, x, gamma, beta, running_mean, running_var, params)
     }
     /// `relu_y` is the forward output when the ReLU was fused, else `None`.
@@ -391,6 +424,8 @@ pub trait Backend: Sync + Sized {
         relu_y: Option<&T<Self>>,
     ) -> Result<BnGrads<T<Self>>, OpError> {
         let c = check::batch_norm_bwd("batch_norm_bwd", dy, x, gamma, saved, relu_y)?;
+        let read = [&[dy, x, gamma, &saved.mean, &saved.invstd], relu_y.as_slice()].concat();
+        self.begin_op("batch_norm_bwd", &read, x.bytes() + 2 * c * DType::F32.size());
         self.run_batch_norm_bwd(c, dy, x, gamma, saved, relu_y)
     }
     /// A training forward's output recomputed from its input `x` and its saved
@@ -406,6 +441,7 @@ pub trait Backend: Sync + Sized {
     ) -> Result<T<Self>, OpError> {
         let vectors = [("gamma", gamma), ("beta", beta), ("mean", &saved.mean), ("invstd", &saved.invstd)];
         let c = check::batch_norm("batch_norm_normalize", x, &vectors)?;
+        self.begin_op("batch_norm_normalize", &[&[x], &vectors.map(|(_, v)| v)[..]].concat(), x.bytes());
         self.run_batch_norm_normalize(c, x, gamma, beta, saved, relu)
     }
     /// Backward of a batch norm with a fused ReLU whose mask is recomputed from the input
@@ -422,36 +458,70 @@ pub trait Backend: Sync + Sized {
         let op = "batch_norm_relu_bwd";
         let c = check::batch_norm_bwd(op, dy, x, gamma, saved, None)?;
         check::batch_norm(op, x, &[("beta", beta)])?;
+        let read = [dy, x, gamma, beta, &saved.mean, &saved.invstd];
+        self.begin_op(op, &read, x.bytes() + 2 * c * DType::F32.size());
         self.run_batch_norm_relu_bwd(c, dy, x, gamma, beta, saved)
     }
 
     // ---- elementwise ----
     fn relu_fwd(&self, x: &T<Self>) -> Result<T<Self>, OpError> {
+        self.begin_op("relu_fwd", &[x], x.bytes());
         self.run_relu_fwd(x)
     }
     fn relu_bwd(&self, dy: &T<Self>, y: &T<Self>) -> Result<T<Self>, OpError> {
         check::same_shape_dtype("relu_bwd", ("dy", dy), ("y", y))?;
+        self.begin_op("relu_bwd", &[dy, y], dy.bytes());
         self.run_relu_bwd(dy, y)
     }
     /// y += x (residual add, gradient accumulation), both of one dtype.
     fn add_assign(&self, y: &mut T<Self>, x: &T<Self>) -> Result<(), OpError> {
         check::same_shape_dtype("add", ("y", y), ("x", x))?;
         check::exclusive("add", "y", y)?;
+        self.begin_op("add_assign", &[y, x], y.bytes());
         self.run_add_assign(y, x)
     }
     fn scale(&self, y: &mut T<Self>, alpha: f32) -> Result<(), OpError> {
         check::dtype("scale", "y", y, DType::F32)?;
         check::exclusive("scale", "y", y)?;
+        self.begin_op("scale", &[y], y.bytes());
         self.run_scale(y, alpha)
     }
     fn fill(&self, y: &mut T<Self>, value: f32) -> Result<(), OpError> {
         check::dtype("fill", "y", y, DType::F32)?;
         check::exclusive("fill", "y", y)?;
+        self.begin_op("fill", &[], y.bytes());
         self.run_fill(y, value)
     }
     fn sigmoid(&self, x: &T<Self>) -> Result<T<Self>, OpError> {
         check::dtype("sigmoid", "x", x, DType::F32)?;
+        self.begin_op("sigmoid", &[x], x.bytes());
         self.run_sigmoid(x)
+    }
+
+    // ---- per-channel activations and softmax, FP32, channels last (the face detector's) ----
+    /// y [.., C] += b [C] in place: a convolution's bias.
+    fn bias_add(&self, y: &mut T<Self>, b: &T<Self>) -> Result<(), OpError> {
+        check::per_channel("bias_add", y, &[("bias", b)])?;
+        check::dtype("bias_add", "y", y, DType::F32)?;
+        check::exclusive("bias_add", "y", y)?;
+        self.begin_op("bias_add", &[y, b], y.bytes());
+        self.run_bias_add(y, b)
+    }
+    /// y [.., C] ← PReLU(y + b) in place (a biased convolution, then PyTorch's
+    /// `nn.PReLU(C)`): v = y + b[c], kept where v ≥ 0 and alpha[c]·v below.
+    fn bias_prelu(&self, y: &mut T<Self>, b: &T<Self>, alpha: &T<Self>) -> Result<(), OpError> {
+        check::per_channel("bias_prelu", y, &[("bias", b), ("alpha", alpha)])?;
+        check::dtype("bias_prelu", "y", y, DType::F32)?;
+        check::exclusive("bias_prelu", "y", y)?;
+        self.begin_op("bias_prelu", &[y, b, alpha], y.bytes());
+        self.run_bias_prelu(y, b, alpha)
+    }
+    /// Softmax over the last dimension: each row of C becomes exp(x − max) / Σ exp(x − max).
+    fn softmax_rows(&self, x: &T<Self>) -> Result<T<Self>, OpError> {
+        let (_, c) = check::rows_channels("softmax_rows", x)?;
+        check::dtype("softmax_rows", "x", x, DType::F32)?;
+        self.begin_op("softmax_rows", &[x], x.bytes());
+        self.run_softmax_rows(x, c)
     }
 
     // ---- pooling ----
@@ -463,6 +533,7 @@ pub trait Backend: Sync + Sized {
         pad: usize,
     ) -> Result<T<Self>, OpError> {
         let g = Pool2dGeom::new(check::dims("max_pool2d", "x", x)?, window, stride, pad)?;
+        self.begin_op("max_pool2d_fwd", &[x], numel(g.y_dims()) * x.dtype().size());
         self.run_max_pool2d_fwd(&g, x)
     }
     fn max_pool2d_bwd(
@@ -474,26 +545,39 @@ pub trait Backend: Sync + Sized {
         pad: usize,
     ) -> Result<T<Self>, OpError> {
         let g = check::max_pool2d_bwd(x, dy, window, stride, pad)?;
+        self.begin_op("max_pool2d_bwd", &[x, dy], x.numel() * dy.dtype().size());
         self.run_max_pool2d_bwd(&g, x, dy)
+    }
+    /// Max pool without padding in ceil mode (PyTorch's `ceil_mode=True`, MTCNN's pools):
+    /// the last window of a row or column may hang over the bottom or right edge and takes
+    /// the maximum of the cells it covers (`Pool2dGeom::ceil_mode`).
+    fn max_pool2d_ceil_fwd(&self, x: &T<Self>, window: usize, stride: usize) -> Result<T<Self>, OpError> {
+        let g = Pool2dGeom::ceil_mode(check::dims("max_pool2d (ceil mode)", "x", x)?, window, stride)?;
+        self.begin_op("max_pool2d_fwd", &[x], numel(g.y_dims()) * x.dtype().size());
+        self.run_max_pool2d_fwd(&g, x)
     }
     /// [N, H, W, C] → [N, C].
     fn global_avg_pool_fwd(&self, x: &T<Self>) -> Result<T<Self>, OpError> {
         let [n, h, w, c] = check::dims("global_avg_pool", "x", x)?;
+        self.begin_op("global_avg_pool_fwd", &[x], n * c * x.dtype().size());
         self.run_mean_rows(x, h * w, Shape::from([n, c]))
     }
     fn global_avg_pool_bwd(&self, dy: &T<Self>, x_dims: [usize; 4]) -> Result<T<Self>, OpError> {
         let [n, h, w, c] = x_dims;
         check::expect_dims("global_avg_pool_bwd", "dy", dy, &[n, c])?;
+        self.begin_op("global_avg_pool_bwd", &[dy], numel(x_dims) * dy.dtype().size());
         self.run_mean_rows_bwd(dy, h * w, Shape::from(x_dims))
     }
     /// [B·T, C] (T frames of each clip consecutive) → [B, C].
     fn temporal_mean_fwd(&self, x: &T<Self>, t: usize) -> Result<T<Self>, OpError> {
         let [bt, c] = check::dims("temporal_mean", "x", x)?;
         let b = check::clips("temporal_mean", bt, t)?;
+        self.begin_op("temporal_mean_fwd", &[x], b * c * x.dtype().size());
         self.run_mean_rows(x, t, Shape::from([b, c]))
     }
     fn temporal_mean_bwd(&self, dy: &T<Self>, t: usize) -> Result<T<Self>, OpError> {
         let [b, c] = check::dims("temporal_mean_bwd", "dy", dy)?;
+        self.begin_op("temporal_mean_bwd", &[dy], b * t * c * dy.dtype().size());
         self.run_mean_rows_bwd(dy, t, Shape::from([b * t, c]))
     }
 
@@ -506,6 +590,7 @@ pub trait Backend: Sync + Sized {
         params: &BceParams,
     ) -> Result<f32, OpError> {
         check::f32_pair("bce_with_logits", ("logits", logits), ("targets", targets))?;
+        self.begin_op("bce_with_logits_fwd", &[logits, targets], 0);
         self.run_bce_with_logits_fwd(logits, targets, params)
     }
     /// `scale` · ∂(mean loss)/∂logits.
@@ -517,6 +602,7 @@ pub trait Backend: Sync + Sized {
         scale: f32,
     ) -> Result<T<Self>, OpError> {
         check::f32_pair("bce_with_logits_bwd", ("logits", logits), ("targets", targets))?;
+        self.begin_op("bce_with_logits_bwd", &[logits, targets], logits.bytes());
         self.run_bce_with_logits_bwd(logits, targets, params, scale)
     }
 
@@ -535,6 +621,7 @@ pub trait Backend: Sync + Sized {
         if step == 0 {
             return Err(super::error::shape_err("adamw", "step counts from 1"));
         }
+        self.begin_op("adamw_step", &[p, g, m, v], p.bytes() + m.bytes() + v.bytes());
         self.run_adamw_step(p, g, m, v, hp, step)
     }
     fn sgd_step(
@@ -546,16 +633,19 @@ pub trait Backend: Sync + Sized {
         first_step: bool,
     ) -> Result<(), OpError> {
         check::optimizer("sgd", p, g, &mut [("momentum_buf", &mut *momentum_buf)])?;
+        self.begin_op("sgd_step", &[p, g, momentum_buf], p.bytes() + momentum_buf.bytes());
         self.run_sgd_step(p, g, momentum_buf, hp, first_step)
     }
     /// g ← g·inv_scale; true when any element is non-finite.
     fn unscale_check(&self, g: &mut T<Self>, inv_scale: f32) -> Result<bool, OpError> {
         check::dtype("unscale", "grad", g, DType::F32)?;
         check::exclusive("unscale", "grad", g)?;
+        self.begin_op("unscale_check", &[g], g.bytes());
         self.run_unscale_check(g, inv_scale)
     }
     fn sum_squares(&self, g: &T<Self>) -> Result<f64, OpError> {
         check::dtype("sum_squares", "grad", g, DType::F32)?;
+        self.begin_op("sum_squares", &[g], 0);
         self.run_sum_squares(g)
     }
 
@@ -580,4 +670,9 @@ pub trait Backend: Sync + Sized {
         }
         Ok(norm)
     }
+}
+
+/// The elements of a tensor of `dims`.
+fn numel<const R: usize>(dims: [usize; R]) -> usize {
+    dims.iter().product()
 }

@@ -8,7 +8,9 @@
 //! traffic) that is merged into [`Counters`] when the launch ends. The memory models
 //! (sectors, bank-conflict wavefronts) are in `traffic.rs`.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::LaunchConfig;
 use super::lanes::{FULL, Lanes, WARP};
@@ -129,6 +131,29 @@ impl GlobalTraffic {
     }
 }
 
+/// Distinct 32-byte sectors a launch touched, reads and writes apart: the least it moves
+/// to and from DRAM when the cache holds its working set for the launch (a current GPU's
+/// L2 holds tens of MB). `GlobalTraffic::sectors` counts each request's sectors anew —
+/// the traffic the L1/L2 sees, re-reads included — so the two bracket a launch's DRAM
+/// traffic. A sector both read and written counts in each (fetched, then written back).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub read_sectors: u64,
+    pub written_sectors: u64,
+}
+
+impl Footprint {
+    /// Bytes of every distinct sector read plus every distinct sector written.
+    pub fn bytes(&self) -> u64 {
+        (self.read_sectors + self.written_sectors) * 32
+    }
+
+    pub fn add(&mut self, o: &Footprint) {
+        self.read_sectors += o.read_sectors;
+        self.written_sectors += o.written_sectors;
+    }
+}
+
 /// Shared-memory wavefronts of one kind of access (bank conflicts).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SharedTraffic {
@@ -179,6 +204,9 @@ pub struct Counters {
     pub ldmatrix: SharedTraffic,
     /// The shared side of `cp.async`: its destination writes.
     pub cp_async_shared: SharedTraffic,
+    /// Distinct sectors of global memory read (loads, `cp.async`) and written (stores).
+    /// Counts per launch: after [`Counters::add`], the sum of the launches' footprints.
+    pub footprint: Footprint,
     /// Warp-level `bar.sync` instructions.
     pub bar_sync: u64,
     /// From ptxas's register count, when one was given; never guessed.
@@ -229,6 +257,7 @@ impl Counters {
         self.shared_store.add(&o.shared_store);
         self.ldmatrix.add(&o.ldmatrix);
         self.cp_async_shared.add(&o.cp_async_shared);
+        self.footprint.add(&o.footprint);
         self.bar_sync += o.bar_sync;
     }
 
@@ -270,11 +299,13 @@ impl Counters {
         );
         let _ = write!(
             s,
-            r#""shared_load":{},"shared_store":{},"ldmatrix":{},"cp_async_shared":{},"bar_sync":{},"occupancy":"#,
+            r#""shared_load":{},"shared_store":{},"ldmatrix":{},"cp_async_shared":{},"footprint":{{"read_sectors":{},"written_sectors":{}}},"bar_sync":{},"occupancy":"#,
             sh(&self.shared_load),
             sh(&self.shared_store),
             sh(&self.ldmatrix),
             sh(&self.cp_async_shared),
+            self.footprint.read_sectors,
+            self.footprint.written_sectors,
             self.bar_sync
         );
         match &self.occupancy {
@@ -308,6 +339,40 @@ pub(crate) struct Tally {
     shared_store: SharedTraffic,
     ldmatrix: SharedTraffic,
     cp_async_shared: SharedTraffic,
+    read: SectorSet,
+    written: SectorSet,
+}
+
+/// Sector numbers (address / 32): a multiplicative hash, since SipHash would cost more
+/// than the interpretation around it and the keys are not adversarial.
+type SectorSet = HashSet<u64, BuildHasherDefault<SectorHasher>>;
+
+#[derive(Default)]
+struct SectorHasher(u64);
+
+impl Hasher for SectorHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        // Fibonacci hashing: the table takes its bucket from the low bits and its tag from
+        // the top ones, and both are well mixed for consecutive sectors.
+        self.0 = (v ^ (v >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Adds the sectors of `ranges` (address, length) to `set`.
+fn touch(set: &mut SectorSet, ranges: &[(u64, u64)]) {
+    for &(start, len) in ranges {
+        set.extend(start / 32..(start + len).div_ceil(32));
+    }
 }
 
 /// A load or a store.
@@ -344,6 +409,7 @@ impl Tally {
                     }
                 }
                 let (sectors, used) = sectors_and_bytes(&mut ranges[..n]);
+                touch(if dir == Dir::Load { &mut self.read } else { &mut self.written }, &ranges[..n]);
                 let t = if dir == Dir::Load { &mut self.global_load } else { &mut self.global_store };
                 t.requests += 1;
                 t.bytes += used;
@@ -395,6 +461,7 @@ impl Tally {
         }
         if n > 0 {
             let (sectors, used) = sectors_and_bytes(&mut ranges[..n]);
+            touch(&mut self.read, &ranges[..n]);
             self.cp_async.requests += 1;
             self.cp_async.bytes += used;
             self.cp_async.sectors += sectors;
@@ -422,6 +489,8 @@ impl Tally {
         self.shared_store.add(&o.shared_store);
         self.ldmatrix.add(&o.ldmatrix);
         self.cp_async_shared.add(&o.cp_async_shared);
+        self.read.extend(&o.read);
+        self.written.extend(&o.written);
     }
 
     /// The launch's counters (occupancy unknown until registers are given).
@@ -454,6 +523,10 @@ impl Tally {
             shared_store: self.shared_store,
             ldmatrix: self.ldmatrix,
             cp_async_shared: self.cp_async_shared,
+            footprint: Footprint {
+                read_sectors: self.read.len() as u64,
+                written_sectors: self.written.len() as u64,
+            },
             bar_sync,
             occupancy: None,
         }

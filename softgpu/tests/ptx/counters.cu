@@ -6,7 +6,8 @@
 
 // y[i] = x[i·stride]. stride 1: every warp-level load and store is 32 consecutive
 // floats, 4 sectors of 32 bytes; stride 32: each lane's float sits in its own 128-byte
-// line, 32 sectors per load (the stores stay coalesced).
+// line, 32 sectors per load (the stores stay coalesced); stride 0: every lane reads x[0],
+// one sector per request and one in the launch's footprint.
 extern "C" __global__ void copy_strided_f32(const float* __restrict__ x, float* __restrict__ y, int n,
                                             int stride) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -140,6 +140,10 @@ impl Backend for CudaBackend {
         self.dev.staged_bytes()
     }
 
+    fn op_begins(&self, op: &'static str, min_bytes: usize) {
+        self.dev.ledger().op_begins(op, min_bytes);
+    }
+
     fn run_upload(&self, shape: Shape, data: &[f32], dtype: DType) -> Result<CudaTensor, OpError> {
         let buf = match dtype {
             DType::F32 => DeviceBuf::F32(self.dev.upload(data)?),

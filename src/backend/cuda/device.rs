@@ -14,6 +14,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::buffer::{COMPUTE_STREAM, COPY_STREAM, DevicePool, PoolSlice};
+use super::ledger::Ledger;
 use super::probe::{GpuProbe, probe};
 use super::staging::{STAGED_MIN, Staging};
 use crate::kernels::{Entry, KernelModule};
@@ -109,6 +110,7 @@ pub struct Device {
     pool: DevicePool,
     staging: Option<Staging>,
     modules: Mutex<HashMap<KernelModule, Arc<CudaModule>>>,
+    ledger: Ledger,
 }
 
 /// A kernel entry point, ready to launch.
@@ -151,7 +153,16 @@ impl Device {
         let sm_count = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(device_err)? as usize;
-        Ok(Device { ordinal, sm_count, ctx, stream, pool, staging, modules: Mutex::new(HashMap::new()) })
+        Ok(Device {
+            ordinal,
+            sm_count,
+            ctx,
+            stream,
+            pool,
+            staging,
+            modules: Mutex::new(HashMap::new()),
+            ledger: Ledger::default(),
+        })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -166,9 +177,15 @@ impl Device {
         &self.pool
     }
 
+    /// Which op launched which kernels (`ledger`).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
     /// `len` zeroed elements from the pool: a tensor, or scratch for one op (a transposed
     /// filter, split-K partial sums, padded channels) returned when the op drops it.
     pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<PoolSlice<T>, CudaError> {
+        self.ledger.zeroed(len * std::mem::size_of::<T>());
         Ok(PoolSlice::zeroed(&self.stream, &self.pool, len)?)
     }
 
@@ -261,11 +278,13 @@ impl Device {
         shapes: impl FnOnce() -> String,
     ) -> Result<(), CudaError> {
         // SAFETY: the caller's contract.
-        unsafe { args.launch(cfg) }.map(|_| ()).map_err(|source| CudaError::Launch {
+        unsafe { args.launch(cfg) }.map_err(|source| CudaError::Launch {
             kernel: kernel.entry,
             shapes: shapes(),
             source,
-        })
+        })?;
+        self.ledger.launched();
+        Ok(())
     }
 
     /// Waits for the stream; an error a kernel raised asynchronously surfaces here, named
