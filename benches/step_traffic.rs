@@ -14,9 +14,8 @@
 //!   the L1/L2 serves, an upper bound on DRAM's.
 //!
 //! Exact counts, not timings (no cache is modelled beyond these two bounds; time is
-//! measured on a real GPU). Spatial size is cut from 224² (`DFENGINE_BENCH_SIDE`, default
-//! 64) so that the interpreter runs the step in minutes; channels, depth and frames are
-//! the real network's.
+//! measured on a real GPU). Frames are 224² (`DFENGINE_BENCH_SIDE` cuts them: CI runs
+//! 32², in seconds; 224² takes a few minutes on the interpreter).
 //!
 //!     SOFTGPU_SM_COUNT=46 scripts/softgpu.sh run cargo bench --bench step_traffic
 //!
@@ -142,7 +141,7 @@ fn main() -> ExitCode {
     let _ = std::fs::remove_file(&path);
     // SAFETY: no other thread yet; the software GPU reads it at its first launch.
     unsafe { std::env::set_var("SOFTGPU_COUNTERS", &path) };
-    let side: usize = std::env::var("DFENGINE_BENCH_SIDE").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let side: usize = std::env::var("DFENGINE_BENCH_SIDE").ok().and_then(|s| s.parse().ok()).unwrap_or(224);
     let dtype = if std::env::var_os("DFENGINE_BENCH_FP32").is_some() { DType::F32 } else { DType::F16 };
     let mode = if std::env::var_os("DFENGINE_BENCH_LEAN").is_some() {
         ActivationMode::Lean

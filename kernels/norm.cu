@@ -17,9 +17,12 @@
 // intrinsics so that the compiler does not fuse a multiply-add the CPU rounds twice.
 //
 // Bytes: the training forward reads x three times (two statistics passes, normalise) and
-// writes y once; the backward reads dy and x twice. At ResNet sizes (C ≤ 2048, M in the
-// hundreds of thousands) the statistics passes are bandwidth-bound like the rest; a
-// later version fuses the sum into the producing convolution's epilogue.
+// writes y once; the backward reads dy and x twice — one pass takes both of its sums, Σg
+// and Σg·x̂, each still in its own order (they were two passes: benches/step_traffic.rs
+// counted batch norm's backward at 2.5× its least traffic, the largest excess after the
+// convolutions'). At ResNet sizes (C ≤ 2048, M in the hundreds of thousands) the
+// statistics passes are bandwidth-bound like the rest; a later version fuses the sums
+// into the producing convolution's epilogue.
 //
 // Activations (x, y, dy, relu_y, dx) are FP32 or FP16: the kernels that touch them are
 // templates on the element type with an `_f32` and an `_f16` entry (`batch_norm_chunk_sums`
@@ -29,8 +32,9 @@
 // passes move half the bytes of the FP32 ones.
 #include "common.cuh"
 
-// What pass 1 sums, per element i of channel ch.
-enum BnSum { SUM_X = 0, SUM_SQDEV = 1, SUM_G = 2, SUM_G_XHAT = 3 };
+// What pass 1 sums, per element i of channel ch. SUM_GRADS takes two sums at once, Σg and
+// Σg·x̂, and writes the partials of each chunk as 2C values: Σg's C, then Σg·x̂'s.
+enum BnSum { SUM_X = 0, SUM_SQDEV = 1, SUM_GRADS = 2 };
 
 // The normalised value before the ReLU and the rounding: one formula for the forward
 // and for the mask recomputed in backward.
@@ -79,7 +83,7 @@ DF_DEVICE void chunk_sums(const T* __restrict__ x, const T* __restrict__ dy, con
         int ch = (int)(t % C);
         long long chunk = t / C;
         long long end = min((chunk + 1) * rows, M);
-        double acc = 0.0;
+        double acc = 0.0, acc_g = 0.0;
         for (long long row = chunk * rows; row < end; ++row) {
             long long i = row * C + ch;
             double v;
@@ -90,15 +94,21 @@ DF_DEVICE void chunk_sums(const T* __restrict__ x, const T* __restrict__ dy, con
                     v = __dmul_rn(d, d);
                     break;
                 }
-                case SUM_G: v = (double)bn_grad(dy, mask, i, ch); break;
                 default: {
+                    double g = (double)bn_grad(dy, mask, i, ch);
                     float xhat = __fmul_rn(__fsub_rn(df_load(x, i), mean_f[ch]), invstd[ch]);
-                    v = __dmul_rn((double)bn_grad(dy, mask, i, ch), (double)xhat);
+                    acc_g = __dadd_rn(acc_g, g);
+                    v = __dmul_rn(g, (double)xhat);
                 }
             }
             acc = __dadd_rn(acc, v);
         }
-        partials[t] = acc;
+        if (kind == SUM_GRADS) {
+            partials[chunk * 2 * C + ch] = acc_g;
+            partials[chunk * 2 * C + C + ch] = acc;
+        } else {
+            partials[t] = acc;
+        }
     }
 }
 
@@ -190,16 +200,17 @@ extern "C" __global__ void batch_norm_normalize_f16(const __half* __restrict__ x
     normalize(x, M, C, mean, invstd, gamma, beta, relu, y);
 }
 
-// From Σg and Σg·x̂: dβ, dγ, and their means for the input gradient.
-extern "C" __global__ void batch_norm_bwd_stats_f32(const double* __restrict__ sum_g, const double* __restrict__ sum_gx,
-                                            long long M, int C, float* __restrict__ mean_g,
+// From Σg and Σg·x̂ (`sums`: Σg's C values, then Σg·x̂'s): dβ, dγ, and their means for
+// the input gradient.
+extern "C" __global__ void batch_norm_bwd_stats_f32(const double* __restrict__ sums, long long M, int C, float* __restrict__ mean_g,
                                             float* __restrict__ mean_gx, float* __restrict__ dgamma,
                                             float* __restrict__ dbeta) {
     DF_GRID_STRIDE(ch, (long long)C) {
-        mean_g[ch] = (float)__ddiv_rn(sum_g[ch], (double)M);
-        mean_gx[ch] = (float)__ddiv_rn(sum_gx[ch], (double)M);
-        dgamma[ch] = (float)sum_gx[ch];
-        dbeta[ch] = (float)sum_g[ch];
+        double sum_g = sums[ch], sum_gx = sums[C + ch];
+        mean_g[ch] = (float)__ddiv_rn(sum_g, (double)M);
+        mean_gx[ch] = (float)__ddiv_rn(sum_gx, (double)M);
+        dgamma[ch] = (float)sum_gx;
+        dbeta[ch] = (float)sum_g;
     }
 }
 

@@ -9,7 +9,9 @@
 #   scripts/softgpu.sh run CMD...  build, then run CMD with that LD_LIBRARY_PATH
 #
 # The device is set by SOFTGPU_SM_COUNT (default 8) and SOFTGPU_MEMORY (bytes or
-# KiB/MiB/GiB, default 16GiB), read when the program first initialises CUDA or NVML.
+# KiB/MiB/GiB, default 16GiB), read when the program first initialises CUDA or NVML;
+# SOFTGPU_FILL=255 fills new device memory with NaNs instead of zeros (CI's GPU tests run
+# so: a result that reads memory nothing wrote fails instead of passing on zeros).
 # CARGO_TARGET_DIR and CARGO_BUILD_JOBS are honoured.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

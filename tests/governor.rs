@@ -107,10 +107,14 @@ fn without_a_gpu_only_host_memory_counts() {
 #[test]
 fn out_of_memory_shrinks_down_to_one_then_refuses() {
     let mut g = Governor::new(config());
-    assert_eq!(g.on_out_of_memory(5, "requested 1 GiB").unwrap(), plan(3, 4));
-    assert_eq!(g.on_out_of_memory(5, "requested 1 GiB").unwrap(), plan(1, 12));
-    assert_eq!(g.on_out_of_memory(5, "requested 1 GiB"), Err(ShrinkError::AtMinimum));
+    // The plan says every size fits: the memory went elsewhere, so each failure halves.
+    let fits = |_| true;
+    assert_eq!(g.on_out_of_memory(5, "requested 1 GiB", fits).unwrap(), plan(3, 4));
+    assert_eq!(g.on_out_of_memory(5, "requested 1 GiB", fits).unwrap(), plan(1, 12));
+    assert_eq!(g.on_out_of_memory(5, "requested 1 GiB", fits), Err(ShrinkError::AtMinimum));
     assert!(g.log().iter().all(|d| d.reason.contains("out of memory: requested 1 GiB")));
+    assert!(g.log()[0].reason.contains("the plan fits micro-batch 6, so what is missing lies beyond it"));
+    assert!(g.log()[0].reason.ends_with(": halved"));
     // Calm afterwards grows back through the same plans.
     let actions = run(&mut g, &[sample(Some(0.2), 0.2); 6], 6);
     assert_eq!(actions, [Action::GrowMicroBatch(plan(3, 4)), Action::GrowMicroBatch(plan(6, 2))]);
@@ -127,6 +131,25 @@ fn forced_cleanup_runs_on_schedule_when_nothing_else_happened() {
         [(4, Action::TrimPool), (4, Action::ClearCaches), (8, Action::TrimPool), (8, Action::ClearCaches)]
     );
     assert!(g.log()[0].reason.contains("forced every 4 steps"));
+}
+
+#[test]
+fn out_of_memory_shrinks_to_the_largest_micro_batch_the_plan_fits() {
+    let mut g = Governor::new(GovernorConfig { micro_batch: 12, ..config() });
+    // Halving would give 6, which the plan says does not fit either: a second failure
+    // saved. 5 fits but does not divide 12; 4 is the largest divisor that fits.
+    let fits = |m: u32| m <= 5;
+    assert_eq!(g.on_out_of_memory(3, "requested 2 GiB", fits), Ok(plan(4, 3)));
+    assert_eq!(
+        g.log()[0].reason,
+        "out of memory: requested 2 GiB; micro-batch 4 is the largest whose planned step fits"
+    );
+    // Nothing fits by the plan: micro-batch 1 is still tried, and said so.
+    assert_eq!(g.on_out_of_memory(3, "requested 2 GiB", |_| false), Ok(plan(1, 12)));
+    assert!(g.log()[1].reason.ends_with("no micro-batch's planned step fits: trying 1"));
+    // Calm grows back through the plans it came down by.
+    let actions = run(&mut g, &[sample(Some(0.2), 0.2); 6], 6);
+    assert_eq!(actions, [Action::GrowMicroBatch(plan(4, 3)), Action::GrowMicroBatch(plan(12, 1))]);
 }
 
 #[test]
@@ -169,7 +192,7 @@ fn lean_activations_come_before_the_first_shrink_and_go_after_the_last_grow() {
     );
     assert_eq!(g.log()[3].action.to_string(), "keep lean activations (recomputed in backward)");
     // An out-of-memory shrinks (the step is redone at once; no switch of modes inside it).
-    assert_eq!(g.on_out_of_memory(6, "test"), Ok(plan(1, 12)));
+    assert_eq!(g.on_out_of_memory(6, "test", |_| true), Ok(plan(1, 12)));
     let actions = run(&mut g, &[sample(Some(0.3), 0.3); 18], 10);
     assert_eq!(
         actions,

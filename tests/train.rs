@@ -174,6 +174,11 @@ fn out_of_memory_shrinks_the_micro_batch_and_keeps_the_loss_curve() {
         "budget {budget} B (peaks {p4}/{p8}) should force exactly one shrink: {tight_actions:?}"
     );
     assert!(tight_actions[0].contains("shrink to micro-batch 4 × 2 accumulation"), "{tight_actions:?}");
+    // Chosen by the plan (which is the pool's peak to the byte), not by halving.
+    assert!(
+        tight_actions[0].contains("micro-batch 4 is the largest whose planned step fits"),
+        "{tight_actions:?}"
+    );
     // The run's record says so too.
     let log = std::fs::read_to_string(dir.path().join("tight/governor.csv")).unwrap();
     assert!(

@@ -208,6 +208,12 @@ fn out_of_memory_under_a_small_budget_shrinks_the_micro_batch_cuda() {
     assert_eq!(actions.len(), 1, "budget {budget} B (peaks {p4}/{p8}) should force one shrink: {actions:?}");
     assert!(actions[0].contains("shrink to micro-batch 4 × 2 accumulation"), "{actions:?}");
     assert!(actions[0].contains("out of memory"), "{actions:?}");
+    // The plan counts allocations; the budget holds the pool's 2 MiB granules, which is
+    // what runs out here: the governor says so and halves.
+    assert!(
+        actions[0].contains("the plan fits micro-batch 8, so what is missing lies beyond it"),
+        "{actions:?}"
+    );
     // The run went on: three optimizer steps, each as 4 × 2.
     assert_eq!(s["steps"].as_u64(), Some(3), "{s}");
     let steps = records(&run, "step");

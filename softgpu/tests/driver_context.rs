@@ -45,7 +45,7 @@ fn event(flags: u32) -> *mut c_void {
 
 #[test]
 fn device_context_and_events() {
-    configure(DeviceConfig { sm_count: 3, memory: 64 << 20 }).unwrap();
+    configure(DeviceConfig { sm_count: 3, memory: 64 << 20, fill: None }).unwrap();
     ok(cuInit(0));
 
     let mut name = [0 as c_char; 64];

@@ -207,15 +207,41 @@ impl Governor {
         self.log[first..].to_vec()
     }
 
-    /// An allocation failed inside a step: half the micro-batch (rounded down to a divisor
-    /// of the effective batch), same effective batch. The caller frees the step's memory and redoes it with `plan()`.
-    pub fn on_out_of_memory(&mut self, step: u64, detail: &str) -> Result<BatchPlan, ShrinkError> {
-        let next = self.smaller_plan().ok_or(ShrinkError::AtMinimum)?;
+    /// An allocation failed inside a step: the largest smaller micro-batch (a divisor of
+    /// the effective batch, which stays) whose planned step `fits`, so that the step is
+    /// redone once, at the most the memory holds, rather than halved until it passes. When
+    /// the plan says the current micro-batch fits too, the memory went where the plan does
+    /// not look (the pool's granules, fragmentation, another process): half of it then. `fits` may say no to
+    /// every size; micro-batch 1 is still tried. The caller frees the step's memory and
+    /// redoes it with `plan()`.
+    pub fn on_out_of_memory(
+        &mut self,
+        step: u64,
+        detail: &str,
+        fits: impl Fn(u32) -> bool,
+    ) -> Result<BatchPlan, ShrinkError> {
+        let halved = self.smaller_plan().ok_or(ShrinkError::AtMinimum)?;
+        let (b, micro) = (self.cfg.effective_batch, self.plan.micro_batch);
+        let (next, why) = if fits(micro) {
+            let why = format!(
+                "the plan fits micro-batch {micro}, so what is missing lies beyond it (the pool's granules, \
+                 fragmentation, another process): halved"
+            );
+            (halved, why)
+        } else {
+            let m = (1..micro).rev().find(|&m| b % m == 0 && fits(m)).unwrap_or(1);
+            let why = if fits(m) {
+                format!("micro-batch {m} is the largest whose planned step fits")
+            } else {
+                "no micro-batch's planned step fits: trying 1".to_string()
+            };
+            (BatchPlan { micro_batch: m, accumulation: b / m }, why)
+        };
         self.lasting.push(Lasting::Shrunk(self.plan));
         self.plan = next;
         self.level = self.level.max(3) + 1;
         self.calm = 0;
-        self.record(step, Action::ShrinkMicroBatch(next), &format!("out of memory: {detail}"));
+        self.record(step, Action::ShrinkMicroBatch(next), &format!("out of memory: {detail}; {why}"));
         Ok(next)
     }
 

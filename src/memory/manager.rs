@@ -130,10 +130,15 @@ impl MemoryManager {
     }
 
     /// An allocation failed inside `step`: the governor's smaller micro-batch (same
-    /// effective batch), recorded in governor.csv like every other decision; `None` at
-    /// micro-batch 1.
-    pub fn on_out_of_memory(&mut self, step: u64, detail: &str) -> Option<BatchPlan> {
-        let plan = self.governor.on_out_of_memory(step, detail).ok()?;
+    /// effective batch; the largest whose planned step `fits`), recorded in governor.csv
+    /// like every other decision; `None` at micro-batch 1.
+    pub fn on_out_of_memory(
+        &mut self,
+        step: u64,
+        detail: &str,
+        fits: impl Fn(u32) -> bool,
+    ) -> Option<BatchPlan> {
+        let plan = self.governor.on_out_of_memory(step, detail, fits).ok()?;
         if let Some(d) = self.governor.log().last().cloned() {
             self.write_decisions(&[d]);
         }

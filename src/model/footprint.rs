@@ -156,6 +156,11 @@ impl PlanDevice {
     /// multiprocessors as the largest current ones (an H100/H200 has 132), so that the
     /// split-K workspace is not under-planned on any card.
     pub const ANY_GPU: PlanDevice = PlanDevice::Cuda { sm_count: 132 };
+
+    /// The pool of the open backend `b`.
+    pub fn of<B: crate::backend::ops::Backend>(b: &B) -> PlanDevice {
+        b.multiprocessors().map_or(PlanDevice::Cpu, |sm_count| PlanDevice::Cuda { sm_count })
+    }
 }
 
 /// The footprint of one micro-batch of `clips` clips of `frames` frames keeping `mode`'s
@@ -375,7 +380,8 @@ impl Sim {
         let c = c as u64;
         let dx = self.act(elems, Part::Workspace);
         let grads = [self.alloc(4 * c, Part::Gradients), self.alloc(4 * c, Part::Gradients)];
-        self.scratch(&[Self::bn_partials(elems, c), 8 * c, 8 * c, 4 * c, 4 * c]);
+        // Σg and Σg·x̂ in one pass: two sums' partials and results at once.
+        self.scratch(&[2 * Self::bn_partials(elems, c), 16 * c, 4 * c, 4 * c]);
         (dx, grads)
     }
 }

@@ -28,7 +28,7 @@ use crate::data::splits::Splits;
 use crate::memory::governor::{Action, Switches};
 use crate::memory::manager::MemoryManager;
 use crate::model::arch::ResNetSpec;
-use crate::model::footprint::{ActivationMode, resolve_mode};
+use crate::model::footprint::{ActivationMode, PlanDevice, plan_step_on, resolve_mode};
 use crate::model::resnet::ResNet;
 use crate::model::weights::{TensorFile, load_pretrained};
 use crate::tensor::DType;
@@ -348,6 +348,15 @@ impl<B: Backend> Trainer<B> {
         let settings =
             StepSettings { preprocess: self.preprocess, ..StepSettings::of(&self.config.train, lr) };
         let step = self.progress.step;
+        // What the governor shrinks to on an out-of-memory: the largest micro-batch whose
+        // planned step on this backend's pool fits its budget, in this run's activation mode.
+        let (config, mode, budget) =
+            (&self.config, self.net.activation_mode, self.b.pool_stats().budget_bytes as u64);
+        let device = PlanDevice::of(&self.b);
+        let fits = |m: u32| {
+            let (frames, mixed) = (config.data.max_frames as u64, config.train.mixed_precision);
+            plan_step_on(device, config, m as u64, frames, mixed, mode).total() <= budget
+        };
         self.b.reset_pool_peaks();
         let t0 = Instant::now();
         let report = train_step(
@@ -359,7 +368,7 @@ impl<B: Backend> Trainer<B> {
             plan,
             &settings,
             |e| {
-                let plan = mm.on_out_of_memory(step, &e.to_string())?;
+                let plan = mm.on_out_of_memory(step, &e.to_string(), fits)?;
                 bar.suspend(|| eprintln!("governor: out of memory in step {step}, now {plan}"));
                 Some(plan)
             },

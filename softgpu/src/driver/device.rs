@@ -23,6 +23,7 @@ const DEFAULT_SM_COUNT: u32 = 8;
 const DEFAULT_MEMORY: u64 = 16 << 30;
 pub const SM_COUNT_VAR: &str = "SOFTGPU_SM_COUNT";
 pub const MEMORY_VAR: &str = "SOFTGPU_MEMORY";
+pub const FILL_VAR: &str = "SOFTGPU_FILL";
 
 /// The device presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,11 +32,16 @@ pub struct DeviceConfig {
     /// Device memory in bytes; physical and plain allocations beyond it fail with
     /// `CUDA_ERROR_OUT_OF_MEMORY`.
     pub memory: u64,
+    /// The byte new device memory holds (None: zeros). A card gives whatever was there;
+    /// 255 makes every FP32 and FP16 element a NaN, so a result that reads memory nothing
+    /// wrote shows it instead of passing on zeros.
+    pub fill: Option<u8>,
 }
 
 impl DeviceConfig {
-    /// From `SOFTGPU_SM_COUNT` (default 8) and `SOFTGPU_MEMORY` (bytes, or with a KiB /
-    /// MiB / GiB suffix; default 16 GiB).
+    /// From `SOFTGPU_SM_COUNT` (default 8), `SOFTGPU_MEMORY` (bytes, or with a KiB /
+    /// MiB / GiB suffix; default 16 GiB) and `SOFTGPU_FILL` (a byte, 0–255; default none:
+    /// zeroed memory).
     pub fn from_env() -> Result<DeviceConfig, String> {
         let read = |var: &str| std::env::var(var).ok().filter(|v| !v.trim().is_empty());
         let sm_count = match read(SM_COUNT_VAR) {
@@ -51,7 +57,15 @@ impl DeviceConfig {
             Some(v) => parse_size(&v).map_err(|e| format!("{MEMORY_VAR}={v}: {e}"))?,
             None => DEFAULT_MEMORY,
         };
-        Ok(DeviceConfig { sm_count, memory })
+        let fill = match read(FILL_VAR) {
+            Some(v) => Some(
+                v.trim()
+                    .parse::<u8>()
+                    .map_err(|_| format!("{FILL_VAR}={v}: expected a byte value, 0 to 255"))?,
+            ),
+            None => None,
+        };
+        Ok(DeviceConfig { sm_count, memory, fill })
     }
 }
 

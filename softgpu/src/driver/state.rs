@@ -52,7 +52,7 @@ pub fn configure(config: DeviceConfig) -> Result<(), String> {
 pub fn instance() -> Result<&'static Driver, String> {
     let config = CONFIG.get_or_init(DeviceConfig::from_env).clone()?;
     Ok(DRIVER.get_or_init(|| Driver {
-        memory: RwLock::new(AddressSpace::new(config.memory)),
+        memory: RwLock::new(AddressSpace::new(config.memory, config.fill)),
         config,
         initialized: AtomicBool::new(false),
         objects: Mutex::new(Objects::default()),

@@ -36,7 +36,8 @@ pub fn name(r: CuResult) -> String {
 /// for the whole process) current here, and holds the test lock.
 pub fn device() -> MutexGuard<'static, ()> {
     let guard = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-    configure(DeviceConfig { sm_count: 2, memory: DEVICE_MEMORY as u64 }).expect("configure the test device");
+    configure(DeviceConfig { sm_count: 2, memory: DEVICE_MEMORY as u64, fill: None })
+        .expect("configure the test device");
     ok(cuInit(0));
     let ctx = *CONTEXT.get_or_init(|| {
         let mut ctx: *mut c_void = std::ptr::null_mut();

@@ -73,10 +73,15 @@ impl CudaBackend {
         &self.dev
     }
 
+    /// A tensor for an op's result. Every op body here writes each element of the
+    /// tensors it takes from this before anything reads them (the GPU tests run on the
+    /// software GPU with new memory filled with NaNs, `SOFTGPU_FILL=255`, so a result
+    /// left partly unwritten fails its parity test).
     fn alloc(&self, shape: impl Into<Shape>, dtype: DType) -> Result<CudaTensor, OpError> {
         let shape = shape.into();
         let n = shape.numel();
-        let buf = with_elem!(dtype, E => E::wrap(self.dev.alloc::<E>(n)?));
+        // SAFETY: the op allocating it writes every element (above).
+        let buf = with_elem!(dtype, E => E::wrap(unsafe { self.dev.alloc_uninit::<E>(n) }?));
         Ok(Tensor::from_parts(shape, dtype, Arc::new(buf)))
     }
 
@@ -85,7 +90,8 @@ impl CudaBackend {
         match &**t.storage() {
             DeviceBuf::F16(s) => Ok(Half::Borrowed(s)),
             DeviceBuf::F32(s) => {
-                let mut h = self.dev.alloc::<f16>(t.numel())?;
+                // SAFETY: the cast below writes every element.
+                let mut h = unsafe { self.dev.alloc_uninit::<f16>(t.numel()) }?;
                 eltwise::cast_f32_f16(&self.dev, s, &mut h, t.numel())?;
                 Ok(Half::Copied(h))
             }
@@ -123,6 +129,10 @@ impl Backend for CudaBackend {
         true
     }
 
+    fn multiprocessors(&self) -> Option<usize> {
+        Some(self.dev.sm_count)
+    }
+
     fn pool_stats(&self) -> PoolStats {
         self.dev.pool().lock().unwrap_or_else(PoisonError::into_inner).stats()
     }
@@ -156,7 +166,9 @@ impl Backend for CudaBackend {
     }
 
     fn run_zeros(&self, shape: Shape, dtype: DType) -> Result<CudaTensor, OpError> {
-        self.alloc(shape, dtype)
+        let n = shape.numel();
+        let buf = with_elem!(dtype, E => E::wrap(self.dev.alloc::<E>(n)?));
+        Ok(Tensor::from_parts(shape, dtype, Arc::new(buf)))
     }
 
     fn run_download(&self, t: &CudaTensor) -> Result<Vec<f32>, OpError> {

@@ -83,7 +83,8 @@ fn pad_channels(
     c: usize,
 ) -> Result<PoolSlice<f16>, CudaError> {
     let c_pad = c.next_multiple_of(VECTOR);
-    let mut dst = dev.alloc::<f16>(rows * c_pad)?;
+    // SAFETY: the kernel below writes every element, the padding as zeros.
+    let mut dst = unsafe { dev.alloc_uninit::<f16>(rows * c_pad) }?;
     let kernel = dev.kernel(entries::CONV_PAD_CHANNELS_F16)?;
     let (rows_i, c_i, c_pad_i) = (rows as i64, c as i32, c_pad as i32);
     let mut args = dev.args(&kernel);
@@ -216,7 +217,8 @@ pub fn conv2d_dgrad(
     let (xn, wn, yn) = sizes(entry, g)?;
     check_lens(entry, &[("dy", dy.len(), yn), ("w", w.len(), wn), ("dx", dx.len(), xn)])?;
     let shapes = || format!("{g:?}");
-    let mut wt = dev.alloc::<f16>(wn)?;
+    // SAFETY: the transpose below writes every element.
+    let mut wt = unsafe { dev.alloc_uninit::<f16>(wn) }?;
     let transpose = dev.kernel(entries::CONV_WEIGHT_KRSC_TO_CRSK_F16)?;
     let [_, _, _, c, k, r, s, _, _, sh, sw, ..] = geom_args(g);
     let mut args = dev.args(&transpose);
@@ -313,7 +315,10 @@ pub fn conv2d_wgrad_planned(
     };
     let cols = gp.r * gp.s * gp.c;
     let direct = plan.splits == 1 && gp.c == g.c;
-    let mut workspace = if direct { None } else { Some(dev.alloc::<f32>(plan.splits * g.k * cols)?) };
+    // SAFETY: every split writes its whole K × cols slice (the plan covers each
+    // reduction tile once; a split's epilogue stores its tile whatever it summed).
+    let mut workspace =
+        if direct { None } else { Some(unsafe { dev.alloc_uninit::<f32>(plan.splits * g.k * cols) }?) };
     let shapes = || format!("{g:?} {plan:?}");
     let kernel = dev.kernel(entry)?;
     let dims = geom_args(&gp);

@@ -189,6 +189,21 @@ impl Device {
         Ok(PoolSlice::zeroed(&self.stream, &self.pool, len)?)
     }
 
+    /// `len` elements as the pool's block left them, for a result or scratch the op's
+    /// kernels write whole: no memset, whose pass over the block moves as many bytes as
+    /// writing the result does (benches/step_traffic.rs: a fifth of a ResNet-18 step's
+    /// traffic went to zeroing blocks that kernels then overwrote).
+    ///
+    /// # Safety
+    /// The kernels queued next write every element before any kernel or copy reads it.
+    pub unsafe fn alloc_uninit<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<PoolSlice<T>, CudaError> {
+        // SAFETY: the caller's contract.
+        Ok(unsafe { PoolSlice::uninit(&self.stream, &self.pool, len, COMPUTE_STREAM) }?)
+    }
+
     /// `data` copied into a new block of the pool, ready for the compute stream: through
     /// the staging ring on the copy stream when uploads are staged and `data` is large
     /// enough to gain, else queued on the compute stream from `data` itself.

@@ -14,12 +14,19 @@ use crate::backend::params::{BatchNormParams, STATS_CHUNK_ROWS};
 use crate::kernels::entries;
 
 /// kernels/norm.cu's `BnSum`.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Sum {
     X = 0,
     SqDev = 1,
-    G = 2,
-    GXhat = 3,
+    /// Σg and Σg·x̂ in one pass over dy and x.
+    Grads = 2,
+}
+
+impl Sum {
+    /// Sums per channel: Grads gives two.
+    fn per_channel(self) -> usize {
+        if self == Sum::Grads { 2 } else { 1 }
+    }
 }
 
 /// A per-channel vector the caller passes (γ, β, running statistics, saved statistics).
@@ -36,7 +43,8 @@ struct SumInputs<'a, T> {
     mask_beta: Option<&'a CudaSlice<f32>>,
 }
 
-/// Per-channel f64 sums of `kind` over M rows, in the CPU twin's order.
+/// Per-channel f64 sums of `kind` over M rows, in the CPU twin's order: C values, or for
+/// `Sum::Grads` 2C (Σg's, then Σg·x̂'s).
 fn channel_sums<T: DeviceElem>(
     dev: &Device,
     kind: Sum,
@@ -45,8 +53,9 @@ fn channel_sums<T: DeviceElem>(
     c: usize,
 ) -> Result<PoolSlice<f64>, CudaError> {
     let chunks = m.div_ceil(STATS_CHUNK_ROWS);
-    let mut partials = dev.alloc::<f64>(chunks * c)?;
-    let mut out = dev.alloc::<f64>(c)?;
+    let sums = kind.per_channel();
+    let mut partials = dev.alloc::<f64>(chunks * c * sums)?;
+    let mut out = dev.alloc::<f64>(c * sums)?;
     let (kind_i, mm, ci, chunks_i) = (kind as i32, m as i64, c as i32, chunks as i64);
     let rows = STATS_CHUNK_ROWS as i64;
     let pass1 =
@@ -65,11 +74,14 @@ fn channel_sums<T: DeviceElem>(
     // SAFETY: arguments follow batch_norm_chunk_sums_f64; the kind reads only the tensors given,
     // each of M·C (or C) elements, checked by the callers.
     unsafe { dev.launch(&pass1, args, grid_1d(chunks * c), shapes) }?;
+    // Each chunk's partials are `sums`·C values in a row, so one reduction over that many
+    // columns gives every sum.
     let pass2 = dev.kernel(entries::BATCH_NORM_REDUCE_CHUNKS_F64)?;
+    let columns = (c * sums) as i32;
     let mut args = dev.args(&pass2);
-    args.arg(&partials).arg(&chunks_i).arg(&ci).arg(&mut out);
-    // SAFETY: partials holds chunks·C values, out C.
-    unsafe { dev.launch(&pass2, args, grid_1d(c), shapes) }?;
+    args.arg(&partials).arg(&chunks_i).arg(&columns).arg(&mut out);
+    // SAFETY: partials holds chunks·C·sums values, out C·sums.
+    unsafe { dev.launch(&pass2, args, grid_1d(c * sums), shapes) }?;
     Ok(out)
 }
 
@@ -284,13 +296,12 @@ fn bwd<T: DeviceElem>(
         mask_gamma: mask_beta.map(|_| gamma),
         mask_beta,
     };
-    let sum_g = channel_sums(dev, Sum::G, &grads, m, c)?;
-    let sum_gx = channel_sums(dev, Sum::GXhat, &grads, m, c)?;
+    let sums = channel_sums(dev, Sum::Grads, &grads, m, c)?;
     let (mut mean_g, mut mean_gx) = (dev.alloc::<f32>(c)?, dev.alloc::<f32>(c)?);
     let (mm, ci) = (m as i64, c as i32);
     let k = dev.kernel(entries::BATCH_NORM_BWD_STATS_F32)?;
     let mut args = dev.args(&k);
-    args.arg(&sum_g).arg(&sum_gx).arg(&mm).arg(&ci).arg(&mut mean_g).arg(&mut mean_gx).arg(dgamma).arg(dbeta);
+    args.arg(&sums).arg(&mm).arg(&ci).arg(&mut mean_g).arg(&mut mean_gx).arg(dgamma).arg(dbeta);
     // SAFETY: C-element vectors.
     unsafe { dev.launch(&k, args, grid_1d(c), || format!("C={c}")) }?;
     let k = dev.kernel(entry)?;

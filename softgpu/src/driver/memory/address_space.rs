@@ -82,6 +82,8 @@ struct Physical {
 /// All device memory of the one device.
 pub struct AddressSpace {
     total: u64,
+    /// What new allocations hold (`DeviceConfig::fill`); None: zeros.
+    fill: Option<u8>,
     used: u64,
     next_va: u64,
     reservations: BTreeMap<u64, u64>,
@@ -98,10 +100,12 @@ fn granular(x: u64) -> bool {
 }
 
 impl AddressSpace {
-    /// An empty address space over `total` bytes of device memory.
-    pub fn new(total: u64) -> AddressSpace {
+    /// An empty address space over `total` bytes of device memory, new allocations
+    /// holding `fill` in every byte (None: zeros).
+    pub fn new(total: u64, fill: Option<u8>) -> AddressSpace {
         AddressSpace {
             total,
+            fill,
             used: 0,
             next_va: BASE,
             reservations: BTreeMap::new(),
@@ -125,6 +129,10 @@ impl AddressSpace {
             return Err(CuResult::OutOfMemory);
         }
         let buffer = usize::try_from(size).ok().and_then(HostBuffer::zeroed).ok_or(CuResult::OutOfMemory)?;
+        if let Some(byte) = self.fill {
+            // SAFETY: the buffer holds `size` bytes, owned here.
+            unsafe { std::ptr::write_bytes(buffer.ptr(), byte, size as usize) };
+        }
         self.used += size;
         Ok(buffer)
     }

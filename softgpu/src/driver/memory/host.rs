@@ -10,7 +10,7 @@ use std::ptr::NonNull;
 /// then takes the `calloc` path, whose large blocks are fresh zero pages that cost
 /// nothing until touched, so a 16 GiB device does not need 16 GiB of RAM. The real
 /// driver does not zero new memory; code that reads memory it never wrote sees zeros
-/// here and garbage on a card.
+/// here and garbage on a card, unless `SOFTGPU_FILL` fills it (`AddressSpace::take`).
 pub struct HostBuffer {
     ptr: NonNull<u8>,
     layout: Layout,
