@@ -182,8 +182,10 @@ impl Device {
         &self.ledger
     }
 
-    /// `len` zeroed elements from the pool: a tensor, or scratch for one op (a transposed
-    /// filter, split-K partial sums, padded channels) returned when the op drops it.
+    /// `len` zeroed elements from the pool, returned when dropped: for `zeros`, a flag a
+    /// kernel sets only when it finds a non-finite value, and the small per-channel
+    /// scratch of the statistics (where a memset costs nothing worth counting). Results
+    /// and large scratch that kernels write whole take `alloc_uninit`.
     pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<PoolSlice<T>, CudaError> {
         self.ledger.zeroed(len * std::mem::size_of::<T>());
         Ok(PoolSlice::zeroed(&self.stream, &self.pool, len)?)
