@@ -9,7 +9,10 @@
 //! once at full size (no reduction) on one thread, to show what the reduction saves.
 //! benches/face_detect_torch.py runs facenet-pytorch 2.6.0's `MTCNN.detect` (read from the
 //! wheel the fetch script keeps, with the same thresholds and minimum face) on the same
-//! frames reduced the same way, as one batch, with the same thread counts.
+//! frames reduced the same way, as one batch, with the same thread counts. With a GPU,
+//! the reduced frames once more with the networks on the CUDA backend (what `prepare`
+//! does there), beside the CPU rows; not on the software GPU, whose interpreter measures
+//! no card's speed.
 //!
 //! `cargo bench --bench face_detect`. Needs models/mtcnn.safetensors and
 //! models/astronaut.png (scripts/get-face-detector.sh --test-image). `DFENGINE_TORCH_PYTHON`
@@ -157,4 +160,28 @@ fn main() {
     }
     // Full size costs about 4× as much: once, on one thread.
     row(format!("{WIDTH}×{HEIGHT} (not reduced), 1"), dfengine_seconds(full_size, 1, 1), 1, 1, 1);
+    #[cfg(feature = "cuda")]
+    cuda_row(format!("{}×{} (prepare), 2, cuda", WIDTH / factor, HEIGHT / factor), &weights, &decoded, runs);
+}
+
+/// `prepare`'s detection with the networks on the CUDA backend of device 0 (the pyramid,
+/// crops, NMS and tracks on 2 host threads), to set against the CPU rows above.
+#[cfg(feature = "cuda")]
+fn cuda_row(label: String, weights: &Path, decoded: &[(usize, usize, usize, Vec<u8>)], runs: usize) {
+    use dfengine::backend::cuda::backend::CudaBackend;
+    use dfengine::backend::ops::Backend;
+
+    let backend = match CudaBackend::open(0, None, false) {
+        Ok(b) => b,
+        Err(e) => return println!("{label:<34} skipped: {e}"),
+    };
+    let name = backend.name();
+    if name.contains("softgpu") {
+        return println!("{label:<34} skipped: {name} is the software GPU, which measures no card's speed");
+    }
+    let det =
+        FaceDetector::load_on(backend, weights, DetectSettings::default()).expect("load MTCNN on the GPU");
+    let on_gpu = || detect_clip(&det, decoded, &Default::default()).expect("detect").faces_found;
+    let (cpu, wall, faces) = dfengine_seconds(on_gpu, 2, runs);
+    println!("{label:<34} {:>20}   on {name}", format!("{cpu:.3} ({wall:.3}) {faces}f"));
 }

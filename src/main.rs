@@ -131,6 +131,10 @@ struct PrepareArgs {
     /// machine-readable output
     #[argh(switch)]
     json: bool,
+    /// where face detection runs (`[data] faces = "detect"`): auto (the GPU of [gpu] device
+    /// when one is usable, else the CPU), cpu or cuda
+    #[argh(option, default = "Compute::Auto", from_str_fn(parse_compute))]
+    device: Compute,
 }
 
 /// Evaluate a checkpoint on the test split (clip AUC, frame AUC, ACC, EER, log loss).
@@ -226,19 +230,25 @@ fn train(args: TrainArgs) -> Result<(), Failure> {
         }
         #[cfg(feature = "cuda")]
         Picked::Cuda => {
-            let budget = match config.gpu.vram_budget {
-                config::VramBudget::Bytes(n) => Some(n as usize),
-                config::VramBudget::Auto => None,
-            };
-            let backend = dfengine::backend::cuda::backend::CudaBackend::open(
-                config.gpu.device,
-                budget,
-                config.dataloader.pin_memory,
-            )
-            .map_err(|e| Failure::Runtime(anyhow::anyhow!("opening cuda:{}: {e}", config.gpu.device)))?;
+            let backend = cuda_backend(&config, config.dataloader.pin_memory)?;
             run_training(backend, config, &args.config, opts)
         }
     }
+}
+
+/// The CUDA backend on `[gpu] device`, its pool capped by `gpu.vram_budget` when that is
+/// a size; `pinned` stages uploads through page-locked memory.
+#[cfg(feature = "cuda")]
+fn cuda_backend(
+    config: &config::Config,
+    pinned: bool,
+) -> Result<dfengine::backend::cuda::backend::CudaBackend, Failure> {
+    let budget = match config.gpu.vram_budget {
+        config::VramBudget::Bytes(n) => Some(n as usize),
+        config::VramBudget::Auto => None,
+    };
+    dfengine::backend::cuda::backend::CudaBackend::open(config.gpu.device, budget, pinned)
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("opening cuda:{}: {e}", config.gpu.device)))
 }
 
 /// The training run on backend `backend`.
@@ -510,7 +520,7 @@ fn prepare(args: PrepareArgs) -> Result<(), Failure> {
         other => Failure::Input(other.to_string()),
     })?;
     if !args.list {
-        return fill_cache(&resolved.config, m.entries);
+        return fill_cache(&resolved.config, m.entries, args.device);
     }
     let counts = m.counts();
     if args.json {
@@ -560,6 +570,7 @@ fn face_mode(d: &config::DataConfig) -> String {
 fn fill_cache(
     config: &config::Config,
     entries: Vec<dfengine::data::manifest::VideoEntry>,
+    device: Compute,
 ) -> Result<(), Failure> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -584,8 +595,9 @@ fn fill_cache(
         dir.display(),
         config::format_bytes((per_video * total) as u64)
     );
-    let detector = dfengine::data::face_boxes::detector_for(d).map_err(Failure::Input)?;
-    println!("faces: {}", face_mode(d));
+    let detector = prepare_detector(config, device)?;
+    let on = detector.as_ref().map_or(String::new(), |det| format!(" on {}", det.backend_name()));
+    println!("faces: {}{on}", face_mode(d));
     let faces = dfengine::data::face_boxes::FaceSettings::from_config(d);
     // Videos decoded at once share the cores: with fewer videos than cores each decodes
     // with FFmpeg's frame threads (one video on two cores: two threads).
@@ -639,8 +651,33 @@ fn fill_cache(
     Ok(())
 }
 
+/// MTCNN for `prepare` when `[data] faces = "detect"`: on the GPU of `[gpu] device` when
+/// `--device` allows and one is usable (picked as `train` picks its backend), else on the
+/// CPU.
+#[cfg(feature = "video")]
+fn prepare_detector(
+    config: &config::Config,
+    device: Compute,
+) -> Result<Option<std::sync::Arc<dfengine::data::detect::FaceDetector>>, Failure> {
+    use dfengine::data::face_boxes::load_detector;
+    let d = &config.data;
+    if d.faces != config::FaceSource::Detect {
+        return Ok(None);
+    }
+    let loaded = match pick_device(device)? {
+        Picked::Cpu => load_detector(d),
+        #[cfg(feature = "cuda")]
+        Picked::Cuda => dfengine::data::face_boxes::load_detector_on(cuda_backend(config, false)?, d),
+    };
+    loaded.map(|det| Some(std::sync::Arc::new(det))).map_err(|e| Failure::Input(e.to_string()))
+}
+
 #[cfg(not(feature = "video"))]
-fn fill_cache(_: &config::Config, _: Vec<dfengine::data::manifest::VideoEntry>) -> Result<(), Failure> {
+fn fill_cache(
+    _: &config::Config,
+    _: Vec<dfengine::data::manifest::VideoEntry>,
+    _: Compute,
+) -> Result<(), Failure> {
     Err(Failure::Runtime(anyhow::anyhow!(
         "this dfengine was built without the `video` feature (FFmpeg): it cannot decode videos"
     )))

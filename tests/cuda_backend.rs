@@ -115,6 +115,23 @@ fn every_op_matches_the_cpu_cuda() {
     );
     assert!(g.temporal_mean_fwd(&fg, 3).is_err(), "8 frames do not split into clips of 3");
 
+    // The face detector's ops (their own random stream, so that the cases after them see
+    // the values they always saw): ceil-mode max pool, bias with and without PReLU in
+    // place, softmax over the channels.
+    let mut rng_faces = Rng::new(91);
+    let (yc, yg) = (c.max_pool2d_ceil_fwd(&xc, 3, 2).unwrap(), g.max_pool2d_ceil_fwd(&xg, 3, 2).unwrap());
+    same("max_pool2d (ceil mode)", &c, &g, &yc, &yg, 0.0, 0.0);
+    let (bias_c, bias_g) = pair(&c, &g, &mut rng_faces, &[6], -0.5, 0.5);
+    let (alpha_c, alpha_g) = pair(&c, &g, &mut rng_faces, &[6], 0.0, 0.5);
+    let (mut bc, mut bg) = pair(&c, &g, &mut rng_faces, &[3, 5, 7, 6], -1.0, 1.0);
+    c.bias_prelu(&mut bc, &bias_c, &alpha_c).unwrap();
+    g.bias_prelu(&mut bg, &bias_g, &alpha_g).unwrap();
+    same("bias_prelu", &c, &g, &bc, &bg, 0.0, 0.0);
+    c.bias_add(&mut bc, &bias_c).unwrap();
+    g.bias_add(&mut bg, &bias_g).unwrap();
+    same("bias_prelu + bias_add", &c, &g, &bc, &bg, 0.0, 0.0);
+    same("softmax_rows", &c, &g, &c.softmax_rows(&xc).unwrap(), &g.softmax_rows(&xg).unwrap(), 1e-7, 2e-6);
+
     // Batch norm, training and eval, with and without the fused ReLU.
     for relu in [false, true] {
         let params = BatchNormParams { relu, ..Default::default() };

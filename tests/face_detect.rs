@@ -1,105 +1,36 @@
-//! Face detection: the ops MTCNN adds to the CPU backend (per-channel PReLU and bias,
-//! softmax over channels, ceil-mode max pooling) against their definitions, then the
-//! detector against an independent NumPy implementation of facenet-pytorch's MTCNN
-//! (tests/fixtures/make_mtcnn_reference.py → mtcnn_astronaut.json) on scikit-image's
-//! astronaut photograph, decoded through FFmpeg's PNG decoder; then a clip made from it
-//! (pan, zoom, black frames) through tracks and the frame cache, and a clip with no face.
+//! Face detection: the detector against an independent NumPy implementation of
+//! facenet-pytorch's MTCNN (tests/fixtures/make_mtcnn_reference.py → mtcnn_astronaut.json)
+//! on scikit-image's astronaut photograph, decoded through FFmpeg's PNG decoder; the same
+//! faces on the CUDA backend as on the CPU; then a clip made from it (pan, zoom, black
+//! frames) through tracks and the frame cache, and a clip with no face. The ops MTCNN
+//! adds (bias with PReLU, softmax, ceil-mode max pool) are tested in tests/activation.rs
+//! and tests/pooling.rs.
 //!
 //! The detector's tests need `models/mtcnn.safetensors` and `models/astronaut.png`
 //! (scripts/get-face-detector.sh --test-image); without them they print why they skip.
-//! The GPU path is not written yet: these ops run on the CPU backend only.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
-use dfengine::backend::cpu::{activation, pooling};
+use dfengine::backend::cpu::CpuBackend;
+use dfengine::backend::ops::Backend;
 use dfengine::data::detect::{DetectSettings, FaceDetector, Image};
 use dfengine::model::mtcnn::MtcnnError;
-use dfengine::rng::Rng;
-
-// ---- ops ----
-
-#[test]
-fn prelu_and_bias_match_their_definition() {
-    let mut rng = Rng::new(1);
-    let c = 7;
-    let rows = 5000; // past one rayon task of rows
-    let x = rng.vec(rows * c, -2.0, 2.0);
-    let alpha = rng.vec(c, -0.5, 0.5);
-    let bias = rng.vec(c, -1.0, 1.0);
-    let mut y = x.clone();
-    activation::bias_add(&mut y, &bias);
-    activation::prelu(&mut y, &alpha);
-    for (i, (&got, &xi)) in y.iter().zip(&x).enumerate() {
-        let v = xi + bias[i % c];
-        let want = if v >= 0.0 { v } else { alpha[i % c] * v };
-        assert_eq!(got, want, "element {i} (channel {})", i % c);
-    }
-}
-
-#[test]
-fn softmax_rows_matches_its_definition_and_survives_large_logits() {
-    let mut rng = Rng::new(2);
-    let c = 3;
-    let mut x = rng.vec(9000 * c, -5.0, 5.0);
-    x[0] = 1000.0; // exp would overflow without the max subtracted
-    let mut y = vec![0.0; x.len()];
-    activation::softmax_rows(&x, c, &mut y);
-    for (r, (yr, xr)) in y.chunks(c).zip(x.chunks(c)).enumerate() {
-        let m = xr.iter().copied().fold(f64::NEG_INFINITY, |a, b| a.max(b as f64));
-        let sum: f64 = xr.iter().map(|&v| (v as f64 - m).exp()).sum();
-        for (k, (&got, &v)) in yr.iter().zip(xr).enumerate() {
-            let want = ((v as f64 - m).exp() / sum) as f32;
-            assert!((got - want).abs() <= 1e-6, "row {r} channel {k}: got {got} want {want}");
-        }
-    }
-}
-
-#[test]
-fn ceil_mode_max_pool_matches_pytorch_definition() {
-    let mut rng = Rng::new(3);
-    // (H, W, window, stride, expected P, Q): odd sizes leave a partial last window.
-    for (h, w, win, stride, p, q) in [
-        (10, 10, 2, 2, 5, 5),
-        (11, 9, 2, 2, 6, 5),
-        (22, 22, 3, 2, 11, 11),
-        (9, 8, 3, 2, 4, 4),
-        (3, 3, 1, 2, 2, 2),
-    ] {
-        let (n, c) = (2, 3);
-        let x = rng.vec(n * h * w * c, -1.0, 1.0);
-        let g = pooling::ceil_mode_geom([n, h, w, c], win, stride).unwrap();
-        assert_eq!((g.p, g.q), (p, q), "output size for {h}×{w} window {win} stride {stride}");
-        let mut y = vec![0.0; n * p * q * c];
-        pooling::max_pool2d_fwd(&g, &x, &mut y);
-        for ni in 0..n {
-            for pi in 0..p {
-                for qi in 0..q {
-                    for ci in 0..c {
-                        let mut m = f32::NEG_INFINITY;
-                        for hh in pi * stride..(pi * stride + win).min(h) {
-                            for ww in qi * stride..(qi * stride + win).min(w) {
-                                m = m.max(x[((ni * h + hh) * w + ww) * c + ci]);
-                            }
-                        }
-                        assert_eq!(y[((ni * p + pi) * q + qi) * c + ci], m, "({ni}, {pi}, {qi}, {ci})");
-                    }
-                }
-            }
-        }
-    }
-    let err = pooling::ceil_mode_geom([1, 2, 5, 1], 3, 2).unwrap_err().to_string();
-    assert!(err.contains("does not fit input 2×5"), "{err}");
-}
-
-// ---- the detector ----
 
 fn asset(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name)
 }
 
-/// The detector with `settings`, or None (after saying why) when the weights are missing.
+/// The detector with `settings` on the CPU, or None (after saying why) when the weights
+/// are missing.
 fn detector(settings: DetectSettings) -> Option<FaceDetector> {
-    match FaceDetector::load(&asset("mtcnn.safetensors"), settings) {
+    detector_on(CpuBackend::default(), settings)
+}
+
+/// The detector with `settings` on `backend`, or None as `detector`.
+fn detector_on<B: Backend + Send + 'static>(backend: B, settings: DetectSettings) -> Option<FaceDetector> {
+    match FaceDetector::load_on(backend, &asset("mtcnn.safetensors"), settings) {
         Ok(d) => Some(d),
         Err(MtcnnError::Missing(path)) => {
             println!("skipped: {} missing (run scripts/get-face-detector.sh --test-image)", path.display());
@@ -185,25 +116,28 @@ mod astronaut {
             .collect()
     }
 
+    fn fixture() -> Fixture {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mtcnn_astronaut.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    impl Case {
+        fn settings(&self) -> DetectSettings {
+            DetectSettings {
+                min_face: self.min_face,
+                thresholds: self.thresholds,
+                ..DetectSettings::default()
+            }
+        }
+    }
+
     #[test]
     fn mtcnn_matches_the_numpy_reference_on_the_astronaut() {
         let Some((rgb, width, height)) = photograph() else { return };
         assert_eq!((width, height), (512, 512), "the astronaut is 512×512");
-        let fixture: Fixture = serde_json::from_str(
-            &std::fs::read_to_string(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mtcnn_astronaut.json"),
-            )
-            .unwrap(),
-        )
-        .unwrap();
         let (mut box_err, mut score_err, mut mark_err) = (0f32, 0f32, 0f32);
-        for case in &fixture.cases {
-            let settings = DetectSettings {
-                min_face: case.min_face,
-                thresholds: case.thresholds,
-                ..DetectSettings::default()
-            };
-            let Some(d) = detector(settings) else { return };
+        for case in &fixture().cases {
+            let Some(d) = detector(case.settings()) else { return };
             let pixels = crop(&rgb, width, case.crop);
             let image = Image { rgb: &pixels, width: case.crop[2], height: case.crop[3] };
             d.detect(image).unwrap(); // warm-up: page in the weights, start rayon
@@ -240,6 +174,71 @@ mod astronaut {
         assert!(box_err <= 1.0, "boxes differ by {box_err} px");
         assert!(score_err <= 1e-3, "scores differ by {score_err}");
         assert!(mark_err <= 1.0, "landmarks differ by {mark_err} px");
+    }
+
+    /// The detector on the CUDA backend finds the faces it finds on the CPU: its
+    /// convolutions run on FP16 tensor cores (inputs rounded to FP16, FP32 sums), which
+    /// moves boxes and landmarks by hundredths of a pixel (3·10⁻² px measured on the
+    /// fixture's cases) and scores near 1 by a few millionths. The 200² square around the
+    /// face at 96² (the face about 45 px), then the NumPy fixture's cases: all of them on
+    /// a card, those up to 360×300 on the software GPU, whose interpreter takes seconds
+    /// over a 512² pyramid (10 s for all four cases, 1.7 s for these).
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn mtcnn_finds_the_cpus_faces_on_the_gpu_cuda() {
+        use dfengine::data::clip::crop_resize;
+        use dfengine::data::faces::Crop;
+
+        let Some((rgb, width, _)) = photograph() else { return };
+        let Some((gpu, dut)) = common::cuda_backend() else { return };
+        let head = crop_resize(&rgb, 512, 512, Crop { x0: 124, y0: 17, side: 200 }, 96);
+        let mut cases = vec![("head at 96²".to_string(), head, [96, 96], DetectSettings::default())];
+        for c in fixture().cases {
+            let [_, _, w, h] = c.crop;
+            if !dut.software_gpu || w * h <= 360 * 300 {
+                cases.push((c.name.clone(), crop(&rgb, width, c.crop), [w, h], c.settings()));
+            }
+        }
+        let (mut box_err, mut score_err, mut mark_err, mut faces) = (0f32, 0f32, 0f32, 0);
+        for (name, pixels, [w, h], settings) in &cases {
+            let (Some(cpu), Some(cuda)) = (detector(*settings), detector_on(gpu.clone(), *settings)) else {
+                return;
+            };
+            assert!(cuda.backend_name().starts_with("cuda:"), "{}", cuda.backend_name());
+            let image = Image { rgb: pixels, width: *w, height: *h };
+            let want = cpu.detect(image).unwrap();
+            let start = std::time::Instant::now();
+            let got = cuda.detect(image).unwrap();
+            println!(
+                "{name}: {w}×{h}, {} face(s) on the CPU, {} on {} in {:.2} s",
+                want.len(),
+                got.len(),
+                cuda.backend_name(),
+                start.elapsed().as_secs_f64()
+            );
+            assert_eq!(got.len(), want.len(), "{name}: number of faces");
+            for (g, c) in got.iter().zip(&want) {
+                println!(
+                    "  cuda {:?} score {:.6}\n  cpu  {:?} score {:.6}",
+                    g.bbox, g.score, c.bbox, c.score
+                );
+                for k in 0..4 {
+                    box_err = box_err.max((g.bbox[k] - c.bbox[k]).abs());
+                }
+                score_err = score_err.max((g.score - c.score).abs());
+                for (a, b) in g.landmarks.iter().zip(&c.landmarks) {
+                    mark_err = mark_err.max((a[0] - b[0]).abs().max((a[1] - b[1]).abs()));
+                }
+            }
+            faces += want.len();
+        }
+        println!(
+            "largest difference from the CPU: box {box_err:.2e} px, score {score_err:.2e}, landmark {mark_err:.2e} px"
+        );
+        assert!(faces > 0, "the cases have faces to compare");
+        assert!(box_err <= 0.5, "boxes differ by {box_err} px");
+        assert!(score_err <= 1e-4, "scores differ by {score_err}");
+        assert!(mark_err <= 0.5, "landmarks differ by {mark_err} px");
     }
 
     /// A 256² clip of `frames` frames from the photograph: the view pans right and zooms

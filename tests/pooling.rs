@@ -1,6 +1,7 @@
-//! Pooling: max pool, global average pool and the temporal mean over a clip's frames,
-//! against their definitions and finite differences on every backend; the kernels
-//! (kernels/pooling.cu) against their CPU twins, bit for bit, through the host functions.
+//! Pooling: max pool (ceil mode too), global average pool and the temporal mean over a
+//! clip's frames, against their definitions and finite differences on every backend; the
+//! kernels (kernels/pooling.cu) against their CPU twins, bit for bit, through the host
+//! functions.
 
 #[macro_use]
 mod common;
@@ -58,6 +59,58 @@ test_device!(
     max_pool2d_fwd_matches_definition,
     max_pool2d_fwd_matches_definition_cpu,
     max_pool2d_fwd_matches_definition_cuda
+);
+
+/// Ceil mode (MTCNN's pools): the last window may hang over the bottom and right edges
+/// and takes the maximum of the cells it covers (PyTorch's `ceil_mode=True`).
+fn max_pool2d_ceil_fwd_matches_definition<B: Backend>(b: &B, _: &DeviceUnderTest) {
+    let mut rng = Rng::new(24);
+    // (H, W, window, stride, expected P, Q): odd sizes leave a partial last window; a
+    // window smaller than the stride drops a last window that would start past the input.
+    for (h, w, win, stride, p, q) in [
+        (10, 10, 2, 2, 5, 5),
+        (11, 9, 2, 2, 6, 5),
+        (22, 22, 3, 2, 11, 11),
+        (9, 8, 3, 2, 4, 4),
+        (3, 3, 1, 2, 2, 2),
+    ] {
+        let (n, c) = (2, 3);
+        let x = randn(b, &mut rng, [n, h, w, c], 1.0);
+        let xs = host(b, &x);
+        let y = b.max_pool2d_ceil_fwd(&x, win, stride).unwrap();
+        assert_eq!(y.dims(), [n, p, q, c], "output size for {h}×{w} window {win} stride {stride}");
+        let mut want = Vec::new();
+        for ni in 0..n {
+            for pi in 0..p {
+                for qi in 0..q {
+                    for ci in 0..c {
+                        let mut m = f32::NEG_INFINITY;
+                        for hh in pi * stride..(pi * stride + win).min(h) {
+                            for ww in qi * stride..(qi * stride + win).min(w) {
+                                m = m.max(xs[((ni * h + hh) * w + ww) * c + ci]);
+                            }
+                        }
+                        want.push(m);
+                    }
+                }
+            }
+        }
+        assert_close(
+            &format!("ceil-mode max pool {h}×{w} window {win} stride {stride}"),
+            &host(b, &y),
+            &want,
+            0.0,
+            0.0,
+        );
+    }
+    let small = randn(b, &mut rng, [1, 2, 5, 1], 1.0);
+    let err = b.max_pool2d_ceil_fwd(&small, 3, 2).err().expect("a 2×5 input is too small").to_string();
+    assert!(err.contains("does not fit input 2×5"), "{err}");
+}
+test_device!(
+    max_pool2d_ceil_fwd_matches_definition,
+    max_pool2d_ceil_fwd_matches_definition_cpu,
+    max_pool2d_ceil_fwd_matches_definition_cuda
 );
 
 fn max_pool2d_bwd_matches_finite_differences<B: Backend>(b: &B, _: &DeviceUnderTest) {
@@ -132,9 +185,9 @@ test_device!(
 );
 
 /// The pooling kernels against their CPU twins, bit for bit: max pool on odd sizes with
-/// ties and a NaN, the mean over rows as global average pool (group H·W = 49) and as the
-/// temporal mean (group T = 16). At most 150 k elements a case: the same shapes on a card
-/// and on the software GPU.
+/// ties and a NaN (ceil-mode geometries too), the mean over rows as global average pool
+/// (group H·W = 49) and as the temporal mean (group T = 16). At most 150 k elements a
+/// case: the same shapes on a card and on the software GPU.
 #[cfg(feature = "cuda")]
 #[test]
 fn pooling_kernels_match_the_cpu_cuda() {
@@ -168,6 +221,20 @@ fn pooling_kernels_match_the_cpu_cuda() {
         let mut want = vec![0.0; xn];
         pooling::max_pool2d_bwd(&g, &x, &dy, &mut want);
         assert_eq!(bits(&download(&dev, &d_dx)), bits(&want), "max pool backward {dims:?}");
+    }
+    // Ceil mode: windows over the bottom and right edges (MTCNN's 2/2 and 3/2 pools).
+    for (dims, window, stride) in [([2, 17, 15, 5], 3, 2), ([1, 11, 9, 10], 2, 2), ([3, 8, 7, 28], 3, 2)] {
+        let g = Pool2dGeom::ceil_mode(dims, window, stride).unwrap();
+        let xn = dims.iter().product::<usize>();
+        let mut x: Vec<f32> = (0..xn).map(|_| rng.below(4) as f32 - 1.0).collect();
+        x[xn - 1] = f32::NAN; // in the last window, which hangs over both edges
+        let yn = g.n * g.p * g.q * g.c;
+        let d_x = s.clone_htod(&x).unwrap();
+        let mut d_y = s.alloc_zeros::<f32>(yn).unwrap();
+        gpu_pooling::max_pool2d_fwd(&dev, &g, &d_x, &mut d_y).unwrap();
+        let mut want = vec![0.0; yn];
+        pooling::max_pool2d_fwd(&g, &x, &mut want);
+        assert_eq!(bits(&download(&dev, &d_y)), bits(&want), "ceil-mode max pool forward {dims:?}");
     }
     // Global average pool (group = H·W = 49) and temporal mean (group = T = 16).
     for (blocks, group, c) in [(6, 49, 512), (4, 16, 2048), (3, 1, 7)] {

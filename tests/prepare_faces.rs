@@ -5,17 +5,21 @@
 //! the faceless video is skipped by name; a second `prepare` detects nothing again; the
 //! cached crops load without a detector and without decoding, and `train` runs on them;
 //! and `faces_per_clip = 2` makes the two-person clip's frames take turns between the
-//! faces.
+//! faces. Detection runs where `prepare` says it does: on the GPU when it has one (a short
+//! run of it with `--device cuda`), else on the CPU.
 //!
 //! Needs `models/mtcnn.safetensors` and `models/astronaut.png`
 //! (scripts/get-face-detector.sh --test-image); without them the test prints why it skips.
 
 #![cfg(feature = "video")]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use dfengine::backend::cuda::GpuProbe;
 use dfengine::data::clip::crop_resize;
 use dfengine::data::decode::read_frames;
 use dfengine::data::faces::Crop;
@@ -37,19 +41,11 @@ fn head(photo: &[u8], side: usize) -> Vec<u8> {
 
 /// Writes the three videos; returns (face, wall, pair) paths.
 fn faceforensics(root: &Path, photo: &[u8]) -> (PathBuf, PathBuf, PathBuf) {
+    let face = panning_original(root, photo);
     let originals = root.join("original_sequences/youtube/c23/videos");
     let fakes = root.join("manipulated_sequences/Deepfakes/c23/videos");
-    std::fs::create_dir_all(&originals).unwrap();
     std::fs::create_dir_all(&fakes).unwrap();
-    let (face, wall, pair) =
-        (originals.join("000.mp4"), originals.join("001.mp4"), fakes.join("000_001.mp4"));
-    // The view pans right by 4 px of the photograph per frame.
-    write_clip(
-        &face,
-        SIDE,
-        (0..FRAMES).map(|t| crop_resize(photo, 512, 512, Crop { x0: 4 * t, y0: 0, side: 400 }, SIDE)),
-    )
-    .unwrap();
+    let (wall, pair) = (originals.join("001.mp4"), fakes.join("000_001.mp4"));
     write_clip(&wall, SIDE, (0..FRAMES).map(|t| vec![(100 + t) as u8; SIDE * SIDE * 3])).unwrap();
     // Two heads of 128² at (0, 64) and (128, 64) on grey.
     let tile = head(photo, 128);
@@ -65,10 +61,16 @@ fn faceforensics(root: &Path, photo: &[u8]) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn prepare(config: &Path, extra: &[&str]) -> (bool, String) {
+    prepare_with(config, &[], extra)
+}
+
+/// `prepare` with command-line `flags` and `--set` overrides `sets`.
+fn prepare_with(config: &Path, flags: &[&str], sets: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dfengine"))
         .arg("prepare")
         .arg(config)
-        .args(extra.iter().flat_map(|kv| ["--set", kv]))
+        .args(flags)
+        .args(sets.iter().flat_map(|kv| ["--set", kv]))
         .output()
         .expect("run dfengine prepare");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -93,6 +95,83 @@ fn sidecars(cache: &Path) -> Vec<BTreeMap<usize, (f64, f64)>> {
     found
 }
 
+/// The panning clip (the view pans right by 4 px of the photograph per frame) as the
+/// FaceForensics++ original 000; returns its path.
+fn panning_original(root: &Path, photo: &[u8]) -> PathBuf {
+    let originals = root.join("original_sequences/youtube/c23/videos");
+    std::fs::create_dir_all(&originals).unwrap();
+    let face = originals.join("000.mp4");
+    write_clip(
+        &face,
+        SIDE,
+        (0..FRAMES).map(|t| crop_resize(photo, 512, 512, Crop { x0: 4 * t, y0: 0, side: 400 }, SIDE)),
+    )
+    .unwrap();
+    face
+}
+
+/// The config `prepare` reads: detection into `cache`, `frames` sampled per video.
+fn detect_config(dir: &Path, root: &Path, cache: &Path, weights: &Path, frames: usize) -> PathBuf {
+    let config = dir.join("detect.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\nroot = {:?}\ncache_dir = {:?}\nenable_cache = true\nmax_frames = {frames}\n\
+             frame_size = 64\nmax_bad_fraction = 0.5\nfaces = \"detect\"\nface_detector = {:?}\n\
+             [model]\ninput_size = 32\n[dataloader]\nnum_workers = 1\n",
+            root.display().to_string(),
+            cache.display().to_string(),
+            weights.display().to_string()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Where the face of the photograph (centre (224, 117) in the 512² image) lands in
+/// frame `i` of the panning clip: the 400² view moved 4 px a frame, seen at 256².
+fn panned_face_centre(i: usize) -> (f64, f64) {
+    ((224.0 - 4.0 * i as f64) * 0.64, 117.0 * 0.64)
+}
+
+/// `prepare --device cuda` detects on the GPU: two sampled frames of the panning clip
+/// (the software GPU takes about a second a frame), boxes around the face.
+#[cfg(feature = "cuda")]
+#[test]
+fn prepare_detects_faces_on_the_gpu_cuda() {
+    if common::gpu_info().is_none() {
+        return;
+    }
+    let (weights, photo) = (repo("models/mtcnn.safetensors"), repo("models/astronaut.png"));
+    for p in [&weights, &photo] {
+        if !p.exists() {
+            println!("skipped: {} missing (run scripts/get-face-detector.sh --test-image)", p.display());
+            return;
+        }
+    }
+    let (frames, _) = read_frames(&photo, &[0], 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ff");
+    panning_original(&root, &frames[0].data);
+    let cache = dir.path().join("cache");
+    let config = detect_config(dir.path(), &root, &cache, &weights, 2);
+    let start = std::time::Instant::now();
+    let (ok, text) = prepare_with(&config, &["--device", "cuda"], &[]);
+    println!("{text}prepare took {:.1} s", start.elapsed().as_secs_f64());
+    assert!(ok, "{text}");
+    assert!(text.contains("one face per clip) on cuda:0"), "detection on the GPU: {text}");
+    assert!(text.contains("face detection: 2 faces in 2 frames of 1 videos (1 tracks)"), "{text}");
+    let boxes = sidecars(&cache);
+    assert_eq!(boxes.len(), 1, "{boxes:?}");
+    for (&i, &(cx, cy)) in &boxes[0] {
+        let (ex, ey) = panned_face_centre(i);
+        assert!(
+            (cx - ex).abs() < 10.0 && (cy - ey).abs() < 10.0,
+            "frame {i}: box centre ({cx}, {cy}), face near ({ex}, {ey})"
+        );
+    }
+}
+
 #[test]
 fn prepare_detects_faces_in_a_faceforensics_tree_caches_crops_and_skips_the_faceless() {
     let (weights, photo) = (repo("models/mtcnn.safetensors"), repo("models/astronaut.png"));
@@ -108,23 +187,15 @@ fn prepare_detects_faces_in_a_faceforensics_tree_caches_crops_and_skips_the_face
     let root = dir.path().join("ff");
     let (_, wall, _) = faceforensics(&root, photo);
     let cache = dir.path().join("cache");
-    let config = dir.path().join("detect.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[data]\nroot = {:?}\ncache_dir = {:?}\nenable_cache = true\nmax_frames = {SAMPLED}\n\
-             frame_size = 64\nmax_bad_fraction = 0.5\nfaces = \"detect\"\nface_detector = {:?}\n\
-             [model]\ninput_size = 32\n[dataloader]\nnum_workers = 1\n",
-            root.display().to_string(),
-            cache.display().to_string(),
-            weights.display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = detect_config(dir.path(), &root, &cache, &weights, SAMPLED);
 
     let (ok, text) = prepare(&config, &[]);
     assert!(ok, "{text}");
     assert!(text.contains("faces: detect (MTCNN") && text.contains("one face per clip"), "{text}");
+    // Where detection ran: the GPU when this build has CUDA and the probe finds one.
+    let gpu = cfg!(feature = "cuda") && matches!(dfengine::backend::cuda::probe(), GpuProbe::Ready(_));
+    let on = if gpu { "one face per clip) on cuda:" } else { "one face per clip) on cpu (" };
+    assert!(text.contains(on), "detection on the {}: {text}", if gpu { "GPU" } else { "CPU" });
     assert!(text.contains("2 decoded, 0 already cached, 1 failed"), "{text}");
     assert!(
         text.contains(&format!("skipped {}: no face in any of its {SAMPLED} sampled frames", wall.display())),
@@ -151,8 +222,7 @@ fn prepare_detects_faces_in_a_faceforensics_tree_caches_crops_and_skips_the_face
     assert!(is_pair(pair) && !is_pair(pan), "{boxes:?}");
     assert_eq!(pan.len(), SAMPLED);
     for (&i, &(cx, cy)) in pan {
-        // The photograph's face centre (224, 117) seen through the panned 400² view at 256².
-        let (ex, ey) = ((224.0 - 4.0 * i as f64) * 0.64, 117.0 * 0.64);
+        let (ex, ey) = panned_face_centre(i);
         assert!(
             (cx - ex).abs() < 10.0 && (cy - ey).abs() < 10.0,
             "frame {i}: box centre ({cx}, {cy}), face near ({ex}, {ey})"

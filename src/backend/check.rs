@@ -219,6 +219,16 @@ pub fn batch_norm<S>(
     x: &Tensor<S>,
     vectors: &[(&str, &Tensor<S>)],
 ) -> Result<usize, OpError> {
+    per_channel(op, x, vectors)
+}
+
+/// The channels C of `x` (its last dimension), each of `vectors` checked to be FP32 [C]
+/// (a batch norm's γ and β, a bias, PReLU's slopes).
+pub fn per_channel<S>(
+    op: &'static str,
+    x: &Tensor<S>,
+    vectors: &[(&str, &Tensor<S>)],
+) -> Result<usize, OpError> {
     let (_, c) = rows_channels(op, x)?;
     for (name, t) in vectors {
         expect_dims(op, name, t, &[c])?;

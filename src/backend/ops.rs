@@ -3,7 +3,7 @@
 //!
 //! Layouts: activations NHWC, conv weights KRSC, linear weights [out, in], per-channel
 //! vectors [C]. Ops allocate their outputs from the backend (the CUDA backend's pool);
-//! in-place ops (`add_assign`, optimizer steps) update their first argument.
+//! in-place ops (`add_assign`, `bias_prelu`, optimizer steps) update their first argument.
 //!
 //! Check once, implement per backend: the methods model code calls (`conv2d_fwd`,
 //! `batch_norm_bwd`, ...) are provided here and check shapes, dtypes and exclusivity
@@ -217,6 +217,12 @@ pub trait Backend: Sync + Sized {
     fn run_sigmoid(&self, x: &T<Self>) -> Result<T<Self>, OpError>;
     fn run_max_pool2d_fwd(&self, g: &Pool2dGeom, x: &T<Self>) -> Result<T<Self>, OpError>;
     fn run_max_pool2d_bwd(&self, g: &Pool2dGeom, x: &T<Self>, dy: &T<Self>) -> Result<T<Self>, OpError>;
+    /// y [.., C] += b [C], in place (FP32).
+    fn run_bias_add(&self, y: &mut T<Self>, b: &T<Self>) -> Result<(), OpError>;
+    /// y [.., C] ← PReLU(y + b) with slopes alpha [C], in place (FP32).
+    fn run_bias_prelu(&self, y: &mut T<Self>, b: &T<Self>, alpha: &T<Self>) -> Result<(), OpError>;
+    /// Softmax over each row of `c` elements of x (its last dimension; FP32).
+    fn run_softmax_rows(&self, x: &T<Self>, c: usize) -> Result<T<Self>, OpError>;
     /// y `out` [blocks, C] = the mean of each block of `group` consecutive rows of x
     /// [blocks·group, C] (global average pool: group = H·W; temporal mean: group = T).
     fn run_mean_rows(&self, x: &T<Self>, group: usize, out: Shape) -> Result<T<Self>, OpError>;
@@ -497,6 +503,32 @@ pub trait Backend: Sync + Sized {
         self.run_sigmoid(x)
     }
 
+    // ---- per-channel activations and softmax, FP32, channels last (the face detector's) ----
+    /// y [.., C] += b [C] in place: a convolution's bias.
+    fn bias_add(&self, y: &mut T<Self>, b: &T<Self>) -> Result<(), OpError> {
+        check::per_channel("bias_add", y, &[("bias", b)])?;
+        check::dtype("bias_add", "y", y, DType::F32)?;
+        check::exclusive("bias_add", "y", y)?;
+        self.begin_op("bias_add", &[y, b], y.bytes());
+        self.run_bias_add(y, b)
+    }
+    /// y [.., C] ← PReLU(y + b) in place (a biased convolution, then PyTorch's
+    /// `nn.PReLU(C)`): v = y + b[c], kept where v ≥ 0 and alpha[c]·v below.
+    fn bias_prelu(&self, y: &mut T<Self>, b: &T<Self>, alpha: &T<Self>) -> Result<(), OpError> {
+        check::per_channel("bias_prelu", y, &[("bias", b), ("alpha", alpha)])?;
+        check::dtype("bias_prelu", "y", y, DType::F32)?;
+        check::exclusive("bias_prelu", "y", y)?;
+        self.begin_op("bias_prelu", &[y, b, alpha], y.bytes());
+        self.run_bias_prelu(y, b, alpha)
+    }
+    /// Softmax over the last dimension: each row of C becomes exp(x − max) / Σ exp(x − max).
+    fn softmax_rows(&self, x: &T<Self>) -> Result<T<Self>, OpError> {
+        let (_, c) = check::rows_channels("softmax_rows", x)?;
+        check::dtype("softmax_rows", "x", x, DType::F32)?;
+        self.begin_op("softmax_rows", &[x], x.bytes());
+        self.run_softmax_rows(x, c)
+    }
+
     // ---- pooling ----
     fn max_pool2d_fwd(
         &self,
@@ -520,6 +552,14 @@ pub trait Backend: Sync + Sized {
         let g = check::max_pool2d_bwd(x, dy, window, stride, pad)?;
         self.begin_op("max_pool2d_bwd", &[x, dy], x.numel() * dy.dtype().size());
         self.run_max_pool2d_bwd(&g, x, dy)
+    }
+    /// Max pool without padding in ceil mode (PyTorch's `ceil_mode=True`, MTCNN's pools):
+    /// the last window of a row or column may hang over the bottom or right edge and takes
+    /// the maximum of the cells it covers (`Pool2dGeom::ceil_mode`).
+    fn max_pool2d_ceil_fwd(&self, x: &T<Self>, window: usize, stride: usize) -> Result<T<Self>, OpError> {
+        let g = Pool2dGeom::ceil_mode(check::dims("max_pool2d (ceil mode)", "x", x)?, window, stride)?;
+        self.begin_op("max_pool2d_ceil_fwd", &[x], numel(g.y_dims()) * x.dtype().size());
+        self.run_max_pool2d_fwd(&g, x)
     }
     /// [N, H, W, C] → [N, C].
     fn global_avg_pool_fwd(&self, x: &T<Self>) -> Result<T<Self>, OpError> {

@@ -150,6 +150,26 @@ impl Pool2dGeom {
         let q = (w + 2 * pad - window) / stride + 1;
         Ok(Pool2dGeom { n, h, w, c, window, stride, pad, p, q })
     }
+    /// An unpadded pool in ceil mode (PyTorch's `ceil_mode=True`): P = ⌈(H − window) /
+    /// stride⌉ + 1, so that the last window may hang over the bottom and right edges and
+    /// takes the maximum of the cells it covers. The max-pool kernels run it as they are,
+    /// since cells outside the input never win. As in PyTorch, a last window that would
+    /// start past the input (possible when the window is smaller than the stride) is
+    /// dropped.
+    pub fn ceil_mode(x: [usize; 4], window: usize, stride: usize) -> Result<Self, OpError> {
+        let [n, h, w, c] = x;
+        if window == 0 || stride == 0 || h < window || w < window {
+            return Err(shape_err(
+                "max_pool2d (ceil mode)",
+                format!("window {window} stride {stride} does not fit input {h}×{w}"),
+            ));
+        }
+        let out = |extent: usize| {
+            let n = (extent - window).div_ceil(stride) + 1;
+            if (n - 1) * stride >= extent { n - 1 } else { n }
+        };
+        Ok(Pool2dGeom { n, h, w, c, window, stride, pad: 0, p: out(h), q: out(w) })
+    }
     pub fn y_dims(&self) -> [usize; 4] {
         [self.n, self.p, self.q, self.c]
     }

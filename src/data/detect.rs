@@ -24,7 +24,9 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::faces::FaceBox;
-use crate::model::mtcnn::{Mtcnn, MtcnnError, Net};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::ops::Backend;
+use crate::model::mtcnn::{Cascade, Mtcnn, MtcnnError, NetOutput, Stage};
 
 /// The detector's knobs, with facenet-pytorch's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,9 +90,9 @@ pub struct Image<'a> {
     pub height: usize,
 }
 
-/// MTCNN with its settings, ready to run on images.
+/// MTCNN with its settings, ready to run on images, on the backend it was loaded on.
 pub struct FaceDetector {
-    nets: Mtcnn,
+    nets: Box<dyn Cascade>,
     settings: DetectSettings,
 }
 
@@ -103,13 +105,36 @@ struct Candidate {
 }
 
 impl FaceDetector {
-    /// Loads the weights (`model::mtcnn::DEFAULT_WEIGHTS` from the fetch script).
+    /// Loads the weights (`model::mtcnn::DEFAULT_WEIGHTS` from the fetch script) for the
+    /// CPU backend.
     pub fn load(weights: &Path, settings: DetectSettings) -> Result<Self, MtcnnError> {
-        Ok(FaceDetector { nets: Mtcnn::load(weights)?, settings })
+        Self::load_on(CpuBackend::default(), weights, settings)
+    }
+
+    /// Loads the weights onto `backend` (the CUDA backend when `prepare` has a GPU); the
+    /// networks run there, the rest of the cascade (pyramid, crops, NMS) on the host.
+    pub fn load_on<B: Backend + Send + 'static>(
+        backend: B,
+        weights: &Path,
+        settings: DetectSettings,
+    ) -> Result<Self, MtcnnError> {
+        Ok(FaceDetector { nets: Box::new(Mtcnn::load(backend, weights)?), settings })
     }
 
     pub fn settings(&self) -> &DetectSettings {
         &self.settings
+    }
+
+    /// The backend the networks run on, e.g. "cpu (2 threads)" or "cuda:0 NVIDIA H200".
+    pub fn backend_name(&self) -> String {
+        self.nets.backend_name()
+    }
+
+    /// `stage` on `x` [N, H, W, 3]; an error names the backend.
+    fn run(&self, stage: Stage, x: &[f32], dims: [usize; 4]) -> Result<NetOutput, String> {
+        self.nets
+            .forward(stage, x, dims)
+            .map_err(|e| format!("face detector on {}: {e}", self.nets.backend_name()))
     }
 
     /// The faces in `img`, most confident first; none (not an error) in an image with no
@@ -129,17 +154,17 @@ impl FaceDetector {
         }
         let t = self.settings.thresholds;
         let sums = Sums::of(img);
-        let boxes = self.proposals(&sums);
-        let boxes = refine(&sums, &self.nets.rnet, boxes, t[1]);
+        let boxes = self.proposals(&sums)?;
+        let boxes = self.refine(&sums, boxes, t[1])?;
         let mut boxes: Vec<Candidate> =
             nms_order(&boxes, 0.7, Overlap::Union).into_iter().map(|i| boxes[i]).collect();
         boxes.iter_mut().for_each(|c| c.b = square(regress(c.b, c.reg)));
-        Ok(self.finish(&sums, boxes))
+        self.finish(&sums, boxes)
     }
 
     /// Stage 1: P-Net over the pyramid, NMS per level and across levels, regressed and
     /// squared.
-    fn proposals(&self, sums: &Sums) -> Vec<Candidate> {
+    fn proposals(&self, sums: &Sums) -> Result<Vec<Candidate>, String> {
         let s = &self.settings;
         let m = 12.0 / s.min_face;
         let mut shorter = sums.width.min(sums.height) as f64 * m;
@@ -151,9 +176,9 @@ impl FaceDetector {
             shorter *= s.factor;
         }
         let per_level: Vec<Vec<Candidate>> =
-            scales.par_iter().map(|&scale| self.level(sums, scale)).collect();
+            scales.par_iter().map(|&scale| self.level(sums, scale)).collect::<Result<_, _>>()?;
         let all: Vec<Candidate> = per_level.into_iter().flatten().collect();
-        nms_order(&all, 0.7, Overlap::Union)
+        Ok(nms_order(&all, 0.7, Overlap::Union)
             .into_iter()
             .map(|i| {
                 let c = all[i];
@@ -163,20 +188,20 @@ impl FaceDetector {
                 let b = [x1 + r[0] * w, y1 + r[1] * h, x2 + r[2] * w, y2 + r[3] * h];
                 Candidate { b: square(b), ..c }
             })
-            .collect()
+            .collect())
     }
 
     /// P-Net's boxes at one pyramid level, after NMS within the level.
-    fn level(&self, sums: &Sums, scale: f64) -> Vec<Candidate> {
+    fn level(&self, sums: &Sums, scale: f64) -> Result<Vec<Candidate>, String> {
         let hs = (sums.height as f64 * scale + 1.0) as usize;
         let ws = (sums.width as f64 * scale + 1.0) as usize;
-        let side = self.nets.pnet.side();
+        let side = Stage::PNet.side();
         if hs < side || ws < side {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let mut x = vec![0.0; hs * ws * 3];
         sums.area_resize([0, 0, sums.width, sums.height], hs, ws, &mut x);
-        let out = self.nets.pnet.forward(x, [1, hs, ws, 3]);
+        let out = self.run(Stage::PNet, &x, [1, hs, ws, 3])?;
         let [_, q] = out.map;
         let sc = scale as f32;
         let found: Vec<Candidate> = (0..out.rows)
@@ -196,12 +221,12 @@ impl FaceDetector {
                 }
             })
             .collect();
-        nms_order(&found, 0.5, Overlap::Union).into_iter().map(|i| found[i]).collect()
+        Ok(nms_order(&found, 0.5, Overlap::Union).into_iter().map(|i| found[i]).collect())
     }
 
     /// Stage 3: O-Net, landmarks, regression, "Min" NMS.
-    fn finish(&self, sums: &Sums, boxes: Vec<Candidate>) -> Vec<Face> {
-        let Some((kept, out)) = run_on_crops(sums, &self.nets.onet, &boxes) else { return Vec::new() };
+    fn finish(&self, sums: &Sums, boxes: Vec<Candidate>) -> Result<Vec<Face>, String> {
+        let Some((kept, out)) = self.run_on_crops(sums, Stage::ONet, &boxes)? else { return Ok(Vec::new()) };
         let mut faces: Vec<(Face, [f32; 4])> = Vec::new();
         for (row, &k) in kept.iter().enumerate() {
             let score = out.prob[row];
@@ -217,43 +242,45 @@ impl FaceDetector {
         }
         let as_candidates: Vec<Candidate> =
             faces.iter().map(|(f, reg)| Candidate { b: f.bbox, score: f.score, reg: *reg }).collect();
-        nms_order(&as_candidates, 0.7, Overlap::Min).into_iter().map(|i| faces[i].0).collect()
+        Ok(nms_order(&as_candidates, 0.7, Overlap::Min).into_iter().map(|i| faces[i].0).collect())
     }
-}
 
-/// Stage 2: R-Net keeps the boxes it finds a face in (probability > `threshold`), with
-/// its score and regression.
-fn refine(sums: &Sums, rnet: &Net, boxes: Vec<Candidate>, threshold: f32) -> Vec<Candidate> {
-    let Some((kept, out)) = run_on_crops(sums, rnet, &boxes) else { return Vec::new() };
-    kept.iter()
-        .enumerate()
-        .filter(|&(row, _)| out.prob[row] > threshold)
-        .map(|(row, &k)| {
-            let e = &out.extra_data[row * out.extra..row * out.extra + 4];
-            Candidate { b: boxes[k].b, score: out.prob[row], reg: [e[0], e[1], e[2], e[3]] }
-        })
-        .collect()
-}
-
-/// Runs `net` on the crops of `boxes` (at the net's side); returns which boxes had a
-/// non-empty crop, in order, with the outputs row by row. None when no box had one.
-fn run_on_crops(
-    sums: &Sums,
-    net: &Net,
-    boxes: &[Candidate],
-) -> Option<(Vec<usize>, crate::model::mtcnn::NetOutput)> {
-    let side = net.side();
-    let regions: Vec<(usize, [usize; 4])> =
-        boxes.iter().enumerate().filter_map(|(k, c)| crop_region(c.b, sums).map(|r| (k, r))).collect();
-    if regions.is_empty() {
-        return None;
+    /// Stage 2: R-Net keeps the boxes it finds a face in (probability > `threshold`),
+    /// with its score and regression.
+    fn refine(&self, sums: &Sums, boxes: Vec<Candidate>, threshold: f32) -> Result<Vec<Candidate>, String> {
+        let Some((kept, out)) = self.run_on_crops(sums, Stage::RNet, &boxes)? else { return Ok(Vec::new()) };
+        Ok(kept
+            .iter()
+            .enumerate()
+            .filter(|&(row, _)| out.prob[row] > threshold)
+            .map(|(row, &k)| {
+                let e = &out.extra_data[row * out.extra..row * out.extra + 4];
+                Candidate { b: boxes[k].b, score: out.prob[row], reg: [e[0], e[1], e[2], e[3]] }
+            })
+            .collect())
     }
-    let mut x = vec![0.0; regions.len() * side * side * 3];
-    x.par_chunks_mut(side * side * 3)
-        .zip(regions.par_iter())
-        .for_each(|(dst, (_, region))| sums.area_resize(*region, side, side, dst));
-    let out = net.forward(x, [regions.len(), side, side, 3]);
-    Some((regions.into_iter().map(|(k, _)| k).collect(), out))
+
+    /// Runs `stage` on the crops of `boxes` (at its side); returns which boxes had a
+    /// non-empty crop, in order, with the outputs row by row. None when no box had one.
+    fn run_on_crops(
+        &self,
+        sums: &Sums,
+        stage: Stage,
+        boxes: &[Candidate],
+    ) -> Result<Option<(Vec<usize>, NetOutput)>, String> {
+        let side = stage.side();
+        let regions: Vec<(usize, [usize; 4])> =
+            boxes.iter().enumerate().filter_map(|(k, c)| crop_region(c.b, sums).map(|r| (k, r))).collect();
+        if regions.is_empty() {
+            return Ok(None);
+        }
+        let mut x = vec![0.0; regions.len() * side * side * 3];
+        x.par_chunks_mut(side * side * 3)
+            .zip(regions.par_iter())
+            .for_each(|(dst, (_, region))| sums.area_resize(*region, side, side, dst));
+        let out = self.run(stage, &x, [regions.len(), side, side, 3])?;
+        Ok(Some((regions.into_iter().map(|(k, _)| k).collect(), out)))
+    }
 }
 
 /// facenet-pytorch's crop of a box: corners truncated toward zero, read 1-based and

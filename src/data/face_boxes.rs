@@ -19,6 +19,8 @@ use rayon::prelude::*;
 use super::detect::{DetectSettings, Face, FaceDetector, Image};
 use super::faces::{self, FaceBox};
 use super::tracks::{self, TrackSettings};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::ops::Backend;
 use crate::config::{DataConfig, FaceSource};
 use crate::model::mtcnn::MtcnnError;
 
@@ -87,13 +89,21 @@ impl FaceSettings {
 #[error("[data] face_detector: {0}")]
 pub struct DetectorError(#[from] pub MtcnnError);
 
-/// MTCNN from `[data] face_detector` with `[data]`'s detection settings.
+/// MTCNN from `[data] face_detector` with `[data]`'s detection settings, on the CPU.
 pub fn load_detector(d: &DataConfig) -> Result<FaceDetector, DetectorError> {
-    Ok(FaceDetector::load(Path::new(&d.face_detector), FaceSettings::from_config(d).detect)?)
+    load_detector_on(CpuBackend::default(), d)
 }
 
-/// The detector `[data]` asks for: loaded when `faces = "detect"`, else None. The error
-/// says how to get missing weights.
+/// The same on `backend` (`prepare` detects on the GPU when it has one).
+pub fn load_detector_on<B: Backend + Send + 'static>(
+    backend: B,
+    d: &DataConfig,
+) -> Result<FaceDetector, DetectorError> {
+    Ok(FaceDetector::load_on(backend, Path::new(&d.face_detector), FaceSettings::from_config(d).detect)?)
+}
+
+/// The detector `[data]` asks for, on the CPU: loaded when `faces = "detect"`, else None.
+/// The error says how to get missing weights.
 pub fn detector_for(d: &DataConfig) -> Result<Option<Arc<FaceDetector>>, String> {
     if d.faces != FaceSource::Detect {
         return Ok(None);

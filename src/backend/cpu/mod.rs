@@ -387,6 +387,22 @@ impl Backend for CpuBackend {
         Ok(dx)
     }
 
+    fn run_bias_add(&self, y: &mut CpuTensor, b: &CpuTensor) -> Result<(), OpError> {
+        activation::bias_add(f32s_mut(y), f32s(b));
+        Ok(())
+    }
+
+    fn run_bias_prelu(&self, y: &mut CpuTensor, b: &CpuTensor, alpha: &CpuTensor) -> Result<(), OpError> {
+        activation::bias_prelu(f32s_mut(y), f32s(b), f32s(alpha));
+        Ok(())
+    }
+
+    fn run_softmax_rows(&self, x: &CpuTensor, c: usize) -> Result<CpuTensor, OpError> {
+        let mut y = self.alloc(x.shape().clone(), DType::F32)?;
+        activation::softmax_rows(f32s(x), c, f32s_mut(&mut y));
+        Ok(y)
+    }
+
     fn run_mean_rows(&self, x: &CpuTensor, group: usize, out: Shape) -> Result<CpuTensor, OpError> {
         let c = *out.dims().last().unwrap_or(&1);
         let mut y = self.alloc(out, x.dtype())?;

@@ -1,35 +1,14 @@
 //! Pooling on the CPU: max pool (ResNet's 3×3 stride-2 stem pool), global average pool
 //! over H×W, and the mean over the T frames of a clip. NHWC throughout. Ceil mode (the
-//! MTCNN face detector's pools) is a geometry, not another kernel. FP32 or FP16
-//! elements (`Elem`); sums are FP32 (max-pool gradients) or f64 (means), rounded once.
+//! MTCNN face detector's pools) is a geometry (`Pool2dGeom::ceil_mode`), not another
+//! kernel. FP32 or FP16 elements (`Elem`); sums are FP32 (max-pool gradients) or f64
+//! (means), rounded once.
 
 use rayon::prelude::*;
 
 use super::storage::Elem;
 use super::window::Taps;
-use crate::backend::error::{OpError, shape_err};
 use crate::backend::params::Pool2dGeom;
-
-/// The geometry of an unpadded max pool in ceil mode (PyTorch's `ceil_mode=True`):
-/// P = ⌈(H − window) / stride⌉ + 1, so that the last window may hang over the bottom and
-/// right edges and takes the maximum of the cells it covers. `max_pool2d_fwd` runs it
-/// as it is, since cells outside the input never win. As in PyTorch, a last window that
-/// would start past the input (possible when the window is smaller than the stride) is
-/// dropped.
-pub fn ceil_mode_geom(x: [usize; 4], window: usize, stride: usize) -> Result<Pool2dGeom, OpError> {
-    let [n, h, w, c] = x;
-    if window == 0 || stride == 0 || h < window || w < window {
-        return Err(shape_err(
-            "max_pool2d (ceil mode)",
-            format!("window {window} stride {stride} does not fit input {h}×{w}"),
-        ));
-    }
-    let out = |extent: usize| {
-        let n = (extent - window).div_ceil(stride) + 1;
-        if (n - 1) * stride >= extent { n - 1 } else { n }
-    };
-    Ok(Pool2dGeom { n, h, w, c, window, stride, pad: 0, p: out(h), q: out(w) })
-}
 
 /// The winners of one output pixel's window, per channel: the maximum and the flat input
 /// index holding it (what the backward routes its gradient to). Channels are innermost

@@ -21,7 +21,7 @@ use super::device::{CudaError, Device};
 use super::eltwise;
 use super::gemm::{GemmNt, GemmOut, GemmRef, gemm_nt, gemm_reference};
 use super::preprocess::preprocess_frames;
-use super::{loss, norm, optim, pooling};
+use super::{activation, loss, norm, optim, pooling};
 use crate::backend::check::unique;
 use crate::backend::error::OpError;
 use crate::backend::ops::{Backend, BnForward, BnGrads, BnSaved, GemmGeom, LinearGeom, LinearGrads};
@@ -519,6 +519,24 @@ impl Backend for CudaBackend {
             unique(&mut dx).get_mut::<E>(),
         ))?;
         Ok(dx)
+    }
+
+    fn run_bias_add(&self, y: &mut CudaTensor, b: &CudaTensor) -> Result<(), OpError> {
+        let (c, rows) = (b.numel(), y.numel() / b.numel());
+        activation::bias_add(&self.dev, f32s_mut(y), f32s(b), rows, c)?;
+        Ok(())
+    }
+
+    fn run_bias_prelu(&self, y: &mut CudaTensor, b: &CudaTensor, alpha: &CudaTensor) -> Result<(), OpError> {
+        let (c, rows) = (b.numel(), y.numel() / b.numel());
+        activation::bias_prelu(&self.dev, f32s_mut(y), f32s(b), f32s(alpha), rows, c)?;
+        Ok(())
+    }
+
+    fn run_softmax_rows(&self, x: &CudaTensor, c: usize) -> Result<CudaTensor, OpError> {
+        let mut y = self.alloc(x.shape().clone(), DType::F32)?;
+        activation::softmax_rows(&self.dev, f32s(x), f32s_mut(&mut y), x.numel() / c, c)?;
+        Ok(y)
     }
 
     fn run_mean_rows(&self, x: &CudaTensor, group: usize, out: Shape) -> Result<CudaTensor, OpError> {
