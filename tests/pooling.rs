@@ -19,6 +19,38 @@ fn distinct(rng: &mut Rng, n: usize) -> Vec<f32> {
     v
 }
 
+/// Max pool by its definition over `xs` [n, h, w, c]: output (pi, qi) takes the maximum of
+/// the input cells of rows pi·stride − pad + [0, win) and the same columns that lie inside.
+fn max_pool_reference(
+    xs: &[f32],
+    [n, h, w, c]: [usize; 4],
+    win: usize,
+    stride: usize,
+    pad: usize,
+    [p, q]: [usize; 2],
+) -> Vec<f32> {
+    let inside = |o: usize, extent: usize| {
+        (o * stride).saturating_sub(pad)..(o * stride + win).saturating_sub(pad).min(extent)
+    };
+    let mut want = Vec::new();
+    for ni in 0..n {
+        for pi in 0..p {
+            for qi in 0..q {
+                for ci in 0..c {
+                    let mut m = f32::NEG_INFINITY;
+                    for hh in inside(pi, h) {
+                        for ww in inside(qi, w) {
+                            m = m.max(xs[((ni * h + hh) * w + ww) * c + ci]);
+                        }
+                    }
+                    want.push(m);
+                }
+            }
+        }
+    }
+    want
+}
+
 fn max_pool2d_fwd_matches_definition<B: Backend>(b: &B, _: &DeviceUnderTest) {
     let mut rng = Rng::new(20);
     for (dims, win, stride, pad) in
@@ -30,28 +62,7 @@ fn max_pool2d_fwd_matches_definition<B: Backend>(b: &B, _: &DeviceUnderTest) {
         let y = b.max_pool2d_fwd(&x, win, stride, pad).unwrap();
         let (p, q) = ((h + 2 * pad - win) / stride + 1, (w + 2 * pad - win) / stride + 1);
         assert_eq!(y.dims(), [n, p, q, c]);
-        let mut want = Vec::new();
-        for ni in 0..n {
-            for pi in 0..p {
-                for qi in 0..q {
-                    for ci in 0..c {
-                        let mut m = f32::NEG_INFINITY;
-                        for r in 0..win {
-                            for s in 0..win {
-                                let (hh, ww) = (
-                                    (pi * stride + r) as isize - pad as isize,
-                                    (qi * stride + s) as isize - pad as isize,
-                                );
-                                if hh >= 0 && ww >= 0 && (hh as usize) < h && (ww as usize) < w {
-                                    m = m.max(xs[((ni * h + hh as usize) * w + ww as usize) * c + ci]);
-                                }
-                            }
-                        }
-                        want.push(m);
-                    }
-                }
-            }
-        }
+        let want = max_pool_reference(&xs, dims, win, stride, pad, [p, q]);
         assert_close("max_pool2d", &host(b, &y), &want, 0.0, 0.0);
     }
 }
@@ -79,22 +90,7 @@ fn max_pool2d_ceil_fwd_matches_definition<B: Backend>(b: &B, _: &DeviceUnderTest
         let xs = host(b, &x);
         let y = b.max_pool2d_ceil_fwd(&x, win, stride).unwrap();
         assert_eq!(y.dims(), [n, p, q, c], "output size for {h}×{w} window {win} stride {stride}");
-        let mut want = Vec::new();
-        for ni in 0..n {
-            for pi in 0..p {
-                for qi in 0..q {
-                    for ci in 0..c {
-                        let mut m = f32::NEG_INFINITY;
-                        for hh in pi * stride..(pi * stride + win).min(h) {
-                            for ww in qi * stride..(qi * stride + win).min(w) {
-                                m = m.max(xs[((ni * h + hh) * w + ww) * c + ci]);
-                            }
-                        }
-                        want.push(m);
-                    }
-                }
-            }
-        }
+        let want = max_pool_reference(&xs, [n, h, w, c], win, stride, 0, [p, q]);
         assert_close(
             &format!("ceil-mode max pool {h}×{w} window {win} stride {stride}"),
             &host(b, &y),

@@ -137,18 +137,23 @@ fn panned_face_centre(i: usize) -> (f64, f64) {
 /// `prepare --device cuda` detects on the GPU: two sampled frames of the panning clip
 /// (the software GPU takes about a second a frame), boxes around the face.
 #[cfg(feature = "cuda")]
+/// The MTCNN weights and the test photograph, or None (said) when the fetch script has
+/// not run.
+fn detector_fixtures() -> Option<(PathBuf, PathBuf)> {
+    let (weights, photo) = (repo("models/mtcnn.safetensors"), repo("models/astronaut.png"));
+    if let Some(p) = [&weights, &photo].into_iter().find(|p| !p.exists()) {
+        println!("skipped: {} missing (run scripts/get-face-detector.sh --test-image)", p.display());
+        return None;
+    }
+    Some((weights, photo))
+}
+
 #[test]
 fn prepare_detects_faces_on_the_gpu_cuda() {
     if common::gpu_info().is_none() {
         return;
     }
-    let (weights, photo) = (repo("models/mtcnn.safetensors"), repo("models/astronaut.png"));
-    for p in [&weights, &photo] {
-        if !p.exists() {
-            println!("skipped: {} missing (run scripts/get-face-detector.sh --test-image)", p.display());
-            return;
-        }
-    }
+    let Some((weights, photo)) = detector_fixtures() else { return };
     let (frames, _) = read_frames(&photo, &[0], 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("ff");
@@ -174,13 +179,7 @@ fn prepare_detects_faces_on_the_gpu_cuda() {
 
 #[test]
 fn prepare_detects_faces_in_a_faceforensics_tree_caches_crops_and_skips_the_faceless() {
-    let (weights, photo) = (repo("models/mtcnn.safetensors"), repo("models/astronaut.png"));
-    for p in [&weights, &photo] {
-        if !p.exists() {
-            println!("skipped: {} missing (run scripts/get-face-detector.sh --test-image)", p.display());
-            return;
-        }
-    }
+    let Some((weights, photo)) = detector_fixtures() else { return };
     let (frames, _) = read_frames(&photo, &[0], 1).unwrap();
     let photo = &frames[0].data;
     let dir = tempfile::tempdir().unwrap();
