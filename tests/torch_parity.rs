@@ -270,8 +270,8 @@ fn basic_block_matches_torch() {
     assert_eq!(compared, keys_under("block.after."), "running statistics compared vs stored");
 
     let mut grads = Vec::new();
-    let out = block.output(&b, &x, &cache).unwrap();
-    let dx = block.backward(&b, tensor("block.dy"), cache, &x, out, &mut grads).unwrap();
+    let out = block.output(&b, Some(x.clone()), &cache).unwrap();
+    let dx = block.backward(&b, tensor("block.dy"), cache, out, || Ok(x.clone()), &mut grads).unwrap();
     assert_matches(&dx, "block.dx", ATOL, RTOL);
     // The gradients come in visiting order, one per trainable tensor.
     let trainable = names.iter().filter(|(_, _, k)| *k == ParamKind::Trainable);

@@ -17,11 +17,13 @@
 //!
 //! Activation memory (`ActivationMode`): "saved" keeps what PyTorch AMP's autograd keeps
 //! (every convolution's output, every fused batch-norm + ReLU output — the next
-//! convolution's input —, every block's output); "lean" keeps only the convolution outputs,
-//! each stage's input but the first's and the image, and backward recomputes the rest from
-//! them with the same ops the forward ran (batch norm from its saved statistics, the
-//! residual add, the ReLU, the stem's max pool), so the gradients are the same bit for bit. `backward` consumes the forward's
-//! cache, and frees each layer's share of it as soon as that layer is done.
+//! convolution's input —, every block's output); "lean" keeps only the convolution outputs
+//! and the image (and, in a basic-block network, the first stage's input), and backward
+//! recomputes the rest from them with the same ops the forward ran (batch norm from its
+//! saved statistics, the residual add, the ReLU, the stem's max pool), so the gradients
+//! are the same bit for bit: each block's input when its backward needs it, from the
+//! block outputs before it (`Chains`). `backward` consumes the forward's cache, and frees
+//! each layer's share of it as soon as that layer is done.
 
 use super::arch::{BlockKind, ResNetSpec};
 use super::footprint::ActivationMode;
@@ -162,34 +164,34 @@ impl<B: Backend> ConvBn<B> {
         c: ConvBnCache<B>,
         x: &T<B>,
     ) -> Result<(T<B>, [T<B>; 3]), OpError> {
-        let (dz, grads) = self.parameter_backward(b, dy, c, x)?;
-        let x_dims: [usize; 4] = x.shape().as_array().expect("NHWC input");
-        let dx =
-            b.conv2d_dgrad(&dz, &self.weight(b, dz.dtype())?, x_dims, [self.stride; 2], [self.pad; 2])?;
-        Ok((dx, grads))
+        let (dz, [dgamma, dbeta]) = self.bn_backward(b, dy, c)?;
+        let dw = self.weight_grad(b, x, &dz)?;
+        Ok((self.input_grad(b, &dz, x)?, [dw, dgamma, dbeta]))
     }
 
-    /// The gradients of the layer's parameters (conv weight, γ, β) and the gradient at
-    /// the convolution's output, without the input gradient: for a layer whose input
-    /// needs none (the stem's input is the image), where computing it would cost more
-    /// tensor-core work than the whole forward pass: 3 input channels, each a reduction
-    /// over 64·7·7 taps, on a tile 64 channels wide (softgpu's counters: 1% of the issued
-    /// MACs useful).
-    pub fn parameter_backward(
-        &self,
-        b: &B,
-        dy: T<B>,
-        c: ConvBnCache<B>,
-        x: &T<B>,
-    ) -> Result<(T<B>, [T<B>; 3]), OpError> {
+    /// Batch norm's backward: the gradient at the convolution's output and [dγ, dβ]. The
+    /// output gradient and the cache are freed as soon as it has read them, before the
+    /// convolution's backward needs its input.
+    fn bn_backward(&self, b: &B, dy: T<B>, c: ConvBnCache<B>) -> Result<(T<B>, [T<B>; 2]), OpError> {
         let bn = match (&c.relu_y, self.relu) {
             (None, true) => b.batch_norm_relu_bwd(&dy, &c.z, &self.gamma, &self.beta, &c.saved)?,
             (relu_y, _) => b.batch_norm_bwd(&dy, &c.z, &self.gamma, &c.saved, relu_y.as_ref())?,
         };
         drop((dy, c));
+        Ok((bn.dx, [bn.dgamma, bn.dbeta]))
+    }
+
+    /// The weight gradient from the forward's input `x` and the gradient `dz` at the
+    /// convolution's output.
+    fn weight_grad(&self, b: &B, x: &T<B>, dz: &T<B>) -> Result<T<B>, OpError> {
         let w_dims: [usize; 4] = self.w.shape().as_array().expect("KRSC weight");
-        let dw = b.conv2d_wgrad(x, &bn.dx, w_dims, [self.stride; 2], [self.pad; 2])?;
-        Ok((bn.dx, [dw, bn.dgamma, bn.dbeta]))
+        b.conv2d_wgrad(x, dz, w_dims, [self.stride; 2], [self.pad; 2])
+    }
+
+    /// The gradient at the input `x` from the gradient `dz` at the convolution's output.
+    fn input_grad(&self, b: &B, dz: &T<B>, x: &T<B>) -> Result<T<B>, OpError> {
+        let x_dims: [usize; 4] = x.shape().as_array().expect("NHWC input");
+        b.conv2d_dgrad(dz, &self.weight(b, dz.dtype())?, x_dims, [self.stride; 2], [self.pad; 2])
     }
 
     /// Visits the conv weight under `conv` and the batch norm under `bn`, in
@@ -259,8 +261,20 @@ impl<B: Backend> Block<B> {
         self.convs.iter_mut().chain(self.down.as_mut())
     }
 
-    fn shortcut_sum(&self, b: &B, x: &T<B>, mut sum: T<B>, down: Option<T<B>>) -> Result<T<B>, OpError> {
-        b.add_assign(&mut sum, down.as_ref().unwrap_or(x))?;
+    /// Whether "lean" keeps the input of a stage that this block starts: when the
+    /// shortcut is the identity, every output of the stage depends on it. (Only the
+    /// first stage of a basic-block network has such a first block; its input, the
+    /// stem's max-pool output, would be recomputed from the stem's output, the largest
+    /// tensor of the network, in the middle of backward.)
+    fn keeps_input(&self) -> bool {
+        self.down.is_none()
+    }
+
+    /// The block's output: relu(sum + shortcut). The shortcut is dropped once added, so
+    /// that a recomputed one is freed before the ReLU's output is allocated.
+    fn shortcut_sum(b: &B, mut sum: T<B>, shortcut: T<B>) -> Result<T<B>, OpError> {
+        b.add_assign(&mut sum, &shortcut)?;
+        drop(shortcut);
         b.relu_fwd(&sum)
     }
 
@@ -277,31 +291,29 @@ impl<B: Backend> Block<B> {
             caches.push(c);
             h = y;
         }
-        let (down, down_cache) = match &mut self.down {
+        let (shortcut, down_cache) = match &mut self.down {
             Some(d) => {
                 let (s, c) = d.forward_train(b, x, mode)?;
-                (Some(s), Some(c))
+                (s, Some(c))
             }
-            None => (None, None),
+            None => (x.clone(), None),
         };
-        let out = self.shortcut_sum(b, x, h, down)?;
+        let out = Self::shortcut_sum(b, h, shortcut)?;
         let kept = (mode == ActivationMode::Saved).then(|| out.clone());
         Ok((out, BlockCache { convs: caches, down: down_cache, out: kept }))
     }
 
-    /// The training forward's output from its input `x`: kept, or recomputed from the
-    /// convolution outputs with the forward's own ops (the same bits).
-    pub fn output(&self, b: &B, x: &T<B>, c: &BlockCache<B>) -> Result<T<B>, OpError> {
-        if let Some(out) = &c.out {
-            return Ok(out.clone());
-        }
+    /// The training forward's output recomputed from the convolution outputs with the
+    /// forward's own ops (the same bits). The block's input `x` is read only when the
+    /// shortcut is the identity, and is consumed: a recomputed one is freed once added.
+    pub fn output(&self, b: &B, x: Option<T<B>>, c: &BlockCache<B>) -> Result<T<B>, OpError> {
         let last = self.convs.len() - 1;
         let sum = self.convs[last].output(b, &c.convs[last])?;
-        let down = match (&self.down, &c.down) {
-            (Some(d), Some(dc)) => Some(d.output(b, dc)?),
-            _ => None,
+        let shortcut = match (&self.down, &c.down) {
+            (Some(d), Some(dc)) => d.output(b, dc)?,
+            _ => x.expect("the input of a block whose shortcut is the identity"),
         };
-        self.shortcut_sum(b, x, sum, down)
+        Self::shortcut_sum(b, sum, shortcut)
     }
 
     pub fn forward_eval(&self, b: &B, x: &T<B>) -> Result<T<B>, OpError> {
@@ -309,21 +321,26 @@ impl<B: Backend> Block<B> {
         for conv in &self.convs {
             h = conv.forward_eval(b, &h)?;
         }
-        let down = self.down.as_ref().map(|d| d.forward_eval(b, x)).transpose()?;
-        self.shortcut_sum(b, x, h, down)
+        let shortcut = match &self.down {
+            Some(d) => d.forward_eval(b, x)?,
+            None => x.clone(),
+        };
+        Self::shortcut_sum(b, h, shortcut)
     }
 
-    /// The input gradient, given the forward's input `x` and output `out` (`output`);
-    /// the block's parameter gradients are appended to `grads` in visiting order. The
-    /// output gradient `dy`, the output and the cache are consumed: each is freed as soon
-    /// as backward is past it.
+    /// The input gradient, given the forward's output `out` (kept or `output`) and
+    /// `input`, which gives the forward's input when the first convolution's backward
+    /// needs it: after that convolution's batch-norm backward has freed its cache, so
+    /// that a recomputed input lives no longer than it must. The block's parameter
+    /// gradients are appended to `grads` in visiting order. The output gradient `dy`, the
+    /// output and the cache are consumed: each is freed as soon as backward is past it.
     pub fn backward(
         &self,
         b: &B,
         dy: T<B>,
         c: BlockCache<B>,
-        x: &T<B>,
         out: T<B>,
+        input: impl FnOnce() -> Result<T<B>, OpError>,
         grads: &mut Vec<T<B>>,
     ) -> Result<T<B>, OpError> {
         let dsum = b.relu_bwd(&dy, &out)?;
@@ -331,20 +348,23 @@ impl<B: Backend> Block<B> {
         drop((dy, out, kept));
         let mut per_conv = Vec::with_capacity(self.convs.len());
         let mut dh = dsum.clone();
-        for (j, conv) in self.convs.iter().enumerate().rev() {
+        for j in (1..self.convs.len()).rev() {
             let cache = caches.pop().expect("a cache per convolution");
-            let input = match j.checked_sub(1) {
-                Some(prev) => self.convs[prev].output(b, &caches[prev])?,
-                None => x.clone(),
-            };
-            let (dx, g) = conv.backward(b, dh, cache, &input)?;
+            let input = self.convs[j - 1].output(b, &caches[j - 1])?;
+            let (dx, g) = self.convs[j].backward(b, dh, cache, &input)?;
             per_conv.push(g);
             dh = dx;
         }
-        let mut dx = dh;
+        let first = &self.convs[0];
+        let (dz, [dgamma, dbeta]) = first.bn_backward(b, dh, caches.pop().expect("the first's cache"))?;
+        let x = input()?;
+        let dw = first.weight_grad(b, &x, &dz)?;
+        let mut dx = first.input_grad(b, &dz, &x)?;
+        drop(dz);
+        per_conv.push([dw, dgamma, dbeta]);
         let down = match (&self.down, down_cache) {
             (Some(d), Some(cache)) => {
-                let (dxs, g) = d.backward(b, dsum, cache, x)?;
+                let (dxs, g) = d.backward(b, dsum, cache, &x)?;
                 b.add_assign(&mut dx, &dxs)?;
                 Some(g)
             }
@@ -390,10 +410,46 @@ pub struct Logits<S> {
 
 /// What a training forward keeps of a stage (`layer1` …) for the backward.
 struct StageCache<B: Backend> {
-    /// The first block's input; none for the first stage in "lean": its input, the stem's
-    /// max-pool output, is recomputed from the stem's convolution output.
+    /// The first block's input: kept when activations are "saved", and in "lean" where
+    /// the first block's shortcut is the identity (`Block::keeps_input`); otherwise
+    /// backward recomputes it (`Chains`).
     input: Option<T<B>>,
     blocks: Vec<BlockCache<B>>,
+}
+
+/// Backward's block inputs. Per stage the chain x₀ … xₙ: x₀ the stage's input, xᵢ₊₁
+/// block i's output and block i + 1's input. "saved" keeps them all; "lean" keeps x₀
+/// alone, and only where the first block's shortcut is the identity. Block i's output is
+/// relu(bn(its last convolution's output) + shortcut), the shortcut being xᵢ or a
+/// convolution of the block's own (the first block of every stage but a basic-block
+/// network's first): so a stage's chain is recomputed from its convolution outputs, in
+/// order from its first block, and its last output is the next stage's input. Backward
+/// runs the blocks in reverse and asks for xᵢ when block i's first convolution needs it;
+/// a missing one is recomputed from the highest one held below it (or from the first
+/// block), and of those computed on the way, the ones needed soonest are held as long as
+/// they weigh no more than the convolution outputs backward has already freed
+/// (`released`), so that holding them does not raise the step's peak. The others are
+/// recomputed again when asked for.
+struct Chains<'a, B: Backend> {
+    stem: &'a ConvBnCache<B>,
+    /// Per stage, the caches of the blocks whose backward has not run yet.
+    caches: Vec<Vec<BlockCache<B>>>,
+    /// Per stage, x₀ … xₙ where kept or held.
+    x: Vec<Vec<Option<T<B>>>>,
+    /// Elements of the convolution outputs of the blocks whose backward is done.
+    released: usize,
+}
+
+impl<B: Backend> BlockCache<B> {
+    /// Elements of the convolution outputs kept, the shortcut's included.
+    fn conv_elems(&self) -> usize {
+        self.convs.iter().chain(&self.down).map(|c| c.z.numel()).sum()
+    }
+
+    /// Elements of the block's output (its last convolution's).
+    fn out_elems(&self) -> usize {
+        self.convs[self.convs.len() - 1].z.numel()
+    }
 }
 
 /// What a training forward keeps for the backward.
@@ -490,8 +546,8 @@ impl<B: Backend> ResNet<B> {
         let mut h = b.max_pool2d_fwd(&h0, 3, 2, 1)?;
         drop(h0);
         let mut stages = Vec::with_capacity(self.stages.len());
-        for (s, stage) in self.stages.iter_mut().enumerate() {
-            let input = (mode == ActivationMode::Saved || s > 0).then(|| h.clone());
+        for stage in self.stages.iter_mut() {
+            let input = (mode == ActivationMode::Saved || stage[0].keeps_input()).then(|| h.clone());
             let mut blocks = Vec::with_capacity(stage.len());
             for block in stage.iter_mut() {
                 let (y, c) = block.forward_train(b, &h, mode)?;
@@ -520,7 +576,16 @@ impl<B: Backend> ResNet<B> {
     /// gradient of the loss w.r.t. the clip logits [B, 1]. Consumes the forward's cache,
     /// freeing each layer's share of it once that layer's backward is done.
     pub fn backward(&self, b: &B, dclips: &T<B>, c: ForwardCache<B>) -> Result<Vec<T<B>>, OpError> {
-        let ForwardCache { image, stem, mut stages, last_dims, pooled } = c;
+        let ForwardCache { image, stem, stages, last_dims, pooled } = c;
+        let mut chains = Chains { stem: &stem, caches: Vec::new(), x: Vec::new(), released: 0 };
+        for StageCache { input, mut blocks } in stages {
+            chains.x.push(std::iter::once(input).chain(blocks.iter_mut().map(|c| c.out.take())).collect());
+            chains.caches.push(blocks);
+        }
+        // The last block's output, which masks the first gradient: recomputed before
+        // anything else of backward is live.
+        let last = self.stages.len() - 1;
+        drop(self.block_input(b, &mut chains, last, self.stages[last].len())?);
         let dframes = b.temporal_mean_bwd(dclips, self.frames)?;
         let LinearGrads { dx: dfeatures, dw: dfc_w, db: dfc_b } =
             b.linear_bwd(&dframes, &pooled, &self.fc_w)?;
@@ -530,37 +595,81 @@ impl<B: Backend> ResNet<B> {
         // Blocks run backwards; their gradients are collected per block and put back in
         // forward order at the end.
         let mut per_block = Vec::new();
-        for stage in self.stages.iter().rev() {
-            let StageCache { input, blocks: caches } = stages.pop().expect("a cache per stage");
-            let input = match input {
-                Some(x) => x,
-                None => b.max_pool2d_fwd(&self.stem.output(b, &stem)?, 3, 2, 1)?,
-            };
-            // Every block's input and output, [x₀, x₁, …, xₙ]: kept ("saved") or
-            // recomputed from the stage's input ("lean"), dropped as backward passes them.
-            let mut io = vec![input];
-            for (block, cache) in stage.iter().zip(&caches) {
-                let x = io.last().expect("the stage's input");
-                io.push(block.output(b, x, cache)?);
-            }
-            for (block, cache) in stage.iter().zip(caches).rev() {
-                let out = io.pop().expect("a block's output");
-                let x = io.last().expect("a block's input");
+        for (s, stage) in self.stages.iter().enumerate().rev() {
+            for (i, block) in stage.iter().enumerate().rev() {
+                let cache = chains.caches[s].pop().expect("a cache per block");
+                let conv_elems = cache.conv_elems();
+                let out = chains.x[s][i + 1].take().expect("kept, or held when the block above asked");
                 let mut g = Vec::new();
-                dh = block.backward(b, dh, cache, x, out, &mut g)?;
+                dh = block.backward(b, dh, cache, out, || self.block_input(b, &mut chains, s, i), &mut g)?;
+                chains.released += conv_elems;
                 per_block.push(g);
             }
         }
+        drop(chains);
         let stem_out = self.stem.output(b, &stem)?;
         let dstem = b.max_pool2d_bwd(&stem_out, &dh, 3, 2, 1)?;
         drop((stem_out, dh));
-        // The image needs no gradient: the stem computes its parameters' only.
-        let (_, gstem) = self.stem.parameter_backward(b, dstem, stem, &image)?;
-        let mut grads: Vec<T<B>> = gstem.into_iter().collect();
+        // The image needs no gradient, and the stem computes none: with 3 input channels,
+        // each a reduction over 64·7·7 taps on a tile 64 channels wide, it would cost more
+        // tensor-core work than the whole forward pass (softgpu's counters: 1% of the
+        // issued MACs useful).
+        let (dz, [dgamma, dbeta]) = self.stem.bn_backward(b, dstem, stem)?;
+        let dw = self.stem.weight_grad(b, &image, &dz)?;
+        drop((dz, image));
+        let mut grads = vec![dw, dgamma, dbeta];
         grads.extend(per_block.into_iter().rev().flatten());
         grads.push(dfc_w);
         grads.push(dfc_b);
         Ok(grads)
+    }
+
+    /// xᵢ of stage `s` (block i's input; i = n: the stage's output), held afterwards when
+    /// i > 0: block i − 1's backward reads it next, as its output.
+    fn block_input(&self, b: &B, chains: &mut Chains<B>, s: usize, i: usize) -> Result<T<B>, OpError> {
+        if i == 0 {
+            return self.stage_input(b, chains, s);
+        }
+        if let Some(x) = &chains.x[s][i] {
+            return Ok(x.clone());
+        }
+        let x = self.recompute(b, chains, s, i)?;
+        chains.x[s][i] = Some(x.clone());
+        Ok(x)
+    }
+
+    /// Stage `s`'s input: kept, or the stem's max-pool output, or the previous stage's
+    /// output, recomputed.
+    fn stage_input(&self, b: &B, chains: &mut Chains<B>, s: usize) -> Result<T<B>, OpError> {
+        match (chains.x[s][0].take(), s.checked_sub(1)) {
+            (Some(x), _) => Ok(x),
+            (None, None) => b.max_pool2d_fwd(&self.stem.output(b, chains.stem)?, 3, 2, 1),
+            (None, Some(prev)) => self.block_input(b, chains, prev, self.stages[prev].len()),
+        }
+    }
+
+    /// xᵢ (i ≥ 1) of stage `s` recomputed from the highest one held below it, or from the
+    /// stage's start, holding the ones computed on the way that `Chains` says to.
+    fn recompute(&self, b: &B, chains: &mut Chains<B>, s: usize, i: usize) -> Result<T<B>, OpError> {
+        let blocks = &self.stages[s];
+        // What a walk computes are block outputs, all of the first's size.
+        let elems = chains.caches[s][0].out_elems();
+        let held: usize = chains.x[s][1..].iter().flatten().map(|x| x.numel()).sum();
+        let lowest_held = i.saturating_sub(chains.released.saturating_sub(held) / elems);
+        // With nothing held, the first block's output needs no input: the forward kept
+        // the stage's input where it would (`keeps_input`).
+        let (start, mut x) = match (0..i).rev().find(|&j| chains.x[s][j].is_some()) {
+            Some(j) => (j, chains.x[s][j].clone()),
+            None => (0, None),
+        };
+        for (k, block) in blocks.iter().enumerate().take(i).skip(start) {
+            let next = block.output(b, x.take(), &chains.caches[s][k])?;
+            if k + 1 < i && k + 1 >= lowest_held {
+                chains.x[s][k + 1] = Some(next.clone());
+            }
+            x = Some(next);
+        }
+        Ok(x.expect("a block walked"))
     }
 
     /// Every tensor with its torchvision name, in state-dict order.

@@ -9,22 +9,38 @@ use super::storage::Elem;
 /// Below this many elements a single thread beats rayon's fork/join.
 const PAR_MIN: usize = 1 << 15;
 
-fn map_into<X: Elem, Y: Elem>(x: &[X], y: &mut [Y], f: impl Fn(f32) -> f32 + Sync + Send) {
-    let f = |o: &mut Y, v: &X| *o = Y::from_f32(f(v.to_f32()));
+/// Elements converted at a time where they are FP16: widened into f32 and the results
+/// rounded back a block at a time (`Elem::as_f32`, `Elem::write_f32`: F16C eight at once)
+/// rather than one by one, which left the conversions unvectorised (the residual add and
+/// the ReLUs took 5% of a ResNet-18 FP16 "lean" step on the CPU, perf).
+const BLOCK: usize = 1024;
+
+/// Runs `block` on `y` and `x` cut into matching blocks of `BLOCK` elements, on the pool
+/// when they are large.
+fn blocks<Y: Send, X: Sync>(y: &mut [Y], x: &[X], block: impl Fn(&mut [Y], &[X]) + Sync + Send) {
     if x.len() < PAR_MIN {
-        y.iter_mut().zip(x).for_each(|(o, v)| f(o, v));
+        y.chunks_mut(BLOCK).zip(x.chunks(BLOCK)).for_each(|(y, x)| block(y, x));
     } else {
-        y.par_iter_mut().zip(x.par_iter()).for_each(|(o, v)| f(o, v));
+        y.par_chunks_mut(BLOCK).zip(x.par_chunks(BLOCK)).for_each(|(y, x)| block(y, x));
     }
 }
 
+fn map_into<X: Elem, Y: Elem>(x: &[X], y: &mut [Y], f: impl Fn(f32) -> f32 + Sync + Send) {
+    blocks(y, x, |y, x| {
+        let mut scratch = [[0.0f32; BLOCK]; 2];
+        let [xs, ys] = &mut scratch;
+        let x = X::as_f32(x, &mut xs[..x.len()]);
+        Y::write_f32(y, &mut ys[..x.len()], |y| y.iter_mut().zip(x).for_each(|(o, v)| *o = f(*v)));
+    });
+}
+
 fn update<E: Elem>(y: &mut [E], x: &[E], f: impl Fn(f32, f32) -> f32 + Sync + Send) {
-    let f = |o: &mut E, v: &E| *o = E::from_f32(f(o.to_f32(), v.to_f32()));
-    if x.len() < PAR_MIN {
-        y.iter_mut().zip(x).for_each(|(o, v)| f(o, v));
-    } else {
-        y.par_iter_mut().zip(x.par_iter()).for_each(|(o, v)| f(o, v));
-    }
+    blocks(y, x, |y, x| {
+        let mut scratch = [[0.0f32; BLOCK]; 2];
+        let [xs, ys] = &mut scratch;
+        let x = E::as_f32(x, &mut xs[..x.len()]);
+        E::update_f32(y, &mut ys[..x.len()], |y| y.iter_mut().zip(x).for_each(|(o, v)| *o = f(*o, *v)));
+    });
 }
 
 pub fn relu_fwd<E: Elem>(x: &[E], y: &mut [E]) {

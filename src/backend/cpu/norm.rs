@@ -129,12 +129,17 @@ pub fn batch_norm_normalize<E: Elem>(
     // Vectors cut to C, so that the loops over a row's channels need no bounds checks.
     let (mean, invstd, gamma, beta) = (&mean[..c], &invstd[..c], &gamma[..c], &beta[..c]);
     y.par_chunks_mut(STATS_CHUNK_ROWS * c).zip(x.par_chunks(STATS_CHUNK_ROWS * c)).for_each(|(yc, xc)| {
+        // A row at a time through f32: FP16 widened and rounded whole (`Elem::as_f32`,
+        // `Elem::write_f32`), not element by element.
+        let (mut xs, mut ys) = (vec![0.0f32; c], vec![0.0f32; c]);
         for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-            let (yr, xr) = (&mut yr[..c], &xr[..c]);
-            for ch in 0..c {
-                let v = bn_value(xr[ch].to_f32(), mean[ch], invstd[ch], gamma[ch], beta[ch]);
-                yr[ch] = E::from_f32(if relu { v.max(0.0) } else { v });
-            }
+            let xr = &E::as_f32(xr, &mut xs)[..c];
+            E::write_f32(yr, &mut ys, |yr| {
+                for (ch, y) in yr[..c].iter_mut().enumerate() {
+                    let v = bn_value(xr[ch], mean[ch], invstd[ch], gamma[ch], beta[ch]);
+                    *y = if relu { v.max(0.0) } else { v };
+                }
+            });
         }
     });
 }
@@ -146,8 +151,9 @@ enum ReluMask<'a, E> {
     None,
     /// The forward's stored output: zero where the ReLU clipped.
     Output(&'a [E]),
-    /// The output recomputed from x with β (and γ, the statistics): the stored output's
-    /// value, rounded to E, so that the mask is the one `Output` would give.
+    /// Recomputed from x with β (and γ, the statistics): the value the stored output was
+    /// rounded from, compared with the largest that rounds to E's zero, so that the mask
+    /// is the one `Output` would give.
     FromInput { beta: &'a [f32] },
 }
 
@@ -197,38 +203,37 @@ fn bwd<E: Elem>(
     dx: &mut [E],
 ) -> (Vec<f32>, Vec<f32>) {
     let m = x.len() / c;
+    // Vectors cut to C, so that the loops over a row's channels need no bounds checks.
+    let (gamma, mean, invstd) = (&gamma[..c], &mean[..c], &invstd[..c]);
     let grad = Grad { dy, x, c, gamma, mean, invstd, mask };
     // Two passes over memory: dβ and dγ together, then dx; the gradient reaching the
     // normalisation is recomputed per row in each rather than stored.
     let [dbeta, dgamma] = channel_sums(m, c, |rows, [db, dg]| {
-        let mut g = vec![0.0f32; c];
-        for row in rows {
-            grad.row(row, &mut g);
-            let x_row = x[row * c..(row + 1) * c].iter().zip(mean.iter().zip(invstd));
-            for ((db, dg), (&g, (v, (&mu, &is)))) in db.iter_mut().zip(dg.iter_mut()).zip(g.iter().zip(x_row))
-            {
-                *db += g as f64;
-                *dg += g as f64 * ((v.to_f32() - mu) * is) as f64;
+        let mut row = Row::new(c);
+        for r in rows {
+            let (g, x) = grad.row(r, &mut row);
+            let (db, dg) = (&mut db[..c], &mut dg[..c]);
+            for ch in 0..c {
+                db[ch] += g[ch] as f64;
+                dg[ch] += g[ch] as f64 * ((x[ch] - mean[ch]) * invstd[ch]) as f64;
             }
         }
     });
     let (db32, dg32): (Vec<f32>, Vec<f32>) =
         dbeta.iter().zip(&dgamma).map(|(&b, &g)| ((b / m as f64) as f32, (g / m as f64) as f32)).unzip();
-    // Vectors cut to C, so that the loop over a row's channels needs no bounds checks.
-    let (gamma, mean, invstd, db32, dg32) = (&gamma[..c], &mean[..c], &invstd[..c], &db32[..c], &dg32[..c]);
-    dx.par_chunks_mut(STATS_CHUNK_ROWS * c).zip(x.par_chunks(STATS_CHUNK_ROWS * c)).enumerate().for_each(
-        |(chunk, (dxc, xc))| {
-            let mut g = vec![0.0f32; c];
-            for (i, (dr, xr)) in dxc.chunks_exact_mut(c).zip(xc.chunks_exact(c)).enumerate() {
-                grad.row(chunk * STATS_CHUNK_ROWS + i, &mut g);
-                let (dr, xr, g) = (&mut dr[..c], &xr[..c], &g[..c]);
-                for ch in 0..c {
-                    let xhat = (xr[ch].to_f32() - mean[ch]) * invstd[ch];
-                    dr[ch] = E::from_f32(gamma[ch] * invstd[ch] * (g[ch] - db32[ch] - xhat * dg32[ch]));
+    let (db32, dg32) = (&db32[..c], &dg32[..c]);
+    dx.par_chunks_mut(STATS_CHUNK_ROWS * c).enumerate().for_each(|(chunk, dxc)| {
+        let (mut row, mut out) = (Row::new(c), vec![0.0f32; c]);
+        for (i, dr) in dxc.chunks_exact_mut(c).enumerate() {
+            let (g, x) = grad.row(chunk * STATS_CHUNK_ROWS + i, &mut row);
+            E::write_f32(dr, &mut out, |dr| {
+                for (ch, d) in dr[..c].iter_mut().enumerate() {
+                    let xhat = (x[ch] - mean[ch]) * invstd[ch];
+                    *d = gamma[ch] * invstd[ch] * (g[ch] - db32[ch] - xhat * dg32[ch]);
                 }
-            }
-        },
-    );
+            });
+        }
+    });
     (dgamma.iter().map(|&v| v as f32).collect(), dbeta.iter().map(|&v| v as f32).collect())
 }
 
@@ -244,24 +249,47 @@ struct Grad<'a, E> {
     mask: ReluMask<'a, E>,
 }
 
+/// Scratch for one row of backward in f32: the gradient reaching the normalisation, and
+/// x where it is FP16.
+struct Row {
+    g: Vec<f32>,
+    x: Vec<f32>,
+}
+
+impl Row {
+    fn new(c: usize) -> Self {
+        Row { g: vec![0.0; c], x: vec![0.0; c] }
+    }
+}
+
 impl<E: Elem> Grad<'_, E> {
-    /// Writes the gradient of row `row` (C channels) into `g`.
-    fn row(&self, row: usize, g: &mut [f32]) {
-        let at = row * self.c..(row + 1) * self.c;
-        let dy = &self.dy[at.clone()];
+    /// Row `row` (C channels) as f32: the gradient reaching the normalisation and x. The
+    /// row's dy and x are widened whole (`Elem::as_f32`), then the mask zeroes the
+    /// clipped channels.
+    fn row<'r>(&'r self, row: usize, scratch: &'r mut Row) -> (&'r [f32], &'r [f32]) {
+        let c = self.c;
+        let at = row * c..(row + 1) * c;
+        let g = &mut scratch.g[..c];
+        g.copy_from_slice(&E::as_f32(&self.dy[at.clone()], &mut scratch.x)[..c]);
+        let x = &E::as_f32(&self.x[at.clone()], &mut scratch.x)[..c];
         match self.mask {
-            ReluMask::None => g.iter_mut().zip(dy).for_each(|(g, d)| *g = d.to_f32()),
-            ReluMask::Output(y) => g
-                .iter_mut()
-                .zip(dy.iter().zip(&y[at]))
-                .for_each(|(g, (d, v))| *g = if v.to_f32() > 0.0 { d.to_f32() } else { 0.0 }),
+            ReluMask::None => {}
+            ReluMask::Output(y) => {
+                for (g, v) in g.iter_mut().zip(&y[at]) {
+                    *g = if v.to_f32() > 0.0 { *g } else { 0.0 };
+                }
+            }
+            // The stored output would be positive exactly where the value before its
+            // rounding is above the largest that rounds to zero.
             ReluMask::FromInput { beta } => {
-                for (ch, (g, (d, v))) in g.iter_mut().zip(dy.iter().zip(&self.x[at])).enumerate() {
-                    let y = bn_value(v.to_f32(), self.mean[ch], self.invstd[ch], self.gamma[ch], beta[ch])
-                        .max(0.0);
-                    *g = if E::from_f32(y).to_f32() > 0.0 { d.to_f32() } else { 0.0 };
+                let (mean, invstd, gamma, beta) =
+                    (&self.mean[..c], &self.invstd[..c], &self.gamma[..c], &beta[..c]);
+                for ch in 0..c {
+                    let v = bn_value(x[ch], mean[ch], invstd[ch], gamma[ch], beta[ch]);
+                    g[ch] = if v > E::LARGEST_ROUNDED_TO_ZERO { g[ch] } else { 0.0 };
                 }
             }
         }
+        (g, x)
     }
 }

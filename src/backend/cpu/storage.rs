@@ -22,8 +22,22 @@ use crate::tensor::DType;
 /// An element type a host buffer stores: loaded as f32, stored from f32.
 pub trait Elem: Copy + Send + Sync + PartialOrd + 'static {
     const DTYPE: DType;
+    /// The largest f32 that `from_f32` rounds to zero: a value is stored positive exactly
+    /// when it is above this.
+    const LARGEST_ROUNDED_TO_ZERO: f32;
     fn to_f32(self) -> f32;
     fn from_f32(v: f32) -> Self;
+    /// `x` as f32: itself when it is f32, else widened into `scratch` (of its length) by
+    /// `half`'s slice conversion (F16C eight at a time where the CPU has it), which
+    /// vectorises where converting element by element does not.
+    fn as_f32<'a>(x: &'a [Self], scratch: &'a mut [f32]) -> &'a [f32];
+    /// Runs `f` on an f32 view of `out` to fill it: `out` itself when it is f32, else
+    /// `scratch` (of its length), then rounded into `out` as `from_f32` rounds, eight at
+    /// a time.
+    fn write_f32(out: &mut [Self], scratch: &mut [f32], f: impl FnOnce(&mut [f32]));
+    /// `write_f32` for `f` that also reads `out`: an FP16 `out` is widened into
+    /// `scratch` first.
+    fn update_f32(out: &mut [Self], scratch: &mut [f32], f: impl FnOnce(&mut [f32]));
     /// The elements as f32: borrowed when they are, else widened (`half`'s slice
     /// conversion) into a new vector.
     fn widen(x: &[Self]) -> Cow<'_, [f32]>;
@@ -34,11 +48,21 @@ pub trait Elem: Copy + Send + Sync + PartialOrd + 'static {
 
 impl Elem for f32 {
     const DTYPE: DType = DType::F32;
+    const LARGEST_ROUNDED_TO_ZERO: f32 = 0.0;
     fn to_f32(self) -> f32 {
         self
     }
     fn from_f32(v: f32) -> Self {
         v
+    }
+    fn as_f32<'a>(x: &'a [f32], _: &'a mut [f32]) -> &'a [f32] {
+        x
+    }
+    fn write_f32(out: &mut [f32], _: &mut [f32], f: impl FnOnce(&mut [f32])) {
+        f(out)
+    }
+    fn update_f32(out: &mut [f32], _: &mut [f32], f: impl FnOnce(&mut [f32])) {
+        f(out)
     }
     fn widen(x: &[f32]) -> Cow<'_, [f32]> {
         Cow::Borrowed(x)
@@ -92,11 +116,25 @@ fn f32_to_f16(v: f32) -> f16 {
 
 impl Elem for f16 {
     const DTYPE: DType = DType::F16;
+    /// 2⁻²⁵, half the smallest subnormal: the tie rounds to even, zero.
+    const LARGEST_ROUNDED_TO_ZERO: f32 = f32::from_bits(0x3300_0000);
     fn to_f32(self) -> f32 {
         f16_to_f32(self)
     }
     fn from_f32(v: f32) -> Self {
         f32_to_f16(v)
+    }
+    fn as_f32<'a>(x: &'a [f16], scratch: &'a mut [f32]) -> &'a [f32] {
+        x.convert_to_f32_slice(scratch);
+        scratch
+    }
+    fn write_f32(out: &mut [f16], scratch: &mut [f32], f: impl FnOnce(&mut [f32])) {
+        f(scratch);
+        out.convert_from_f32_slice(scratch);
+    }
+    fn update_f32(out: &mut [f16], scratch: &mut [f32], f: impl FnOnce(&mut [f32])) {
+        out.convert_to_f32_slice(scratch);
+        Self::write_f32(out, scratch, f);
     }
     fn widen(x: &[f16]) -> Cow<'_, [f32]> {
         let mut wide = vec![0.0; x.len()];
@@ -279,5 +317,27 @@ mod tests {
         {
             same(f32::from_bits(bits));
         }
+    }
+
+    #[test]
+    fn slice_conversions_are_the_scalar_ones_bit_for_bit() {
+        let halves: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+        let mut scratch = vec![0.0f32; halves.len()];
+        let wide = f16::as_f32(&halves, &mut scratch);
+        assert!(halves.iter().zip(wide).all(|(h, w)| f16_to_f32(*h).to_bits() == w.to_bits()));
+        // Every kind of f32 (as `f16_rounding_is_halfs_bit_for_bit` sweeps them), NaNs
+        // with payloads among them.
+        let floats: Vec<f32> = (0..=u32::MAX).step_by(4_099).map(f32::from_bits).collect();
+        let (mut narrow, mut scratch) = (vec![f16::ZERO; floats.len()], vec![0.0f32; floats.len()]);
+        f16::write_f32(&mut narrow, &mut scratch, |out| out.copy_from_slice(&floats));
+        assert!(floats.iter().zip(&narrow).all(|(f, h)| f32_to_f16(*f).to_bits() == h.to_bits()));
+    }
+
+    #[test]
+    fn values_above_the_largest_rounded_to_zero_are_stored_positive() {
+        let t = <f16 as Elem>::LARGEST_ROUNDED_TO_ZERO;
+        assert_eq!(f32_to_f16(t).to_bits(), 0);
+        assert!(f32_to_f16(f32::from_bits(t.to_bits() + 1)).to_f32() > 0.0);
+        assert_eq!(<f32 as Elem>::LARGEST_ROUNDED_TO_ZERO.to_bits(), 0);
     }
 }
