@@ -14,6 +14,11 @@
 //! `DFENGINE_BENCH_ROUNDS` (default 3) and `DFENGINE_BENCH_STEPS` (timed steps per round
 //! and side, default 3, after one warm-up step) set the work, `DFENGINE_BENCH_THREADS` the
 //! threads of both sides (default 2).
+//!
+//! `DFENGINE_BENCH_MODES=1` times dfengine alone instead, in each precision and
+//! `[train] activation_memory` mode (FP32 and mixed precision — FP16 activations stored,
+//! FP32 arithmetic —, "saved" and "lean"), the four taking turns, and prints what "lean"
+//! costs against "saved" (issue 16: ≤ 1.10×).
 
 // This bench reads the step times itself; the module's `number` serves other benches.
 #[path = "common/yardstick.rs"]
@@ -26,7 +31,9 @@ use dfengine::config::{Backbone, TrainConfig};
 use dfengine::data::loader::{Batch, Pixels};
 use dfengine::memory::governor::BatchPlan;
 use dfengine::model::arch::ResNetSpec;
+use dfengine::model::footprint::ActivationMode;
 use dfengine::model::resnet::ResNet;
+use dfengine::tensor::DType;
 use dfengine::train::optimizer::Optimizer;
 use dfengine::train::scaler::LossScaler;
 use dfengine::train::step::{StepSettings, train_step};
@@ -54,11 +61,13 @@ struct Ours {
 }
 
 impl Ours {
-    fn new(side: usize, images: usize) -> Self {
+    fn new(side: usize, images: usize, mixed: bool, mode: ActivationMode) -> Self {
         let b = CpuBackend::default();
-        let t = TrainConfig { mixed_precision: false, ..TrainConfig::default() };
+        let t = TrainConfig { mixed_precision: mixed, ..TrainConfig::default() };
         let clips = images / FRAMES;
         let mut net = ResNet::new(&b, ResNetSpec::of(Backbone::Resnet18), FRAMES, t.seed).unwrap();
+        net.activations = DType::activations(mixed);
+        net.activation_mode = mode;
         let opt = Optimizer::new(&b, t.optimizer, t.weight_decay as f32, &net.trainable_mut()).unwrap();
         // A fixed input in roughly the normalized range, the same every step.
         let n = clips * FRAMES * side * side * 3;
@@ -116,13 +125,16 @@ fn main() {
     let steps = env_usize("DFENGINE_BENCH_STEPS", 3).max(1);
     let threads = env_usize("DFENGINE_BENCH_THREADS", 2).max(1);
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
+    if std::env::var_os("DFENGINE_BENCH_MODES").is_some() {
+        return modes(rounds, steps, threads);
+    }
     println!(
         "ResNet-18 FP32 AdamW training on the CPU, {threads} threads, {rounds} rounds × {steps} steps per side \
          in turns — img/s of the fastest step (median step)"
     );
     println!("{:<16} {:>15} {:>15} {:>15}", "input", "dfengine", "pytorch", "ratio");
     for (side, images) in [(112, 32), (224, 16)] {
-        let mut ours = Ours::new(side, images);
+        let mut ours = Ours::new(side, images, false, ActivationMode::Saved);
         let (mut our_times, mut their_times) = (Vec::new(), Ok(Vec::new()));
         for _ in 0..rounds {
             our_times.extend((0..steps).map(|_| ours.step()));
@@ -147,5 +159,44 @@ fn main() {
                 println!("  pytorch skipped: {why}");
             }
         }
+    }
+}
+
+/// dfengine alone in each precision and activation mode, the four taking turns: img/s of
+/// the fastest step of each, and lean's cost (saved's img/s over lean's).
+fn modes(rounds: usize, steps: usize, threads: usize) {
+    println!(
+        "ResNet-18 AdamW training on the CPU, {threads} threads, {rounds} rounds × {steps} steps per variant \
+         in turns — img/s of the fastest step"
+    );
+    println!(
+        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>22}",
+        "input", "FP32 saved", "FP32 lean", "FP16 saved", "FP16 lean", "lean's cost FP32/FP16"
+    );
+    for (side, images) in [(112, 32), (224, 16)] {
+        let variants = [
+            (false, ActivationMode::Saved),
+            (false, ActivationMode::Lean),
+            (true, ActivationMode::Saved),
+            (true, ActivationMode::Lean),
+        ];
+        let mut nets: Vec<Ours> =
+            variants.iter().map(|&(mixed, mode)| Ours::new(side, images, mixed, mode)).collect();
+        let mut best = [f64::INFINITY; 4];
+        for _ in 0..rounds {
+            for (net, best) in nets.iter_mut().zip(&mut best) {
+                *best = (0..steps).map(|_| net.step()).fold(*best, f64::min);
+            }
+        }
+        let ips = best.map(|t| images as f64 / t);
+        let cost = format!("{:.2}× / {:.2}×", ips[0] / ips[1], ips[2] / ips[3]);
+        println!(
+            "{:<16} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {cost:>22}",
+            format!("{side}², batch {images}"),
+            ips[0],
+            ips[1],
+            ips[2],
+            ips[3]
+        );
     }
 }

@@ -262,9 +262,10 @@ fn activation_modes_give_the_same_gradients<B: Backend>(b: &B, dut: &DeviceUnder
                 (run(ActivationMode::Saved), run(ActivationMode::Lean));
             let ratio = lean_bytes as f64 / saved_bytes as f64;
             eprintln!("{case}: forward cache saved {saved_bytes} B, lean {lean_bytes} B ({ratio:.3})");
-            // Lean keeps the convolution outputs (and resnet_tiny's and ResNet-18's
-            // first-stage input): 0.56–0.59 of what saved keeps in each case.
-            assert!(ratio < 0.62, "{case}: lean keeps {ratio:.3} of saved's bytes");
+            // Lean keeps the convolution outputs but the stem's (and resnet_tiny's and
+            // ResNet-18's first-stage input): 0.33–0.55 of what saved keeps in each case
+            // at this size.
+            assert!(ratio < 0.57, "{case}: lean keeps {ratio:.3} of saved's bytes");
             assert_eq!(saved.len(), lean.len());
             for (i, (s, l)) in saved.iter().zip(&lean).enumerate() {
                 if b.name().starts_with("cpu") {

@@ -258,10 +258,10 @@ pub enum ActivationMemory {
     /// What PyTorch AMP's autograd keeps: each convolution's input and output, each batch
     /// norm's output, each residual block's output.
     Saved,
-    /// Only what cannot be recomputed cheaply: the convolution outputs and the image (and
-    /// the first stage's input of a basic-block network); batch-norm and ReLU outputs,
-    /// residual sums, block outputs and max-pool outputs are recomputed from them in
-    /// backward (element-wise work).
+    /// Only what cannot be recomputed cheaply: the convolution outputs but the stem's, and
+    /// the image (and the first stage's input of a basic-block network); batch-norm and
+    /// ReLU outputs, residual sums, block outputs and max-pool outputs are recomputed from
+    /// them in backward (element-wise work), and the stem's convolution is run again.
     Lean,
     /// The cheaper of the two that fits the memory budget at the configured micro-batch
     /// ("saved" when both fit: it does no recomputation).
