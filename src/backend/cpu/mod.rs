@@ -13,6 +13,7 @@ pub mod loss;
 pub mod norm;
 pub mod optim;
 pub mod pooling;
+pub mod simd;
 pub mod storage;
 pub mod window;
 

@@ -12,6 +12,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::simd::vectorized;
 use super::storage::Elem;
 
 use crate::backend::params::{BatchNormParams, STATS_CHUNK_ROWS};
@@ -41,19 +42,23 @@ fn channel_sums<const S: usize>(
     total
 }
 
-/// Adds each of the row-major rows of C channels `rows` to `sum`.
-fn add_values<E: Elem>(rows: &[E], sum: &mut [f64]) {
-    for row in rows.chunks_exact(sum.len()) {
-        sum.iter_mut().zip(row).for_each(|(s, v)| *s += v.to_f32() as f64);
+vectorized! {
+    /// Adds each of the row-major rows of C channels `rows` to `sum`.
+    fn add_values<E: Elem>(rows: &[E], sum: &mut [f64]) {
+        for row in rows.chunks_exact(sum.len()) {
+            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v.to_f32() as f64);
+        }
     }
 }
 
-/// Adds the squared deviations from `mean` of each of the rows `rows` to `sum`.
-fn add_squared_deviations<E: Elem>(rows: &[E], mean: &[f64], sum: &mut [f64]) {
-    for row in rows.chunks_exact(sum.len()) {
-        sum.iter_mut()
-            .zip(row.iter().zip(mean))
-            .for_each(|(s, (v, m))| *s += (v.to_f32() as f64 - m).powi(2));
+vectorized! {
+    /// Adds the squared deviations from `mean` of each of the rows `rows` to `sum`.
+    fn add_squared_deviations<E: Elem>(rows: &[E], mean: &[f64], sum: &mut [f64]) {
+        for row in rows.chunks_exact(sum.len()) {
+            sum.iter_mut()
+                .zip(row.iter().zip(mean))
+                .for_each(|(s, (v, m))| *s += (v.to_f32() as f64 - m).powi(2));
+        }
     }
 }
 
@@ -126,22 +131,38 @@ pub fn batch_norm_normalize<E: Elem>(
     relu: bool,
     y: &mut [E],
 ) {
-    // Vectors cut to C, so that the loops over a row's channels need no bounds checks.
-    let (mean, invstd, gamma, beta) = (&mean[..c], &invstd[..c], &gamma[..c], &beta[..c]);
-    y.par_chunks_mut(STATS_CHUNK_ROWS * c).zip(x.par_chunks(STATS_CHUNK_ROWS * c)).for_each(|(yc, xc)| {
-        // A row at a time through f32: FP16 widened and rounded whole (`Elem::as_f32`,
-        // `Elem::write_f32`), not element by element.
+    let affine = Affine { mean: &mean[..c], invstd: &invstd[..c], gamma: &gamma[..c], beta: &beta[..c] };
+    y.par_chunks_mut(STATS_CHUNK_ROWS * c)
+        .zip(x.par_chunks(STATS_CHUNK_ROWS * c))
+        .for_each(|(yc, xc)| normalize_rows(xc, &affine, relu, yc));
+}
+
+/// A channel's normalisation, each vector cut to C so that the loops over a row's
+/// channels need no bounds checks.
+struct Affine<'a> {
+    mean: &'a [f32],
+    invstd: &'a [f32],
+    gamma: &'a [f32],
+    beta: &'a [f32],
+}
+
+vectorized! {
+    /// `batch_norm_normalize` on the rows `xc` into `yc`, a row at a time through f32:
+    /// FP16 widened and rounded whole (`Elem::as_f32`, `Elem::write_f32`), not element by
+    /// element.
+    fn normalize_rows<E: Elem>(xc: &[E], a: &Affine<'_>, relu: bool, yc: &mut [E]) {
+        let c = a.mean.len();
         let (mut xs, mut ys) = (vec![0.0f32; c], vec![0.0f32; c]);
         for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
             let xr = &E::as_f32(xr, &mut xs)[..c];
             E::write_f32(yr, &mut ys, |yr| {
                 for (ch, y) in yr[..c].iter_mut().enumerate() {
-                    let v = bn_value(xr[ch], mean[ch], invstd[ch], gamma[ch], beta[ch]);
+                    let v = bn_value(xr[ch], a.mean[ch], a.invstd[ch], a.gamma[ch], a.beta[ch]);
                     *y = if relu { v.max(0.0) } else { v };
                 }
             });
         }
-    });
+    }
 }
 
 /// Where the gradient of a fused ReLU is masked from.
@@ -208,7 +229,21 @@ fn bwd<E: Elem>(
     let grad = Grad { dy, x, c, gamma, mean, invstd, mask };
     // Two passes over memory: dβ and dγ together, then dx; the gradient reaching the
     // normalisation is recomputed per row in each rather than stored.
-    let [dbeta, dgamma] = channel_sums(m, c, |rows, [db, dg]| {
+    let [dbeta, dgamma] = channel_sums(m, c, |rows, [db, dg]| add_grad_sums(&grad, rows, db, dg));
+    let (db32, dg32): (Vec<f32>, Vec<f32>) =
+        dbeta.iter().zip(&dgamma).map(|(&b, &g)| ((b / m as f64) as f32, (g / m as f64) as f32)).unzip();
+    let means = [&db32[..c], &dg32[..c]];
+    dx.par_chunks_mut(STATS_CHUNK_ROWS * c)
+        .enumerate()
+        .for_each(|(chunk, dxc)| write_dx(&grad, chunk * STATS_CHUNK_ROWS, means, dxc));
+    (dgamma.iter().map(|&v| v as f32).collect(), dbeta.iter().map(|&v| v as f32).collect())
+}
+
+vectorized! {
+    /// Adds the rows `rows` of the gradient reaching the normalisation to `db` (Σg) and
+    /// of its product with x̂ to `dg` (Σg·x̂).
+    fn add_grad_sums<E: Elem>(grad: &Grad<'_, E>, rows: Range<usize>, db: &mut [f64], dg: &mut [f64]) {
+        let (c, mean, invstd) = (grad.c, grad.mean, grad.invstd);
         let mut row = Row::new(c);
         for r in rows {
             let (g, x) = grad.row(r, &mut row);
@@ -218,23 +253,26 @@ fn bwd<E: Elem>(
                 dg[ch] += g[ch] as f64 * ((x[ch] - mean[ch]) * invstd[ch]) as f64;
             }
         }
-    });
-    let (db32, dg32): (Vec<f32>, Vec<f32>) =
-        dbeta.iter().zip(&dgamma).map(|(&b, &g)| ((b / m as f64) as f32, (g / m as f64) as f32)).unzip();
-    let (db32, dg32) = (&db32[..c], &dg32[..c]);
-    dx.par_chunks_mut(STATS_CHUNK_ROWS * c).enumerate().for_each(|(chunk, dxc)| {
+    }
+}
+
+vectorized! {
+    /// The input gradient of the rows from `first` on into `dxc`, given the means of Σg
+    /// and Σg·x̂ (`[dβ/M, dγ/M]`).
+    fn write_dx<E: Elem>(grad: &Grad<'_, E>, first: usize, means: [&[f32]; 2], dxc: &mut [E]) {
+        let (c, gamma, mean, invstd) = (grad.c, grad.gamma, grad.mean, grad.invstd);
+        let (db, dg) = (&means[0][..c], &means[1][..c]);
         let (mut row, mut out) = (Row::new(c), vec![0.0f32; c]);
         for (i, dr) in dxc.chunks_exact_mut(c).enumerate() {
-            let (g, x) = grad.row(chunk * STATS_CHUNK_ROWS + i, &mut row);
+            let (g, x) = grad.row(first + i, &mut row);
             E::write_f32(dr, &mut out, |dr| {
                 for (ch, d) in dr[..c].iter_mut().enumerate() {
                     let xhat = (x[ch] - mean[ch]) * invstd[ch];
-                    *d = gamma[ch] * invstd[ch] * (g[ch] - db32[ch] - xhat * dg32[ch]);
+                    *d = gamma[ch] * invstd[ch] * (g[ch] - db[ch] - xhat * dg[ch]);
                 }
             });
         }
-    });
-    (dgamma.iter().map(|&v| v as f32).collect(), dbeta.iter().map(|&v| v as f32).collect())
+    }
 }
 
 /// The gradient reaching the normalisation in backward: dy, zeroed where the fused ReLU
@@ -266,6 +304,7 @@ impl<E: Elem> Grad<'_, E> {
     /// Row `row` (C channels) as f32: the gradient reaching the normalisation and x. The
     /// row's dy and x are widened whole (`Elem::as_f32`), then the mask zeroes the
     /// clipped channels.
+    #[inline(always)]
     fn row<'r>(&'r self, row: usize, scratch: &'r mut Row) -> (&'r [f32], &'r [f32]) {
         let c = self.c;
         let at = row * c..(row + 1) * c;
