@@ -4,6 +4,7 @@
 use half::f16;
 use rayon::prelude::*;
 
+use super::simd::vectorized;
 use super::storage::Elem;
 
 /// Below this many elements a single thread beats rayon's fork/join.
@@ -25,22 +26,29 @@ fn blocks<Y: Send, X: Sync>(y: &mut [Y], x: &[X], block: impl Fn(&mut [Y], &[X])
     }
 }
 
-fn map_into<X: Elem, Y: Elem>(x: &[X], y: &mut [Y], f: impl Fn(f32) -> f32 + Sync + Send) {
-    blocks(y, x, |y, x| {
-        let mut scratch = [[0.0f32; BLOCK]; 2];
-        let [xs, ys] = &mut scratch;
-        let x = X::as_f32(x, &mut xs[..x.len()]);
-        Y::write_f32(y, &mut ys[..x.len()], |y| y.iter_mut().zip(x).for_each(|(o, v)| *o = f(*v)));
-    });
+vectorized! {
+    /// y = f(x), a block at a time. (The block closure is defined in the vectorized body,
+    /// so it is compiled for the same instruction set wherever rayon runs it.)
+    fn map_into<X: Elem, Y: Elem>(x: &[X], y: &mut [Y], f: impl Fn(f32) -> f32 + Sync + Send) {
+        blocks(y, x, |y, x| {
+            let mut scratch = [[0.0f32; BLOCK]; 2];
+            let [xs, ys] = &mut scratch;
+            let x = X::as_f32(x, &mut xs[..x.len()]);
+            Y::write_f32(y, &mut ys[..x.len()], |y| y.iter_mut().zip(x).for_each(|(o, v)| *o = f(*v)));
+        });
+    }
 }
 
-fn update<E: Elem>(y: &mut [E], x: &[E], f: impl Fn(f32, f32) -> f32 + Sync + Send) {
-    blocks(y, x, |y, x| {
-        let mut scratch = [[0.0f32; BLOCK]; 2];
-        let [xs, ys] = &mut scratch;
-        let x = E::as_f32(x, &mut xs[..x.len()]);
-        E::update_f32(y, &mut ys[..x.len()], |y| y.iter_mut().zip(x).for_each(|(o, v)| *o = f(*o, *v)));
-    });
+vectorized! {
+    /// y = f(y, x), a block at a time.
+    fn update<E: Elem>(y: &mut [E], x: &[E], f: impl Fn(f32, f32) -> f32 + Sync + Send) {
+        blocks(y, x, |y, x| {
+            let mut scratch = [[0.0f32; BLOCK]; 2];
+            let [xs, ys] = &mut scratch;
+            let x = E::as_f32(x, &mut xs[..x.len()]);
+            E::update_f32(y, &mut ys[..x.len()], |y| y.iter_mut().zip(x).for_each(|(o, v)| *o = f(*o, *v)));
+        });
+    }
 }
 
 pub fn relu_fwd<E: Elem>(x: &[E], y: &mut [E]) {

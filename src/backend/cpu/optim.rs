@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use super::simd::vectorized;
+
 use crate::backend::params::{AdamWParams, SgdParams};
 
 /// One AdamW step (`step` counts from 1), exactly `torch.optim.AdamW`'s update:
@@ -13,15 +15,28 @@ pub fn adamw_step(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], hp: &A
     let bc2_sqrt = (1.0 - (hp.beta2 as f64).powi(step as i32)).sqrt();
     let step_size = (hp.lr as f64 / bc1) as f32;
     let decay = 1.0 - hp.lr * hp.weight_decay;
-    p.par_iter_mut().zip(g.par_iter()).zip(m.par_iter_mut()).zip(v.par_iter_mut()).for_each(
-        |(((p, &g), m), v)| {
+    let (ps, ms, vs) = (p.par_chunks_mut(CHUNK), m.par_chunks_mut(CHUNK), v.par_chunks_mut(CHUNK));
+    ps.zip(g.par_chunks(CHUNK))
+        .zip(ms)
+        .zip(vs)
+        .for_each(|(((p, g), m), v)| adamw_chunk(p, g, m, v, hp, [decay, step_size], bc2_sqrt));
+}
+
+/// Elements per task of the optimizer steps: each task's loop runs vectorized.
+const CHUNK: usize = 1 << 14;
+
+vectorized! {
+    /// `adamw_step` on one chunk, given the decay factor and the step size.
+    fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], hp: &AdamWParams, factors: [f32; 2], bc2_sqrt: f64) {
+        let [decay, step_size] = factors;
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
             *p *= decay;
             *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
             *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
             let denom = (v.sqrt() as f64 / bc2_sqrt) as f32 + hp.eps;
             *p -= step_size * *m / denom;
-        },
-    );
+        }
+    }
 }
 
 /// One SGD step, `torch.optim.SGD` with dampening 0: g ← g + wd·p; buf ← μ·buf + g
