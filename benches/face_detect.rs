@@ -22,8 +22,13 @@
 #[path = "common/yardstick.rs"]
 mod yardstick;
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use cpu_time::process_cpu;
 
 use dfengine::data::clip::crop_resize;
 use dfengine::data::decode::read_frames;
@@ -37,16 +42,6 @@ const FRAMES: usize = 32;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// CPU-seconds (user + system) this process has used so far, all threads.
-fn process_cpu() -> f64 {
-    // SAFETY: an all-zero rusage is a valid value, and getrusage only writes into it.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is a live rusage for getrusage to fill.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    secs(u.ru_utime) + secs(u.ru_stime)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
