@@ -1,6 +1,6 @@
 //! CPU conv2d throughput (forward, dgrad, wgrad) on ResNet-18 layer shapes, beside the
 //! ceiling that matters for an im2col design: the same-size f32 GEMM through the same
-//! matrixmultiply kernels, split over the same threads. A conv at 0.8× its GEMM spends
+//! `gemm` (its AVX-512 kernel where the CPU has it), split over the same threads. A conv at 0.8× its GEMM spends
 //! 20% on lowering (im2col/col2im); the GEMM itself is what the CPU can do.
 //!
 //! `cargo bench --bench conv_cpu` (DFENGINE_BENCH_BATCH sets the batch, default 4).

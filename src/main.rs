@@ -324,7 +324,7 @@ fn auto_batch(config: &mut config::Config) -> Result<(), Failure> {
             config::format_bytes(budget)
         )));
     };
-    let micro = (1..=largest as u32).rev().find(|m| effective % m == 0).unwrap_or(1);
+    let micro = (1..=largest as u32).rev().find(|m| effective.is_multiple_of(*m)).unwrap_or(1);
     let (mode, planned) =
         (resolve_mode(config, micro as u64, frames, mixed, budget), plan(micro as u64).total());
     config.dataloader.batch_size = micro;
@@ -617,7 +617,7 @@ fn fill_cache(
             .filter_map(|i| {
                 let result = source.load(i).err().map(|e| format!("{}: {e}", source.name(i)));
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n == total || n % 20 == 0 {
+                if n == total || n.is_multiple_of(20) {
                     eprintln!("[{n}/{total}] cached");
                 }
                 result

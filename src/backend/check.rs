@@ -102,7 +102,7 @@ pub fn rows_channels<S>(op: &'static str, x: &Tensor<S>) -> Result<(usize, usize
 
 /// [B·T, C] splits into clips of `t` frames.
 pub fn clips(op: &'static str, bt: usize, t: usize) -> Result<usize, OpError> {
-    if t == 0 || bt % t != 0 {
+    if t == 0 || !bt.is_multiple_of(t) {
         return Err(shape_err(op, format!("{bt} frames do not split into clips of {t}")));
     }
     Ok(bt / t)

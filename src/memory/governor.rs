@@ -199,7 +199,7 @@ impl Governor {
             }
         }
         let every = self.cfg.force_cleanup_every;
-        if every > 0 && step > 0 && step % every == 0 && self.log.len() == first {
+        if every > 0 && step > 0 && step.is_multiple_of(every) && self.log.len() == first {
             let reason = format!("forced every {every} steps");
             self.record(step, Action::TrimPool, &reason);
             self.record(step, Action::ClearCaches, &reason);
@@ -320,5 +320,5 @@ impl Governor {
 
 /// The largest divisor of `n` that is at most `limit` (at least 1).
 fn largest_divisor_at_most(n: u32, limit: u32) -> u32 {
-    (1..=limit.clamp(1, n.max(1))).rev().find(|d| n % d == 0).unwrap_or(1)
+    (1..=limit.clamp(1, n.max(1))).rev().find(|d| n.is_multiple_of(*d)).unwrap_or(1)
 }

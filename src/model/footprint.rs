@@ -334,7 +334,7 @@ impl Sim {
     fn conv_fwd(&mut self, l: &ConvLayer, part: Part) -> Id {
         let z = self.act(self.n * l.out_elems() as u64, part);
         let mut s = self.half_copies(&[self.n * in_elems(l), l.params() as u64]);
-        if l.cin % CONV_VECTOR != 0 {
+        if !l.cin.is_multiple_of(CONV_VECTOR) {
             s.push(2 * self.n * (l.h_in * l.w_in * CONV_VECTOR) as u64);
             s.push(2 * (l.cout * l.kernel * l.kernel * CONV_VECTOR) as u64);
         }
@@ -355,7 +355,7 @@ impl Sim {
     fn conv_wgrad(&mut self, l: &ConvLayer) -> Id {
         let dw = self.alloc(4 * l.params() as u64, Part::Gradients);
         let mut s = self.half_copies(&[self.n * in_elems(l), self.n * l.out_elems() as u64]);
-        if l.cin % CONV_VECTOR != 0 {
+        if !l.cin.is_multiple_of(CONV_VECTOR) {
             s.push(2 * self.n * (l.h_in * l.w_in * CONV_VECTOR) as u64);
         }
         if let PlanDevice::Cuda { sm_count } = self.device {

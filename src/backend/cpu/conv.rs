@@ -12,20 +12,25 @@
 //! wgrad each thread lowers just the columns its rows of dWᵀ read); 1×1, stride-1,
 //! unpadded convolutions skip the lowering (`col` is the input itself).
 //!
-//! Why blocks and groups of `GEMM_ROWS` rows or more: matrixmultiply packs both operands
-//! at every call, and per image the weights' packing outweighed the multiply on the
-//! small late maps (layer4 at 112²: 16 rows against 4608×512 weights ran at 40 GFLOP/s on
-//! one core, against 150–200 for a GEMM of 200+ rows). Forward blocks are also kept small
-//! enough to stay in L2 between im2col and the GEMM's packing. wgrad splits dWᵀ rather
-//! than the batch, so there are no partial sums to add, and each element of dW sums its
-//! pixels in the same order whatever the thread count.
+//! The weights are packed for the GEMM once per forward or dgrad call (`PackedB`) and
+//! shared by the tasks. With the AVX-512 kernel (gemm/avx512.rs) the other operand is
+//! read in place, unpacked — `col` and `dy` in the forward and dgrad, `colᵀ` in wgrad —
+//! so the forward reads each lowered block straight from L2, where matrixmultiply copied
+//! it element by element (one core, 3136×576×64: 120 GFLOP/s with row-major `col`,
+//! against 235 now).
 //!
-//! What limits it: matrixmultiply packs fast only when the operand's non-reduced index
-//! is the contiguous one. `col` (reduced over R·S·C, which is contiguous) takes its slow
-//! element-by-element packing in the forward whichever way round the product is written:
-//! at K = 64 that costs about a third of the forward GEMM (one core, 3136×576×64: 120
-//! GFLOP/s with row-major `col` against 195 column-major). wgrad reduces over the pixels
-//! and packs fast.
+//! What limits it now: the lowering (im2col and col2im with their copies, ~10% of a
+//! training step) and wgrad's transpose and dWᵀ traffic on layer4; the kernel itself runs
+//! at 85–95% of a core's FMA peak.
+//!
+//! Why blocks and groups of `GEMM_ROWS` rows or more: matrixmultiply (the kernel where
+//! there is no AVX-512) packs both operands at every call, and per image the weights'
+//! packing outweighed the multiply on the small late maps (layer4 at 112²: 16 rows
+//! against 4608×512 weights ran at 40 GFLOP/s on one core, against 150–200 for a GEMM of
+//! 200+ rows). Forward blocks are also kept small enough to stay in L2 between im2col
+//! and the GEMM. wgrad splits dWᵀ rather than the batch, so there are no partial sums to
+//! add, and each element of dW sums its pixels in the same order whatever the thread
+//! count.
 //!
 //! Activations are FP32 or FP16 (`Elem`), the filter FP32 (an FP16 filter is widened by
 //! the caller, once): each block or group is widened to f32 on its own, multiplied in
@@ -37,7 +42,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::gemm::{MatRef, gemm};
+use super::gemm::{MatRef, PackedB, gemm, row_tile};
 use super::storage::Elem;
 use super::window::Taps;
 use crate::backend::params::Conv2dGeom;
@@ -48,10 +53,6 @@ const GEMM_ROWS: usize = 256;
 /// Elements of a lowered block that fit comfortably in a core's L2 cache (512 KiB of
 /// the 1 MiB of the machine measured).
 const LOWERED_BLOCK: usize = 128 << 10;
-
-/// The rows of matrixmultiply's AVX-512 micro-kernel tile (16×16): a block of rows that
-/// is not a multiple of it pays for a partly empty tile.
-const KERNEL_TILE: usize = 16;
 
 fn is_pointwise(g: &Conv2dGeom) -> bool {
     g.r == 1 && g.s == 1 && g.stride == [1, 1] && g.pad == [0, 0]
@@ -189,29 +190,29 @@ fn with_lowered<R>(
 /// (`rows_per_block`) across the images, one task each.
 pub fn conv2d_fwd<E: Elem>(g: &Conv2dGeom, x: &[E], w: &[f32], y: &mut [E]) {
     let (hwc, rsc, block) = (g.h * g.w * g.c, g.r * g.s * g.c, rows_per_block(g));
-    let wt = MatRef::row_major(w, g.k, rsc).t();
+    let wt = PackedB::new(MatRef::row_major(w, g.k, rsc).t());
     y.par_chunks_mut(block * g.k).enumerate().for_each(|(b, y_b)| {
         let rows = b * block..b * block + y_b.len() / g.k;
         let (images, local) = block_images(g, &rows);
         let x_b = E::widen(&x[images.start * hwc..images.end * hwc]);
-        with_lowered(g, &x_b, local, 0..rsc, |col| E::through_f32(y_b, |y_b| gemm(1.0, col, wt, 0.0, y_b)));
+        with_lowered(g, &x_b, local, 0..rsc, |col| E::through_f32(y_b, |y_b| wt.gemm(1.0, col, 0.0, y_b)));
     });
 }
 
 /// dx [N, H, W, C] = ∂(Σ y·dy)/∂x for y = conv(x, w).
 pub fn conv2d_dgrad<E: Elem>(g: &Conv2dGeom, dy: &[E], w: &[f32], dx: &mut [E]) {
     let (hwc, pq, rsc, per) = (g.h * g.w * g.c, g.p * g.q, g.r * g.s * g.c, images_per_task(g));
-    let wm = MatRef::row_major(w, g.k, rsc);
+    let wm = PackedB::new(MatRef::row_major(w, g.k, rsc));
     dx.par_chunks_mut(per * hwc).zip(dy.par_chunks(per * pq * g.k)).for_each(|(dx_g, dy_g)| {
         let dy_g = E::widen(dy_g);
         let dy_m = MatRef::row_major(&dy_g, dy_g.len() / g.k, g.k);
         E::through_f32(dx_g, |dx_g| {
             if is_pointwise(g) {
-                gemm(1.0, dy_m, wm, 0.0, dx_g);
+                wm.gemm(1.0, dy_m, 0.0, dx_g);
                 return;
             }
             with_scratch(dy_m.rows * rsc, |dcol| {
-                gemm(1.0, dy_m, wm, 0.0, dcol);
+                wm.gemm(1.0, dy_m, 0.0, dcol);
                 for (dx_n, dcol_n) in dx_g.chunks_exact_mut(hwc).zip(dcol.chunks_exact(pq * rsc)) {
                     col2im(g, dcol_n, dx_n);
                 }
@@ -225,7 +226,8 @@ pub fn conv2d_wgrad<E: Elem>(g: &Conv2dGeom, x: &[E], dy: &[E], dw: &mut [f32]) 
     let (hwc, rsc, block) = (g.h * g.w * g.c, g.r * g.s * g.c, wgrad_rows(g));
     // One share of whole kernel tiles per thread (finer shares left the stem's last one
     // with 3 of 147 rows).
-    let task_rows = rsc.div_ceil(KERNEL_TILE).div_ceil(rayon::current_num_threads()) * KERNEL_TILE;
+    let tile = row_tile();
+    let task_rows = rsc.div_ceil(tile).div_ceil(rayon::current_num_threads()) * tile;
     let mut dw_t = vec![0.0f32; rsc * g.k];
     // The blocks run on a pool thread, so that each one's split over the threads is a
     // join inside the pool, not a job handed in from outside and waited for (a thread
@@ -236,7 +238,9 @@ pub fn conv2d_wgrad<E: Elem>(g: &Conv2dGeom, x: &[E], dy: &[E], dw: &mut [f32]) 
             let (images, local) = block_images(g, &rows);
             let (x_b, dy_b) = (E::widen(&x[images.start * hwc..images.end * hwc]), E::widen(dy_b));
             let dy_m = MatRef::row_major(&dy_b, rows.len(), g.k);
-            // Each task lowers only the columns of col that its rows of dWᵀ need.
+            // Each task lowers only the columns of col that its rows of dWᵀ need, and packs
+            // dy for itself: packed once before the split, the stem's dy (1783×64 a block)
+            // kept the other thread waiting for ~40% of the block's GEMM.
             dw_t.par_chunks_mut((task_rows * g.k).max(1)).enumerate().for_each(|(t, dw_rows)| {
                 let cols = t * task_rows..t * task_rows + dw_rows.len() / g.k;
                 with_lowered(g, &x_b, local.clone(), cols, |col| gemm(1.0, col.t(), dy_m, 1.0, dw_rows));
@@ -260,4 +264,44 @@ fn transpose(m: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{conv2d_dgrad, conv2d_fwd, conv2d_wgrad};
+    use crate::backend::params::Conv2dGeom;
+
+    /// The three ops give the same bits on 1, 2 and 3 threads, on shapes whose blocks,
+    /// groups and dWᵀ shares fall unevenly (the module comment promises it).
+    #[test]
+    fn conv_results_do_not_depend_on_the_thread_count() {
+        let shapes =
+            [([3, 9, 11, 5], [7, 3, 3, 5], [1, 1], [1, 1]), ([2, 20, 17, 3], [13, 5, 5, 3], [2, 2], [2, 2])];
+        for (x_dims, w_dims, stride, pad) in shapes {
+            let g = Conv2dGeom::new(x_dims, w_dims, stride, pad).unwrap();
+            let values = |len: usize, seed: usize| -> Vec<f32> {
+                (0..len).map(|i| ((i * 7919 + seed * 104729) % 2003) as f32 / 1001.5 - 1.0).collect()
+            };
+            let (x, w) = (values(x_dims.iter().product(), 1), values(w_dims.iter().product(), 2));
+            let dy = values(g.y_dims().iter().product(), 3);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let mut y = vec![0.0f32; dy.len()];
+                    let mut dx = vec![0.0f32; x.len()];
+                    let mut dw = vec![0.0f32; w.len()];
+                    conv2d_fwd(&g, &x, &w, &mut y);
+                    conv2d_dgrad(&g, &dy, &w, &mut dx);
+                    conv2d_wgrad(&g, &x, &dy, &mut dw);
+                    [y, dx, dw].map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>())
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3] {
+                for (what, (a, b)) in ["y", "dx", "dw"].iter().zip(one.iter().zip(&run(threads))) {
+                    assert!(a == b, "{what} of {x_dims:?} * {w_dims:?} differs on {threads} threads");
+                }
+            }
+        }
+    }
 }

@@ -128,7 +128,7 @@ pub fn conv2d_fwd(
     let (xn, wn, yn) = sizes(entry, g)?;
     check_lens(entry, &[("x", x.len(), xn), ("w", w.len(), wn), ("y", y.len(), yn)])?;
     check_len(entry, "bias", epi.bias.map_or(g.k, |b| b.len()), g.k)?;
-    if g.c % VECTOR != 0 {
+    if !g.c.is_multiple_of(VECTOR) {
         let xp = pad_channels(dev, x, g.n * g.h * g.w, g.c)?;
         let wp = pad_channels(dev, w, g.k * g.r * g.s, g.c)?;
         return conv2d_fwd(dev, &padded(g), &xp, &wp, y, epi);
@@ -211,7 +211,7 @@ pub fn conv2d_dgrad(
     let pixels = g.n * g.h * g.w;
     let entry = dgrad_entry(pick_n64(pixels, g.c, dev.sm_count));
     let bad = |detail: String| CudaError::Arguments { kernel: entry, detail };
-    if g.k % VECTOR != 0 {
+    if !g.k.is_multiple_of(VECTOR) {
         return Err(bad(format!("K = {} output channels: the kernel needs a multiple of 8", g.k)));
     }
     let (xn, wn, yn) = sizes(entry, g)?;
@@ -296,7 +296,7 @@ pub fn conv2d_wgrad_planned(
 ) -> Result<(), CudaError> {
     let entry = wgrad_entry(plan.tile);
     let bad = |detail: String| CudaError::Arguments { kernel: entry, detail };
-    if g.k % VECTOR != 0 {
+    if !g.k.is_multiple_of(VECTOR) {
         return Err(bad(format!("K = {} output channels: the kernel needs a multiple of 8", g.k)));
     }
     let (xn, wn, yn) = sizes(entry, g)?;
@@ -307,7 +307,7 @@ pub fn conv2d_wgrad_planned(
         return Err(bad(format!("{plan:?} does not cover the {k_tiles} reduction tiles of {g:?} once")));
     }
     let xp;
-    let (gp, x) = if g.c % VECTOR != 0 {
+    let (gp, x) = if !g.c.is_multiple_of(VECTOR) {
         xp = pad_channels(dev, x, g.n * g.h * g.w, g.c)?;
         (padded(g), &*xp)
     } else {

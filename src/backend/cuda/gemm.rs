@@ -55,7 +55,7 @@ pub struct GemmNt<'a> {
 /// Which kernel `gemm_nt` runs for these sizes.
 pub fn uses_tensor_cores(k: usize) -> bool {
     // 16-byte cp.async copies need every row of A and B to start 16-byte aligned.
-    k % 8 == 0
+    k.is_multiple_of(8)
 }
 
 /// The tensor-core entry point built with `tile` (kernels/gemm.cu).
