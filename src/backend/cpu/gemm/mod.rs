@@ -75,7 +75,8 @@ pub fn row_tile() -> usize {
     match Kernel::best() {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => avx512::ROW_STEP,
-        // matrixmultiply's AVX-512 tile (16×16).
+        // matrixmultiply's tiles: 16 rows with AVX-512, 8 or fewer without (16 is a
+        // multiple of each).
         Kernel::Portable => 16,
     }
 }
