@@ -38,8 +38,8 @@ impl Isa {
     pub const ALL: [Isa; 3] = [Isa::Baseline, Isa::Avx2, Isa::Avx512];
 }
 
-/// The widest `Isa` the CPU runs.
-fn detected() -> Isa {
+/// The widest `Isa` the CPU runs, whatever the cap.
+pub fn supported() -> Isa {
     static DETECTED: OnceLock<Isa> = OnceLock::new();
     *DETECTED.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -59,7 +59,8 @@ static CAP: AtomicU8 = AtomicU8::new(Isa::Avx512 as u8);
 
 /// Limits `vectorized!` functions to `isa` and narrower, for the whole process: benches
 /// compare the paths in one run, and tests run each. Every path gives the same bits, so
-/// a call running while another thread changes the cap is still right.
+/// a call running while another thread changes the cap is still right — which is why
+/// nothing whose bits depend on the instruction set (the GEMM kernels) follows the cap.
 pub fn cap_vectors(isa: Isa) {
     CAP.store(isa as u8, Ordering::Relaxed);
 }
@@ -68,7 +69,7 @@ pub fn cap_vectors(isa: Isa) {
 #[inline]
 pub fn widest() -> Isa {
     let cap = Isa::ALL[CAP.load(Ordering::Relaxed) as usize];
-    detected().min(cap)
+    supported().min(cap)
 }
 
 /// `vectorized! { fn name<E: Elem>(args) -> R { body } }` defines `name`, whose body runs

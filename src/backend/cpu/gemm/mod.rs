@@ -2,7 +2,7 @@
 //! transpose is a swap of strides, never a copy.
 //!
 //! Two kernels, chosen at run time: our AVX-512 one (`avx512`, the module comment says
-//! how and what it measured) where the CPU has AVX-512 (`simd::widest`), else
+//! how and what it measured) where the CPU has AVX-512 (`simd::supported`), else
 //! matrixmultiply's. B can be packed once and multiplied by many A (`PackedB`): a
 //! convolution packs its weights once per call rather than once per block of output rows.
 
@@ -12,7 +12,7 @@ mod avx512;
 use std::cell::Cell;
 
 #[cfg(target_arch = "x86_64")]
-use super::simd::{Isa, widest};
+use super::simd::{Isa, supported};
 
 /// A read-only matrix view: `rows × cols` elements at `data[i·row_stride + j·col_stride]`.
 #[derive(Debug, Clone, Copy)]
@@ -59,10 +59,11 @@ enum Kernel {
 }
 
 impl Kernel {
-    /// Ours where `simd::widest` allows AVX-512 (the CPU has it, and no cap holds it back).
+    /// Ours where the CPU has AVX-512 (`simd::supported`: the kernels' results differ in
+    /// their last bits, so the choice does not follow `simd::cap_vectors`).
     fn best() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if widest() == Isa::Avx512 {
+        if supported() == Isa::Avx512 {
             return Kernel::Avx512;
         }
         Kernel::Portable
