@@ -9,9 +9,11 @@
 //!
 //! `vectorized!` gets that without the build flag: it defines a function whose body is
 //! compiled three times — for AVX-512, for AVX2, and for the baseline — and which runs
-//! the widest the CPU has (`widest`; `cap_vectors` narrows it). The body is repeated inside each `#[target_feature]` function,
-//! so the closures it defines are compiled for that instruction set too, and the generic
-//! and `#[inline]` functions it calls are inlined into it. (A closure handed to one
+//! the widest the CPU has (`widest`; `cap_vectors` narrows it). Batch norm, the
+//! element-wise ops and AdamW use it. The body is repeated inside each
+//! `#[target_feature]` function, so the closures it defines are compiled for that
+//! instruction set too, and the generic and `#[inline]` functions it calls are inlined
+//! into it. (A closure handed to one
 //! `#[target_feature]` function is not: it is compiled on its own, for the baseline,
 //! wherever the compiler chooses not to inline it — the first try measured so.)
 //!
