@@ -5,27 +5,15 @@
 //!
 //! `cargo bench --bench conv_cpu` (DFENGINE_BENCH_BATCH sets the batch, default 4).
 
-use std::time::{Duration, Instant};
+#[path = "common/timing.rs"]
+mod timing;
 
 use dfengine::backend::cpu::CpuBackend;
 use dfengine::backend::cpu::gemm::{MatRef, gemm};
 use dfengine::backend::ops::Backend;
 use dfengine::tensor::Shape;
 use rayon::prelude::*;
-
-/// Median seconds of `f` over enough runs to fill ~1 s (at least 3), after one warm-up.
-fn time(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut runs = Vec::new();
-    let start = Instant::now();
-    while runs.len() < 3 || (start.elapsed() < Duration::from_secs(1) && runs.len() < 50) {
-        let t = Instant::now();
-        f();
-        runs.push(t.elapsed().as_secs_f64());
-    }
-    runs.sort_by(f64::total_cmp);
-    runs[runs.len() / 2]
-}
+use timing::median_seconds;
 
 /// The GEMM ceiling: y [m, n] = a [m, k] · b [k, n], rows split in one chunk per rayon
 /// thread, so that each packs b once (a finer split packs it again per chunk, which
@@ -35,7 +23,7 @@ fn gemm_ceiling(m: usize, n: usize, k: usize) -> f64 {
     let b = vec![0.25f32; k * n];
     let mut c = vec![0.0f32; m * n];
     let rows = m.div_ceil(rayon::current_num_threads()).max(1);
-    time(|| {
+    median_seconds(|| {
         c.par_chunks_mut(rows * n).zip(a.par_chunks(rows * k)).for_each(|(cc, ac)| {
             let r = ac.len() / k;
             gemm(1.0, MatRef::row_major(ac, r, k), MatRef::row_major(&b, k, n), 0.0, cc);
@@ -68,12 +56,13 @@ fn main() {
         let [_, p, q, _] = y.shape().as_array().unwrap();
         let flops = 2.0 * (batch * p * q * k * rs * rs * c) as f64;
         let gflops = |secs: f64| flops / secs / 1e9;
-        let fwd = gflops(time(|| drop(b.conv2d_fwd(&x, &w, [stride; 2], [pad; 2]).unwrap())));
-        let dgrad = gflops(time(|| {
+        let fwd = gflops(median_seconds(|| drop(b.conv2d_fwd(&x, &w, [stride; 2], [pad; 2]).unwrap())));
+        let dgrad = gflops(median_seconds(|| {
             drop(b.conv2d_dgrad(&dy, &w, [batch, hw, hw, c], [stride; 2], [pad; 2]).unwrap())
         }));
-        let wgrad =
-            gflops(time(|| drop(b.conv2d_wgrad(&x, &dy, [k, rs, rs, c], [stride; 2], [pad; 2]).unwrap())));
+        let wgrad = gflops(median_seconds(|| {
+            drop(b.conv2d_wgrad(&x, &dy, [k, rs, rs, c], [stride; 2], [pad; 2]).unwrap())
+        }));
         let ceil = gflops(gemm_ceiling(batch * p * q, k, rs * rs * c));
         println!("{name:<28} {fwd:>9.1} {dgrad:>9.1} {wgrad:>9.1} {ceil:>11.1} {:>9.2}", fwd / ceil);
     }

@@ -28,6 +28,9 @@ mod yardstick;
 #[path = "common/cpu_time.rs"]
 mod cpu_time;
 
+#[path = "common/timing.rs"]
+mod timing;
+
 use std::time::Instant;
 
 use dfengine::backend::cpu::CpuBackend;
@@ -41,16 +44,12 @@ use dfengine::tensor::DType;
 use dfengine::train::optimizer::Optimizer;
 use dfengine::train::scaler::LossScaler;
 use dfengine::train::step::{StepSettings, train_step};
+use timing::median;
 
 const FRAMES: usize = 16;
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// dfengine's side: a ResNet-18 and its optimizer, training on one fixed batch.

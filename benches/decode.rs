@@ -19,6 +19,9 @@
 #[path = "common/yardstick.rs"]
 mod yardstick;
 
+#[path = "common/timing.rs"]
+mod timing;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -27,6 +30,7 @@ use dfengine::data::decode::{probe, read_frames, read_frames_yuv420};
 use dfengine::data::sampling::{Sampling, sample_indices};
 use dfengine::data::synth::{ClipSpec, SynthParams, render};
 use dfengine::data::synth_video::write_clip;
+use timing::median;
 
 const SIDE: usize = 720;
 const FRAMES: usize = 300;
@@ -161,11 +165,6 @@ fn cpu_and_wall(cmd: &mut Command) -> (f64, f64) {
     let out = cmd.output().expect("run a yardstick");
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
     (children_cpu() - cpu, start.elapsed().as_secs_f64())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// `dfengine prepare` on one video (cache on, 32 frames of 256²) against single-threaded

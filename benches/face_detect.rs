@@ -25,6 +25,9 @@ mod yardstick;
 #[path = "common/cpu_time.rs"]
 mod cpu_time;
 
+#[path = "common/timing.rs"]
+mod timing;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -35,6 +38,7 @@ use dfengine::data::decode::read_frames;
 use dfengine::data::detect::{DetectSettings, FaceDetector, Image};
 use dfengine::data::face_boxes::{MAX_DETECT_SIDE, detect_clip};
 use dfengine::data::faces::Crop;
+use timing::median;
 
 const WIDTH: usize = 1280;
 const HEIGHT: usize = 720;
@@ -42,11 +46,6 @@ const FRAMES: usize = 32;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The bench's frames: the photograph scaled to 1400² (the face about 240×300 px, as a

@@ -7,7 +7,8 @@
 //!
 //! `cargo bench --bench norm_cpu`.
 
-use std::time::{Duration, Instant};
+#[path = "common/timing.rs"]
+mod timing;
 
 use dfengine::backend::cpu::CpuBackend;
 use dfengine::backend::cpu::simd::{Isa, cap_vectors, widest};
@@ -15,28 +16,16 @@ use dfengine::backend::ops::Backend;
 use dfengine::backend::params::BatchNormParams;
 use dfengine::tensor::{DType, Shape};
 use rayon::prelude::*;
-
-/// Median seconds of `f` over enough runs to fill ~0.5 s (at least 5), after a warm-up.
-fn time(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut runs = Vec::new();
-    let start = Instant::now();
-    while runs.len() < 5 || (start.elapsed() < Duration::from_millis(500) && runs.len() < 100) {
-        let t = Instant::now();
-        f();
-        runs.push(t.elapsed().as_secs_f64());
-    }
-    runs.sort_by(f64::total_cmp);
-    runs[runs.len() / 2]
-}
+use timing::median_seconds;
 
 /// GB/s of copying `bytes` bytes, split over the threads as the ops split their rows.
 fn copy_gbps(bytes: usize) -> f64 {
     let src = vec![1u8; bytes];
     let mut dst = vec![0u8; bytes];
     let chunk = bytes.div_ceil(rayon::current_num_threads());
-    let s =
-        time(|| dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s)));
+    let s = median_seconds(|| {
+        dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s))
+    });
     2.0 * bytes as f64 / s / 1e9
 }
 
@@ -73,10 +62,11 @@ fn main() {
                 if widest() != isa {
                     continue;
                 }
-                let fwd = time(|| {
+                let fwd = median_seconds(|| {
                     drop(b.batch_norm_fwd_train(&x, &gamma, &beta, &mut mean, &mut var, &p).unwrap())
                 });
-                let bwd = time(|| drop(b.batch_norm_relu_bwd(&dy, &x, &gamma, &beta, &saved).unwrap()));
+                let bwd =
+                    median_seconds(|| drop(b.batch_norm_relu_bwd(&dy, &x, &gamma, &beta, &saved).unwrap()));
                 let show = |s: f64, moved: usize| {
                     let gbps = (moved * bytes) as f64 / s / 1e9;
                     format!("{:.2} ({gbps:.1}; {:.2})", s * 1e3, gbps / copy)
