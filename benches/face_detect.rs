@@ -38,6 +38,7 @@ use dfengine::data::decode::read_frames;
 use dfengine::data::detect::{DetectSettings, FaceDetector, Image};
 use dfengine::data::face_boxes::{MAX_DETECT_SIDE, detect_clip};
 use dfengine::data::faces::Crop;
+use dfengine::data::image::RgbImage;
 use timing::median;
 
 const WIDTH: usize = 1280;
@@ -51,7 +52,7 @@ fn repo(path: &str) -> PathBuf {
 /// The bench's frames: the photograph scaled to 1400² (the face about 240×300 px, as a
 /// presenter's in a 720p broadcast), seen through a 1280×720 window that pans 3 px a frame.
 fn frames(photo: &[u8]) -> Vec<Vec<u8>> {
-    let big = crop_resize(photo, 512, 512, Crop { x0: 0, y0: 0, side: 512 }, 1400);
+    let big = crop_resize(RgbImage::packed(photo, 512, 512), Crop { x0: 0, y0: 0, side: 512 }, 1400);
     (0..FRAMES)
         .map(|t| {
             let x0 = 20 + 3 * t;

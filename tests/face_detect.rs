@@ -188,10 +188,11 @@ mod astronaut {
     fn mtcnn_finds_the_cpus_faces_on_the_gpu_cuda() {
         use dfengine::data::clip::crop_resize;
         use dfengine::data::faces::Crop;
+        use dfengine::data::image::RgbImage;
 
         let Some((rgb, width, _)) = photograph() else { return };
         let Some((gpu, dut)) = common::cuda_backend() else { return };
-        let head = crop_resize(&rgb, 512, 512, Crop { x0: 124, y0: 17, side: 200 }, 96);
+        let head = crop_resize(RgbImage::packed(&rgb, 512, 512), Crop { x0: 124, y0: 17, side: 200 }, 96);
         let mut cases = vec![("head at 96²".to_string(), head, [96, 96], DetectSettings::default())];
         for c in fixture().cases {
             let [_, _, w, h] = c.crop;
@@ -246,6 +247,7 @@ mod astronaut {
     fn panning_clip(rgb: &[u8], frames: usize) -> Vec<Vec<u8>> {
         use dfengine::data::clip::crop_resize;
         use dfengine::data::faces::Crop;
+        use dfengine::data::image::RgbImage;
         (0..frames)
             .map(|t| {
                 if (10..=13).contains(&t) {
@@ -253,7 +255,11 @@ mod astronaut {
                 }
                 let a = t as f64 / (frames - 1) as f64;
                 let side = (400.0 - 100.0 * a) as usize;
-                crop_resize(rgb, 512, 512, Crop { x0: (100.0 * a) as usize, y0: 0, side }, 256)
+                crop_resize(
+                    RgbImage::packed(rgb, 512, 512),
+                    Crop { x0: (100.0 * a) as usize, y0: 0, side },
+                    256,
+                )
             })
             .collect()
     }

@@ -23,6 +23,7 @@ use dfengine::backend::cuda::GpuProbe;
 use dfengine::data::clip::crop_resize;
 use dfengine::data::decode::read_frames;
 use dfengine::data::faces::Crop;
+use dfengine::data::image::RgbImage;
 use dfengine::data::synth_video::write_clip;
 
 const SIDE: usize = 256;
@@ -36,7 +37,7 @@ fn repo(path: &str) -> PathBuf {
 /// The photograph's 200² square around the face (x 181–268, y 62–172 in the 512² image),
 /// as `side`².
 fn head(photo: &[u8], side: usize) -> Vec<u8> {
-    crop_resize(photo, 512, 512, Crop { x0: 124, y0: 17, side: 200 }, side)
+    crop_resize(RgbImage::packed(photo, 512, 512), Crop { x0: 124, y0: 17, side: 200 }, side)
 }
 
 /// Writes the three videos; returns (face, wall, pair) paths.
@@ -104,7 +105,9 @@ fn panning_original(root: &Path, photo: &[u8]) -> PathBuf {
     write_clip(
         &face,
         SIDE,
-        (0..FRAMES).map(|t| crop_resize(photo, 512, 512, Crop { x0: 4 * t, y0: 0, side: 400 }, SIDE)),
+        (0..FRAMES).map(|t| {
+            crop_resize(RgbImage::packed(photo, 512, 512), Crop { x0: 4 * t, y0: 0, side: 400 }, SIDE)
+        }),
     )
     .unwrap();
     face

@@ -3,11 +3,15 @@
 //! close to what was drawn, and bad files are errors that name the file and the reason.
 #![cfg(feature = "video")]
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use dfengine::config::DataConfig;
-use dfengine::data::clip::assemble;
-use dfengine::data::decode::{probe, read_frames, read_frames_yuv420};
+use dfengine::data::clip::{FrameCrops, assemble};
+use dfengine::data::decode::{VideoInfo, probe, read_frames, read_frames_yuv420, sample_frames};
+use dfengine::data::faces::FaceBox;
+use dfengine::data::image::RgbImage;
 use dfengine::data::manifest::{self, FoundLayout, Label, Split};
 use dfengine::data::preprocess::{
     FrameOp, IMAGENET_MEAN, IMAGENET_STD, Rect, preprocess, preprocess_yuv420, yuv420_len,
@@ -77,6 +81,37 @@ fn decoded_frames_match_what_was_drawn() {
         let other_err = frame.data.iter().zip(&other).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>()
             / other.len() as f64;
         assert!(other_err > mean_err, "frame {t} matches a later frame better");
+    }
+}
+
+#[test]
+fn frames_are_cropped_where_the_decoder_wrote_them() {
+    // `prepare` crops each sampled frame in the decoder's own buffer, whose 48-pixel rows
+    // (144 bytes) FFmpeg pads: the crops must be those of the frames copied out, and the
+    // file is opened once for what it holds and what is decoded.
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path(), 4);
+    let path = clip_path(dir.path(), ClipSpec { source: 0, swapped_from: Some(1) });
+    let boxes = HashMap::from([(6, FaceBox { x: 10.0, y: 6.0, w: 20.0, h: 24.0 })]);
+    let crops = FrameCrops { boxes: &boxes, side: 20, quality_threshold: 0.0, face_scale: 1.3 };
+    for threads in [1, 2] {
+        let padded = AtomicBool::new(false);
+        let pick = |info: &VideoInfo| sample_indices(info.frames, 6, Sampling::Eval);
+        let sampled = sample_frames(&path, pick, threads, |index, img| {
+            padded.fetch_or(img.stride > img.width * 3, Ordering::Relaxed);
+            crops.crop(index, img)
+        })
+        .unwrap();
+        assert!(padded.into_inner(), "no frame had padded rows: the test shows nothing");
+        assert_eq!(sampled.info, probe(&path).unwrap());
+        assert_eq!(sampled.indices, sample_indices(16, 6, Sampling::Eval));
+        assert!(sampled.indices.contains(&6), "frame 6 (the one with a face box) is sampled");
+        let (frames, decoded) = read_frames(&path, &sampled.indices, threads).unwrap();
+        assert_eq!(sampled.decoded, decoded);
+        for ((&i, crop), frame) in sampled.indices.iter().zip(&sampled.frames).zip(&frames) {
+            let whole = crops.crop(i, RgbImage::packed(&frame.data, frame.width, frame.height));
+            assert_eq!(crop.as_ref().unwrap(), &whole, "frame {i}, {threads} threads");
+        }
     }
 }
 
@@ -202,9 +237,14 @@ fn variable_frame_rate_video_decodes_by_timestamp() {
     }
     assert!(last_time.is_some(), "no frame came back");
     // Indices that fall in a gap come back empty; the clip takes the nearest frame there.
-    let decoded: Vec<_> =
-        wanted.iter().zip(&frames).map(|(&i, f)| (i, f.width, f.height, f.data.clone())).collect();
-    let (clip, replaced) = assemble(&path, &decoded, 32, 0.0, 1.3).unwrap();
+    let boxes = HashMap::new();
+    let crops = FrameCrops { boxes: &boxes, side: 32, quality_threshold: 0.0, face_scale: 1.3 };
+    let cropped: Vec<_> = wanted
+        .iter()
+        .zip(&frames)
+        .map(|(&i, f)| (f.width > 0).then(|| crops.crop(i, f.image())).flatten())
+        .collect();
+    let (clip, replaced) = assemble(&cropped, 32).unwrap();
     assert_eq!((clip.frames, clip.data.len()), (4, 4 * 32 * 32 * 3));
     assert_eq!(replaced, frames.iter().filter(|f| f.width == 0).count());
 }

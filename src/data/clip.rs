@@ -2,9 +2,9 @@
 //! filtered, cropped around the face (or the centre) and resized to `frame_size`, as u8.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use super::faces::{self, Crop, FaceBox};
+use super::image::RgbImage;
 use super::quality;
 
 /// `frames` frames of `side × side × 3` bytes, one after the other.
@@ -21,10 +21,11 @@ impl ClipFrames {
     }
 }
 
-/// Bilinear resize of the `crop` of an RGB24 frame `w × h` to `side × side` (pixel centres
-/// aligned, as in preprocessing). The taps of each output column are worked out once, not
-/// per pixel: same bytes out for 0.43× the instructions (callgrind, 32 crops of 720p to 256²).
-pub fn crop_resize(rgb: &[u8], w: usize, h: usize, crop: Crop, side: usize) -> Vec<u8> {
+/// Bilinear resize of the `crop` of a frame to `side × side` RGB (pixel centres aligned,
+/// as in preprocessing). The taps of each output column are worked out once, not per
+/// pixel: same bytes out for 0.43× the instructions (callgrind, 32 crops of 720p to 256²).
+pub fn crop_resize(img: RgbImage, crop: Crop, side: usize) -> Vec<u8> {
+    let (w, h) = (img.width, img.height);
     let mut out = vec![0u8; side * side * 3];
     let scale = crop.side as f32 / side as f32;
     let last = (crop.side - 1) as f32;
@@ -44,7 +45,7 @@ pub fn crop_resize(rgb: &[u8], w: usize, h: usize, crop: Crop, side: usize) -> V
         .collect();
     for (oy, out_row) in out.chunks_exact_mut(side * 3).enumerate() {
         let (y0, y1, fy) = taps(oy, crop.y0, h);
-        let (top_row, bottom_row) = (&rgb[y0 * w * 3..(y0 + 1) * w * 3], &rgb[y1 * w * 3..(y1 + 1) * w * 3]);
+        let (top_row, bottom_row) = (img.row(y0), img.row(y1));
         for (px, &(x0, x1, gx, fx)) in out_row.chunks_exact_mut(3).zip(&columns) {
             let (a, b) = (&top_row[x0..x0 + 3], &top_row[x1..x1 + 3]);
             let (c, d) = (&bottom_row[x0..x0 + 3], &bottom_row[x1..x1 + 3]);
@@ -66,51 +67,47 @@ fn round_to_u8(v: f32) -> u8 {
     (whole + u32::from(up)).min(255) as u8
 }
 
-/// Turns decoded frames (with their frame indices) into a clip: quality filter with
-/// nearest-good replacement (missing frames too), face or centre crop, resize. Also
-/// returns how many frames were rejected or missing. Face boxes come from the video's
-/// sidecar.
-pub fn assemble(
-    video: &Path,
-    decoded: &[(usize, usize, usize, Vec<u8>)],
-    side: usize,
-    quality_threshold: f64,
-    face_scale: f64,
-) -> Result<(ClipFrames, usize), String> {
-    assemble_with_boxes(&faces::sidecar(video)?, decoded, side, quality_threshold, face_scale)
+/// What a clip keeps of each sampled frame: the crop around its face box (the centre
+/// square without one), resized to `side`², unless the quality filter rejects the frame.
+/// It runs on each frame as the decoder gives it out, so no full-size frame is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCrops<'a> {
+    /// Face boxes by frame index.
+    pub boxes: &'a HashMap<usize, FaceBox>,
+    pub side: usize,
+    /// 0 keeps every frame (and measures nothing: on 720p that costs a fifth of `prepare`).
+    pub quality_threshold: f64,
+    pub face_scale: f64,
 }
 
-/// `assemble` with the face boxes given (by frame index; frames without one get the
-/// centre square).
-pub fn assemble_with_boxes(
-    boxes: &HashMap<usize, FaceBox>,
-    decoded: &[(usize, usize, usize, Vec<u8>)],
-    side: usize,
-    quality_threshold: f64,
-    face_scale: f64,
-) -> Result<(ClipFrames, usize), String> {
-    // An empty frame is a wanted index the decoder never produced (a gap in a
-    // variable-frame-rate stream, a corrupt packet): replaced like a rejected one. Threshold
-    // 0 keeps every frame, so nothing is measured (on 720p that costs a fifth of `prepare`).
-    let good: Vec<bool> = decoded
-        .iter()
-        .map(|(_, w, h, rgb)| {
-            !rgb.is_empty()
-                && (quality_threshold <= 0.0
-                    || quality::judge(&quality::measure(rgb, *w, *h), quality_threshold).is_none())
-        })
-        .collect();
-    let use_frame = quality::replacements(&good).ok_or_else(|| {
-        format!("all {} sampled frames fail the quality filter (threshold {quality_threshold})", good.len())
-    })?;
-    let mut data = Vec::with_capacity(decoded.len() * side * side * 3);
-    for &k in &use_frame {
-        let (index, w, h, rgb) = &decoded[k];
-        let crop = faces::crop_for(boxes, *index, face_scale, *w, *h);
-        data.extend(crop_resize(rgb, *w, *h, crop, side));
+impl FrameCrops<'_> {
+    /// Frame `index`'s crop, or `None` when the quality filter rejects it.
+    pub fn crop(&self, index: usize, img: RgbImage) -> Option<Vec<u8>> {
+        if self.quality_threshold > 0.0
+            && quality::judge(&quality::measure(img), self.quality_threshold).is_some()
+        {
+            return None;
+        }
+        let crop = faces::crop_for(self.boxes, index, self.face_scale, img.width, img.height);
+        Some(crop_resize(img, crop, self.side))
     }
-    let rejected = good.iter().filter(|g| !**g).count();
-    Ok((ClipFrames { frames: decoded.len(), side, data }, rejected))
+}
+
+/// The clip from its sampled frames' crops of `side`², in sampling order: a frame without
+/// one (rejected by the quality filter, or a wanted frame the decoder never produced: a
+/// gap in a variable-frame-rate stream, a corrupt packet) takes the nearest frame's crop.
+/// Also returns how many frames were replaced.
+pub fn assemble(crops: &[Option<Vec<u8>>], side: usize) -> Result<(ClipFrames, usize), String> {
+    let good: Vec<bool> = crops.iter().map(Option::is_some).collect();
+    let use_frame = quality::replacements(&good).ok_or_else(|| {
+        format!("none of the {} sampled frames was decoded and passed the quality filter", crops.len())
+    })?;
+    let mut data = Vec::with_capacity(crops.len() * side * side * 3);
+    for k in use_frame {
+        data.extend_from_slice(crops[k].as_deref().expect("replacements name frames with a crop"));
+    }
+    let replaced = good.iter().filter(|g| !**g).count();
+    Ok((ClipFrames { frames: crops.len(), side, data }, replaced))
 }
 
 #[cfg(test)]
@@ -126,10 +123,10 @@ mod tests {
                 rgb[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&[200, 100, 50]);
             }
         }
-        let out = crop_resize(&rgb, w, h, Crop { x0: 4, y0: 2, side: 4 }, 7);
+        let out = crop_resize(RgbImage::packed(&rgb, w, h), Crop { x0: 4, y0: 2, side: 4 }, 7);
         assert_eq!(out.len(), 7 * 7 * 3);
         assert!(out.chunks(3).all(|p| p == [200, 100, 50]));
-        let identity = crop_resize(&rgb, w, h, Crop { x0: 0, y0: 0, side: 6 }, 6);
+        let identity = crop_resize(RgbImage::packed(&rgb, w, h), Crop { x0: 0, y0: 0, side: 6 }, 6);
         assert_eq!(&identity[..6 * 3], &rgb[..6 * 3], "same size: the first row is copied");
     }
 
@@ -173,7 +170,7 @@ mod tests {
             (Crop { x0: 30, y0: 15, side: 12 }, 9),
         ] {
             assert_eq!(
-                crop_resize(&rgb, w, h, crop, side),
+                crop_resize(RgbImage::packed(&rgb, w, h), crop, side),
                 crop_resize_by_pixel(&rgb, w, h, crop, side),
                 "{crop:?} → {side}"
             );

@@ -28,6 +28,8 @@ use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 
+use super::image::RgbImage;
+
 #[derive(Debug, thiserror::Error)]
 #[error("video {}: {reason}", path.display())]
 pub struct DecodeError {
@@ -118,17 +120,53 @@ pub struct Yuv420Frame {
     pub data: Vec<u8>,
 }
 
+/// Frames sampled from a video, and what it took.
+#[derive(Debug)]
+pub struct Sampled<T> {
+    pub info: VideoInfo,
+    /// The display indices picked, ascending (repeats allowed).
+    pub indices: Vec<usize>,
+    /// One per index: what was made of that frame, `None` where the decoder never produced
+    /// it (a gap in a variable-frame-rate stream, a corrupt packet). Indices past the real
+    /// end (the container's count was an estimate) repeat the last frame that came out.
+    pub frames: Vec<Option<T>>,
+    /// Frames the decoder produced (frames it was spared are not counted).
+    pub decoded: usize,
+}
+
+/// Opens `path` once, lets `pick` choose the display indices from what the container says
+/// (ascending, repeats allowed), decodes what those frames need and hands each wanted
+/// frame to `take` in RGB as it comes out, where the decoder (or its converter) wrote it:
+/// the caller keeps what it needs of the frame (`prepare`: the crop), not a copy of it.
+/// With `threads` > 1 `take` runs on as many decoding threads at once (see
+/// `decode_wanted`); it is called once per distinct index.
+pub fn sample_frames<T, P, F>(
+    path: &Path,
+    pick: P,
+    threads: usize,
+    take: F,
+) -> Result<Sampled<T>, DecodeError>
+where
+    T: Clone + Send,
+    P: FnOnce(&VideoInfo) -> Vec<usize>,
+    F: Fn(usize, RgbImage) -> T + Sync,
+{
+    decode_wanted(path, pick, threads, &MapRgb(take))
+}
+
 /// Decodes `path` and returns the frames at `indices` (ascending, repeats allowed), as
 /// RGB, with the number of frames the decoder produced (frames it was spared are not
 /// counted). Indices past the end repeat the last frame; a wanted frame the decoder never
 /// produced (a gap in a variable-frame-rate stream, a corrupt packet) is an empty frame
-/// (width 0) for the caller to replace. `threads` > 1 decodes with FFmpeg's frame threads.
+/// (width 0) for the caller to replace. `threads` > 1 decodes with more than one decoder
+/// (or FFmpeg's frame threads).
 pub fn read_frames(
     path: &Path,
     indices: &[usize],
     threads: usize,
 ) -> Result<(Vec<RgbFrame>, usize), DecodeError> {
-    decode_wanted(path, indices, threads)
+    let s = sample_frames(path, |_| indices.to_vec(), threads, |_, img| RgbFrame::from(img))?;
+    Ok((s.frames.into_iter().map(|f| f.unwrap_or_else(RgbFrame::empty)).collect(), s.decoded))
 }
 
 /// As `read_frames`, in I420 (the decoder's own format for most H.264, copied as it is;
@@ -138,38 +176,62 @@ pub fn read_frames_yuv420(
     indices: &[usize],
     threads: usize,
 ) -> Result<(Vec<Yuv420Frame>, usize), DecodeError> {
-    decode_wanted(path, indices, threads)
+    let s = decode_wanted(path, |_| indices.to_vec(), threads, &PackYuv420)?;
+    let empty = || Yuv420Frame { width: 0, height: 0, data: Vec::new() };
+    Ok((s.frames.into_iter().map(|f| f.unwrap_or_else(empty)).collect(), s.decoded))
 }
 
-/// A frame format the decoder's frames are packed into.
-trait Packed: Clone + Send {
-    const FORMAT: Pixel;
+impl RgbFrame {
     /// The stand-in for a wanted frame the decoder never produced.
-    fn empty() -> Self;
-    /// A frame already in `FORMAT`, packed without line padding and rotated for display.
-    fn pack(frame: &ffmpeg::frame::Video, rotation: i32) -> Self;
-}
-
-impl Packed for RgbFrame {
-    const FORMAT: Pixel = Pixel::RGB24;
     fn empty() -> Self {
         RgbFrame { width: 0, height: 0, data: Vec::new() }
     }
-    fn pack(rgb: &ffmpeg::frame::Video, rotation: i32) -> Self {
-        let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-        let mut data = Vec::with_capacity(w * h * 3);
-        plane_rows(rgb, 0, w * 3, h, &mut data);
-        rotate(RgbFrame { width: w, height: h, data }, rotation)
+
+    pub fn image(&self) -> RgbImage<'_> {
+        RgbImage::packed(&self.data, self.width, self.height)
     }
 }
 
-impl Packed for Yuv420Frame {
-    const FORMAT: Pixel = Pixel::YUV420P;
-    fn empty() -> Self {
-        Yuv420Frame { width: 0, height: 0, data: Vec::new() }
+impl From<RgbImage<'_>> for RgbFrame {
+    fn from(img: RgbImage) -> Self {
+        RgbFrame { width: img.width, height: img.height, data: img.to_packed() }
     }
-    /// The three planes back to back, each rotated.
-    fn pack(f: &ffmpeg::frame::Video, rotation: i32) -> Self {
+}
+
+/// What becomes of a wanted frame once it is in `FORMAT` (and before the decoder reuses
+/// its buffer).
+trait Take: Sync {
+    type Out: Clone + Send;
+    const FORMAT: Pixel;
+    /// Frame `index`, to be rotated clockwise by `rotation` degrees for display.
+    fn take(&self, index: usize, frame: &ffmpeg::frame::Video, rotation: i32) -> Self::Out;
+}
+
+/// Hands each wanted frame to a function, in RGB.
+struct MapRgb<F>(F);
+
+impl<T: Clone + Send, F: Fn(usize, RgbImage) -> T + Sync> Take for MapRgb<F> {
+    type Out = T;
+    const FORMAT: Pixel = Pixel::RGB24;
+    fn take(&self, index: usize, rgb: &ffmpeg::frame::Video, rotation: i32) -> T {
+        let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+        let img = RgbImage { data: rgb.data(0), width, height, stride: rgb.stride(0) };
+        if matches!(rotation, 90 | 180 | 270) {
+            let upright = rotate(RgbFrame::from(img), rotation);
+            return (self.0)(index, upright.image());
+        }
+        (self.0)(index, img)
+    }
+}
+
+/// Packs each wanted frame into a `Yuv420Frame`: the three planes back to back, each
+/// rotated.
+struct PackYuv420;
+
+impl Take for PackYuv420 {
+    type Out = Yuv420Frame;
+    const FORMAT: Pixel = Pixel::YUV420P;
+    fn take(&self, _: usize, f: &ffmpeg::frame::Video, rotation: i32) -> Yuv420Frame {
         let (w, h) = (f.width() as usize, f.height() as usize);
         let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
         let mut data = Vec::with_capacity(w * h + 2 * cw * ch);
@@ -189,7 +251,10 @@ impl Packed for Yuv420Frame {
 
 /// Display indices from presentation timestamps: frames are numbered by their time from
 /// the stream's first one, so that frames the decoder skips leave no gap in the count.
+#[derive(Clone, Copy)]
 struct FrameClock {
+    /// The stream's timestamp unit.
+    time_base: ffmpeg::Rational,
     start: i64,
     /// Timestamp units per frame; 0 when the stream gives no frame rate.
     per_frame: f64,
@@ -210,52 +275,53 @@ impl FrameClock {
 }
 
 /// Collects the wanted frames, in the order of `indices`, as the decoder gives frames out.
-struct Wanted<'a, T> {
+struct Wanted<'a, S: Take> {
     indices: &'a [usize],
     /// Position in `indices` of the next frame to collect.
     next: usize,
     /// Frames seen, for streams without usable timestamps.
     shown: usize,
-    out: Vec<T>,
+    out: Vec<Option<S::Out>>,
+    sink: &'a S,
     rotation: i32,
-    /// The converter to `T::FORMAT` and its output frame, kept while the decoder's format
+    /// The converter to `S::FORMAT` and its output frame, kept while the decoder's format
     /// and size stay the same.
     scaler: Option<(scaling::Context, ffmpeg::frame::Video)>,
 }
 
-impl<T: Packed> Wanted<'_, T> {
+impl<S: Take> Wanted<'_, S> {
     fn complete(&self) -> bool {
         self.next >= self.indices.len()
     }
 
-    /// Takes `frame` if it is wanted (converted and packed, once however often it is
-    /// wanted); returns its display index.
+    /// Takes `frame` if it is wanted (converted and handed to the sink once however often
+    /// it is wanted); returns its display index.
     fn take(&mut self, frame: &ffmpeg::frame::Video, clock: &FrameClock) -> Result<usize, String> {
         let n = frame.timestamp().and_then(|ts| clock.index_of(ts)).unwrap_or(self.shown);
         self.shown = n + 1;
         while !self.complete() && self.indices[self.next] < n {
-            // A wanted frame never came out (a gap, a corrupt packet): an empty frame keeps
-            // its place, and clip assembly puts the nearest decoded frame there.
+            // A wanted frame never came out (a gap, a corrupt packet): `None` keeps its
+            // place, and clip assembly puts the nearest decoded frame there.
             self.next += 1;
-            self.out.push(T::empty());
+            self.out.push(None);
         }
         if self.complete() || self.indices[self.next] != n {
             return Ok(n);
         }
-        let converted = self.convert(frame)?;
+        let converted = self.convert(n, frame)?;
         self.next += 1;
         while !self.complete() && self.indices[self.next] == n {
-            self.out.push(converted.clone());
+            self.out.push(Some(converted.clone()));
             self.next += 1;
         }
-        self.out.push(converted);
+        self.out.push(Some(converted));
         Ok(n)
     }
 
-    /// `frame` in `T::FORMAT`, packed.
-    fn convert(&mut self, frame: &ffmpeg::frame::Video) -> Result<T, String> {
-        if frame.format() == T::FORMAT {
-            return Ok(T::pack(frame, self.rotation));
+    /// Frame `index` in `S::FORMAT`, through the sink.
+    fn convert(&mut self, index: usize, frame: &ffmpeg::frame::Video) -> Result<S::Out, String> {
+        if frame.format() == S::FORMAT {
+            return Ok(self.sink.take(index, frame, self.rotation));
         }
         let (w, h) = (frame.width(), frame.height());
         let (sc, converted) = match &mut self.scaler {
@@ -266,14 +332,14 @@ impl<T: Packed> Wanted<'_, T> {
             }
             slot => {
                 let s =
-                    scaling::Context::get(frame.format(), w, h, T::FORMAT, w, h, scaling::Flags::BILINEAR)
+                    scaling::Context::get(frame.format(), w, h, S::FORMAT, w, h, scaling::Flags::BILINEAR)
                         .map_err(|e| format!("no converter from {}: {e}", pixel_name(frame.format())))?;
                 let (s, out) = slot.insert((s, ffmpeg::frame::Video::empty()));
                 (s, out)
             }
         };
         sc.run(frame, converted).map_err(|e| format!("colour conversion failed: {e}"))?;
-        Ok(T::pack(converted, self.rotation))
+        Ok(self.sink.take(index, converted, self.rotation))
     }
 
     /// Every frame the decoder still holds, after the packets sent so far (the decoder is
@@ -437,6 +503,7 @@ impl Groups<'_> {
 fn clock_of(stream: &ffmpeg::format::stream::Stream, fps: f64) -> FrameClock {
     let tb = stream.time_base();
     FrameClock {
+        time_base: tb,
         start: stream.start_time().max(0),
         per_frame: if fps > 0.0 {
             tb.denominator() as f64 / (tb.numerator().max(1) as f64 * fps)
@@ -447,132 +514,199 @@ fn clock_of(stream: &ffmpeg::format::stream::Stream, fps: f64) -> FrameClock {
     }
 }
 
-/// Decodes the wanted frames. With `threads` > 1 the wanted frames are shared between up
-/// to `threads` decoders running side by side, each from a clean restart (an IDR picture)
-/// on: decoding from an IDR picture gives the very frames a decode from the start gives,
-/// and unlike FFmpeg's frame threads (3–6% more CPU-seconds than one thread on issue 20's
-/// clip) the split costs only an extra open and seek per decoder. Without such keyframes (open groups of
-/// pictures, other codecs) one decoder runs with `threads` frame threads.
-fn decode_wanted<T: Packed>(
+/// What every decoder of a video shares, read once from the first open.
+#[derive(Clone)]
+struct VideoStream {
+    index: usize,
+    clock: FrameClock,
+    rotation: i32,
+    params: ffmpeg::codec::Parameters,
+}
+
+/// Decodes the frames `pick` chooses. With `threads` > 1 the wanted frames are shared
+/// between up to `threads` decoders running side by side, each from a clean restart (an
+/// IDR picture) on: decoding from an IDR picture gives the very frames a decode from the
+/// start gives, and unlike FFmpeg's frame threads (3–6% more CPU-seconds than one thread
+/// on issue 20's clip) the split costs only a seek and a light open per decoder
+/// (`open_again`). Without such keyframes (open groups of pictures, other codecs) one
+/// decoder runs with `threads` frame threads.
+fn decode_wanted<S: Take>(
     path: &Path,
-    indices: &[usize],
+    pick: impl FnOnce(&VideoInfo) -> Vec<usize>,
     threads: usize,
-) -> Result<(Vec<T>, usize), DecodeError> {
+    sink: &S,
+) -> Result<Sampled<S::Out>, DecodeError> {
     let bad = |reason: String| DecodeError { path: path.to_path_buf(), reason };
-    let starts =
-        if threads > 1 && indices.len() > 1 { clean_starts(path, indices, threads)? } else { vec![0] };
+    let (ictx, index, info) = open(path)?;
+    let indices = pick(&info);
+    let video = {
+        let stream = ictx.stream(index).expect("the stream open() found");
+        VideoStream {
+            index,
+            clock: clock_of(&stream, info.fps),
+            rotation: info.rotation,
+            params: stream.parameters().clone(),
+        }
+    };
+    // The first decoder reads `ictx` from the start; the others seek, the last one on the
+    // demuxer that found the clean restarts.
+    let mut seeker = match threads > 1 && indices.len() > 1 && video.clock.per_frame > 0.0 {
+        true => Some(open_again(path, &video)?),
+        false => None,
+    };
+    let starts = match &mut seeker {
+        Some(seeker) => clean_starts(seeker, &video, &indices, threads),
+        None => vec![0],
+    };
     let decoded = if starts.len() == 1 {
-        vec![decode_span(path, 0, indices, threads)?]
+        vec![decode_span(ictx, video, 0, &indices, threads, sink).map_err(bad)?]
     } else {
         // Decoder k takes the wanted frames from its start up to the next decoder's start.
-        let spans: Vec<(usize, &[usize])> = starts
-            .iter()
-            .enumerate()
-            .map(|(k, &start)| {
-                let end =
-                    starts.get(k + 1).map_or(indices.len(), |&next| indices.partition_point(|&i| i < next));
-                (start, &indices[indices.partition_point(|&i| i < start)..end])
-            })
-            .collect();
-        let frame_threads = (threads / spans.len()).max(1);
+        let mut inputs = vec![ictx];
+        for _ in 2..starts.len() {
+            inputs.push(open_again(path, &video)?);
+        }
+        inputs.push(seeker.take().expect("clean_starts found a second start on it"));
+        let frame_threads = (threads / starts.len()).max(1);
+        let spans = starts.iter().enumerate().zip(inputs).map(|((k, &start), input)| {
+            let end = starts.get(k + 1).map_or(indices.len(), |&next| indices.partition_point(|&i| i < next));
+            (input, start, &indices[indices.partition_point(|&i| i < start)..end])
+        });
         std::thread::scope(|s| {
             let running: Vec<_> = spans
-                .iter()
-                .map(|&(start, wanted)| s.spawn(move || decode_span::<T>(path, start, wanted, frame_threads)))
+                .map(|(input, start, wanted)| {
+                    let video = video.clone();
+                    s.spawn(move || decode_span(input, video, start, wanted, frame_threads, sink))
+                })
                 .collect();
             running
                 .into_iter()
                 .map(|r| r.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
                 .collect::<Result<Vec<_>, _>>()
-        })?
+        })
+        .map_err(bad)?
     };
     let count = decoded.iter().map(|(_, n)| n).sum::<usize>();
     if count == 0 {
         return Err(bad("no frame could be decoded (truncated or corrupt)".into()));
     }
     let frames = decoded.into_iter().flat_map(|(frames, _)| frames).collect();
-    Ok((fill_past_end(frames, indices.len(), count).map_err(bad)?, count))
+    let frames = fill_past_end(frames, indices.len(), count).map_err(bad)?;
+    Ok(Sampled { info, indices, frames, decoded: count })
+}
+
+/// Another demuxer on `path`, for a decoder that starts by seeking. The container's
+/// header alone when it lists `video` with the same codec and time base (MP4, MKV): the
+/// full open's probing decodes the first frames (8 ms for a 720p H.264 file, 1% of
+/// `prepare`'s CPU-seconds for it), and the decoders take the codec parameters the first
+/// open found. Otherwise a full open.
+fn open_again(path: &Path, video: &VideoStream) -> Result<ffmpeg::format::context::Input, DecodeError> {
+    use std::os::unix::ffi::OsStrExt;
+    let header_only = std::ffi::CString::new(path.as_os_str().as_bytes()).ok().and_then(|name| {
+        let mut ps = std::ptr::null_mut();
+        // SAFETY: `ps` starts null for avformat_open_input to allocate; on success it
+        // holds an open input that `Input::wrap` takes over (and closes on drop); on
+        // failure FFmpeg has freed it.
+        let ictx = unsafe {
+            (ffmpeg::ffi::avformat_open_input(&mut ps, name.as_ptr(), std::ptr::null(), std::ptr::null_mut())
+                == 0)
+                .then(|| ffmpeg::format::context::Input::wrap(ps))
+        }?;
+        let same = ictx.stream(video.index).is_some_and(|s| {
+            s.parameters().id() == video.params.id() && s.time_base() == video.clock.time_base
+        });
+        same.then_some(ictx)
+    });
+    match header_only {
+        Some(ictx) => Ok(ictx),
+        None => open(path).map(|(ictx, ..)| ictx),
+    }
 }
 
 /// Display indices where decoders may start side by side: 0, then for each further
 /// share of the wanted frames the keyframe at or before its first one, if that keyframe
-/// is a clean restart (found by seeking there and reading it). At most `ways`, ascending.
-fn clean_starts(path: &Path, indices: &[usize], ways: usize) -> Result<Vec<usize>, DecodeError> {
-    let (mut ictx, index, info) = open(path)?;
-    let (clock, nal) = {
-        let stream = ictx.stream(index).expect("the stream open() found");
-        (clock_of(&stream, info.fps), NalHeaders::new(&stream.parameters()))
-    };
+/// is a clean restart (found by seeking `ictx` there and reading it). At most `ways`,
+/// ascending.
+fn clean_starts(
+    ictx: &mut ffmpeg::format::context::Input,
+    video: &VideoStream,
+    indices: &[usize],
+    ways: usize,
+) -> Vec<usize> {
+    let nal = NalHeaders::new(&video.params);
     let mut starts = vec![0];
-    if clock.per_frame <= 0.0 {
-        return Ok(starts);
-    }
     let ways = ways.min(indices.len());
     for k in 1..ways {
         let first = indices[k * indices.len() / ways];
-        let at = clock.micros(first);
+        let at = video.clock.micros(first);
         if ictx.seek(at, ..at).is_err() {
             break;
         }
-        let Some(key) = ictx.packets().find_map(|(s, p)| (s.index() == index).then_some(p)) else { break };
-        let start = key.pts().and_then(|ts| clock.index_of(ts));
+        let Some(key) = ictx.packets().find_map(|(s, p)| (s.index() == video.index).then_some(p)) else {
+            break;
+        };
+        let start = key.pts().and_then(|ts| video.clock.index_of(ts));
         if let Some(start) = start.filter(|&i| key.is_key() && nal.clean_restart(&key) && i <= first)
             && start > *starts.last().expect("starts holds 0")
         {
             starts.push(start);
         }
     }
-    Ok(starts)
+    starts
 }
 
+/// A decoder's wanted frames, in order (`None` where one never came out), and how many
+/// frames it decoded.
+type SpanFrames<T> = (Vec<Option<T>>, usize);
+
 /// Decodes the wanted frames at `indices` (all at or after display index `start`, where a
-/// clean restart is, or 0) with one decoder of `threads` frame threads; returns them (not
-/// yet filled past the end) and the number of frames decoded.
-fn decode_span<T: Packed>(
-    path: &Path,
+/// clean restart is, or 0) from `ictx` with one decoder of `threads` frame threads;
+/// returns them (not yet filled past the end) and the number of frames decoded.
+fn decode_span<S: Take>(
+    mut ictx: ffmpeg::format::context::Input,
+    video: VideoStream,
     start: usize,
     indices: &[usize],
     threads: usize,
-) -> Result<(Vec<T>, usize), DecodeError> {
-    let (mut ictx, index, info) = open(path)?;
-    let bad = |reason: String| DecodeError { path: path.to_path_buf(), reason };
+    sink: &S,
+) -> Result<SpanFrames<S::Out>, String> {
     if indices.is_empty() {
         return Ok((Vec::new(), 0));
     }
-    let clock = clock_of(&ictx.stream(index).expect("the stream open() found"), info.fps);
+    let clock = &video.clock;
     if start > 0 {
         let at = clock.micros(start);
-        ictx.seek(at, ..at).map_err(|e| bad(format!("cannot seek to frame {start}: {e}")))?;
+        ictx.seek(at, ..at).map_err(|e| format!("cannot seek to frame {start}: {e}"))?;
     }
-    let stream = ictx.stream(index).expect("the stream open() found");
-    let mut ctx = ffmpeg::codec::context::Context::from_parameters(stream.parameters())
-        .map_err(|e| bad(format!("bad codec parameters: {e}")))?;
+    let nal = NalHeaders::new(&video.params);
+    let mut ctx = ffmpeg::codec::context::Context::from_parameters(video.params)
+        .map_err(|e| format!("bad codec parameters: {e}"))?;
     ctx.set_threading(ffmpeg::threading::Config {
         kind: ffmpeg::threading::Type::Frame,
         count: threads.max(1),
         ..Default::default()
     });
-    let mut decoder = ctx.decoder().video().map_err(|e| bad(format!("no decoder: {e}")))?;
-    let nal = NalHeaders::new(&stream.parameters());
+    let mut decoder = ctx.decoder().video().map_err(|e| format!("no decoder: {e}"))?;
     let last_wanted = indices.iter().copied().max().unwrap_or(0);
     let wanted_set: std::collections::HashSet<usize> = indices.iter().copied().collect();
     // A packet whose frame cannot be placed (no timestamp, no frame rate) is needed.
     let needed = |p: &ffmpeg::Packet| {
         p.pts().and_then(|ts| clock.index_of(ts)).is_none_or(|i| wanted_set.contains(&i))
     };
-    let mut wanted: Wanted<T> = Wanted {
+    let mut wanted: Wanted<S> = Wanted {
         indices,
         next: 0,
         shown: 0,
         out: Vec::with_capacity(indices.len()),
-        rotation: info.rotation,
+        sink,
+        rotation: video.rotation,
         scaler: None,
     };
     let mut frame = ffmpeg::frame::Video::empty();
     let mut decoded = 0usize;
     // Nothing sent since the decoder was opened or last flushed.
     let mut flushed = true;
-    let mut groups = Groups { packets: ictx.packets(), index, pending: None, nal };
+    let mut groups = Groups { packets: ictx.packets(), index: video.index, pending: None, nal };
     'groups: while let Some(group) = groups.next_group() {
         let need: Vec<bool> = group.packets.iter().map(needed).collect();
         // Before a clean restart, what comes after the last wanted packet feeds no wanted frame.
@@ -593,7 +727,7 @@ fn decode_span<T: Packed>(
             }
             let mut last_shown = 0;
             while decoder.receive_frame(&mut frame).is_ok() {
-                last_shown = wanted.take(&frame, &clock).map_err(bad)?;
+                last_shown = wanted.take(&frame, clock)?;
                 decoded += 1;
             }
             if wanted.complete() || last_shown > last_wanted {
@@ -601,7 +735,7 @@ fn decode_span<T: Packed>(
             }
         }
         if send < group.packets.len() && !flushed {
-            decoded += wanted.drain(&mut decoder, &mut frame, &clock).map_err(bad)?;
+            decoded += wanted.drain(&mut decoder, &mut frame, clock)?;
             flushed = true;
             if wanted.complete() {
                 break;
@@ -609,7 +743,7 @@ fn decode_span<T: Packed>(
         }
     }
     if !wanted.complete() && !flushed {
-        decoded += wanted.drain(&mut decoder, &mut frame, &clock).map_err(bad)?;
+        decoded += wanted.drain(&mut decoder, &mut frame, clock)?;
     }
     Ok((wanted.out, decoded))
 }

@@ -98,21 +98,24 @@ fn sampled_faces(
     max_frames: usize,
     draw: Option<&std::path::Path>,
 ) -> Result<Vec<FrameFaces>, String> {
-    use super::decode::{probe, read_frames};
+    use super::decode::{RgbFrame, sample_frames};
     use super::sampling::{Sampling, sample_indices};
 
-    let info = probe(path).map_err(|e| e.reason)?;
-    let mut wanted = sample_indices(info.frames.max(1), max_frames, Sampling::Eval);
     // A video shorter than max_frames repeats frames in `prepare`; shown once here.
-    wanted.dedup();
-    let (frames, _) = read_frames(path, &wanted, 1).map_err(|e| e.reason)?;
+    let pick = |info: &super::decode::VideoInfo| {
+        let mut wanted = sample_indices(info.frames.max(1), max_frames, Sampling::Eval);
+        wanted.dedup();
+        wanted
+    };
+    let sampled = sample_frames(path, pick, 1, |_, img| RgbFrame::from(img)).map_err(|e| e.reason)?;
+    let (wanted, frames) = (sampled.indices, sampled.frames);
     let mut shown = Vec::with_capacity(wanted.len());
-    for (&index, mut frame) in wanted.iter().zip(frames) {
-        // A frame the decoder never produced (width 0) has no face and nothing to draw.
-        if frame.data.is_empty() {
+    for (&index, frame) in wanted.iter().zip(frames) {
+        // A frame the decoder never produced has no face and nothing to draw.
+        let Some(mut frame) = frame else {
             shown.push(FrameFaces { index, faces: Vec::new() });
             continue;
-        }
+        };
         let faces = super::face_boxes::detect_frame(det, &frame.data, frame.width, frame.height)
             .map_err(|e| format!("frame {index}: {e}"))?;
         if let Some(prefix) = draw {

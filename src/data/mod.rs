@@ -14,6 +14,7 @@ pub mod draw;
 pub mod face_boxes;
 pub mod face_report;
 pub mod faces;
+pub mod image;
 pub mod loader;
 pub mod manifest;
 pub mod preprocess;

@@ -2,6 +2,8 @@
 //! dark or bright (mean luma outside a band) are rejected and replaced by the nearest good
 //! frame of the same clip.
 
+use super::image::RgbImage;
+
 /// Mean luma bounds (0..255) outside which a frame counts as unusable.
 pub const DARK: f64 = 16.0;
 pub const BRIGHT: f64 = 240.0;
@@ -19,11 +21,11 @@ pub enum Rejection {
     Bright,
 }
 
-/// Sharpness (variance of the 4-neighbour Laplacian of the luma) and mean luma of an
-/// RGB24 frame `w × h`.
-pub fn measure(rgb: &[u8], w: usize, h: usize) -> FrameQuality {
-    let luma: Vec<f64> = rgb
-        .chunks_exact(3)
+/// Sharpness (variance of the 4-neighbour Laplacian of the luma) and mean luma of a frame.
+pub fn measure(img: RgbImage) -> FrameQuality {
+    let (w, h) = (img.width, img.height);
+    let luma: Vec<f64> = (0..h)
+        .flat_map(|y| img.row(y).chunks_exact(3))
         .map(|p| 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64)
         .collect();
     let mean_luma = luma.iter().sum::<f64>() / luma.len().max(1) as f64;
@@ -76,6 +78,10 @@ pub fn replacements(good: &[bool]) -> Option<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn measure(rgb: &[u8], w: usize, h: usize) -> FrameQuality {
+        super::measure(RgbImage::packed(rgb, w, h))
+    }
 
     fn frame(w: usize, h: usize, f: impl Fn(usize, usize) -> u8) -> Vec<u8> {
         let mut out = Vec::with_capacity(w * h * 3);

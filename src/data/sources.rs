@@ -70,11 +70,12 @@ mod video {
     use super::ClipSource;
     use crate::config::FaceSource;
     use crate::data::cache::{ClipSettings, FrameCache};
-    use crate::data::clip::{ClipFrames, assemble_with_boxes};
-    use crate::data::decode::{probe, read_frames};
+    use crate::data::clip::{ClipFrames, FrameCrops, assemble};
+    use crate::data::decode::{RgbFrame, VideoInfo, sample_frames};
     use crate::data::detect::FaceDetector;
     use crate::data::face_boxes::{self, FaceSettings};
     use crate::data::faces::{self, FaceBox};
+    use crate::data::image::RgbImage;
     use crate::data::manifest::{Label, VideoEntry};
     use crate::data::sampling::{Sampling, sample_indices};
 
@@ -133,25 +134,6 @@ mod video {
             *self.face_stats.lock().unwrap_or_else(PoisonError::into_inner)
         }
 
-        /// The boxes to crop `path`'s decoded frames around.
-        fn boxes(
-            &self,
-            path: &Path,
-            decoded: &[(usize, usize, usize, Vec<u8>)],
-        ) -> Result<HashMap<usize, FaceBox>, String> {
-            match self.faces.source {
-                FaceSource::None => Ok(HashMap::new()),
-                FaceSource::Boxes => faces::sidecar(path),
-                FaceSource::Detect => {
-                    let boxes = self.detected_boxes(path, decoded)?;
-                    if boxes.is_empty() {
-                        return Err(format!("no face in any of its {} sampled frames", decoded.len()));
-                    }
-                    Ok(boxes)
-                }
-            }
-        }
-
         /// Detected boxes from the cache folder, else detected now (and stored there).
         fn detected_boxes(
             &self,
@@ -194,17 +176,59 @@ mod video {
         fn decode(&self, clip: usize) -> Result<ClipFrames, String> {
             self.decodes.fetch_add(1, Ordering::Relaxed);
             let path = &self.entries[clip].path;
-            let info = probe(path).map_err(|e| e.reason)?;
+            let s = &self.settings;
             // The cache holds one deterministic sample per video (segment centres); training
             // variety comes from the per-epoch crop, flip and jitter.
-            let wanted = sample_indices(info.frames.max(1), self.settings.max_frames, Sampling::Eval);
-            let (frames, _) = read_frames(path, &wanted, self.decode_threads).map_err(|e| e.reason)?;
-            let decoded: Vec<(usize, usize, usize, Vec<u8>)> =
-                wanted.iter().zip(frames).map(|(&i, f)| (i, f.width, f.height, f.data)).collect();
-            let s = &self.settings;
-            let boxes = self.boxes(path, &decoded)?;
-            assemble_with_boxes(&boxes, &decoded, s.frame_size, s.quality_threshold, s.face_scale)
-                .map(|(clip, _)| clip)
+            let pick = |info: &VideoInfo| sample_indices(info.frames.max(1), s.max_frames, Sampling::Eval);
+            let crops = |boxes| FrameCrops {
+                boxes,
+                side: s.frame_size,
+                quality_threshold: s.quality_threshold,
+                face_scale: s.face_scale,
+            };
+            let cropped = match self.faces.source {
+                // The boxes are known before decoding: each frame is cropped as it comes
+                // out of the decoder, and no full-size frame is kept.
+                FaceSource::None | FaceSource::Boxes => {
+                    let boxes = match self.faces.source {
+                        FaceSource::Boxes => faces::sidecar(path)?,
+                        _ => HashMap::new(),
+                    };
+                    let crops = crops(&boxes);
+                    sample_frames(path, pick, self.decode_threads, |index, img| crops.crop(index, img))
+                        .map_err(|e| e.reason)?
+                        .frames
+                        .into_iter()
+                        .map(Option::flatten)
+                        .collect::<Vec<_>>()
+                }
+                // Detection needs every sampled frame before the first crop.
+                FaceSource::Detect => {
+                    let sampled =
+                        sample_frames(path, pick, self.decode_threads, |_, img| RgbFrame::from(img))
+                            .map_err(|e| e.reason)?;
+                    let decoded: Vec<(usize, usize, usize, Vec<u8>)> = sampled
+                        .indices
+                        .iter()
+                        .zip(sampled.frames)
+                        .map(|(&i, f)| f.map_or((i, 0, 0, Vec::new()), |f| (i, f.width, f.height, f.data)))
+                        .collect();
+                    let boxes = self.detected_boxes(path, &decoded)?;
+                    if boxes.is_empty() {
+                        return Err(format!("no face in any of its {} sampled frames", decoded.len()));
+                    }
+                    let crops = crops(&boxes);
+                    decoded
+                        .iter()
+                        .map(|(i, w, h, rgb)| {
+                            (!rgb.is_empty()).then(|| crops.crop(*i, RgbImage::packed(rgb, *w, *h))).flatten()
+                        })
+                        .collect()
+                }
+            };
+            let (clip, _) = assemble(&cropped, s.frame_size)
+                .map_err(|e| format!("{e} (data.quality_threshold = {})", s.quality_threshold))?;
+            Ok(clip)
         }
     }
 
