@@ -33,12 +33,12 @@ use std::time::Instant;
 
 use cpu_time::process_cpu;
 
-use dfengine::data::clip::crop_resize;
 use dfengine::data::decode::read_frames;
 use dfengine::data::detect::{DetectSettings, FaceDetector, Image};
 use dfengine::data::face_boxes::{MAX_DETECT_SIDE, detect_clip};
 use dfengine::data::faces::Crop;
 use dfengine::data::image::RgbImage;
+use dfengine::data::resize::crop_resize;
 use timing::median;
 
 const WIDTH: usize = 1280;

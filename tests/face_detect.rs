@@ -186,9 +186,9 @@ mod astronaut {
     #[cfg(feature = "cuda")]
     #[test]
     fn mtcnn_finds_the_cpus_faces_on_the_gpu_cuda() {
-        use dfengine::data::clip::crop_resize;
         use dfengine::data::faces::Crop;
         use dfengine::data::image::RgbImage;
+        use dfengine::data::resize::crop_resize;
 
         let Some((rgb, width, _)) = photograph() else { return };
         let Some((gpu, dut)) = common::cuda_backend() else { return };
@@ -245,9 +245,9 @@ mod astronaut {
     /// A 256² clip of `frames` frames from the photograph: the view pans right and zooms
     /// in; frames 10–13 are black.
     fn panning_clip(rgb: &[u8], frames: usize) -> Vec<Vec<u8>> {
-        use dfengine::data::clip::crop_resize;
         use dfengine::data::faces::Crop;
         use dfengine::data::image::RgbImage;
+        use dfengine::data::resize::crop_resize;
         (0..frames)
             .map(|t| {
                 if (10..=13).contains(&t) {

@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use dfengine::backend::cuda::GpuProbe;
-use dfengine::data::clip::crop_resize;
 use dfengine::data::decode::read_frames;
 use dfengine::data::faces::Crop;
 use dfengine::data::image::RgbImage;
+use dfengine::data::resize::crop_resize;
 use dfengine::data::synth_video::write_clip;
 
 const SIDE: usize = 256;

@@ -19,6 +19,7 @@ pub mod loader;
 pub mod manifest;
 pub mod preprocess;
 pub mod quality;
+pub mod resize;
 pub mod sampling;
 pub mod sources;
 pub mod splits;
