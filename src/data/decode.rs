@@ -442,6 +442,11 @@ impl NalHeaders {
         }
     }
 
+    /// Whether the codec has pictures `clean_restart` recognises.
+    fn restarts_cleanly(&self) -> bool {
+        matches!(self.codec, ffmpeg::codec::Id::H264 | ffmpeg::codec::Id::HEVC)
+    }
+
     /// A keyframe after which no frame refers to an earlier one: an H.264 IDR picture
     /// (NAL type 5) or an HEVC IDR picture (types 19 and 20). H.264 recovery points, HEVC
     /// CRA pictures (open groups of pictures) and other codecs' keyframes are not.
@@ -550,7 +555,8 @@ fn decode_wanted<S: Take>(
     };
     // The first decoder reads `ictx` from the start; the others seek, the last one on the
     // demuxer that found the clean restarts.
-    let mut seeker = match threads > 1 && indices.len() > 1 && video.clock.per_frame > 0.0 {
+    let can_split = video.clock.per_frame > 0.0 && NalHeaders::new(&video.params).restarts_cleanly();
+    let mut seeker = match threads > 1 && indices.len() > 1 && can_split {
         true => Some(open_again(path, &video)?),
         false => None,
     };
