@@ -116,6 +116,26 @@ fn frames_are_cropped_where_the_decoder_wrote_them() {
 }
 
 #[test]
+fn matroska_frames_are_counted_from_the_container() {
+    // Matroska gives no per-stream frame count or duration; without the container's
+    // duration the count was 0, and every sampled index the first frame's.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("clip.mkv");
+    let clip = ClipSpec { source: 1, swapped_from: None };
+    write_clip_with(&path, 48, Encoding::default(), (0..16).map(|t| (t as i64, render(&params(), clip, t))))
+        .unwrap();
+    let info = probe(&path).unwrap();
+    assert_eq!((info.frames, info.fps), (16, 25.0), "{info:?}");
+    let wanted = sample_indices(info.frames, 4, Sampling::Eval);
+    let (frames, _) = read_frames(&path, &wanted, 2).unwrap();
+    let (all, _) = read_frames(&path, &(0..16).collect::<Vec<_>>(), 1).unwrap();
+    for (&i, frame) in wanted.iter().zip(&frames) {
+        assert!(frame == &all[i], "frame {i} is not the full decode's");
+    }
+    assert_ne!(frames[0], frames[3], "the sampled frames are different pictures");
+}
+
+#[test]
 fn asking_past_the_end_repeats_the_last_frame() {
     let dir = tempfile::tempdir().unwrap();
     dataset(dir.path(), 4);

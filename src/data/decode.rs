@@ -91,13 +91,20 @@ fn open(path: &Path) -> Result<(ffmpeg::format::context::Input, usize, VideoInfo
     let (width, height) = unsafe { ((*params.as_ptr()).width, (*params.as_ptr()).height) };
     let rate = stream.avg_frame_rate();
     let fps = if rate.denominator() != 0 { rate.numerator() as f64 / rate.denominator() as f64 } else { 0.0 };
+    // Without a frame count, the stream's duration × rate; Matroska and WebM give neither,
+    // and then the container's duration stands in (without it every sampled index was 0:
+    // a clip of the first frame, 32 times).
+    let secs = match (stream.duration(), ictx.duration()) {
+        (d, _) if d > 0 => {
+            let tb = stream.time_base();
+            d as f64 * tb.numerator() as f64 / tb.denominator().max(1) as f64
+        }
+        (_, d) if d > 0 => d as f64 / ffmpeg::ffi::AV_TIME_BASE as f64,
+        _ => 0.0,
+    };
     let frames = match stream.frames() {
         n if n > 0 => n as usize,
-        _ => {
-            let tb = stream.time_base();
-            let secs = stream.duration() as f64 * tb.numerator() as f64 / tb.denominator().max(1) as f64;
-            (secs * fps).round().max(0.0) as usize
-        }
+        _ => (secs * fps).round() as usize,
     };
     let rotation =
         stream.metadata().get("rotate").and_then(|r| r.parse::<i32>().ok()).unwrap_or(0).rem_euclid(360);
